@@ -1,0 +1,38 @@
+# featscope: `make demo` runs the main job end to end; `make test` runs the test suite.
+# Both create .venv and install the project into it when needed.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+FEATSCOPE := $(VENV)/bin/featscope
+STAMP := $(VENV)/.featscope-installed
+DEMO_DIR ?= demo-data
+PYTEST_ARGS ?=
+
+.PHONY: install test test-slow demo bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch and torchvision together, so pip resolves a matching pair (never a stray preinstalled torch).
+	$(PY) -m pip install -q torch torchvision
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+# The most complete end-to-end path so far: synthetic data -> backbones -> extraction -> cache -> neighbours.
+demo: install
+	FEATSCOPE_DATA_DIR=$(DEMO_DIR)/featscope bash scripts/demo.sh $(DEMO_DIR)
+
+bench: install
+	$(PY) benchmarks/bench_extract.py
+
+clean:
+	rm -rf $(DEMO_DIR) featscope-data .pytest_cache

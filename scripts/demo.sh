@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# featscope demo: every step is a plain CLI call you can run yourself.
+set -euo pipefail
+demo_dir=${1:-demo-data}
+fs=".venv/bin/featscope"
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "1. Generate the synthetic shapes data set (deterministic) and register it"
+$fs dataset synth "$demo_dir/synth" --scenes 120 --per-class 20 --size 128
+$fs dataset list
+
+step "2. Register two backbones"
+# No weights can be downloaded here, so the demo compares two untrained ResNet-18s. With real weights:
+#   featscope backbone add torchvision:resnet50 --weights resnet50-11ad3fa6.pth --name cls
+#   featscope backbone add torchvision-det:fasterrcnn_resnet50_fpn --weights fasterrcnn_resnet50_fpn_coco-258fb6c6.pth --name det
+$fs backbone add torchvision:resnet18 --random-init --seed 0 --name r18-seed0
+$fs backbone add torchvision:resnet18 --random-init --seed 1 --name r18-seed1
+$fs backbone list
+$fs backbone layers r18-seed0
+
+step "3. Extract Conv5 (avg) and Conv4 (grid2) embeddings of the single-object images, FAISS-indexed"
+for bb in r18-seed0 r18-seed1; do
+  $fs extract --backbone "$bb" --dataset synth-objects --tap conv5 --tap conv4 --pooling avg --pooling grid2
+done
+
+step "4. Again: everything is a cache hit now"
+$fs extract --backbone r18-seed0 --dataset synth-objects --tap conv5 --pooling avg
+
+step "5. The cached embedding sets"
+$fs embeddings list
+
+step "6. Nearest neighbours of one image in each backbone's Conv5 space"
+first=$($fs embeddings list --json | .venv/bin/python -c "import json,sys; s=[e for e in json.load(sys.stdin) if e['tap']=='layer4' and e['pooling']=='avg']; print(' '.join(str(e['id']) for e in s))")
+for es in $first; do
+  $fs neighbours "$es" 1 -k 5
+done
+printf '\nDone. State is in %s (catalog.sqlite, artifacts/).\n' "${FEATSCOPE_DATA_DIR:-featscope-data}"

@@ -1,0 +1,3 @@
+from featscope.cli import app
+
+app(prog_name="featscope")

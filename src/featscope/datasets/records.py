@@ -1,0 +1,118 @@
+"""What a dataset scan produces: one record per image, the scan as a whole, and its fingerprint.
+
+The records are plain frozen values so the catalog can store them and the cache can key on them;
+the fingerprint is what makes "same dataset" a cheap, exact question.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Box", "DatasetScan", "ImageRecord", "dataset_fingerprint"]
+
+_FINGERPRINT_VERSION = "featscope-dataset-v1"
+
+
+@dataclass(frozen=True)
+class Box:
+    """An object box in absolute pixel coordinates, corners (x0, y0) and (x1, y1) as pixel edges,
+    so a box covering exactly pixel columns 0..9 has x0=0, x1=10."""
+
+    label: str
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    @property
+    def area(self) -> float:
+        """Width times height; 0 for an empty or inverted box."""
+        return max(0.0, self.x1 - self.x0) * max(0.0, self.y1 - self.y0)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a dataset.
+
+    ``relpath`` is POSIX and relative to the scan's root. ``width``/``height`` are as displayed
+    (after EXIF orientation); None when not probed. ``size_bytes``/``mtime_ns`` come from ``stat``
+    (0 for a missing file). ``error`` is set only on skipped records and reads
+    ``"<reason>: <detail>"`` where ``<reason>`` is a short category such as ``file not found``.
+    """
+
+    relpath: str
+    label: str | None
+    width: int | None
+    height: int | None
+    size_bytes: int
+    mtime_ns: int
+    boxes: tuple[Box, ...] = ()
+    error: str | None = None
+
+    @property
+    def reason(self) -> str | None:
+        """The short category of ``error`` (None for a readable image)."""
+        return None if self.error is None else self.error.split(": ", 1)[0]
+
+
+@dataclass
+class DatasetScan:
+    """A read dataset: readable ``images`` and ``skipped`` ones (both sorted by relpath), the sorted
+    ``classes``, annotation ``warnings`` that did not cost an image, and the ``fingerprint``."""
+
+    root: Path
+    format: str
+    images: list[ImageRecord]
+    skipped: list[ImageRecord]
+    classes: list[str]
+    fingerprint: str
+    annotations: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def image_path(self, record: ImageRecord) -> Path:
+        """Absolute path of ``record``'s file."""
+        return self.root / record.relpath
+
+    def skipped_reasons(self) -> dict[str, int]:
+        """Reason category -> number of skipped images, most frequent first."""
+        counts = Counter(r.reason or "unknown" for r in self.skipped)
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def summary(self) -> str:
+        """One line for a CLI or a log, e.g. ``412 images, 10 classes; 3 skipped: 2 cannot be decoded,
+        1 file not found; 1 annotation warning``."""
+        parts = [_plural(len(self.images), "image") + ", "
+                 + (_plural(len(self.classes), "class", "classes") if self.classes else "unlabelled")]
+        if self.skipped:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in self.skipped_reasons().items())
+            parts.append(f"{len(self.skipped)} skipped: {reasons}")
+        if self.warnings:
+            parts.append(_plural(len(self.warnings), "annotation warning"))
+        return "; ".join(parts)
+
+
+def dataset_fingerprint(records: Iterable[ImageRecord]) -> str:
+    """sha256 hex over the sorted (relpath, size_bytes, mtime_ns, label, boxes) of all records.
+
+    Pass readable and skipped records alike: touching, relabelling, adding or removing any file
+    changes the result; the same records in any order give the same result.
+    """
+    rows = sorted(
+        (r.relpath, r.size_bytes, r.mtime_ns, r.label,
+         [[b.label, float(b.x0), float(b.y0), float(b.x1), float(b.y1)] for b in r.boxes])
+        for r in records
+    )
+    digest = hashlib.sha256(_FINGERPRINT_VERSION.encode())
+    for row in rows:
+        digest.update(json.dumps(row, separators=(",", ":"), ensure_ascii=True).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (plural or word + 's')}"

@@ -1,0 +1,89 @@
+"""The Python API: one :class:`Workspace` per data dir, with the same verbs as the CLI and REST API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from featscope.config import Settings
+from featscope.extractors.types import Preprocess
+from featscope.workspace import backbones as _bb, datasets as _ds, embeddings as _emb
+from featscope.workspace.backbones import BackboneInfo
+from featscope.workspace.context import Context, NotFound
+from featscope.workspace.datasets import DatasetInfo
+from featscope.workspace.embeddings import Embeddings, EmbeddingSetInfo, Neighbour
+
+__all__ = ["BackboneInfo", "DatasetInfo", "EmbeddingSetInfo", "Embeddings", "Neighbour", "NotFound", "Workspace"]
+
+
+class Workspace:
+    """featscope's state in one data dir: catalog, artifact store, loaded backbones.
+
+    >>> ws = Workspace()                      # reads FEATSCOPE_* settings
+    >>> ws.synth_dataset("synth")             # registers synth-scenes and synth-objects
+    >>> ws.add_backbone("torchvision:resnet18", random_init=True)
+    >>> [es] = ws.extract("resnet18-random0", "synth-objects")
+    >>> ws.neighbours(es.id, image=1, k=5)
+    """
+
+    def __init__(self, settings: Settings | None = None, **overrides) -> None:
+        settings = settings or Settings()
+        if overrides:
+            settings = settings.model_copy(update=overrides)
+        self.settings = settings
+        self.ctx = Context.open(settings)
+
+    # data sets
+    def add_dataset(self, path: str | Path, *, name: str | None = None, format: str = "auto",
+                    images_root: str | Path | None = None, split: str | None = None, verify: str = "header",
+                    progress: Callable[[int, int], None] | None = None) -> DatasetInfo:
+        """Register an image collection (ImageFolder, COCO JSON, VOC, plain folder or CSV manifest)."""
+        return _ds.add_dataset(self.ctx, path, name=name, format=format, images_root=images_root, split=split,
+                               verify=verify, progress=progress)
+
+    def synth_dataset(self, out_dir: str | Path, *, name: str = "synth", n_scenes: int = 200, n_per_class: int = 30,
+                      size: int = 128, seed: int = 0) -> list[DatasetInfo]:
+        """Generate and register the synthetic shapes data set (scenes as COCO, single objects as ImageFolder)."""
+        return _ds.synth(self.ctx, out_dir, name=name, n_scenes=n_scenes, n_per_class=n_per_class, size=size, seed=seed)
+
+    def datasets(self, all_versions: bool = False) -> list[DatasetInfo]:
+        return _ds.list_datasets(self.ctx, all_versions)
+
+    # backbones
+    def add_backbone(self, spec: str, *, name: str | None = None, weights: str | Path | None = None,
+                     weights_format: str = "auto", arch: str | None = None, random_init: bool = False,
+                     seed: int = 0, preprocess: Preprocess | None = None) -> BackboneInfo:
+        """Register a backbone (``torchvision:resnet50``, ``torchvision-det:...``, ``timm:...``, ``checkpoint:PATH``)."""
+        return _bb.add_backbone(self.ctx, spec, name=name, weights=weights, weights_format=weights_format, arch=arch,
+                                random_init=random_init, seed=seed, preprocess=preprocess)
+
+    def backbones(self) -> list[BackboneInfo]:
+        return _bb.list_backbones(self.ctx)
+
+    def backbone_layers(self, backbone: str | int, input_size: int | None = None):
+        """Taps of a registered backbone with their shapes and pooled vector lengths."""
+        return _bb.backbone_layers(self.ctx, backbone, input_size)
+
+    def load_backbone(self, backbone: str | int):
+        """The loaded network (:class:`featscope.extractors.types.Backbone`) of a registered backbone."""
+        return _bb.open_backbone(self.ctx, backbone)
+
+    # embeddings
+    def extract(self, backbone: str | int, dataset: str | int, *, taps: Sequence[str] = ("conv5",),
+                poolings: Sequence[str] = ("avg",), precision: str | None = None, device: str | None = None,
+                batch_size: int | None = None, num_workers: int | None = None, dtype: str = "float32",
+                progress=None, on_message: Callable[[str], None] | None = None) -> list[EmbeddingSetInfo]:
+        """Embed a data set with a backbone at each tap x pooling (cache hit when nothing changed)."""
+        return _emb.extract(self.ctx, backbone, dataset, taps=taps, poolings=poolings, precision=precision,
+                            device=device, batch_size=batch_size, num_workers=num_workers, dtype=dtype,
+                            progress=progress, on_message=on_message)
+
+    def embedding_sets(self, backbone: str | int | None = None, dataset: str | int | None = None) -> list[EmbeddingSetInfo]:
+        return _emb.list_embeddings(self.ctx, backbone, dataset)
+
+    def load_embeddings(self, embedding_set: int) -> Embeddings:
+        return _emb.load_embeddings(self.ctx, embedding_set)
+
+    def neighbours(self, embedding_set: int, image: str | int, k: int = 10) -> tuple[Neighbour, list[Neighbour]]:
+        """The query image and its ``k`` nearest neighbours (cosine) in an embedding set."""
+        return _emb.neighbours(self.ctx, embedding_set, image, k)

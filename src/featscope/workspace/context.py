@@ -1,0 +1,40 @@
+"""What every workspace service needs: settings, the catalog's session factory, the artifact store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from featscope.cache.store import ArtifactStore
+from featscope.catalog import open_catalog
+from featscope.config import Settings
+
+
+class NotFound(LookupError):
+    """A named thing (data set, backbone, embedding set, image) is not in the catalog."""
+
+
+@dataclass
+class Context:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    store: ArtifactStore
+
+    @classmethod
+    def open(cls, settings: Settings) -> "Context":
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(settings=settings, sessions=open_catalog(settings.catalog_url), store=ArtifactStore(settings.artifacts_dir))
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session committed on success and rolled back on any error."""
+        with self.sessions() as s:
+            try:
+                yield s
+                s.commit()
+            except BaseException:
+                s.rollback()
+                raise

@@ -1,0 +1,120 @@
+"""Registering and listing data sets: a reader's scan becomes catalog rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from featscope.catalog import Dataset, Image
+from featscope.datasets import DatasetScan, read_dataset, synth_dataset
+from featscope.workspace.context import Context, NotFound
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    id: int
+    name: str
+    version: int
+    format: str
+    root: str
+    n_images: int
+    n_skipped: int
+    classes: list[str]
+    fingerprint: str
+    summary: str
+    created: bool = False  # True when this call registered it (False: already known, nothing changed)
+
+    @classmethod
+    def of(cls, row: Dataset, created: bool = False) -> "DatasetInfo":
+        return cls(row.id, row.name, row.version, row.format, row.root, row.n_images, row.n_skipped,
+                   list(row.classes), row.fingerprint, row.summary, created)
+
+
+def add_dataset(ctx: Context, path: str | Path, *, name: str | None = None, format: str = "auto",
+                images_root: str | Path | None = None, split: str | None = None, verify: str = "header",
+                progress: Callable[[int, int], None] | None = None) -> DatasetInfo:
+    """Scan ``path`` and register it. Same name and same content: the existing row. Changed content: a new version."""
+    path = Path(path).expanduser().resolve()
+    scan = read_dataset(path, format, images_root=images_root, split=split, verify=verify, progress=progress)
+    name = name or _default_name(path)
+    with ctx.session() as s:
+        latest = s.scalars(select(Dataset).where(Dataset.name == name).order_by(Dataset.version.desc())).first()
+        if latest is not None and latest.fingerprint == scan.fingerprint:
+            return DatasetInfo.of(latest)
+        row = _dataset_row(scan, name, path, version=(latest.version + 1) if latest else 1)
+        s.add(row)
+        s.flush()
+        s.add_all(_image_rows(row.id, scan))
+        s.flush()
+        return DatasetInfo.of(row, created=True)
+
+
+def _default_name(path: Path) -> str:
+    return path.stem if path.is_file() else path.name
+
+
+def _dataset_row(scan: DatasetScan, name: str, source: Path, version: int) -> Dataset:
+    return Dataset(
+        name=name, version=version, root=str(scan.root), source_path=str(source), format=scan.format,
+        annotations=str(scan.annotations) if scan.annotations else None, fingerprint=scan.fingerprint,
+        n_images=len(scan.images), n_skipped=len(scan.skipped), classes=list(scan.classes),
+        summary=scan.summary(), skipped_reasons=scan.skipped_reasons(), warnings=list(scan.warnings)[:1000],
+    )
+
+
+def _image_rows(dataset_id: int, scan: DatasetScan) -> list[Image]:
+    def row(rec, position: int | None) -> Image:
+        return Image(
+            dataset_id=dataset_id, position=position, relpath=rec.relpath, label=rec.label, width=rec.width,
+            height=rec.height, size_bytes=rec.size_bytes, mtime_ns=rec.mtime_ns, error=rec.error,
+            boxes=[[b.label, b.x0, b.y0, b.x1, b.y1] for b in rec.boxes],
+        )
+
+    return [row(r, i) for i, r in enumerate(scan.images)] + [row(r, None) for r in scan.skipped]
+
+
+def synth(ctx: Context, out_dir: str | Path, *, name: str = "synth", n_scenes: int = 200, n_per_class: int = 30,
+          size: int = 128, seed: int = 0, progress: Callable[[int, int], None] | None = None) -> list[DatasetInfo]:
+    """Generate the synthetic data set and register both halves: ``<name>-scenes`` (COCO) and ``<name>-objects``."""
+    result = synth_dataset(Path(out_dir), n_scenes=n_scenes, n_per_class=n_per_class, size=size, seed=seed, progress=progress)
+    return [
+        add_dataset(ctx, result.coco_json, name=f"{name}-scenes", format="coco", images_root=result.scenes_dir),
+        add_dataset(ctx, result.classification_dir, name=f"{name}-objects", format="imagefolder"),
+    ]
+
+
+def list_datasets(ctx: Context, all_versions: bool = False) -> list[DatasetInfo]:
+    """Registered data sets, newest version of each name (or every version)."""
+    with ctx.session() as s:
+        q = select(Dataset).order_by(Dataset.name, Dataset.version)
+        if not all_versions:
+            latest = select(Dataset.name, func.max(Dataset.version).label("v")).group_by(Dataset.name).subquery()
+            q = q.join(latest, (Dataset.name == latest.c.name) & (Dataset.version == latest.c.v))
+        return [DatasetInfo.of(r) for r in s.scalars(q)]
+
+
+def get_dataset(ctx: Context, ref: str | int) -> Dataset:
+    """A data set by id, ``name`` (newest version) or ``name@version``."""
+    with ctx.session() as s:
+        row = None
+        if isinstance(ref, int) or str(ref).isdigit():
+            row = s.get(Dataset, int(ref))
+        if row is None:
+            name, _, version = str(ref).partition("@")
+            q = select(Dataset).where(Dataset.name == name)
+            q = q.where(Dataset.version == int(version)) if version.isdigit() else q.order_by(Dataset.version.desc())
+            row = s.scalars(q).first()
+        if row is None:
+            known = ", ".join(sorted({d.name for d in s.scalars(select(Dataset))})) or "none yet"
+            raise NotFound(f"no data set {ref!r} (known: {known}); add one with `featscope dataset add PATH`")
+        return row
+
+
+def readable_images(ctx: Context, dataset_id: int) -> list[Image]:
+    """The data set's readable images in position order (the row order of its embedding arrays)."""
+    with ctx.session() as s:
+        q = select(Image).where(Image.dataset_id == dataset_id, Image.position.is_not(None)).order_by(Image.position)
+        return list(s.scalars(q))
