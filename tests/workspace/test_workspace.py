@@ -30,7 +30,7 @@ def _reference_features(bb, paths, tap_module: str = "layer4") -> np.ndarray:
 
 
 def test_unknown_names_say_how_to_find_the_right_one(ws):
-    with pytest.raises(NotFound, match="featscope dataset add"):
+    with pytest.raises(NotFound, match="featscope backbone add"):
         ws.extract("nope", "nothing")
     ws.add_backbone("torchvision:resnet18", random_init=True, preprocess=SMALL)
     with pytest.raises(NotFound, match="featscope dataset add"):

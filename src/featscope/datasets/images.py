@@ -112,6 +112,8 @@ def _check_file(path: Path) -> None:
         raise ImageDecodeError(path, NOT_FOUND, "no such file; check the path or the dataset root") from None
     except OSError as exc:
         raise ImageDecodeError(path, UNREADABLE, f"{exc.strerror or exc}; check permissions") from None
+    except ValueError as exc:  # e.g. a NUL byte in the path
+        raise ImageDecodeError(path, UNREADABLE, f"invalid path ({exc})") from None
     if not path.is_file():
         raise ImageDecodeError(path, UNREADABLE, "not a regular file")
     if st.st_size == 0:
@@ -150,7 +152,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if mode == "RGB":
         return img
     if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
-        return Image.fromarray(_high_depth_to_uint8(np.asarray(img), mode), mode="L").convert("RGB")
+        return Image.fromarray(_high_depth_to_uint8(np.asarray(img), mode)).convert("RGB")
     if "transparency" in img.info and mode in ("1", "L", "P", "RGB"):
         img = img.convert("RGBA")
     elif mode in _ALPHA_MODES:

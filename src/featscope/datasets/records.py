@@ -40,7 +40,8 @@ class ImageRecord:
     """One image of a dataset.
 
     ``relpath`` is POSIX and relative to the scan's root. ``width``/``height`` are as displayed
-    (after EXIF orientation); None when not probed. ``size_bytes``/``mtime_ns`` come from ``stat``
+    (after EXIF orientation), or as the annotations declare them
+    when ``verify="none"``; None when unknown or skipped. ``size_bytes``/``mtime_ns`` come from ``stat``
     (0 for a missing file). ``error`` is set only on skipped records and reads
     ``"<reason>: <detail>"`` where ``<reason>`` is a short category such as ``file not found``.
     """
@@ -103,14 +104,14 @@ def dataset_fingerprint(records: Iterable[ImageRecord]) -> str:
     changes the result; the same records in any order give the same result.
     """
     rows = sorted(
-        (r.relpath, r.size_bytes, r.mtime_ns, r.label,
-         [[b.label, float(b.x0), float(b.y0), float(b.x1), float(b.y1)] for b in r.boxes])
+        json.dumps([r.relpath, r.size_bytes, r.mtime_ns, r.label,
+                    [[b.label, float(b.x0), float(b.y0), float(b.x1), float(b.y1)] for b in r.boxes]],
+                   separators=(",", ":"), ensure_ascii=True)
         for r in records
     )
     digest = hashlib.sha256(_FINGERPRINT_VERSION.encode())
     for row in rows:
-        digest.update(json.dumps(row, separators=(",", ":"), ensure_ascii=True).encode())
-        digest.update(b"\n")
+        digest.update(b"\n" + row.encode())
     return digest.hexdigest()
 
 

@@ -44,7 +44,7 @@ def add_backbone(ctx: Context, spec: str, *, name: str | None = None, weights: s
     with ctx.session() as s:
         existing = s.scalars(select(BackboneRow).where(BackboneRow.name == name)).first()
         if existing is not None:
-            if existing.fingerprint == bb.fingerprint and existing.preprocess == bb.preprocess.to_dict():
+            if existing.fingerprint == bb.fingerprint and Preprocess.from_dict(existing.preprocess) == bb.preprocess:
                 return BackboneInfo.of(existing)
             raise ValueError(
                 f"a different backbone is already registered as {name!r} ({existing.spec}); "

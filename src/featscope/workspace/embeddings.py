@@ -205,7 +205,8 @@ def load_embeddings(ctx: Context, embedding_set: int) -> Embeddings:
     try:
         art = ctx.store.get("embeddings", row.artifact_key)
     except CorruptArtifact as e:
-        raise CorruptArtifact(f"{e}; run `featscope extract` again for this backbone and data set to rebuild it") from e
+        e.args = (f"{e.args[0]} Or run `featscope extract` again for this backbone and data set: it rebuilds it.",)
+        raise
     positions = art.array("positions")
     with ctx.session() as s:
         by_pos = {im.position: im for im in s.scalars(
