@@ -30,8 +30,10 @@ step "5. The cached embedding sets"
 $fs embeddings list
 
 step "6. Nearest neighbours of one image in each backbone's Conv5 space"
-first=$($fs embeddings list --json | .venv/bin/python -c "import json,sys; s=[e for e in json.load(sys.stdin) if e['tap']=='layer4' and e['pooling']=='avg']; print(' '.join(str(e['id']) for e in s))")
-for es in $first; do
-  $fs neighbours "$es" 1 -k 5
+$fs dataset images synth-objects --limit 3
+image=$($fs dataset images synth-objects --limit 1 --json | .venv/bin/python -c "import json,sys; print(json.load(sys.stdin)[0]['id'])")
+sets=$($fs embeddings list --dataset synth-objects --json | .venv/bin/python -c "import json,sys; print(' '.join(str(e['id']) for e in json.load(sys.stdin) if e['tap']=='layer4' and e['pooling']=='avg'))")
+for es in $sets; do
+  $fs neighbours "$es" "$image" -k 5
 done
 printf '\nDone. State is in %s (catalog.sqlite, artifacts/).\n' "${FEATSCOPE_DATA_DIR:-featscope-data}"

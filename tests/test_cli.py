@@ -64,3 +64,14 @@ def test_full_path_from_dataset_to_neighbours(run, image_folder):
     assert all(n["image_id"] != 1 for n in res["neighbours"])
     scores = [n["score"] for n in res["neighbours"]]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_dataset_images_lists_ids_and_skipped_files(run, image_folder):
+    (image_folder / "red" / "broken.png").write_bytes(b"not an image")
+    assert run("dataset", "add", str(image_folder), "--name", "imgs").exit_code == 0
+    rows = json.loads(run("dataset", "images", "imgs", "--limit", "5", "--json").output)
+    assert len(rows) == 5 and [r["id"] for r in rows] == sorted(r["id"] for r in rows)
+    rest = json.loads(run("dataset", "images", "imgs", "--limit", "0", "--offset", "5", "--json").output)
+    assert len(rows) + len(rest) == 16
+    [bad] = json.loads(run("dataset", "images", "imgs", "--skipped", "--json").output)
+    assert bad["relpath"] == "red/broken.png" and "not an image" in bad["error"]

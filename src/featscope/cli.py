@@ -22,8 +22,9 @@ app.add_typer(dataset_app, name="dataset")
 app.add_typer(backbone_app, name="backbone")
 app.add_typer(embeddings_app, name="embeddings")
 
-out = Console()
-err = Console(stderr=True)
+# Piped output (logs, CI) gets a wide fixed width instead of Rich's 80-column fallback.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 _state: dict[str, Any] = {}
 
 # Errors a user can fix: printed as one line with the fix, exit code 2, no traceback.
@@ -119,6 +120,18 @@ def dataset_list(all_versions: bool = typer.Option(False, "--all", help="Every v
     rows = _run(_ws().datasets, all_versions)
     _emit(rows, ["id", "name", "version", "format", "n_images", "n_skipped", "classes", "fingerprint"], as_json,
           "data sets")
+
+
+@dataset_app.command("images")
+def dataset_images(dataset: str = typer.Argument(..., help="Data set name, name@version or id."),
+                   limit: int = typer.Option(20, help="How many rows (0: all)."),
+                   offset: int = typer.Option(0, help="Skip this many rows first."),
+                   skipped: bool = typer.Option(False, "--skipped", help="List the unreadable files and why instead."),
+                   as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List a data set's images with their catalog ids (or the files that were skipped)."""
+    rows = _run(_ws().images, dataset, limit=limit or None, offset=offset, skipped=skipped)
+    columns = ["id", "relpath", "error"] if skipped else ["id", "relpath", "label", "width", "height", "n_boxes"]
+    _emit(rows, columns, as_json, "skipped files" if skipped else "images")
 
 
 @dataset_app.command("synth")

@@ -10,10 +10,10 @@ from featscope.extractors.types import Preprocess
 from featscope.workspace import backbones as _bb, datasets as _ds, embeddings as _emb
 from featscope.workspace.backbones import BackboneInfo
 from featscope.workspace.context import Context, NotFound
-from featscope.workspace.datasets import DatasetInfo
+from featscope.workspace.datasets import DatasetInfo, ImageInfo
 from featscope.workspace.embeddings import Embeddings, EmbeddingSetInfo, Neighbour
 
-__all__ = ["BackboneInfo", "DatasetInfo", "EmbeddingSetInfo", "Embeddings", "Neighbour", "NotFound", "Workspace"]
+__all__ = ["BackboneInfo", "DatasetInfo", "ImageInfo", "EmbeddingSetInfo", "Embeddings", "Neighbour", "NotFound", "Workspace"]
 
 
 class Workspace:
@@ -48,6 +48,11 @@ class Workspace:
 
     def datasets(self, all_versions: bool = False) -> list[DatasetInfo]:
         return _ds.list_datasets(self.ctx, all_versions)
+
+    def images(self, dataset: str | int, *, limit: int | None = None, offset: int = 0,
+               skipped: bool = False) -> list[ImageInfo]:
+        """A page of a data set's images with their catalog ids (``skipped=True``: the unreadable files)."""
+        return _ds.list_images(self.ctx, dataset, limit=limit, offset=offset, skipped=skipped)
 
     # backbones
     def add_backbone(self, spec: str, *, name: str | None = None, weights: str | Path | None = None,

@@ -113,6 +113,31 @@ def get_dataset(ctx: Context, ref: str | int) -> Dataset:
         return row
 
 
+@dataclass(frozen=True)
+class ImageInfo:
+    id: int
+    dataset_id: int
+    relpath: str
+    label: str | None
+    width: int | None
+    height: int | None
+    n_boxes: int
+    error: str | None
+
+
+def list_images(ctx: Context, dataset: str | int, *, limit: int | None = None, offset: int = 0,
+                skipped: bool = False) -> list[ImageInfo]:
+    """A page of a data set's readable images in position order (or of its skipped files)."""
+    ds = get_dataset(ctx, dataset)
+    with ctx.session() as s:
+        q = select(Image).where(Image.dataset_id == ds.id)
+        q = q.where(Image.position.is_(None)).order_by(Image.relpath) if skipped else \
+            q.where(Image.position.is_not(None)).order_by(Image.position)
+        rows = s.scalars(q.offset(offset).limit(limit))
+        return [ImageInfo(im.id, im.dataset_id, im.relpath, im.label, im.width, im.height, len(im.boxes or []), im.error)
+                for im in rows]
+
+
 def readable_images(ctx: Context, dataset_id: int) -> list[Image]:
     """The data set's readable images in position order (the row order of its embedding arrays)."""
     with ctx.session() as s:

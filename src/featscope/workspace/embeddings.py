@@ -158,7 +158,8 @@ def _store_embeddings(ctx: Context, key: str, feats: np.ndarray, positions: np.n
                   {**meta, "n": int(vectors.shape[0]), "dim": int(vectors.shape[1]), "failures": failures},
                   blobs={"relpaths.json": json.dumps(relpaths).encode()})
     index = build_index(vectors, flat_max=ctx.settings.flat_index_max)
-    ctx.store.put("index", key, {}, {"kind": type(index).__name__, "n": int(index.ntotal)},
+    kind = "flat" if "Flat" in type(index).__name__ and "IVF" not in type(index).__name__ else "ivf"
+    ctx.store.put("index", key, {}, {"kind": kind, "faiss_type": type(index).__name__, "n": int(index.ntotal)},
                   blobs={"index.faiss": serialize_index(index)})
 
 
