@@ -8,7 +8,7 @@ last requested tap; models FX cannot trace fall back to forward hooks that are a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -77,26 +77,18 @@ class _HookTaps(nn.Module):
 
 def _store(out: dict[str, torch.Tensor], tap: str):
     def hook(_module: nn.Module, _inputs, output) -> None:
-        out[tap] = output
+        # Copy: a later in-place op (e.g. DenseNet's relu(inplace=True) after norm5) would alter it.
+        out[tap] = output.clone()
 
     return hook
-
-
-@contextmanager
-def _eval_mode(model: nn.Module):
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def tap_model(backbone: Backbone, taps: Sequence[str]) -> nn.Module:
     """A module mapping a normalised input batch to ``{tap: activation}`` for the given taps.
 
     Tap names may be aliases (``conv5``); the returned dict is keyed by the names as given.
-    The backbone's model keeps its train/eval state; the returned module is in eval mode.
+    The tap model works on its own copy of the network (FX graph modules share submodules with
+    the traced model), so it is in eval mode while the backbone's model keeps its state.
     """
     if not taps:
         raise ValueError("ask for at least one tap; use `featscope backbone layers NAME` to list them")
@@ -107,9 +99,9 @@ def tap_model(backbone: Backbone, taps: Sequence[str]) -> nn.Module:
         raise ValueError(f"taps {list(taps)} name the same layer more than once")
     from torchvision.models.feature_extraction import create_feature_extractor
 
-    with _eval_mode(backbone.model):
-        try:
-            extractor = create_feature_extractor(backbone.model, return_nodes=dict(nodes))
-        except Exception:  # noqa: BLE001 - any FX tracing failure means "use hooks instead"
-            extractor = _HookTaps(backbone.model, nodes)
+    model = copy.deepcopy(backbone.model).eval()
+    try:
+        extractor = create_feature_extractor(model, return_nodes=dict(nodes))
+    except Exception:  # noqa: BLE001 - any FX tracing failure means "use hooks instead"
+        extractor = _HookTaps(model, nodes)
     return extractor.eval()
