@@ -23,6 +23,12 @@ def make_image_folder(root: Path, classes: dict[str, int], size: int = 48, seed:
 
 
 @pytest.fixture
+def make_images():
+    """The :func:`make_image_folder` factory, for tests that need their own layout."""
+    return make_image_folder
+
+
+@pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "imgs", {"red": 6, "green": 5, "blue": 5})
 

@@ -214,10 +214,15 @@ def extract(backbone: str = typer.Option(..., "--backbone", "-b", help="Register
     def update(p) -> None:
         progress.update(task, completed=p.done, total=p.total, rate=f"{p.images_per_second:,.1f} img/s")
 
-    with progress:
-        infos = _run(_ws().extract, backbone, dataset, taps=tap, poolings=pooling, precision=precision, device=device,
-                     batch_size=batch_size, num_workers=workers, dtype="float16" if float16 else "float32",
-                     progress=update, on_message=lambda m: err.print(m, highlight=False))
+    try:
+        with progress:
+            infos = _run(_ws().extract, backbone, dataset, taps=tap, poolings=pooling, precision=precision,
+                         device=device, batch_size=batch_size, num_workers=workers,
+                         dtype="float16" if float16 else "float32", progress=update,
+                         on_message=lambda m: err.print(m, highlight=False))
+    except KeyboardInterrupt:
+        err.print("interrupted: finished shards are kept; run the same command again to continue from them")
+        raise typer.Exit(130) from None
     _emit(infos, ["id", "backbone", "dataset", "tap", "pooling", "precision", "n", "dim", "n_failed", "index_kind",
                   "cached"], as_json, "embedding sets")
 
