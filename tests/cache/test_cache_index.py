@@ -1,0 +1,139 @@
+"""FAISS cosine indexes checked against brute-force numpy cosine similarity."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from featscope.cache.index import build_index, deserialize_index, neighbours, normalize, search, serialize_index
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    na = np.linalg.norm(a, axis=1, keepdims=True)
+    nb = np.linalg.norm(b, axis=1, keepdims=True)
+    return (a / np.where(na > 0, na, 1)) @ (b / np.where(nb > 0, nb, 1)).T
+
+
+def _clustered(n: int, d: int = 32, centres: int = 50, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, d)).astype(np.float32)
+    return (c[rng.integers(0, centres, n)] + 0.35 * rng.normal(size=(n, d))).astype(np.float32)
+
+
+# -- errors ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("vectors,kwargs,match", [
+    (np.zeros(5), {}, "2-D"),
+    (np.zeros((0, 4)), {}, "empty"),
+    (np.array([[1.0, np.nan]]), {}, "NaN"),
+    (np.ones((10, 4)), {"flat_max": -1}, "flat_max"),
+    (np.ones((100, 4)), {"flat_max": 10, "nlist": 5}, "nlist"),
+    (np.ones((100, 4)), {"flat_max": 10, "nlist": 2, "nprobe": 3}, "nprobe"),
+    (np.ones((10, 4)), {"use_gpu": "yes"}, "use_gpu"),
+])
+def test_build_index_rejects_bad_input(vectors, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_index(vectors, **kwargs)
+
+
+@pytest.mark.skipif(getattr(faiss, "get_num_gpus", lambda: 0)() > 0, reason="needs a CPU-only FAISS")
+def test_use_gpu_true_without_gpu_says_what_to_install():
+    with pytest.raises(ValueError, match="faiss-gpu"):
+        build_index(np.ones((10, 4)), use_gpu=True)
+
+
+def test_search_and_neighbours_reject_bad_input():
+    x = _clustered(50, d=8)
+    index = build_index(x)
+    with pytest.raises(ValueError, match="dimensions"):
+        search(index, np.ones((2, 4)), 3)
+    with pytest.raises(ValueError, match="k must"):
+        search(index, x[:2], 0)
+    with pytest.raises(ValueError, match="built from"):
+        neighbours(index, x[:10], [0], 3)
+    with pytest.raises(IndexError, match="positions"):
+        neighbours(index, x, [50], 3)
+
+
+# -- against brute force ---------------------------------------------------------------------------
+
+def test_normalize_copies_and_keeps_zero_rows_zero():
+    x = np.array([[3.0, 4.0], [0.0, 0.0]])
+    y = normalize(x)
+    assert y.dtype == np.float32 and y.flags.c_contiguous
+    np.testing.assert_allclose(y, [[0.6, 0.8], [0.0, 0.0]])
+    assert x[0, 0] == 3.0
+
+
+def test_flat_index_matches_brute_force():
+    x = _clustered(300)
+    index = build_index(x)
+    assert isinstance(index, faiss.IndexFlatIP) and index.ntotal == 300
+    q = _clustered(20, seed=1)
+    scores, positions = search(index, q, 10)
+    assert scores.dtype == np.float32 and positions.dtype == np.int64 and scores.shape == (20, 10)
+    sims = _cosine(q, x)
+    np.testing.assert_allclose(scores, -np.sort(-sims, axis=1)[:, :10], atol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(sims, positions, 1), scores, atol=1e-5)
+
+
+def test_ivf_index_recall_at_10():
+    x = _clustered(20_000)
+    index = build_index(x, flat_max=1000)
+    assert isinstance(index, faiss.IndexIVFFlat)
+    assert index.nlist == min(round(4 * np.sqrt(20_000)), 20_000 // 39) and index.nprobe == max(8, index.nlist // 8)
+    q = x[::400]
+    _, positions = search(index, q, 10)
+    truth = np.argsort(-_cosine(q, x), axis=1)[:, :10]
+    recall = np.mean([len(set(p) & set(t)) / 10 for p, t in zip(positions, truth)])
+    assert recall >= 0.9
+
+
+def test_nlist_is_capped_for_small_training_sets():
+    index = build_index(_clustered(400), flat_max=100)
+    assert index.nlist == 400 // 39
+
+
+def test_neighbours_exclude_self_and_keep_duplicates():
+    x = _clustered(200)
+    x[7] = x[3]  # an exact duplicate of row 3
+    index = build_index(x)
+    sims = _cosine(x, x)
+    result = neighbours(index, x, [3, 10], 5)
+    assert len(result) == 2 and all(len(r) == 5 for r in result)
+    assert 3 not in [p for p, _ in result[0]] and 10 not in [p for p, _ in result[1]]
+    assert result[0][0][0] == 7 and result[0][0][1] == pytest.approx(1.0, abs=1e-5)
+    order = np.argsort(-sims[10])
+    assert [p for p, _ in result[1]] == [int(i) for i in order if i != 10][:5]
+    with_self = neighbours(index, x, [10], 5, exclude_self=False)[0]
+    assert with_self[0][0] == 10 and with_self[0][1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_zero_vectors_give_zero_similarity_not_nan():
+    x = _clustered(30, d=8)
+    x[4] = 0.0
+    index = build_index(x)
+    scores, _ = search(index, np.zeros((1, 8)), 5)
+    assert np.isfinite(scores).all() and np.allclose(scores, 0.0)
+    result = neighbours(index, x, [4], 3)[0]
+    assert len(result) == 3 and all(s == 0.0 for _, s in result)
+
+
+def test_k_above_size_is_capped():
+    x = _clustered(5, d=4)
+    scores, positions = search(build_index(x), x, 10)
+    assert scores.shape == (5, 5) and sorted(positions[0].tolist()) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("flat_max", [100_000, 1000])
+def test_serialize_round_trip(flat_max: int):
+    x = _clustered(5000)
+    index = build_index(x, flat_max=flat_max, nprobe=12 if flat_max == 1000 else None)
+    restored = deserialize_index(serialize_index(index))
+    assert type(restored) is type(index) and restored.ntotal == index.ntotal
+    if flat_max == 1000:
+        assert restored.nprobe == 12
+    q = x[:25]
+    for a, b in zip(search(index, q, 7), search(restored, q, 7)):
+        np.testing.assert_array_equal(a, b)
