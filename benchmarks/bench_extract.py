@@ -153,6 +153,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="featscope decode workers (plain loop: 0)")
     ap.add_argument("--threads", type=int, default=None, help="featscope intra-op threads (default: torch's)")
     ap.add_argument("--repeat", type=int, default=2, help="rounds; each side's best round is reported")
+    ap.add_argument("--weights", type=Path, default=None,
+                    help="a trained torchvision ResNet-50 state dict (e.g. resnet50-11ad3fa6.pth) instead of random "
+                         "init; the bf16 accuracy target is meant for trained weights")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="featscope-bench-") as tmp:
@@ -162,7 +165,14 @@ def main() -> None:
         paths = make_images(root / "images", args.images)
         print(f"generated {len(paths)} images in {time.perf_counter() - t:.1f}s; "
               f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")
-        model = make_model(paths)
+        if args.weights is not None:
+            model = torchvision.models.resnet50(weights=None)
+            model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+            model.eval()
+            print(f"weights: {args.weights}")
+        else:
+            model = make_model(paths)
+            print("weights: random init, BN statistics recalibrated on the generated images")
         backbone = Backbone(spec="torchvision:resnet50", source="torchvision", arch="resnet50", model=model,
                             preprocess=Preprocess(resize=256, crop=224), fingerprint="bench",
                             taps={"layer4": "layer4"}, classifier=model.fc)

@@ -55,7 +55,7 @@ from featscope.extractors.types import Backbone, Preprocess
 
 log = logging.getLogger(__name__)
 
-ENGINE_VERSION = 1  # bump when a change alters the numbers shards hold, so old shards are discarded
+ENGINE_VERSION = 2  # bump when a change alters the numbers shards hold, so old shards are discarded
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 RUN_FILE = "run.json"
 

@@ -49,11 +49,14 @@ class Preprocess:
 
     def to_uint8(self, image: Image.Image) -> torch.Tensor:
         """RGB PIL image -> uint8 tensor (3, crop, crop): short side to ``resize``, centre crop."""
+        # Same arithmetic as torchvision's Resize(int) + CenterCrop on PIL images (long side
+        # truncated, crop offset rounded), so crops are pixel-identical to the standard pipeline.
         w, h = image.size
-        scale = self.resize / min(w, h)
-        nw, nh = max(self.crop, round(w * scale)), max(self.crop, round(h * scale))
+        short, long = min(w, h), max(w, h)
+        new_long = max(self.crop, int(self.resize * long / short))
+        nw, nh = (self.resize, new_long) if w <= h else (new_long, self.resize)
         image = image.resize((nw, nh), _INTERPOLATIONS[self.interpolation])
-        left, top = (nw - self.crop) // 2, (nh - self.crop) // 2
+        left, top = int(round((nw - self.crop) / 2.0)), int(round((nh - self.crop) / 2.0))
         image = image.crop((left, top, left + self.crop, top + self.crop))
         t = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(self.crop, self.crop, 3)
         return t.permute(2, 0, 1).contiguous()

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from featscope.cache.index import build_index, deserialize_index, neighbours as index_neighbours, serialize_index
 from featscope.cache.store import CorruptArtifact, content_key
 from featscope.catalog import Backbone as BackboneRow, Dataset, EmbeddingSet, Image
-from featscope.extractors.extract import ExtractProgress, extract as run_extraction
+from featscope.extractors.extract import ENGINE_VERSION, ExtractProgress, extract as run_extraction
 from featscope.extractors.taps import POOLINGS
 from featscope.workspace.backbones import get_backbone_row, open_backbone
 from featscope.workspace.context import Context, NotFound
@@ -75,6 +75,7 @@ def _embedding_key(bb: BackboneRow, ds: Dataset, tap: str, pooling: str, precisi
     return content_key({
         "kind": "embeddings", "backbone": bb.fingerprint, "arch": bb.arch, "dataset": ds.fingerprint,
         "tap": tap, "pooling": pooling, "preprocess": bb.preprocess, "precision": precision, "dtype": dtype,
+        "engine": ENGINE_VERSION,  # a change in how pixels become numbers invalidates old artifacts
     })
 
 
