@@ -148,3 +148,20 @@ def test_bad_extraction_parameters_name_the_choices(ws, image_folder):
         ws.extract("r18", "imgs", taps=["conv9"])
     with pytest.raises(ValueError, match="float16"):
         ws.extract("r18", "imgs", dtype="int8")
+
+
+def test_same_content_under_two_names_shares_the_artifact_not_the_row(ws, image_folder, monkeypatch):
+    ws.add_dataset(image_folder, name="first")
+    ws.add_dataset(image_folder, name="second")
+    ws.add_backbone("torchvision:resnet18", random_init=True, name="r18", preprocess=SMALL)
+    [a] = ws.extract("r18", "first")
+
+    import featscope.workspace.embeddings as emb_mod
+
+    monkeypatch.setattr(emb_mod, "run_extraction", lambda *a, **k: pytest.fail("same content: no recomputation"))
+    [b] = ws.extract("r18", "second")
+    assert b.cached and b.artifact_key == a.artifact_key and b.id != a.id
+    assert (a.dataset, b.dataset) == ("first", "second")
+    ea, eb = ws.load_embeddings(a.id), ws.load_embeddings(b.id)
+    np.testing.assert_array_equal(ea.vectors, eb.vectors)
+    assert ea.relpaths == eb.relpaths and set(ea.image_ids).isdisjoint(eb.image_ids)

@@ -93,7 +93,9 @@ class EmbeddingSet(Base):
     """Pooled activations of one tap of one backbone over one data set, stored as an artifact."""
 
     __tablename__ = "embedding_sets"
-    __table_args__ = (UniqueConstraint("artifact_key"),)
+    # One artifact may back several rows: the same folder or weights registered under two names
+    # share their content-addressed artifact, but each registration gets its own row.
+    __table_args__ = (UniqueConstraint("artifact_key", "backbone_id", "dataset_id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     backbone_id: Mapped[int] = mapped_column(ForeignKey("backbones.id", ondelete="CASCADE"))

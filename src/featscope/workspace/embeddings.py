@@ -168,7 +168,8 @@ def _register(ctx: Context, bb: BackboneRow, ds: Dataset, combo: tuple[str, str]
               dtype: str, cached: bool) -> EmbeddingSetInfo:
     tap, pooling = combo
     with ctx.session() as s:
-        row = s.scalars(select(EmbeddingSet).where(EmbeddingSet.artifact_key == key)).first()
+        row = s.scalars(select(EmbeddingSet).where(EmbeddingSet.artifact_key == key, EmbeddingSet.backbone_id == bb.id,
+                                                   EmbeddingSet.dataset_id == ds.id)).first()
         if row is None:
             art = ctx.store.get("embeddings", key, verify=False)
             idx = ctx.store.get("index", key, verify=False)
