@@ -1,0 +1,260 @@
+"""Nearest-neighbour image pairs within and across two embedding spaces (METHOD.md, analyses 1 and 3).
+
+Every function takes embeddings of the *same* N images in one or two spaces (row i = image i) and
+uses cosine similarity: inner product of L2-normalised vectors (all-zero rows have similarity 0 to
+everything). Neighbours come from an exact FAISS ``IndexFlatIP`` searched in chunks of queries, so
+memory stays O(chunk * N) however large N is.
+
+Exact duplicates: two rows with identical vectors are two different images with cosine 1. Only an
+image's own row is removed from its neighbour list (by position, never by score), so duplicates are
+each other's nearest neighbours and appear as pairs with score 1. Ties are broken by FAISS's order;
+pair lists are sorted deterministically (score, then i, then j).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+
+from featscope.cache.index import normalize
+
+_DEFAULT_CHUNK = 4096
+_COMPARE_BUDGET = 1 << 24  # elements of one (pairs x N) comparison block when counting ranks
+
+
+@dataclass(frozen=True, eq=False)
+class PairList:
+    """Image pairs ``(i[p], j[p])`` with ``i < j``, their cosine ``score`` in the space they were
+    found in, and optional per-pair ``extra`` columns (same length), in ranking order."""
+
+    i: np.ndarray
+    j: np.ndarray
+    score: np.ndarray
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.i)
+
+    def to_dict(self) -> dict[str, list]:
+        """JSON-ready columns: ``{"i": [...], "j": [...], "score": [...], **extra}``."""
+        out: dict[str, list] = {"i": self.i.tolist(), "j": self.j.tolist(), "score": self.score.tolist()}
+        out.update({name: col.tolist() for name, col in self.extra.items()})
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class Agreement:
+    """How far each image's k nearest neighbours agree between two spaces.
+
+    ``per_image[i]`` = |kNN_A(i) ∩ kNN_B(i)| / k in [0, 1]; ``mean`` its average; ``worst`` the
+    indices of the images that agree least (lowest overlap first, ties by index)."""
+
+    per_image: np.ndarray
+    mean: float
+    worst: np.ndarray
+    k: int
+
+    def to_dict(self) -> dict:
+        return {"k": self.k, "mean": self.mean, "per_image": self.per_image.tolist(),
+                "worst": self.worst.tolist()}
+
+
+def closest_pairs(x: np.ndarray, n_pairs: int = 50, *, k: int = 10, chunk: int = _DEFAULT_CHUNK) -> PairList:
+    """The ``n_pairs`` most similar image pairs in one space (Fig. 3, left and right panels).
+
+    Candidates are the pairs (i, j) with j among the ``k`` nearest neighbours of i (or i among j's);
+    each unordered pair appears once with ``i < j``. ``k`` bounds the candidate set: the m-th most
+    similar pair of the whole set is always among i's top-m neighbours, so ``k >= n_pairs`` makes the
+    result exact (equal to an all-pairs search); a smaller ``k`` is faster and only misses pairs whose
+    images both have ``k`` closer neighbours elsewhere. Scores are float64 cosines.
+    """
+    xn = _unit(x, "x")
+    _check_k(k, len(xn))
+    _check_count(n_pairs, "n_pairs")
+    i, j = _knn_pairs(xn, k, chunk)
+    score = _pair_cosine(xn, i, j, chunk)
+    order = np.lexsort((j, i, -score))[:n_pairs]
+    return PairList(i[order], j[order], score[order])
+
+
+def close_in_a_distant_in_b_clusters(labels_a_large: np.ndarray, labels_b_small: np.ndarray, x_a: np.ndarray,
+                                     n_pairs: int = 50, *, k: int = 10,
+                                     chunk: int = _DEFAULT_CHUNK) -> PairList:
+    """Pairs close in space A but distant in space B by the study's cluster definition (appendix 6.1).
+
+    *Close in A*: same cluster of A clustered with many clusters (``labels_a_large``, e.g. K > 1000).
+    *Distant in B*: different clusters of B clustered with few clusters (``labels_b_small``, K < 5).
+    The caller clusters (e.g. ``clustering.kmeans_labels``); candidates are A's k-NN pairs (see
+    :func:`closest_pairs` for what ``k`` bounds), ranked by cosine in A, most similar first.
+    Extra columns: ``cluster_a`` (shared A cluster), ``cluster_b_i`` and ``cluster_b_j``.
+    """
+    xn = _unit(x_a, "x_a")
+    n = len(xn)
+    la = _labels(labels_a_large, "labels_a_large", n)
+    lb = _labels(labels_b_small, "labels_b_small", n)
+    _check_k(k, n)
+    _check_count(n_pairs, "n_pairs")
+    i, j = _knn_pairs(xn, k, chunk)
+    keep = (la[i] == la[j]) & (lb[i] != lb[j])
+    i, j = i[keep], j[keep]
+    score = _pair_cosine(xn, i, j, chunk)
+    order = np.lexsort((j, i, -score))[:n_pairs]
+    i, j = i[order], j[order]
+    return PairList(i, j, score[order], {"cluster_a": la[i], "cluster_b_i": lb[i], "cluster_b_j": lb[j]})
+
+
+def close_in_a_distant_in_b_ranks(x_a: np.ndarray, x_b: np.ndarray, n_pairs: int = 50, *, k: int = 10,
+                                  chunk: int = _DEFAULT_CHUNK) -> PairList:
+    """Pairs close in space A but distant in space B by neighbour rank (Fig. 3, middle panel).
+
+    Candidates are A's k-NN pairs. For each, the exact rank of j in i's neighbour list in B is
+    ``#{j' != i : cos_B(i, j') > cos_B(i, j)}`` (0 = nearest; ties share the better rank), and likewise
+    for i in j's list. The pair's B rank is the *minimum* of the two directions: a pair counts as
+    distant in B only if neither image has the other anywhere near its B neighbours. Pairs are ranked
+    by B rank, most distant first (ties: higher A cosine first). Extra columns: ``rank_b``,
+    ``rank_b_ij``, ``rank_b_ji``, ``score_b``. B is scanned in row blocks of bounded size (~64 MB
+    whatever N), costing O(N^2 D) time like one all-pairs similarity pass.
+    """
+    xa, xb = _unit(x_a, "x_a"), _unit(x_b, "x_b")
+    _check_same_n(xa, xb)
+    _check_k(k, len(xa))
+    _check_count(n_pairs, "n_pairs")
+    i, j = _knn_pairs(xa, k, chunk)
+    score = _pair_cosine(xa, i, j, chunk)
+    both = _ranks(xb, np.concatenate([i, j]), np.concatenate([j, i]), chunk)  # one scan of B for both
+    rank_ij, rank_ji = both[:len(i)], both[len(i):]
+    rank = np.minimum(rank_ij, rank_ji)
+    order = np.lexsort((j, i, -score, -rank))[:n_pairs]
+    i, j = i[order], j[order]
+    return PairList(i, j, score[order], {"rank_b": rank[order], "rank_b_ij": rank_ij[order],
+                                         "rank_b_ji": rank_ji[order],
+                                         "score_b": _pair_cosine(xb, i, j, chunk)})
+
+
+def neighbourhood_agreement(x_a: np.ndarray, x_b: np.ndarray, k: int = 10, *, n_worst: int = 20,
+                            chunk: int = _DEFAULT_CHUNK) -> Agreement:
+    """Per-image overlap of the k nearest neighbours (self excluded) in spaces A and B.
+
+    1 means image i has the same k neighbours in both spaces, 0 that they share none. ``worst`` holds
+    the ``n_worst`` least-agreeing images (lowest overlap first, ties by index).
+    """
+    xa, xb = _unit(x_a, "x_a"), _unit(x_b, "x_b")
+    _check_same_n(xa, xb)
+    _check_k(k, len(xa))
+    if n_worst < 0:
+        raise ValueError(f"n_worst must be >= 0, got {n_worst}")
+    na, nb = _knn(xa, k, chunk=chunk), _knn(xb, k, chunk=chunk)
+    both = np.sort(np.hstack([na, nb]), axis=1)  # each list has distinct entries: repeats = shared
+    per_image = (both[:, 1:] == both[:, :-1]).sum(axis=1) / k
+    worst = np.lexsort((np.arange(len(per_image)), per_image))[:n_worst]
+    return Agreement(per_image, float(per_image.mean()), worst.astype(np.int64), k)
+
+
+def _knn(xn: np.ndarray, k: int, *, chunk: int = _DEFAULT_CHUNK) -> np.ndarray:
+    """Positions (N, k) of each row's ``k`` most cosine-similar other rows of normalised ``xn``.
+
+    Exact (``IndexFlatIP``), queried ``chunk`` rows at a time; a row's own position is removed (or,
+    if duplicates pushed it out of the top k + 1, the last hit is dropped instead).
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    n, d = xn.shape
+    index = faiss.IndexFlatIP(d)
+    index.add(xn)
+    out = np.empty((n, k), dtype=np.int64)
+    for start in range(0, n, chunk):
+        rows = np.arange(start, min(start + chunk, n))
+        _, found = index.search(xn[rows], k + 1)
+        drop = found == rows[:, None]
+        drop[~drop.any(axis=1), -1] = True
+        out[rows] = found[~drop].reshape(len(rows), k)
+    return out
+
+
+def _knn_pairs(xn: np.ndarray, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unique unordered k-NN pairs (i < j), as two int64 arrays sorted by (i, j)."""
+    nbrs = _knn(xn, k, chunk=chunk)
+    rows = np.repeat(np.arange(len(xn), dtype=np.int64), k)
+    cols = nbrs.reshape(-1)
+    lo, hi = np.minimum(rows, cols), np.maximum(rows, cols)
+    key = np.unique(lo * len(xn) + hi)
+    return key // len(xn), key % len(xn)
+
+
+def _pair_cosine(xn: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int) -> np.ndarray:
+    """float64 cosine of each pair (rows of ``xn`` are unit vectors), ``chunk`` pairs at a time."""
+    out = np.empty(len(i), dtype=np.float64)
+    for s in range(0, len(i), chunk):
+        a = xn[i[s:s + chunk]].astype(np.float64)
+        b = xn[j[s:s + chunk]].astype(np.float64)
+        out[s:s + chunk] = np.einsum("pd,pd->p", a, b)
+    return out
+
+
+def _ranks(xn: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int) -> np.ndarray:
+    """Exact rank of j in i's neighbour list: #{j' != i : cos(i, j') > cos(i, j)}.
+
+    Query rows are processed in blocks of at most ``chunk`` rows and ``_COMPARE_BUDGET`` elements
+    (a block x N similarity matrix), and each pair's row is compared with its own threshold, so the
+    cost is O(N^2 D + pairs * N) time and O(_COMPARE_BUDGET) memory (~64 MB) for any N.
+    """
+    n = len(xn)
+    out = np.empty(len(i), dtype=np.int64)
+    by_query = np.argsort(i, kind="stable")
+    sorted_i = i[by_query]
+    queries = np.unique(i)
+    per_block = max(1, min(chunk, _COMPARE_BUDGET // n))
+    step = max(1, _COMPARE_BUDGET // n)
+    for s in range(0, len(queries), per_block):
+        block_rows = queries[s:s + per_block]
+        sims = xn[block_rows] @ xn.T  # float32, one consistent matrix for every comparison
+        sims[np.arange(len(block_rows)), block_rows] = -np.inf  # j' != i (never counted as closer)
+        first, last = np.searchsorted(sorted_i, block_rows[0]), np.searchsorted(sorted_i, block_rows[-1], "right")
+        sel = by_query[first:last]  # the pairs whose query row is in this block
+        local = np.searchsorted(block_rows, i[sel])
+        thresh = sims[local, j[sel]]
+        for t in range(0, len(sel), step):
+            rows, th = local[t:t + step], thresh[t:t + step]
+            out[sel[t:t + step]] = np.count_nonzero(sims[rows] > th[:, None], axis=1)
+    return out
+
+
+def _unit(x: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (N images, D features) array, got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape}); pass at least 2 images with >= 1 feature")
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or inf; drop or repair those rows (same rows in every space)")
+    return normalize(arr)
+
+
+def _labels(labels: np.ndarray, name: str, n: int) -> np.ndarray:
+    arr = np.asarray(labels)
+    if arr.ndim != 1 or len(arr) != n:
+        raise ValueError(f"{name} must be a 1-D array with one label per image ({n}), got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer cluster labels, got dtype {arr.dtype}")
+    return arr.astype(np.int64, copy=False)
+
+
+def _check_same_n(xa: np.ndarray, xb: np.ndarray) -> None:
+    if len(xa) != len(xb):
+        raise ValueError(f"x_a has {len(xa)} rows but x_b has {len(xb)}; both must embed the same images "
+                         f"in the same order (row i = image i)")
+
+
+def _check_k(k: int, n: int) -> None:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k < n:
+        raise ValueError(f"k must be an integer with 1 <= k < N = {n} (neighbours exclude the image itself), "
+                         f"got {k!r}")
+
+
+def _check_count(value: int, name: str) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,211 @@
+"""Neighbour pairs: error cases first, then all-pairs brute-force references."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from featscope.analysis.pairs import (
+    close_in_a_distant_in_b_clusters,
+    close_in_a_distant_in_b_ranks,
+    closest_pairs,
+    neighbourhood_agreement,
+)
+
+
+def _data(n: int = 120, d: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+
+
+def _cos(x: np.ndarray) -> np.ndarray:
+    u = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    return u @ u.T
+
+
+def _brute_pairs(x: np.ndarray) -> list[tuple[float, int, int]]:
+    s = _cos(x)
+    n = len(x)
+    return sorted(((s[i, j], i, j) for i in range(n) for j in range(i + 1, n)), key=lambda t: (-t[0], t[1], t[2]))
+
+
+def _brute_rank(s: np.ndarray, i: int, j: int) -> int:
+    """Rank of j in i's list by explicit argsort (self removed, most similar first)."""
+    others = [t for t in np.argsort(-s[i], kind="stable") if t != i]
+    return others.index(j)
+
+
+def _brute_knn(x: np.ndarray, k: int) -> list[set[int]]:
+    s = _cos(x)
+    np.fill_diagonal(s, -np.inf)
+    return [set(np.argsort(-row, kind="stable")[:k].tolist()) for row in s]
+
+
+# ---- error cases -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k", [0, -1, 120, 500, 2.5, True])
+def test_bad_k_says_the_range(k):
+    with pytest.raises(ValueError, match="1 <= k < N"):
+        closest_pairs(_data(), k=k)
+
+
+def test_mismatched_n_between_spaces():
+    with pytest.raises(ValueError, match="same images"):
+        close_in_a_distant_in_b_ranks(_data(120), _data(100))
+    with pytest.raises(ValueError, match="same images"):
+        neighbourhood_agreement(_data(120), _data(100))
+
+
+def test_nan_and_inf_rejected():
+    x = _data()
+    x[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        closest_pairs(x)
+    x[3, 2] = np.inf
+    with pytest.raises(ValueError, match="NaN or inf"):
+        neighbourhood_agreement(_data(), x)
+
+
+@pytest.mark.parametrize("x", [np.zeros((0, 4)), np.zeros((5, 0)), np.zeros(5)])
+def test_empty_or_wrong_rank_rejected(x):
+    with pytest.raises(ValueError):
+        closest_pairs(x, k=1)
+
+
+def test_bad_n_pairs_and_chunk():
+    with pytest.raises(ValueError, match="n_pairs"):
+        closest_pairs(_data(), n_pairs=0)
+    with pytest.raises(ValueError, match="chunk"):
+        closest_pairs(_data(), chunk=0)
+    with pytest.raises(ValueError, match="n_worst"):
+        neighbourhood_agreement(_data(), _data(seed=1), n_worst=-1)
+
+
+def test_bad_labels():
+    x = _data()
+    good = np.zeros(len(x), dtype=int)
+    with pytest.raises(ValueError, match="one label per image"):
+        close_in_a_distant_in_b_clusters(good[:-1], good, x)
+    with pytest.raises(ValueError, match="integer"):
+        close_in_a_distant_in_b_clusters(good.astype(float), good, x)
+
+
+# ---- brute-force references --------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_pairs", [1, 10, 40])
+def test_closest_pairs_equal_brute_force_when_k_ge_n_pairs(n_pairs):
+    x = _data(150, 8)
+    got = closest_pairs(x, n_pairs, k=n_pairs)
+    want = _brute_pairs(x)[:n_pairs]
+    assert list(zip(got.i.tolist(), got.j.tolist())) == [(i, j) for _, i, j in want]
+    np.testing.assert_allclose(got.score, [s for s, _, _ in want], rtol=0, atol=1e-6)
+    assert (got.i < got.j).all() and (np.diff(got.score) <= 0).all()
+
+
+def test_closest_pairs_small_k_is_a_subset_of_candidates():
+    x = _data(150, 8)
+    got = closest_pairs(x, 1000, k=3)  # more pairs asked than candidates exist
+    assert len(got) <= 150 * 3
+    assert len(set(zip(got.i.tolist(), got.j.tolist()))) == len(got)  # each unordered pair once
+
+
+def test_duplicates_pair_with_score_one_and_self_never_matches():
+    x = _data(60, 8)
+    x[10] = x[20]
+    x[30] = x[20]
+    got = closest_pairs(x, 3, k=5)
+    assert set(zip(got.i.tolist(), got.j.tolist())) == {(10, 20), (10, 30), (20, 30)}
+    np.testing.assert_allclose(got.score, 1.0, atol=1e-6)
+    assert (got.i != got.j).all()
+
+
+def test_closest_pairs_chunked_equals_unchunked_and_deterministic():
+    x = _data(200, 12)
+    a = closest_pairs(x, 50, k=10, chunk=7)
+    b = closest_pairs(x, 50, k=10)
+    c = closest_pairs(x, 50, k=10)
+    for p, q in ((a, b), (b, c)):
+        assert p.to_dict() == q.to_dict()
+    json.dumps(a.to_dict())
+
+
+def test_cluster_definition_matches_brute_force():
+    rng = np.random.default_rng(3)
+    x = _data(120, 6)
+    la = rng.integers(0, 8, size=120)
+    lb = rng.integers(0, 3, size=120)
+    k = 119  # every pair is a candidate: result must equal the all-pairs filter
+    got = close_in_a_distant_in_b_clusters(la, lb, x, 30, k=k)
+    want = [(s, i, j) for s, i, j in _brute_pairs(x) if la[i] == la[j] and lb[i] != lb[j]][:30]
+    assert list(zip(got.i.tolist(), got.j.tolist())) == [(i, j) for _, i, j in want]
+    assert (got.extra["cluster_a"] == la[got.i]).all()
+    assert (got.extra["cluster_b_i"] != got.extra["cluster_b_j"]).all()
+    json.dumps(got.to_dict())
+
+
+def test_cluster_definition_candidates_are_knn_pairs():
+    x = _data(120, 6)
+    la = np.zeros(120, dtype=np.int64)
+    lb = np.arange(120) % 2
+    got = close_in_a_distant_in_b_clusters(la, lb, x, 10_000, k=4)
+    nb = _brute_knn(x, 4)
+    for i, j in zip(got.i.tolist(), got.j.tolist()):
+        assert j in nb[i] or i in nb[j]
+        assert lb[i] != lb[j]
+
+
+def test_rank_definition_matches_argsort_ranks():
+    xa, xb = _data(100, 8, seed=1), _data(100, 8, seed=2)
+    got = close_in_a_distant_in_b_ranks(xa, xb, 10_000, k=5, chunk=9)
+    sb = _cos(xb)
+    na = _brute_knn(xa, 5)
+    want_pairs = {(min(i, j), max(i, j)) for i in range(100) for j in na[i]}
+    assert set(zip(got.i.tolist(), got.j.tolist())) == want_pairs
+    for p, (i, j) in enumerate(zip(got.i.tolist(), got.j.tolist())):
+        rij, rji = _brute_rank(sb, i, j), _brute_rank(sb, j, i)
+        assert got.extra["rank_b_ij"][p] == rij and got.extra["rank_b_ji"][p] == rji
+        assert got.extra["rank_b"][p] == min(rij, rji)
+        assert got.extra["score_b"][p] == pytest.approx(sb[i, j], abs=1e-6)
+    assert (np.diff(got.extra["rank_b"]) <= 0).all()
+    json.dumps(got.to_dict())
+
+
+def test_rank_definition_chunked_equals_unchunked_and_top_n():
+    xa, xb = _data(150, 8, seed=4), _data(150, 8, seed=5)
+    full = close_in_a_distant_in_b_ranks(xa, xb, 10_000, k=6)
+    small = close_in_a_distant_in_b_ranks(xa, xb, 20, k=6, chunk=1)
+    assert small.to_dict() == {name: col[:20] for name, col in full.to_dict().items()}
+
+
+def test_rank_memory_budget_batches_give_the_same_ranks(monkeypatch):
+    from featscope.analysis import pairs
+
+    xa, xb = _data(90, 8, seed=8), _data(90, 8, seed=9)
+    want = close_in_a_distant_in_b_ranks(xa, xb, 10_000, k=4).to_dict()
+    monkeypatch.setattr(pairs, "_COMPARE_BUDGET", 200)  # 2 query rows per block, 2 pairs per batch
+    assert close_in_a_distant_in_b_ranks(xa, xb, 10_000, k=4).to_dict() == want
+
+
+def test_identical_spaces_rank_zero_for_mutual_nearest():
+    x = _data(80, 8)
+    got = close_in_a_distant_in_b_ranks(x, x * 3.0, 10_000, k=1)
+    assert (got.extra["rank_b"] == 0).all()  # B is A rescaled: every A-1NN pair is rank 0 in B
+
+
+def test_neighbourhood_agreement_matches_brute_force():
+    xa = _data(120, 8, seed=6)
+    xb = xa + 0.5 * _data(120, 8, seed=7)
+    got = neighbourhood_agreement(xa, xb, k=7, n_worst=5, chunk=11)
+    na, nb = _brute_knn(xa, 7), _brute_knn(xb, 7)
+    want = np.array([len(a & b) / 7 for a, b in zip(na, nb)])
+    np.testing.assert_array_equal(got.per_image, want)
+    assert got.mean == pytest.approx(want.mean())
+    assert got.worst.tolist() == np.lexsort((np.arange(120), want))[:5].tolist()
+    json.dumps(got.to_dict())
+
+
+def test_neighbourhood_agreement_identical_spaces_is_one():
+    x = _data(50, 4)
+    got = neighbourhood_agreement(x, 2.0 * x, k=5)
+    assert got.mean == 1.0 and (got.per_image == 1.0).all()
