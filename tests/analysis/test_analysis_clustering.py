@@ -1,0 +1,163 @@
+"""K-grid helpers and FAISS K-means: argument errors first, then all-points training, determinism, sampling."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from featscope.analysis.clustering import KMeansResult, clip_k_grid, k_grid, kmeans_labels
+
+
+@pytest.fixture(autouse=True)
+def _one_faiss_thread():
+    """Tiny K-means problems: one thread is fastest, and avoids OpenMP spin-waits on a busy machine."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+@pytest.fixture
+def x() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(2000, 8)).astype(np.float32)
+
+
+# ---- errors -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"k_min": 1}, "k_min must be >= 2"),
+    ({"k_min": 10, "k_max": 5}, "k_max"),
+    ({"n": 1}, "n must be >= 2"),
+    ({"k_min": 2.5}, "must be an int"),
+])
+def test_k_grid_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        k_grid(**kwargs)
+
+
+def test_clip_k_grid_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="non-empty"):
+        clip_k_grid([], 10)
+    with pytest.raises(ValueError, match=">= 2"):
+        clip_k_grid([1, 5], 10)
+    with pytest.raises(ValueError, match="integers"):
+        clip_k_grid([2.0, 5.0], 10)
+    with pytest.raises(ValueError, match="no K"):
+        clip_k_grid([50, 100], 10)
+
+
+@pytest.mark.parametrize("arr, k, match", [
+    (np.zeros((10,)), 2, "2-D"),
+    (np.zeros((0, 4)), 2, "empty"),
+    (np.zeros((10, 0)), 2, "empty"),
+    (np.array([[np.nan, 1.0]] * 5), 2, "NaN"),
+    (np.array([["a", "b"]] * 5), 2, "numeric"),
+    (np.zeros((10, 3)), 1, "k must be >= 2"),
+    (np.zeros((10, 3)), 11, "exceeds the number of points"),
+])
+def test_kmeans_rejects_bad_input(arr, k, match):
+    with pytest.raises(ValueError, match=match):
+        kmeans_labels(arr, k)
+
+
+def test_kmeans_rejects_bad_options(x):
+    with pytest.raises(ValueError, match="sample=3 must be >= k=4"):
+        kmeans_labels(x, 4, sample=3)
+    with pytest.raises(ValueError, match="niter"):
+        kmeans_labels(x, 4, niter=0)
+    with pytest.raises(ValueError, match="use_gpu"):
+        kmeans_labels(x, 4, use_gpu="yes")
+    if faiss.get_num_gpus() == 0:
+        with pytest.raises(ValueError, match="no GPU"):
+            kmeans_labels(x, 4, use_gpu=True)
+
+
+# ---- k grid -------------------------------------------------------------------------------------
+
+def test_k_grid_is_log_spaced_unique_and_inclusive():
+    ks = k_grid(2, 1000, 20)
+    assert ks[0] == 2 and ks[-1] == 1000
+    assert 20 <= len(ks) <= 22
+    assert np.all(np.diff(ks) > 0) and ks.dtype == np.int64
+    ratios = ks[1:] / ks[:-1]
+    assert ratios[-5:].std() < 0.05  # geometric at the large end
+    assert len(k_grid(2, 1000, 15)) >= 15
+    np.testing.assert_array_equal(k_grid(2, 6, 20), [2, 3, 4, 5, 6])
+    np.testing.assert_array_equal(k_grid(7, 7, 5), [7])
+
+
+def test_clip_k_grid_keeps_supported_ks():
+    np.testing.assert_array_equal(clip_k_grid(np.array([2, 10, 100, 1000]), 150), [2, 10, 100])
+    np.testing.assert_array_equal(clip_k_grid([5, 2, 5], 5), [2, 5])
+
+
+# ---- k-means ------------------------------------------------------------------------------------
+
+def test_kmeans_labels_every_point_and_trains_on_all(x):
+    res = kmeans_labels(x, 4, seed=0)
+    assert isinstance(res, KMeansResult)
+    assert res.labels.shape == (2000,) and res.labels.dtype == np.int64
+    assert res.labels.min() >= 0 and res.labels.max() < 4
+    assert res.trained_on == 2000 and not res.sampled
+    assert res.centroids.shape == (4, 8)
+    # Same as faiss trained explicitly on all points ...
+    full = faiss.Kmeans(8, 4, niter=20, seed=0, max_points_per_centroid=10_000)
+    full.train(x)
+    np.testing.assert_allclose(res.centroids, full.centroids, rtol=1e-5, atol=1e-5)
+    # ... and unlike faiss's default, which trains on 256 * k = 1024 of the 2000 points.
+    default = faiss.Kmeans(8, 4, niter=20, seed=0)
+    default.train(x)
+    assert not np.allclose(res.centroids, default.centroids, atol=1e-4)
+
+
+def test_kmeans_inertia_is_sum_of_squared_distances(x):
+    for spherical in (False, True):
+        res = kmeans_labels(x, 5, seed=1, spherical=spherical)
+        d2 = ((x - res.centroids[res.labels]) ** 2).sum(axis=1)
+        assert res.inertia == pytest.approx(float(d2.sum()), rel=1e-4)
+        # every point sits with its nearest centroid (by the metric in use)
+        if spherical:
+            np.testing.assert_allclose(np.linalg.norm(res.centroids, axis=1), 1.0, rtol=1e-5)
+
+
+def test_kmeans_is_deterministic_per_seed(x):
+    a, b = kmeans_labels(x, 6, seed=3), kmeans_labels(x, 6, seed=3)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+    c = kmeans_labels(x, 6, seed=4)
+    assert not np.array_equal(a.centroids, c.centroids)
+
+
+def test_kmeans_sample_is_explicit_flagged_and_seeded(x):
+    res = kmeans_labels(x, 4, seed=0, sample=500)
+    assert res.sampled and res.trained_on == 500 and res.n == 2000
+    assert res.labels.shape == (2000,)
+    again = kmeans_labels(x, 4, seed=0, sample=500)
+    np.testing.assert_array_equal(res.labels, again.labels)
+    assert res.to_dict()["sampled"] is True
+    whole = kmeans_labels(x, 4, seed=0, sample=5000)  # sample >= N: all points, not flagged
+    assert not whole.sampled
+
+
+def test_kmeans_accepts_float64_and_non_contiguous_input(x):
+    x64 = np.asfortranarray(x.astype(np.float64))
+    np.testing.assert_array_equal(kmeans_labels(x64, 4).labels, kmeans_labels(x, 4).labels)
+
+
+def test_kmeans_recovers_separated_blobs():
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(5, 4)) * 100
+    truth = np.repeat(np.arange(5), 40)
+    pts = centres[truth] + rng.normal(size=(200, 4))
+    labels = kmeans_labels(pts, 5, seed=0).labels
+    # a bijection between found clusters and true blobs
+    assert len({(t, l) for t, l in zip(truth, labels)}) == 5
+
+
+def test_identical_points_share_a_cluster_even_when_k_exceeds_distinct_points():
+    x = np.repeat(np.eye(3, dtype=np.float32), 4, axis=0)  # 3 distinct points, 4 copies each
+    for spherical in (False, True):
+        labels = kmeans_labels(x, 6, seed=0, spherical=spherical).labels
+        assert all(len(np.unique(labels[4 * g: 4 * g + 4])) == 1 for g in range(3))
+    assert kmeans_labels(np.zeros((10, 3)), 5).inertia == 0.0
