@@ -1,0 +1,286 @@
+"""Linear and k-NN probes on frozen features (METHOD.md, Tables 5 and 6).
+
+A linear probe is a softmax (multinomial logistic regression) classifier trained on frozen,
+standardised features; its test top-1 accuracy says how linearly separable the classes are in a
+backbone's feature space. ``linear_probe`` picks the regularisation C on a validation split, refits
+on train+val and reports test accuracy with a 95% Wilson interval. The trained probe is kept as plain
+arrays (``ProbeResult.predict_proba``) so it can serve as the classification head on a detection
+backbone (mask-out maps, METHOD.md analysis 6). ``knn_accuracy`` is the non-parametric companion.
+
+Labels may be strings or ints; unlabelled rows (None/NaN) are rejected.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import faiss
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+
+from featscope.cache.index import normalize
+
+_Z95 = 1.959963984540054  # two-sided 95% standard-normal quantile
+
+
+@dataclass(frozen=True, eq=False)
+class Splits:
+    """Row indices (sorted) of the train, validation and test parts; ``stratified`` is False when
+    a class was too small to stratify and a plain random split was used instead."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    stratified: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"train": self.train.tolist(), "val": self.val.tolist(), "test": self.test.tolist(),
+                "stratified": self.stratified}
+
+
+@dataclass(frozen=True, eq=False)
+class ProbeResult:
+    """Test top-1 ``accuracy`` with its 95% Wilson interval, the C search, and the refit probe.
+
+    The probe: p = softmax(((x - scaler_mean) / scaler_scale) @ coef.T + intercept) over ``classes``
+    (label strings, in the order of coef's rows). Binary problems are stored as two rows
+    (0 and sklearn's single row), which gives the same probabilities."""
+
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    n_test: int
+    best_c: float
+    c_grid: np.ndarray
+    val_accuracy: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+    scaler_mean: np.ndarray
+    scaler_scale: np.ndarray
+    classes: np.ndarray
+    converged: bool
+
+    def decision_function(self, x: np.ndarray) -> np.ndarray:
+        """Class logits (N, n_classes) for features ``x`` (N, D)."""
+        arr = np.asarray(x, dtype=np.float64)
+        if arr.ndim != 2 or arr.shape[1] != self.coef.shape[1]:
+            raise ValueError(f"x must be (N, {self.coef.shape[1]}) features from the same tap and pooling "
+                             f"the probe was trained on, got shape {arr.shape}")
+        return ((arr - self.scaler_mean) / self.scaler_scale) @ self.coef.T + self.intercept
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, n_classes), columns in ``classes`` order (numerically stable softmax)."""
+        z = self.decision_function(x)
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        return z / z.sum(axis=1, keepdims=True)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predicted label strings (N,)."""
+        return self.classes[np.argmax(self.decision_function(x), axis=1)]
+
+    def to_dict(self, weights: bool = False) -> dict[str, Any]:
+        """JSON-ready summary; ``weights=True`` adds the probe's arrays (large: n_classes x D)."""
+        out: dict[str, Any] = {
+            "accuracy": self.accuracy, "ci_low": self.ci_low, "ci_high": self.ci_high,
+            "n_test": self.n_test, "best_c": self.best_c, "c_grid": self.c_grid.tolist(),
+            "val_accuracy": self.val_accuracy.tolist(), "classes": self.classes.tolist(),
+            "converged": self.converged}
+        if weights:
+            out.update(coef=self.coef.tolist(), intercept=self.intercept.tolist(),
+                       scaler_mean=self.scaler_mean.tolist(), scaler_scale=self.scaler_scale.tolist())
+        return out
+
+
+@dataclass(frozen=True)
+class KnnResult:
+    """Test top-1 ``accuracy`` of cosine k-NN voting, with its 95% Wilson interval."""
+
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    n_test: int
+    k: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accuracy": self.accuracy, "ci_low": self.ci_low, "ci_high": self.ci_high,
+                "n_test": self.n_test, "k": self.k}
+
+
+def wilson_interval(correct: int, n: int, z: float = _Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion ``correct / n``.
+
+    Used instead of the normal (Wald) interval because probes often score near 0% or 100%, where
+    Wald collapses to zero width and undercovers; Wilson stays inside [0, 1] with near-nominal coverage.
+    """
+    if n <= 0 or not 0 <= correct <= n:
+        raise ValueError(f"need 0 <= correct <= n and n > 0, got correct={correct}, n={n}")
+    p = correct / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _encode_labels(labels: Sequence[Any] | np.ndarray, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes (N,) and class names (label strings, sorted) for ``labels``."""
+    arr = np.asarray(labels, dtype=object)
+    if arr.ndim != 1:
+        raise ValueError(f"labels must be 1-D (one per row), got shape {arr.shape}")
+    if n is not None and len(arr) != n:
+        raise ValueError(f"labels has {len(arr)} entries but x has {n} rows; pass one label per row")
+    missing = [i for i, v in enumerate(arr) if v is None or (isinstance(v, float) and math.isnan(v))]
+    if missing:
+        raise ValueError(f"{len(missing)} rows have no label (first at row {missing[0]}); drop unlabelled "
+                         "rows before probing, or use a labelled data set")
+    try:
+        uniq, codes = np.unique(arr, return_inverse=True)
+    except TypeError:  # mixed label types (e.g. 3 and "3"): compare as strings
+        uniq, codes = np.unique(arr.astype(str), return_inverse=True)
+    return codes.astype(np.int64), np.array([str(u) for u in uniq])
+
+
+def make_splits(labels: Sequence[Any] | np.ndarray, *, val_fraction: float = 0.15, test_fraction: float = 0.2,
+                seed: int = 0) -> Splits:
+    """Deterministic stratified train/val/test split of row indices (same labels + seed -> same split).
+
+    Falls back to an unstratified random split, with a warning and ``stratified=False``, when a
+    class has too few rows to appear in every part."""
+    codes, _ = _encode_labels(labels)
+    n = len(codes)
+    if not 0 < test_fraction < 1 or not 0 <= val_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ValueError("need 0 < test_fraction < 1, 0 <= val_fraction, and val_fraction + test_fraction < 1; "
+                         f"got val_fraction={val_fraction}, test_fraction={test_fraction}")
+    idx = np.arange(n)
+    val_rel = val_fraction / (1.0 - test_fraction)
+    try:
+        rest, test = train_test_split(idx, test_size=test_fraction, stratify=codes, random_state=seed)
+        train, val = (train_test_split(rest, test_size=val_rel, stratify=codes[rest], random_state=seed)
+                      if val_fraction > 0 else (rest, idx[:0]))
+        stratified = True
+    except ValueError as err:
+        warnings.warn(f"stratified split impossible ({err}); using an unstratified random split. "
+                      "Merge or drop classes with very few rows to get stratified splits.", stacklevel=2)
+        rest, test = train_test_split(idx, test_size=test_fraction, random_state=seed)
+        train, val = (train_test_split(rest, test_size=val_rel, random_state=seed)
+                      if val_fraction > 0 else (rest, idx[:0]))
+        stratified = False
+    if len(train) == 0 or len(test) == 0:
+        raise ValueError(f"N={n} rows is too few for a train and a test part; use more data")
+    return Splits(np.sort(train), np.sort(val), np.sort(test), stratified)
+
+
+def _check_inputs(x: np.ndarray, labels: Any, splits: Splits) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    arr = np.asarray(x)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"x must be a numeric 2-D (N, D) feature array, got shape {arr.shape}, "
+                         f"dtype {arr.dtype}")
+    if not np.isfinite(arr).all():
+        raise ValueError("x contains NaN or inf; drop or repair those rows first")
+    codes, classes = _encode_labels(labels, len(arr))
+    parts = [np.asarray(p) for p in (splits.train, splits.val, splits.test)]
+    for name, p in zip(("train", "val", "test"), parts):
+        if p.size and (not np.issubdtype(p.dtype, np.integer) or p.min() < 0 or p.max() >= len(arr)):
+            raise ValueError(f"splits.{name} must hold row indices in [0, {len(arr)}); "
+                             "build it with make_splits")
+    joined = np.concatenate(parts)
+    if len(np.unique(joined)) != len(joined):
+        raise ValueError("splits overlap (a row is in two parts); build them with make_splits")
+    if len(parts[0]) == 0 or len(parts[2]) == 0:
+        raise ValueError("splits need non-empty train and test parts")
+    return arr, codes, classes
+
+
+def _fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int,
+         seed: int) -> tuple[StandardScaler, LogisticRegression]:
+    scaler = StandardScaler().fit(x)
+    model = LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # reported once, as ProbeResult.converged
+        model.fit(scaler.transform(x), y)
+    return scaler, model
+
+
+def linear_probe(x: np.ndarray, labels: Sequence[Any] | np.ndarray, splits: Splits | None = None, *,
+                 c_grid: Sequence[float] | np.ndarray | None = None, max_iter: int = 1000,
+                 seed: int = 0) -> ProbeResult:
+    """Softmax linear probe on frozen features ``x`` (N, D) with ``labels`` (N,).
+
+    For each C in ``c_grid`` (default ``np.logspace(-4, 2, 7)``): standardise on train, fit
+    multinomial logistic regression (lbfgs), score top-1 on val. The best C (ties -> the smaller,
+    more regularised C) is refit on train+val (scaler too) and scored on test. ``splits`` defaults
+    to ``make_splits(labels, seed=seed)``.
+    """
+    if splits is None:
+        splits = make_splits(labels, seed=seed)
+    arr, codes, classes = _check_inputs(x, labels, splits)
+    grid = np.asarray(np.logspace(-4, 2, 7) if c_grid is None else c_grid, dtype=np.float64).ravel()
+    if grid.size == 0 or not (np.isfinite(grid).all() and (grid > 0).all()):
+        raise ValueError(f"c_grid must hold positive finite values, e.g. np.logspace(-4, 2, 7); got {grid}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    if len(splits.val) == 0 and grid.size > 1:
+        raise ValueError("choosing C needs a validation part: use make_splits(val_fraction > 0) or pass a "
+                         "single-value c_grid")
+    if len(np.unique(codes[splits.train])) < 2:
+        raise ValueError("the training part holds a single class; a probe needs at least two")
+    x_tr, y_tr = arr[splits.train], codes[splits.train]
+    val_acc = np.full(grid.size, np.nan)
+    if len(splits.val):
+        x_val, y_val = arr[splits.val], codes[splits.val]
+        for i, c in enumerate(grid):
+            scaler, model = _fit(x_tr, y_tr, float(c), max_iter, seed)
+            val_acc[i] = float(np.mean(model.predict(scaler.transform(x_val)) == y_val))
+        best = int(min(np.flatnonzero(val_acc == val_acc.max()), key=lambda j: grid[j]))
+    else:
+        best = 0
+    fit_rows = np.concatenate([splits.train, splits.val])
+    scaler, model = _fit(arr[fit_rows], codes[fit_rows], float(grid[best]), max_iter, seed)
+    y_test = codes[splits.test]
+    correct = int(np.sum(model.predict(scaler.transform(arr[splits.test])) == y_test))
+    low, high = wilson_interval(correct, len(y_test))
+    coef, intercept = model.coef_.astype(np.float64), model.intercept_.astype(np.float64)
+    if coef.shape[0] == 1:  # binary: sigmoid(z) == softmax([0, z])
+        coef = np.vstack([np.zeros_like(coef), coef])
+        intercept = np.concatenate([[0.0], intercept])
+    return ProbeResult(
+        accuracy=correct / len(y_test), ci_low=low, ci_high=high, n_test=len(y_test),
+        best_c=float(grid[best]), c_grid=grid, val_accuracy=val_acc, coef=coef, intercept=intercept,
+        scaler_mean=scaler.mean_.astype(np.float64), scaler_scale=scaler.scale_.astype(np.float64),
+        classes=classes[model.classes_], converged=bool(np.max(model.n_iter_) < max_iter))
+
+
+def knn_accuracy(x: np.ndarray, labels: Sequence[Any] | np.ndarray, splits: Splits, *,
+                 k: int = 20) -> KnnResult:
+    """Top-1 accuracy of cosine k-NN classification of the test rows from the train+val rows.
+
+    Neighbours come from an exact FAISS ``IndexFlatIP`` on L2-normalised vectors. Each test row takes
+    the class most frequent among its k neighbours; a tie in votes goes to the tied class with the
+    larger summed cosine similarity (closer neighbours win), then to the first class in sorted order.
+    """
+    arr, codes, _ = _check_inputs(x, labels, splits)
+    db_rows = np.concatenate([splits.train, splits.val])
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= len(db_rows):
+        raise ValueError(f"k must be an int in [1, {len(db_rows)}] (train+val rows), got {k!r}")
+    db = normalize(arr[db_rows])
+    index = faiss.IndexFlatIP(db.shape[1])
+    index.add(db)
+    sims, nbrs = index.search(normalize(arr[splits.test]), int(k))
+    n_cls = int(codes.max()) + 1
+    nbr_codes = codes[db_rows][nbrs]
+    rows = np.repeat(np.arange(len(nbrs)), k)
+    votes = np.zeros((len(nbrs), n_cls))
+    weight = np.zeros((len(nbrs), n_cls))
+    np.add.at(votes, (rows, nbr_codes.ravel()), 1.0)
+    np.add.at(weight, (rows, nbr_codes.ravel()), sims.ravel().astype(np.float64))
+    tied = votes == votes.max(axis=1, keepdims=True)
+    pred = np.argmax(np.where(tied, weight, -np.inf), axis=1)
+    correct = int(np.sum(pred == codes[splits.test]))
+    low, high = wilson_interval(correct, len(pred))
+    return KnnResult(correct / len(pred), low, high, len(pred), int(k))

@@ -1,0 +1,194 @@
+"""Linear and k-NN probes: error cases first, then hand-computed and brute-force references."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from featscope.analysis.probes import Splits, knn_accuracy, linear_probe, make_splits, wilson_interval
+
+
+def _blobs(n_per: int = 60, n_cls: int = 3, d: int = 8, sep: float = 10.0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_cls, d)) * sep
+    x = np.concatenate([c + rng.normal(size=(n_per, d)) for c in centres]).astype(np.float32)
+    labels = np.repeat([f"class{c}" for c in range(n_cls)], n_per)
+    return x, labels
+
+
+# ---- error cases -------------------------------------------------------------------------------
+
+def test_unlabelled_rows_rejected():
+    x, labels = _blobs()
+    labels = labels.astype(object)
+    labels[5] = None
+    with pytest.raises(ValueError, match="drop unlabelled"):
+        make_splits(labels)
+    with pytest.raises(ValueError, match="labelled data set"):
+        linear_probe(x, labels)
+
+
+def test_bad_fractions_and_shapes():
+    x, labels = _blobs()
+    with pytest.raises(ValueError, match="test_fraction"):
+        make_splits(labels, val_fraction=0.5, test_fraction=0.5)
+    with pytest.raises(ValueError, match="one label per row"):
+        linear_probe(x[:-1], labels, make_splits(labels))
+    with pytest.raises(ValueError, match="2-D"):
+        linear_probe(x[:, 0], labels)
+    with pytest.raises(ValueError, match="c_grid"):
+        linear_probe(x, labels, c_grid=[0.0, 1.0])
+    with pytest.raises(ValueError, match="validation part"):
+        linear_probe(x, labels, make_splits(labels, val_fraction=0.0), c_grid=[0.1, 1.0])
+    sp = make_splits(labels)
+    with pytest.raises(ValueError, match="overlap"):
+        linear_probe(x, labels, Splits(sp.train, sp.train[:3], sp.test))
+    with pytest.raises(ValueError, match="k must be"):
+        knn_accuracy(x, labels, sp, k=10_000)
+
+
+def test_wilson_rejects_bad_counts():
+    with pytest.raises(ValueError):
+        wilson_interval(5, 0)
+    with pytest.raises(ValueError):
+        wilson_interval(6, 5)
+
+
+# ---- Wilson interval ---------------------------------------------------------------------------
+
+def test_wilson_hand_computed():
+    # 8/10, z=1.96: centre (0.8 + 0.19208)/1.38416, half 1.96*sqrt(0.016 + 0.009604)/1.38416
+    low, high = wilson_interval(8, 10, z=1.96)
+    centre, half = (0.8 + 0.19208) / 1.38416, 1.96 * math.sqrt(0.016 + 0.009604) / 1.38416
+    assert low == pytest.approx(centre - half, abs=1e-12) and high == pytest.approx(centre + half, abs=1e-12)
+    assert (low, high) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    low, high = wilson_interval(10, 10, z=1.96)  # 100%: upper bound 1, lower n/(n+z^2)
+    assert high == pytest.approx(1.0) and low == pytest.approx(10 / (10 + 1.96**2), abs=1e-12)
+    assert wilson_interval(0, 10)[0] == 0.0
+
+
+# ---- splits ------------------------------------------------------------------------------------
+
+def test_splits_deterministic_and_stratified():
+    labels = np.repeat([0, 1, 2, 3], [100, 60, 40, 20])
+    a, b = make_splits(labels, seed=3), make_splits(labels, seed=3)
+    for part in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(a, part), getattr(b, part))
+    assert not np.array_equal(a.test, make_splits(labels, seed=4).test)
+    all_idx = np.concatenate([a.train, a.val, a.test])
+    assert sorted(all_idx.tolist()) == list(range(len(labels)))
+    assert a.stratified
+    overall = np.bincount(labels) / len(labels)
+    for part in (a.train, a.val, a.test):
+        np.testing.assert_allclose(np.bincount(labels[part], minlength=4) / len(part), overall, atol=0.03)
+    assert len(a.test) == pytest.approx(0.2 * len(labels), abs=1)
+    json.dumps(a.to_dict())
+
+
+def test_splits_fall_back_when_class_too_small():
+    labels = ["a"] * 30 + ["b"] * 30 + ["c"]
+    with pytest.warns(UserWarning, match="unstratified"):
+        sp = make_splits(labels)
+    assert not sp.stratified
+    assert len(sp.train) + len(sp.val) + len(sp.test) == 61
+
+
+# ---- linear probe ------------------------------------------------------------------------------
+
+def test_probe_separable_blobs():
+    x, labels = _blobs()
+    res = linear_probe(x, labels, c_grid=[0.01, 1.0])
+    assert res.accuracy >= 0.99
+    assert res.ci_low <= res.accuracy <= res.ci_high
+    assert res.coef.shape == (3, 8) and res.intercept.shape == (3,)
+    assert res.classes.tolist() == ["class0", "class1", "class2"]
+    assert (res.predict(x) == labels).mean() >= 0.99
+    json.dumps(res.to_dict(weights=True))
+
+
+def test_predict_proba_matches_sklearn():
+    x, labels = _blobs(sep=1.0, seed=1)
+    sp = make_splits(labels, seed=1)
+    res = linear_probe(x, labels, sp, c_grid=[0.3])
+    rows = np.concatenate([sp.train, sp.val])
+    scaler = StandardScaler().fit(x[rows])
+    y = np.unique(labels, return_inverse=True)[1]
+    model = LogisticRegression(C=0.3, max_iter=1000, random_state=0).fit(scaler.transform(x[rows]), y[rows])
+    np.testing.assert_allclose(res.predict_proba(x), model.predict_proba(scaler.transform(x)), atol=1e-6)
+
+
+def test_predict_proba_binary_int_labels():
+    x, labels = _blobs(n_cls=2, sep=1.0, seed=2)
+    ints = np.unique(labels, return_inverse=True)[1] + 7
+    sp = make_splits(ints, seed=0)
+    res = linear_probe(x, ints, sp, c_grid=[1.0])
+    assert res.coef.shape == (2, 8) and res.classes.tolist() == ["7", "8"]
+    rows = np.concatenate([sp.train, sp.val])
+    scaler = StandardScaler().fit(x[rows])
+    model = LogisticRegression(C=1.0, max_iter=1000).fit(scaler.transform(x[rows]), ints[rows])
+    np.testing.assert_allclose(res.predict_proba(x), model.predict_proba(scaler.transform(x)), atol=1e-6)
+
+
+def test_c_selection_picks_best_validation_c():
+    # Training labels carry 30% noise; a weak C underfits a 2-feature signal buried among many
+    # noise features, a huge C overfits them. The chosen C must be the grid argmax on val.
+    rng = np.random.default_rng(0)
+    n, d = 400, 60
+    x = rng.normal(size=(n, d))
+    y = (x[:, 0] + x[:, 1] > 0).astype(int)
+    sp = make_splits(y, seed=0)
+    noisy = y.copy()
+    flip = rng.random(n) < 0.3
+    noisy[sp.train[flip[sp.train]]] ^= 1  # noise only in train, so val measures generalisation
+    grid = [1e-5, 1e-2, 1e3]
+    res = linear_probe(x, noisy, sp, c_grid=grid)
+    best = int(np.argmax(res.val_accuracy))
+    assert res.best_c == grid[best]
+    assert res.val_accuracy[best] > res.val_accuracy.min()
+    # hand reference for val accuracies
+    for c, acc in zip(grid, res.val_accuracy):
+        sc = StandardScaler().fit(x[sp.train])
+        m = LogisticRegression(C=c, max_iter=1000, random_state=0)
+        m.fit(sc.transform(x[sp.train]), noisy[sp.train])
+        assert acc == pytest.approx(np.mean(m.predict(sc.transform(x[sp.val])) == noisy[sp.val]))
+
+
+# ---- k-NN --------------------------------------------------------------------------------------
+
+def _brute_knn(x, codes, sp, k):
+    db = np.concatenate([sp.train, sp.val])
+    u = x.astype(np.float64) / np.linalg.norm(x, axis=1, keepdims=True)
+    s = u[sp.test] @ u[db].T
+    correct = 0
+    for qi, q in enumerate(sp.test):
+        nb = np.argsort(-s[qi], kind="stable")[:k]
+        votes, wsum = {}, {}
+        for j in nb:
+            c = codes[db[j]]
+            votes[c] = votes.get(c, 0) + 1
+            wsum[c] = wsum.get(c, 0.0) + s[qi, j]
+        pred = max(votes, key=lambda c: (votes[c], wsum[c], -c))
+        correct += pred == codes[q]
+    return correct / len(sp.test)
+
+
+@pytest.mark.parametrize("k", [1, 4, 20])
+def test_knn_matches_brute_force(k):
+    x, labels = _blobs(n_per=50, n_cls=4, d=6, sep=0.7, seed=5)
+    sp = make_splits(labels, seed=0)
+    codes = np.unique(labels, return_inverse=True)[1]
+    res = knn_accuracy(x, labels, sp, k=k)
+    assert res.accuracy == pytest.approx(_brute_knn(x, codes, sp, k))
+    assert res.ci_low <= res.accuracy <= res.ci_high and res.k == k
+    json.dumps(res.to_dict())
+
+
+def test_knn_separable_blobs_perfect():
+    x, labels = _blobs()
+    res = knn_accuracy(x, labels, make_splits(labels), k=5)
+    assert res.accuracy == 1.0

@@ -1,0 +1,113 @@
+"""Projections and Procrustes alignment: error cases first, then exact and structural checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import special_ortho_group
+
+from featscope.analysis.projection import align_procrustes, project, project_pair
+
+_FAST = dict(n_iter=100, early_exaggeration_iter=50, n_jobs=1)
+
+
+def _blobs(n_per: int = 100, n_cls: int = 3, d: int = 20, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_cls, d)) * 10
+    x = np.concatenate([c + rng.normal(size=(n_per, d)) for c in centres]).astype(np.float32)
+    return x, np.repeat(np.arange(n_cls), n_per)
+
+
+def _knn_purity(coords: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
+    d = ((coords[:, None, :] - coords[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    nb = np.argsort(d, axis=1)[:, :k]
+    return float((labels[nb] == labels[:, None]).mean())
+
+
+# ---- error cases -------------------------------------------------------------------------------
+
+def test_project_errors():
+    x, _ = _blobs(n_per=20)
+    with pytest.raises(ValueError, match="method"):
+        project(x, "mds")
+    with pytest.raises(ValueError, match="perplexity"):
+        project(x, "tsne", perplexity=30.0)  # N=60 -> must be < 20
+    with pytest.raises(ValueError, match="2-D"):
+        project(x[0])
+    with pytest.raises(ValueError, match="NaN"):
+        project(np.full((10, 3), np.nan))
+    with pytest.raises(ValueError, match="metric"):
+        project(x, "pca", metric="manhattan")
+    with pytest.raises(ValueError, match="n_neighbors"):
+        project(x, "umap", n_neighbors=100)
+    with pytest.raises(ValueError, match="pca_dims"):
+        project(x, "tsne", perplexity=5, pca_dims=1)
+    with pytest.raises(ValueError, match="n_jobs"):
+        project(x, "pca", n_jobs=0)
+
+
+def test_procrustes_errors():
+    with pytest.raises(ValueError, match="same shape"):
+        align_procrustes(np.zeros((5, 2)), np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="one location"):
+        align_procrustes(np.random.default_rng(0).normal(size=(5, 2)), np.ones((5, 2)))
+    with pytest.raises(ValueError, match="same N"):
+        project_pair(np.zeros((5, 2)), np.zeros((4, 2)))
+
+
+# ---- Procrustes --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reflect", [False, True])
+def test_procrustes_recovers_similarity_transform(reflect):
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(50, 2))
+    rot = special_ortho_group.rvs(2, random_state=2)
+    if reflect:
+        rot = rot @ np.diag([1.0, -1.0])
+    other = 3.7 * ref @ rot + np.array([5.0, -2.0])
+    al = align_procrustes(ref, other)
+    np.testing.assert_allclose(al.aligned, ref, atol=1e-6)
+    assert al.scale == pytest.approx(1 / 3.7, rel=1e-9)
+    np.testing.assert_allclose(al.rotation @ al.rotation.T, np.eye(2), atol=1e-9)
+    np.testing.assert_allclose(al.scale * other @ al.rotation + al.translation, al.aligned, atol=1e-9)
+
+
+# ---- projections -------------------------------------------------------------------------------
+
+def test_pca_shape_and_determinism():
+    x, _ = _blobs()
+    a = project(x, "pca", metric="euclidean")
+    assert a.coords.shape == (300, 2) and a.coords.dtype == np.float32 and a.method == "pca"
+    np.testing.assert_array_equal(a.coords, project(x, "pca", metric="euclidean").coords)
+    json.dumps(a.to_dict())
+
+
+def test_tsne_separates_blobs_and_is_deterministic():
+    x, labels = _blobs()
+    a = project(x, "tsne", perplexity=20, pca_dims=10, **_FAST)
+    assert a.coords.shape == (300, 2) and a.coords.dtype == np.float32
+    assert a.params["pca_dims"] == 10 and a.params["perplexity"] == 20
+    assert _knn_purity(a.coords, labels) > 0.95
+    b = project(x, "tsne", perplexity=20, pca_dims=10, **_FAST)
+    np.testing.assert_allclose(a.coords, b.coords, atol=1e-5)
+
+
+def test_umap_shape_and_determinism():
+    x, labels = _blobs(n_per=60)
+    a = project(x, "umap", n_neighbors=10, seed=3)
+    b = project(x, "umap", n_neighbors=10, seed=3)
+    assert a.coords.shape == (180, 2)
+    np.testing.assert_allclose(a.coords, b.coords, atol=1e-5)
+    assert _knn_purity(a.coords, labels) > 0.95
+
+
+def test_project_pair_aligns_second_to_first():
+    x, _ = _blobs(n_per=40)
+    rot = special_ortho_group.rvs(20, random_state=0)
+    pa, pb = project_pair(x, 2.0 * x @ rot, method="pca", metric="euclidean")
+    # a rotated, scaled copy of the features has the same PCA map up to reflection/scale
+    np.testing.assert_allclose(pb.coords, pa.coords, atol=1e-3)
+    assert pb.params["aligned_to"] == "first"
