@@ -1,0 +1,12 @@
+"""Analyses: pure functions on numpy arrays (no torch, no database, no settings).
+
+- ``clustering``: FAISS K-means on every point, the K grid.
+- ``comembership``: P(same cluster in B | same in A) from contingency tables, ARI/NMI/FM, curves over K.
+- ``pairs``: closest pairs, close-in-A/distant-in-B pairs (cluster and rank definitions), neighbourhood agreement.
+- ``projection``: t-SNE (openTSNE), UMAP, PCA, Procrustes alignment of two maps.
+- ``probes``: linear probes with validation-chosen L2 strength and Wilson intervals, k-NN accuracy.
+- ``similarity``: chunked linear CKA (biased and debiased), CKA matrices, mutual k-NN alignment.
+
+Submodules are imported on demand (``from featscope.analysis.pairs import closest_pairs``), so
+using one analysis does not pay for importing UMAP's compiler.
+"""
