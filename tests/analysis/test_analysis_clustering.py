@@ -10,12 +10,8 @@ from featscope.analysis.clustering import KMeansResult, clip_k_grid, k_grid, kme
 
 
 @pytest.fixture(autouse=True)
-def _one_faiss_thread():
-    """Tiny K-means problems: one thread is fastest, and avoids OpenMP spin-waits on a busy machine."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+def _one_faiss_thread(one_faiss_thread):
+    """Every test here runs FAISS on one thread (fixture in conftest.py)."""
 
 
 @pytest.fixture

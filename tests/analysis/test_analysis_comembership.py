@@ -16,12 +16,8 @@ from featscope.analysis.comembership import (
 
 
 @pytest.fixture(autouse=True)
-def _one_faiss_thread():
-    """Tiny K-means problems: one thread is fastest, and avoids OpenMP spin-waits on a busy machine."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+def _one_faiss_thread(one_faiss_thread):
+    """Every test here runs FAISS on one thread (fixture in conftest.py)."""
 
 
 def brute_force(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

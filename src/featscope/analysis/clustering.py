@@ -18,6 +18,8 @@ from typing import Literal
 import faiss
 import numpy as np
 
+from featscope.analysis.arrays import as_embeddings
+
 UseGpu = bool | Literal["auto"]
 
 
@@ -105,7 +107,7 @@ def kmeans_labels(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 20, sphe
     embeddings for cosine K-means). ``use_gpu``: ``"auto"`` uses GPUs when this FAISS build has any,
     ``True`` requires them, ``False`` stays on CPU. ``sample``: train the centroids on a seeded random
     subset of this many rows (must be >= k), then assign all rows; ``None`` (default) trains on all."""
-    x = _as_float32_matrix(x, "x")
+    x = as_embeddings(x, "x")
     n, d = x.shape
     k = _as_int(k, "k")
     if k < 2:
@@ -160,19 +162,6 @@ def _resolve_gpu(use_gpu: UseGpu) -> int:
     raise ValueError(f"use_gpu must be 'auto', True or False, got {use_gpu!r}")
 
 
-def _as_float32_matrix(x: np.ndarray, name: str) -> np.ndarray:
-    """``x`` as a C-contiguous float32 (N, d) array with N, d >= 1 and no NaN/inf."""
-    arr = np.asarray(x)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n_points, dim), got shape {arr.shape}; reshape with x.reshape(len(x), -1)")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {arr.shape}); pass at least one point with at least one feature")
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or inf (or values too large for float32); clean the embeddings first")
-    return arr
 
 
 def _as_int(value: object, name: str) -> int:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
+from featscope.analysis.arrays import as_embeddings
+
 from featscope.cache.index import normalize
 
 _DEFAULT_CHUNK = 4096
@@ -222,16 +224,7 @@ def _ranks(xn: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int) -> np.ndarr
 
 
 def _unit(x: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (N images, D features) array, got shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {arr.shape}); pass at least 2 images with >= 1 feature")
-    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or inf; drop or repair those rows (same rows in every space)")
-    return normalize(arr)
+    return normalize(as_embeddings(x, name))
 
 
 def _labels(labels: np.ndarray, name: str, n: int) -> np.ndarray:

@@ -21,6 +21,8 @@ import numpy as np
 from scipy.linalg import orthogonal_procrustes
 from sklearn.decomposition import PCA
 
+from featscope.analysis.arrays import as_embeddings
+
 Method = Literal["tsne", "umap", "pca"]
 Metric = Literal["cosine", "euclidean"]
 _METHODS = ("tsne", "umap", "pca")
@@ -49,18 +51,6 @@ class Alignment(NamedTuple):
     translation: np.ndarray
 
 
-def _check_features(x: np.ndarray, name: str = "x") -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (N, D) feature array, got shape {arr.shape}; "
-                         "flatten or pool the features first")
-    if not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or inf; drop or repair those rows first")
-    return arr.astype(np.float32, copy=False)
-
-
 def _resolve_n_jobs(n_jobs: int) -> int:
     if not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0 or n_jobs < -1:
         raise ValueError(f"n_jobs must be -1 (all cores) or a positive int, got {n_jobs!r}")
@@ -87,7 +77,7 @@ def project(x: np.ndarray, method: Method = "tsne", *, n_components: int = 2, pe
     PCA), which removes noise dimensions and makes neighbour search far cheaper; ``None`` skips it,
     as does a value >= min(N, D).
     """
-    arr = _check_features(x)
+    arr = as_embeddings(x)
     n, d = arr.shape
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
