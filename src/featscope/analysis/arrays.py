@@ -15,7 +15,8 @@ def as_embeddings(x: np.ndarray, name: str = "x") -> np.ndarray:
         raise ValueError(f"{name} is empty (shape {arr.shape}); pass at least one embedding with at least one feature")
     if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         raise ValueError(f"{name} must hold real numbers (a numeric dtype), got dtype {arr.dtype}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf and are refused just below
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or inf (or values too large for float32); "
                          "drop or repair those rows (the same rows in every space)")
