@@ -252,9 +252,5 @@ def neighbours(embedding_set: int = typer.Argument(..., help="Embedding set id (
     _emit(hits, ["rank", "image_id", "relpath", "label", "score"], False, f"{k} nearest neighbours")
 
 
-def main() -> None:  # pragma: no cover - console script entry
-    app()
-
-
 if __name__ == "__main__":  # pragma: no cover
     app()
