@@ -197,3 +197,20 @@ def test_large_sets_get_an_ivf_index_that_still_answers(tmp_path, make_images):
     found = {int(np.flatnonzero(emb.image_ids == h.image_id)[0]) for h in hits}
     # 90 vectors -> 2 inverted lists, and the default nprobe searches both: exhaustive, hence exact here
     assert found == exact
+
+
+def test_repeated_neighbour_queries_read_the_artifact_once(ws, image_folder, monkeypatch):
+    ws.add_dataset(image_folder, name="imgs")
+    ws.add_backbone("torchvision:resnet18", random_init=True, name="r18", preprocess=SMALL)
+    [es] = ws.extract("r18", "imgs")
+    reads: list[str] = []
+    real_get = ws.ctx.store.get
+
+    def counting_get(kind, key, **kw):
+        reads.append(kind)
+        return real_get(kind, key, **kw)
+
+    monkeypatch.setattr(ws.ctx.store, "get", counting_get)
+    first = [ws.neighbours(es.id, image, k=3) for image in (1, 2, 3)]
+    assert reads.count("embeddings") == 1 and reads.count("index") == 1
+    assert [q.image_id for q, _ in first] == [1, 2, 3] and all(len(h) == 3 for _, h in first)

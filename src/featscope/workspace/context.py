@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,6 +23,8 @@ class Context:
     settings: Settings
     sessions: sessionmaker[Session]
     store: ArtifactStore
+    # Loaded embedding sets and FAISS indexes for queries, per workspace (image ids are catalog-specific).
+    query_cache: dict[tuple[str, int, str], Any] = field(default_factory=dict)
 
     @classmethod
     def open(cls, settings: Settings) -> "Context":

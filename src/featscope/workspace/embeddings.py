@@ -219,7 +219,19 @@ def load_embeddings(ctx: Context, embedding_set: int) -> Embeddings:
                       [im.relpath for im in images], [im.label for im in images])
 
 
-_INDEXES: dict[str, object] = {}
+def _query_set(ctx: Context, row: EmbeddingSet) -> Embeddings:
+    """The set's embeddings, read and checksummed once per workspace rather than per query."""
+    key = ("embeddings", row.id, row.artifact_key)
+    if key not in ctx.query_cache:
+        ctx.query_cache[key] = load_embeddings(ctx, row.id)
+    return ctx.query_cache[key]
+
+
+def _query_index(ctx: Context, row: EmbeddingSet):
+    key = ("index", row.id, row.artifact_key)
+    if key not in ctx.query_cache:
+        ctx.query_cache[key] = deserialize_index(ctx.store.get("index", row.artifact_key).blob("index.faiss"))
+    return ctx.query_cache[key]
 
 
 def neighbours(ctx: Context, embedding_set: int, image: str | int, k: int = 10) -> tuple[Neighbour, list[Neighbour]]:
@@ -227,13 +239,9 @@ def neighbours(ctx: Context, embedding_set: int, image: str | int, k: int = 10) 
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     row = _embedding_row(ctx, embedding_set)
-    emb = load_embeddings(ctx, row.id)
+    emb = _query_set(ctx, row)
     rows = _find_row(emb, image, row)
-    index = _INDEXES.get(row.artifact_key)
-    if index is None:
-        index = deserialize_index(ctx.store.get("index", row.artifact_key).blob("index.faiss"))
-        _INDEXES[row.artifact_key] = index
-    hits = index_neighbours(index, emb.vectors, [rows], k)[0]
+    hits = index_neighbours(_query_index(ctx, row), emb.vectors, [rows], k)[0]
 
     def ref(r: int, rank: int, score: float) -> Neighbour:
         return Neighbour(rank, int(emb.image_ids[r]), emb.relpaths[r], emb.labels[r], float(score))
