@@ -22,7 +22,7 @@ def make_image_folder(root: Path, classes: dict[str, int], size: int = 48, seed:
     return root
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_images():
     """The :func:`make_image_folder` factory, for tests that need their own layout."""
     return make_image_folder

@@ -7,13 +7,16 @@ from pathlib import Path
 
 from featscope.config import Settings
 from featscope.extractors.types import Preprocess
-from featscope.workspace import backbones as _bb, datasets as _ds, embeddings as _emb
+from featscope.workspace import analyses as _analyses, analyze as _an, backbones as _bb, datasets as _ds, \
+    embeddings as _emb
+from featscope.workspace.analyses import AnalysisResult
+from featscope.workspace.analyze import KeptProbe
 from featscope.workspace.backbones import BackboneInfo
 from featscope.workspace.context import Context, NotFound
 from featscope.workspace.datasets import DatasetInfo, ImageInfo
 from featscope.workspace.embeddings import Embeddings, EmbeddingSetInfo, Neighbour
 
-__all__ = ["BackboneInfo", "DatasetInfo", "ImageInfo", "EmbeddingSetInfo", "Embeddings", "Neighbour", "NotFound", "Workspace"]
+__all__ = ["AnalysisResult", "KeptProbe", "BackboneInfo", "DatasetInfo", "ImageInfo", "EmbeddingSetInfo", "Embeddings", "Neighbour", "NotFound", "Workspace"]
 
 
 class Workspace:
@@ -92,3 +95,49 @@ class Workspace:
     def neighbours(self, embedding_set: int, image: str | int, k: int = 10) -> tuple[Neighbour, list[Neighbour]]:
         """The query image and its ``k`` nearest neighbours (cosine) in an embedding set."""
         return _emb.neighbours(self.ctx, embedding_set, image, k)
+
+    # analyses (each cached by its inputs and parameters; ``force=True`` recomputes)
+    def comembership(self, a: int, b: int, **params) -> AnalysisResult:
+        """Co-membership curves of embedding sets A and B over a K grid (study Fig. 6); see
+        :func:`featscope.workspace.analyze.comembership` for the parameters."""
+        return _an.comembership(self.ctx, a, b, **params)
+
+    def closest_pairs(self, embedding_sets: Sequence[int], **params) -> AnalysisResult:
+        """The most similar image pairs in each embedding set (study Fig. 3)."""
+        return _an.closest(self.ctx, list(embedding_sets), **params)
+
+    def contrast_pairs(self, a: int, b: int, **params) -> AnalysisResult:
+        """Pairs close in A but distant in B, by neighbour ranks or the study's cluster definition."""
+        return _an.contrast(self.ctx, a, b, **params)
+
+    def agreement(self, a: int, b: int, **params) -> AnalysisResult:
+        """Per-image k-NN neighbourhood overlap between A and B, and the images that disagree most."""
+        return _an.agreement(self.ctx, a, b, **params)
+
+    def projection(self, embedding_sets: Sequence[int], **params) -> AnalysisResult:
+        """t-SNE / UMAP / PCA maps of one or more sets, later maps Procrustes-aligned to the first (Fig. 7)."""
+        return _an.projection(self.ctx, list(embedding_sets), **params)
+
+    def probe(self, embedding_set: int, **params) -> AnalysisResult:
+        """Linear probe and k-NN accuracy with 95% intervals; the trained probe is kept."""
+        return _an.probe(self.ctx, embedding_set, **params)
+
+    def probe_table(self, backbones: Sequence[str | int], dataset: str | int, **params) -> list[dict]:
+        """Probe accuracy over backbones x taps x pooling (study Tables 5 and 6)."""
+        return _an.probe_table(self.ctx, list(backbones), dataset, **params)
+
+    def load_probe(self, backbone: str | int, dataset: str | int, **params) -> KeptProbe:
+        """A backbone's trained probe on a data set (trained now if missing), e.g. as a mask-out head."""
+        return _an.load_probe(self.ctx, backbone, dataset, **params)
+
+    def similarity(self, a: int, b: int, **params) -> AnalysisResult:
+        """Linear CKA (biased, debiased) and mutual k-NN alignment of two embedding sets."""
+        return _an.similarity(self.ctx, a, b, **params)
+
+    def cka_matrix(self, backbone_a: str | int, backbone_b: str | int, dataset: str | int, **params) -> AnalysisResult:
+        """Layer-by-layer linear CKA between two backbones' cached taps."""
+        return _an.cka_matrix(self.ctx, backbone_a, backbone_b, dataset, **params)
+
+    def analyses(self, kind: str | None = None) -> list[dict]:
+        """Analyses recorded in the catalog."""
+        return _analyses.list_analyses(self.ctx, kind)
