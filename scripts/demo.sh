@@ -36,4 +36,13 @@ sets=$($fs embeddings list --dataset synth-objects --json | .venv/bin/python -c 
 for es in $sets; do
   $fs neighbours "$es" "$image" -k 5
 done
+step "7. Analyses (cached like embeddings): co-membership curve, contrasting pairs, probes, CKA"
+set -- $sets
+$fs analyze comembership "$1" "$2" --seed 0 --seed 1
+$fs analyze contrast "$1" "$2" --n-pairs 5
+$fs analyze agreement "$1" "$2" --n-worst 5
+$fs analyze similarity "$1" "$2"
+$fs analyze probes --dataset synth-objects --backbone r18-seed0 --backbone r18-seed1
+$fs analyze cka-matrix --a r18-seed0 --b r18-seed1 --dataset synth-objects
+$fs analyze project "$1" "$2" --method tsne --format csv --out "$demo_dir/tsne.csv"
 printf '\nDone. State is in %s (catalog.sqlite, artifacts/).\n' "${FEATSCOPE_DATA_DIR:-featscope-data}"

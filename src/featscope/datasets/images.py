@@ -71,7 +71,7 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
             _check_pixel_count(path, img.size)
             img.load()
             upright = ImageOps.exif_transpose(img)
-        return _to_rgb(upright)
+        return to_rgb(upright)
     except ImageDecodeError:
         raise
     except Exception as exc:  # Pillow's plugins raise many types on malformed input
@@ -147,7 +147,8 @@ def _classify(path: Path, exc: Exception) -> ImageDecodeError:
     return ImageDecodeError(path, UNDECODABLE, f"{type(exc).__name__}: {message}; re-encode or remove the file")
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any decoded PIL image (grey, 16-bit, palette, CMYK, alpha...) as 8-bit RGB, by the same rules as load_rgb."""
     mode = img.mode
     if mode == "RGB":
         return img
