@@ -206,3 +206,14 @@ def test_corrupted_result_is_recomputed(two_spaces):
     assert not again.cached and any("corrupted" in m for m in messages)
     np.testing.assert_array_equal(again.arrays["coef"], first.arrays["coef"])
     assert ws.probe(s["a5"], c_grid=[1.0], knn_k=5).cached
+
+
+def test_cached_only_answers_from_the_cache_or_says_not_cached(two_spaces):
+    from featscope.workspace.analyses import NotCached
+
+    ws, s = two_spaces
+    with pytest.raises(NotCached):
+        ws.similarity(s["a4"], s["b4"], k=3, cached_only=True)
+    computed = ws.similarity(s["a4"], s["b4"], k=3)
+    hit = ws.similarity(s["a4"], s["b4"], k=3, cached_only=True)
+    assert hit.cached and hit.data == computed.data

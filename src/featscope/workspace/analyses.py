@@ -35,6 +35,10 @@ KINDS = ("comembership", "closest", "contrast", "agreement", "projection", "prob
 Progress = Callable[[int, int], None]
 
 
+class NotCached(LookupError):
+    """The analysis asked for with ``cached_only=True`` has no cached result."""
+
+
 @dataclass(frozen=True)
 class AnalysisResult:
     """One analysis: ``data`` is JSON-ready, ``arrays`` holds its large numeric parts, ``rows`` its table
@@ -72,14 +76,20 @@ class _Loaded:
 # ---------------------------------------------------------------- the runner
 def run(ctx: Context, kind: str, set_ids: Sequence[int], params: dict[str, Any],
         compute: Callable[[_Loaded], tuple[dict[str, Any], dict[str, np.ndarray]]], *,
-        force: bool = False, on_message: Callable[[str], None] | None = None) -> AnalysisResult:
-    """Return the cached result of ``kind`` on ``set_ids`` with ``params``, computing and storing it if needed."""
+        force: bool = False, cached_only: bool = False,
+        on_message: Callable[[str], None] | None = None) -> AnalysisResult:
+    """Return the cached result of ``kind`` on ``set_ids`` with ``params``, computing and storing it if needed.
+
+    ``cached_only``: raise :class:`NotCached` instead of computing (a server answers from the cache and
+    queues a job otherwise)."""
     say = on_message or log.info
     rows = [_embedding_row(ctx, i) for i in set_ids]
     _check_same_dataset(rows)
     key = content_key({"kind": "analysis", "analysis": kind, "inputs": [r.artifact_key for r in rows],
                        "params": params, "version": ANALYSIS_VERSION})
     cached = not force and _usable(ctx, key, say)
+    if cached_only and not cached:
+        raise NotCached(f"{kind} on embedding sets {list(set_ids)} with these parameters is not computed yet")
     if cached:
         art = ctx.store.get("analysis", key, verify=False)  # verified by _usable just now
         arrays = {name: art.array(name) for name in art.array_names}

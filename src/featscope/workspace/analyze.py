@@ -45,7 +45,7 @@ def _two(set_ids: Sequence[int], what: str) -> None:
 # ---------------------------------------------------------------- co-membership (Fig. 6)
 def comembership(ctx: Context, a: int, b: int, *, ks: Sequence[int] | None = None, k_min: int = 2,
                  k_max: int = 1000, n_k: int = 20, seeds: Sequence[int] = (0, 1, 2), niter: int = 20,
-                 sample: int | None = None, force: bool = False, progress: Progress | None = None,
+                 sample: int | None = None, force: bool = False, cached_only: bool = False, progress: Progress | None = None,
                  on_message: Say | None = None) -> AnalysisResult:
     """P(same cluster in B | same in A) and the reverse, ARI, NMI and Fowlkes-Mallows against K.
 
@@ -68,7 +68,7 @@ def comembership(ctx: Context, a: int, b: int, *, ks: Sequence[int] | None = Non
                                    sample=sample, progress=progress)
         return curve.to_dict(), {f"per_seed_{m}": v for m, v in curve.per_seed.items()}
 
-    return run(ctx, "comembership", [a, b], params, compute, force=force, on_message=on_message)
+    return run(ctx, "comembership", [a, b], params, compute, force=force, cached_only=cached_only, on_message=on_message)
 
 
 # ---------------------------------------------------------------- neighbour pairs (Fig. 3, appendix 6.1)
@@ -83,7 +83,7 @@ def _pairs_dict(pl, extra: Sequence[str] = ()) -> list[dict[str, Any]]:
     return out
 
 
-def closest(ctx: Context, set_ids: Sequence[int], *, n_pairs: int = 50, k: int = 10, force: bool = False,
+def closest(ctx: Context, set_ids: Sequence[int], *, n_pairs: int = 50, k: int = 10, force: bool = False, cached_only: bool = False,
             on_message: Say | None = None) -> AnalysisResult:
     """The ``n_pairs`` most similar image pairs in each embedding set (self-matches and duplicates removed)."""
     from featscope.analysis.pairs import closest_pairs
@@ -97,11 +97,11 @@ def closest(ctx: Context, set_ids: Sequence[int], *, n_pairs: int = 50, k: int =
                   for s, x in zip(d.sets, d.vectors)]
         return {"spaces": spaces}, {}
 
-    return run(ctx, "closest", list(set_ids), params, compute, force=force, on_message=on_message)
+    return run(ctx, "closest", list(set_ids), params, compute, force=force, cached_only=cached_only, on_message=on_message)
 
 
 def contrast(ctx: Context, a: int, b: int, *, definition: str = "ranks", n_pairs: int = 50, k: int = 10,
-             k_large: int | None = None, k_small: int = 4, seed: int = 0, force: bool = False,
+             k_large: int | None = None, k_small: int = 4, seed: int = 0, force: bool = False, cached_only: bool = False,
              on_message: Say | None = None) -> AnalysisResult:
     """Pairs close in A but distant in B, ranked.
 
@@ -130,10 +130,10 @@ def contrast(ctx: Context, a: int, b: int, *, definition: str = "ranks", n_pairs
         pl = close_in_a_distant_in_b_clusters(la, lb, xa, n_pairs, k=k)
         return {"pairs": _pairs_dict(pl, ("cluster_a", "cluster_b_i", "cluster_b_j"))}, {}
 
-    return run(ctx, "contrast", [a, b], params, compute, force=force, on_message=on_message)
+    return run(ctx, "contrast", [a, b], params, compute, force=force, cached_only=cached_only, on_message=on_message)
 
 
-def agreement(ctx: Context, a: int, b: int, *, k: int = 10, n_worst: int = 20, force: bool = False,
+def agreement(ctx: Context, a: int, b: int, *, k: int = 10, n_worst: int = 20, force: bool = False, cached_only: bool = False,
               on_message: Say | None = None) -> AnalysisResult:
     """Per-image overlap of the k nearest neighbours in A and in B; the least-agreeing images."""
     from featscope.analysis.pairs import neighbourhood_agreement
@@ -147,14 +147,14 @@ def agreement(ctx: Context, a: int, b: int, *, k: int = 10, n_worst: int = 20, f
                                                          for r in ag.worst]},
                 {"per_image": ag.per_image})
 
-    return run(ctx, "agreement", [a, b], params, compute, force=force, on_message=on_message)
+    return run(ctx, "agreement", [a, b], params, compute, force=force, cached_only=cached_only, on_message=on_message)
 
 
 # ---------------------------------------------------------------- projections (Fig. 7)
 def projection(ctx: Context, set_ids: Sequence[int], *, method: str = "tsne", perplexity: float = 30.0,
                n_neighbors: int = 15, min_dist: float = 0.1, pca_dims: int | None = 50, seed: int | None = 0,
                metric: str = "cosine", n_iter: int = 500, early_exaggeration_iter: int = 250,
-               force: bool = False, on_message: Say | None = None) -> AnalysisResult:
+               force: bool = False, cached_only: bool = False, on_message: Say | None = None) -> AnalysisResult:
     """2-D maps of one or more embedding sets of the same images; maps after the first are aligned to
     it by orthogonal Procrustes so they can be drawn side by side in one frame."""
     from featscope.analysis.projection import align_procrustes, project
@@ -180,13 +180,13 @@ def projection(ctx: Context, set_ids: Sequence[int], *, method: str = "tsne", pe
             arrays[f"coords_{i}"] = coords
         return {"method": method, "params": used, "sets": [s.id for s in d.sets], "aligned_to": d.sets[0].id}, arrays
 
-    return run(ctx, "projection", list(set_ids), params, compute, force=force, on_message=on_message)
+    return run(ctx, "projection", list(set_ids), params, compute, force=force, cached_only=cached_only, on_message=on_message)
 
 
 # ---------------------------------------------------------------- linear probes (Tables 5, 6)
 def probe(ctx: Context, embedding_set: int, *, val_fraction: float = 0.15, test_fraction: float = 0.2,
           seed: int = 0, c_grid: Sequence[float] | None = None, max_iter: int = 1000, knn_k: int = 20,
-          force: bool = False, on_message: Say | None = None) -> AnalysisResult:
+          force: bool = False, cached_only: bool = False, on_message: Say | None = None) -> AnalysisResult:
     """Linear probe (multinomial logistic regression, C chosen on validation, refit on train+val, top-1
     on test with a 95% Wilson interval) and cosine k-NN accuracy on the same split. The probe's arrays
     are kept (``coef``, ``intercept``, ``scaler_mean``, ``scaler_scale``, ``classes``): :func:`load_probe`."""
@@ -218,7 +218,7 @@ def probe(ctx: Context, embedding_set: int, *, val_fraction: float = 0.15, test_
                   "train": splits.train, "val": splits.val, "test": splits.test}
         return data, arrays
 
-    return run(ctx, "probe", [embedding_set], params, compute, force=force, on_message=on_message)
+    return run(ctx, "probe", [embedding_set], params, compute, force=force, cached_only=cached_only, on_message=on_message)
 
 
 @dataclass(frozen=True)
@@ -302,7 +302,7 @@ def probe_table(ctx: Context, backbones: Sequence[str | int], dataset: str | int
 
 
 # ---------------------------------------------------------------- representation similarity
-def similarity(ctx: Context, a: int, b: int, *, k: int = 10, force: bool = False,
+def similarity(ctx: Context, a: int, b: int, *, k: int = 10, force: bool = False, cached_only: bool = False,
                on_message: Say | None = None) -> AnalysisResult:
     """Linear CKA (biased and debiased) and mutual k-NN alignment between two embedding sets."""
     from featscope.analysis.similarity import linear_cka, mutual_knn_alignment
@@ -316,11 +316,11 @@ def similarity(ctx: Context, a: int, b: int, *, k: int = 10, force: bool = False
                 "mutual_knn": mutual_knn_alignment(xa, xb, k), "k": int(k), "n": len(xa)}
         return data, {}
 
-    return run(ctx, "similarity", [a, b], params, compute, force=force, on_message=on_message)
+    return run(ctx, "similarity", [a, b], params, compute, force=force, cached_only=cached_only, on_message=on_message)
 
 
 def cka_matrix(ctx: Context, backbone_a: str | int, backbone_b: str | int, dataset: str | int, *,
-               pooling: str = "avg", debiased: bool = False, force: bool = False,
+               pooling: str = "avg", debiased: bool = False, force: bool = False, cached_only: bool = False,
                on_message: Say | None = None) -> AnalysisResult:
     """Layer-by-layer linear CKA between two backbones: every cached tap of A (rows) against every tap of B."""
     from featscope.analysis.similarity import cka_matrix as cka_m
@@ -350,4 +350,4 @@ def cka_matrix(ctx: Context, backbone_a: str | int, backbone_b: str | int, datas
         m = cka_m(xs, ys, debiased=debiased)
         return {"taps_a": taps_a, "taps_b": taps_b, "cka": m.tolist(), "debiased": bool(debiased)}, {"cka": m}
 
-    return run(ctx, "cka-matrix", ids, params, compute, force=force, on_message=on_message)
+    return run(ctx, "cka-matrix", ids, params, compute, force=force, cached_only=cached_only, on_message=on_message)
