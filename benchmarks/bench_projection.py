@@ -2,7 +2,8 @@
 
 Data: N class-structured, ReLU'd feature vectors of dimension D (like average-pooled Conv5 features):
 class centres in a 64-d latent space, per-image noise, a random linear map up to D, then ReLU.
-featscope's defaults: cosine metric, PCA pre-reduction to 50 dims, openTSNE with FFT gradients and
+featscope's defaults: cosine metric, PCA pre-reduction to 50 dims, exact FAISS k-NN (k = 3 * perplexity)
+for the affinities, openTSNE with FFT gradients (grid intervals up to 1.5 units, >= 30 per axis) and
 all cores, 250 + 500 iterations. scikit-learn: ``TSNE(random_state=0)`` (otherwise default: exact
 Euclidean neighbours on the raw D dims, Barnes-Hut, 1000 iterations). Both are timed end to end;
 the 2-D 10-NN class purity shows the maps are of comparable quality. With ``--repeat R`` each side

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import special_ortho_group
 
-from featscope.analysis.projection import align_procrustes, project, project_pair
+from featscope.analysis.projection import _knn_graph, align_procrustes, project, project_pair
 
 _FAST = dict(n_iter=100, early_exaggeration_iter=50, n_jobs=1)
 
@@ -47,6 +47,12 @@ def test_project_errors():
         project(x, "tsne", perplexity=5, pca_dims=1)
     with pytest.raises(ValueError, match="n_jobs"):
         project(x, "pca", n_jobs=0)
+    with pytest.raises(ValueError, match="fft_ints_in_interval"):
+        project(x, "tsne", perplexity=5, fft_ints_in_interval=0)
+    with pytest.raises(ValueError, match="fft_min_intervals"):
+        project(x, "tsne", perplexity=5, fft_min_intervals=0)
+    with pytest.raises(ValueError, match="k must be"):
+        _knn_graph(x, len(x), threads=1)
 
 
 def test_procrustes_errors():
@@ -111,3 +117,58 @@ def test_project_pair_aligns_second_to_first():
     # a rotated, scaled copy of the features has the same PCA map up to reflection/scale
     np.testing.assert_allclose(pb.coords, pa.coords, atol=1e-3)
     assert pb.params["aligned_to"] == "first"
+
+
+# ---- exact k-NN graph (FAISS) behind the t-SNE affinities -----------------------------------------
+
+def _brute_knn(x: np.ndarray, k: int):
+    d = ((x[:, None, :].astype(np.float64) - x[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    nb = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return nb, np.sqrt(np.take_along_axis(d, nb, axis=1))
+
+
+def test_knn_graph_matches_brute_force(one_faiss_thread):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(120, 7)).astype(np.float32)  # continuous data: no distance ties
+    idx, dist = _knn_graph(x, 9, threads=1)
+    ref_idx, ref_dist = _brute_knn(x, 9)
+    assert idx.shape == dist.shape == (120, 9) and idx.dtype == np.int64 and dist.dtype == np.float64
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(dist, ref_dist, rtol=1e-4, atol=1e-4)
+    assert (idx != np.arange(120)[:, None]).all()
+    assert (np.diff(dist, axis=1) >= -1e-6).all()
+
+
+def test_knn_graph_keeps_duplicates_and_drops_only_self(one_faiss_thread):
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(30, 4)).astype(np.float32)
+    x = np.concatenate([base, base[:5], base[:5]])  # rows 0-4 appear three times
+    idx, dist = _knn_graph(x, 3, threads=1)
+    assert (idx != np.arange(len(x))[:, None]).all()
+    for i in range(5):
+        twins = {i, 30 + i, 35 + i} - {i}
+        assert set(idx[i, :2]) == twins and np.allclose(dist[i, :2], 0.0, atol=1e-3)
+
+
+def test_tsne_uses_faiss_knn_and_records_params(one_faiss_thread):
+    x, labels = _blobs()
+    a = project(x, "tsne", perplexity=10, pca_dims=10, fft_ints_in_interval=1.0, fft_min_intervals=50, **_FAST)
+    assert a.params["knn"] == "faiss-exact" and a.params["k_neighbors"] == 30
+    assert a.params["fft_ints_in_interval"] == 1.0 and a.params["fft_min_intervals"] == 50
+    assert _knn_purity(a.coords, labels) > 0.95
+
+
+def test_tsne_fft_path_small_grid(one_faiss_thread):
+    # project() only picks openTSNE's FFT gradients from N = 10,000 up (too big for a unit test): run them
+    # here on tiny data with the FAISS neighbours and featscope's default grid (1.5 units, >= 30 intervals).
+    from openTSNE import TSNE
+    from openTSNE.affinity import PerplexityBasedNN
+    from openTSNE.nearest_neighbors import PrecomputedNeighbors
+
+    x, labels = _blobs()
+    idx, dist = _knn_graph(x, 30, threads=1)
+    aff = PerplexityBasedNN(perplexity=10, knn_index=PrecomputedNeighbors(idx, dist))
+    emb = TSNE(n_iter=100, early_exaggeration_iter=50, negative_gradient_method="fft", ints_in_interval=1.5,
+               min_num_intervals=30, random_state=0).fit(x, affinities=aff)
+    assert _knn_purity(np.asarray(emb), labels) > 0.95

@@ -1,7 +1,7 @@
 """2-D maps of an embedding space (METHOD.md, analysis 4: t-SNE of Conv5 features, Fig. 7).
 
 ``project`` turns (N, D) features into (N, n_components) coordinates with t-SNE (openTSNE,
-FFT-accelerated for large N), UMAP (umap-learn) or PCA (scikit-learn). ``align_procrustes`` and
+FFT-accelerated for large N, on an exact FAISS k-NN graph), UMAP (umap-learn) or PCA (scikit-learn). ``align_procrustes`` and
 ``project_pair`` put a second backbone's map into the first one's frame, so the two pictures can be
 compared side by side without an arbitrary rotation or reflection between them.
 
@@ -9,6 +9,10 @@ Metric: ``"cosine"`` (featscope's default everywhere) L2-normalises the rows fir
 with Euclidean distances. The chordal distance between unit vectors, sqrt(2 - 2 cos), is monotone in
 cosine similarity, so neighbourhoods are exactly the cosine ones, and - unlike a cosine metric
 evaluated *after* PCA - it survives the PCA pre-reduction (a centring and a rotation, then truncation).
+
+t-SNE neighbours: openTSNE would find them itself with Annoy (approximate, and slow even on 50 dims);
+``_knn_graph`` instead runs an exact FAISS ``IndexFlatL2`` search on the (PCA-reduced) rows, and the
+perplexity-calibrated affinities are built from those precomputed neighbours.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
+import faiss
 import numpy as np
 from scipy.linalg import orthogonal_procrustes
 from sklearn.decomposition import PCA
@@ -60,15 +65,25 @@ def _resolve_n_jobs(n_jobs: int) -> int:
 def project(x: np.ndarray, method: Method = "tsne", *, n_components: int = 2, perplexity: float = 30.0,
             n_neighbors: int = 15, min_dist: float = 0.1, pca_dims: int | None = 50, seed: int | None = 0,
             n_jobs: int = -1, metric: Metric = "cosine", n_iter: int = 500,
-            early_exaggeration_iter: int = 250) -> Projection:
+            early_exaggeration_iter: int = 250, fft_ints_in_interval: float = 1.5,
+            fft_min_intervals: int = 30) -> Projection:
     """Project features ``x`` (N, D) to ``n_components`` dimensions.
 
     - ``"tsne"``: openTSNE with PCA initialisation (stable global layout, reproducible for a seed),
       ``n_jobs`` threads, FFT-interpolated gradients (O(N) per iteration) from 10,000 points up;
       below that openTSNE's Barnes-Hut is faster (FFT's fixed grid cost dominates), and it is also
       used for n_components > 2, which the FFT method does not support.
+      Affinities: perplexity-calibrated Gaussians on each point's exact k = min(N - 1, 3 * perplexity)
+      nearest neighbours (FAISS ``IndexFlatL2`` on the PCA-reduced rows, ``n_jobs`` threads).
       ``early_exaggeration_iter`` + ``n_iter`` optimisation steps (openTSNE's defaults: 250 + 500);
       lower them for quick previews.
+      FFT grid (only used by the FFT method): the embedding's bounding box is cut into
+      max(``fft_min_intervals``, extent / ``fft_ints_in_interval``) intervals per axis, with 3
+      interpolation points each. openTSNE's defaults (1 and 50) keep intervals <= 1 unit wide; ours
+      (1.5 and 30) make intervals up to 1.5 units wide, which shrinks the FFT grid (its cost grows
+      with the square of the map's extent and dominates late iterations) about 2x for a small loss
+      of gradient accuracy (10,000-point benchmark: KL 2.155 vs 2.129, 10-NN preservation 0.196
+      vs 0.208). Pass 1 and 50 for openTSNE's exact behaviour.
     - ``"umap"``: umap-learn. A fixed ``seed`` makes UMAP deterministic but umap-learn then runs
       single-threaded (it disables parallelism for reproducibility); pass ``seed=None`` for speed.
     - ``"pca"``: the first ``n_components`` principal components (``pca_dims`` is ignored).
@@ -98,6 +113,10 @@ def project(x: np.ndarray, method: Method = "tsne", *, n_components: int = 2, pe
                              f"got {perplexity}; lower perplexity (5-50 is usual) or project more points")
         if n_iter < 1 or early_exaggeration_iter < 0:
             raise ValueError("n_iter must be >= 1 and early_exaggeration_iter >= 0")
+        if not fft_ints_in_interval > 0 or not isinstance(fft_min_intervals, (int, np.integer)) \
+                or fft_min_intervals < 1:
+            raise ValueError(f"fft_ints_in_interval must be > 0 and fft_min_intervals a positive int, got "
+                             f"{fft_ints_in_interval!r} and {fft_min_intervals!r}")
     if method == "umap":
         if not 2 <= n_neighbors < n:
             raise ValueError(f"n_neighbors must be in [2, N) = [2, {n}), got {n_neighbors}")
@@ -121,9 +140,13 @@ def project(x: np.ndarray, method: Method = "tsne", *, n_components: int = 2, pe
     arr = np.ascontiguousarray(arr, dtype=np.float32)
 
     if method == "tsne":
-        coords = _tsne(arr, n_components, perplexity, seed, threads, n_iter, early_exaggeration_iter)
-        params.update(perplexity=float(perplexity), n_iter=int(n_iter),
-                      early_exaggeration_iter=int(early_exaggeration_iter), n_jobs=threads)
+        k = min(n - 1, int(3 * perplexity))
+        coords = _tsne(arr, n_components, perplexity, k, seed, threads, n_iter, early_exaggeration_iter,
+                       float(fft_ints_in_interval), int(fft_min_intervals))
+        params.update(perplexity=float(perplexity), k_neighbors=k, knn="faiss-exact", n_iter=int(n_iter),
+                      early_exaggeration_iter=int(early_exaggeration_iter),
+                      fft_ints_in_interval=float(fft_ints_in_interval),
+                      fft_min_intervals=int(fft_min_intervals), n_jobs=threads)
     else:
         coords = _umap(arr, n_components, n_neighbors, min_dist, seed, threads)
         params.update(n_neighbors=int(n_neighbors), min_dist=float(min_dist),
@@ -131,15 +154,52 @@ def project(x: np.ndarray, method: Method = "tsne", *, n_components: int = 2, pe
     return Projection(np.ascontiguousarray(coords, dtype=np.float32), method, params)
 
 
-def _tsne(arr: np.ndarray, n_components: int, perplexity: float, seed: int | None, threads: int,
-          n_iter: int, early_exaggeration_iter: int) -> np.ndarray:
-    from openTSNE import TSNE  # imported here: heavy, and only t-SNE needs it
+def _knn_graph(arr: np.ndarray, k: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Euclidean k-NN of every row of ``arr`` (N, d) among the other rows.
 
+    Returns ``(indices, distances)``, both (N, k), nearest first; ``indices`` int64 positions,
+    ``distances`` float64 Euclidean distances. FAISS ``IndexFlatL2`` with ``threads`` OpenMP threads
+    (restored afterwards). A row's own position is removed by position, never by distance, so exact
+    duplicates stay each other's neighbours at distance 0; if duplicates pushed a row's own position
+    out of its top k + 1, the last hit is dropped instead.
+    """
+    n, d = arr.shape
+    if not 1 <= k < n:
+        raise ValueError(f"k must be in [1, N) = [1, {n}), got {k}")
+    x = np.ascontiguousarray(arr, dtype=np.float32)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    try:
+        index = faiss.IndexFlatL2(d)
+        index.add(x)
+        sq, found = index.search(x, k + 1)
+    finally:
+        faiss.omp_set_num_threads(before)
+    drop = found == np.arange(n)[:, None]
+    drop[~drop.any(axis=1), -1] = True
+    keep = ~drop
+    indices = found[keep].reshape(n, k).astype(np.int64, copy=False)
+    distances = np.sqrt(np.maximum(sq[keep].reshape(n, k), 0.0), dtype=np.float64)
+    return indices, distances
+
+
+def _tsne(arr: np.ndarray, n_components: int, perplexity: float, k: int, seed: int | None, threads: int,
+          n_iter: int, early_exaggeration_iter: int, ints_in_interval: float,
+          min_num_intervals: int) -> np.ndarray:
+    # imported here: heavy, and only t-SNE needs it
+    from openTSNE import TSNE
+    from openTSNE.affinity import PerplexityBasedNN
+    from openTSNE.nearest_neighbors import PrecomputedNeighbors
+
+    indices, distances = _knn_graph(arr, k, threads)
+    affinities = PerplexityBasedNN(perplexity=perplexity, knn_index=PrecomputedNeighbors(indices, distances),
+                                   n_jobs=threads)
     tsne = TSNE(n_components=n_components, perplexity=perplexity, initialization="pca",
                 metric="euclidean", n_jobs=threads, random_state=seed, n_iter=n_iter,
                 early_exaggeration_iter=early_exaggeration_iter,
+                ints_in_interval=ints_in_interval, min_num_intervals=min_num_intervals,
                 negative_gradient_method="auto" if n_components <= 2 else "bh")
-    return np.asarray(tsne.fit(arr))
+    return np.asarray(tsne.fit(arr, affinities=affinities))
 
 
 def _umap(arr: np.ndarray, n_components: int, n_neighbors: int, min_dist: float, seed: int | None,
