@@ -9,7 +9,7 @@ STAMP := $(VENV)/.featscope-installed
 DEMO_DIR ?= demo-data
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow demo bench clean
+.PHONY: install debian-deps test test-slow demo bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: install
+# Debian packages the tests use: redis-server (two workers sharing one Redis queue).
+debian-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing redis-server (Debian) for the queue tests"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+
+test: install debian-deps
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 test-slow: install
