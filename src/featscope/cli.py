@@ -25,6 +25,11 @@ app.add_typer(backbone_app, name="backbone")
 app.add_typer(embeddings_app, name="embeddings")
 app.add_typer(analyze_app, name="analyze")
 
+from featscope.worker.cli import jobs_app, worker_command  # noqa: E402 - light: huey and typer only
+
+app.add_typer(jobs_app, name="jobs")
+app.command("worker")(worker_command)
+
 # Piped output (logs, CI) gets a wide fixed width instead of Rich's 80-column fallback.
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -255,6 +260,85 @@ def neighbours(embedding_set: int = typer.Argument(..., help="Embedding set id (
     _emit(hits, ["rank", "image_id", "relpath", "label", "score"], False, f"{k} nearest neighbours")
 
 
+# ---------------------------------------------------------------- maps
+def _write_maps(results: list, out_dir: Path, stem: str, as_json: bool) -> None:
+    from featscope.workspace.maps import compare_panel
+
+    written = []
+    for i, res in enumerate(results):
+        suffix = "" if len(results) == 1 else f"-{res.backbone}"
+        written += res.save(out_dir, f"{stem}{suffix}")
+    if len(results) == 2:
+        panel = out_dir / f"{stem}-compare.png"
+        compare_panel(*results).save(panel)
+        written.append(panel)
+    if as_json:
+        sys.stdout.write(json.dumps([{"backbone": r.backbone, "image": r.image, "params": r.params, **r.data,
+                                      "cached": r.cached} for r in results] + [{"files": [str(p) for p in written]}],
+                                    indent=2, default=str) + "\n")
+        return
+    for r in results:
+        state = "cached" if r.cached else "computed"
+        detail = (f"unmasked p({r.data['class_name']}) = {r.data['unmasked_probability']:.4f}, "
+                  f"min over positions {r.data['min_probability']:.4f}, {r.data['positions']} positions"
+                  if r.kind == "maskout" else
+                  f"{r.params['method']} at {r.params['tap']}" + (f" for {r.data.get('class_name')}"
+                                                                 if r.data.get("class_name") else ""))
+        out.print(f"{r.backbone}: {detail} ({state})", highlight=False)
+    for p in written:
+        out.print(f"wrote {p}", highlight=False)
+
+
+def _map_stem(image: str, kind: str) -> str:
+    base = Path(image).stem if not image.isdigit() else f"image{image}"
+    return f"{base}-{kind}"
+
+
+@app.command("heatmap")
+def heatmap(image: str = typer.Argument(..., help="Image file, or a catalog image id."),
+            backbone: str = typer.Option(..., "--backbone", "-b", help="Registered backbone."),
+            tap: str = typer.Option("conv5", "--tap", "-t", help="Tap (conv2..conv5 or layer names)."),
+            method: str = typer.Option("mean", help="mean (channel-mean activation), gradcam, gradcam++, hirescam, ..."),
+            target: Optional[str] = typer.Option(None, help="Class (name or index) for Grad-CAM methods."),
+            top_channels: int = typer.Option(0, help="Also keep the N strongest channels' maps (mean only)."),
+            compare: Optional[str] = typer.Option(None, "--compare", help="Second backbone: side by side + difference."),
+            probe_dataset: Optional[str] = typer.Option(None, help="Grad-CAM on a network without a classifier: "
+                                                        "the labelled data set whose probe is the head."),
+            out_dir: Path = typer.Option(Path("featscope-maps"), "--out", "-o", help="Folder for PNG/NPZ/JSON."),
+            device: Optional[str] = typer.Option(None, help="auto, cpu, cuda."),
+            as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Activation heatmap of an image (study Fig. 4), drawn on the original image; PNG and arrays."""
+    results = [_run(_ws().heatmap, b, image, tap=tap, method=method, target=target, top_channels=top_channels,
+                    probe_dataset=probe_dataset, device=device, on_message=_say)
+               for b in [backbone] + ([compare] if compare else [])]
+    _write_maps(results, out_dir, _map_stem(image, method if method != "mean" else "activation"), as_json)
+
+
+@app.command("maskout")
+def maskout(image: str = typer.Argument(..., help="Image file, or a catalog image id."),
+            backbone: str = typer.Option(..., "--backbone", "-b", help="Registered backbone."),
+            target: str = typer.Option(..., "--target", help="Class name or index whose probability is mapped."),
+            size: int = typer.Option(60, help="Mask side in pixels at the network's input resolution."),
+            stride: int = typer.Option(8, help="Step between mask positions in pixels."),
+            fill: str = typer.Option("zero", help="zero (the normalisation mean colour), mean, or blur."),
+            precision: str = typer.Option("fp32", help="fp32 (exact) or bf16 / fp16 (faster)."),
+            compare: Optional[str] = typer.Option(None, "--compare", help="Second backbone: side by side + difference."),
+            probe_dataset: Optional[str] = typer.Option(None, help="For networks without a classifier: the labelled "
+                                                        "data set whose linear probe is the head (trained if needed)."),
+            out_dir: Path = typer.Option(Path("featscope-maps"), "--out", "-o", help="Folder for PNG/NPZ/JSON."),
+            device: Optional[str] = typer.Option(None, help="auto, cpu, cuda."),
+            as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Mask-out probability map (study Fig. 5): p(target) as a blank square slides over the image."""
+    results = []
+    for b in [backbone] + ([compare] if compare else []):
+        progress, update = _count_progress(f"mask-out {b}")
+        with progress:
+            results.append(_run(_ws().maskout, b, image, target=target, size=size, stride=stride, fill=fill,
+                                precision=precision, probe_dataset=probe_dataset, device=device, progress=update,
+                                on_message=_say))
+    _write_maps(results, out_dir, _map_stem(image, "maskout"), as_json)
+
+
 # ---------------------------------------------------------------- analyses
 _FORMAT = typer.Option("table", "--format", "-f", help="table (summary), json (everything) or csv (the rows).")
 _OUT = typer.Option(None, "--out", "-o", help="Write the json/csv output to this file instead of stdout.")
@@ -464,6 +548,23 @@ def analyze_list(kind: Optional[str] = typer.Option(None, help="Only this kind."
     """List cached analyses."""
     _emit(_run(_ws().analyses, kind), ["id", "kind", "inputs", "params", "artifact_key", "created_at"], as_json,
           "analyses")
+
+
+# ---------------------------------------------------------------- server
+@app.command("serve")
+def serve(host: str = typer.Option("127.0.0.1", help="Bind address; anything but loopback needs FEATSCOPE_TOKEN."),
+          port: int = typer.Option(8050, help="Port."),
+          embedded_worker: bool = typer.Option(True, "--embedded-worker/--no-embedded-worker",
+                                               help="Also start one job-worker process (off when workers run apart)."),
+          workers: int = typer.Option(1, help="Jobs the embedded worker runs at once."),
+          log_level: str = typer.Option("info", help="uvicorn log level.")) -> None:
+    """Serve the REST API (OpenAPI docs at /docs) with uvicorn, plus a job worker."""
+    from featscope.server.cli import serve_command
+    from featscope.server.settings import ServerSettings
+
+    data_dir = _state.get("data_dir")
+    settings = ServerSettings() if data_dir is None else ServerSettings(data_dir=data_dir)
+    serve_command(host, port, embedded_worker, workers, log_level, settings=settings)
 
 
 if __name__ == "__main__":  # pragma: no cover

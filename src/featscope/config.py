@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=32, ge=1, description="Images per forward pass.")
     num_workers: int = Field(default=2, ge=0, description="DataLoader worker processes (0: decode in-process).")
     shard_size: int = Field(default=512, ge=1, description="Images per extraction shard (the unit of resume).")
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL of the job queue (several workers, several hosts); default: SQLite queue in the data dir.",
+    )
     flat_index_max: int = Field(
         default=100_000, ge=1, description="Embedding sets up to this many vectors get an exact flat index; larger ones IVF."
     )

@@ -135,6 +135,12 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Liveness and ownership of a running job: the worker that claimed it (host:pid:token) refreshes
+    # heartbeat_at; a stale heartbeat means the worker died and the job is re-queued or failed.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # queue message id (for revoking)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
 
 
 class Analysis(Base):

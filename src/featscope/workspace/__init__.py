@@ -8,7 +8,8 @@ from pathlib import Path
 from featscope.config import Settings
 from featscope.extractors.types import Preprocess
 from featscope.workspace import analyses as _analyses, analyze as _an, backbones as _bb, datasets as _ds, \
-    embeddings as _emb
+    embeddings as _emb, maps as _maps
+from featscope.workspace.maps import MapResult
 from featscope.workspace.analyses import AnalysisResult
 from featscope.workspace.analyze import KeptProbe
 from featscope.workspace.backbones import BackboneInfo
@@ -16,7 +17,7 @@ from featscope.workspace.context import Context, NotFound
 from featscope.workspace.datasets import DatasetInfo, ImageInfo
 from featscope.workspace.embeddings import Embeddings, EmbeddingSetInfo, Neighbour
 
-__all__ = ["AnalysisResult", "KeptProbe", "BackboneInfo", "DatasetInfo", "ImageInfo", "EmbeddingSetInfo", "Embeddings", "Neighbour", "NotFound", "Workspace"]
+__all__ = ["AnalysisResult", "KeptProbe", "MapResult", "BackboneInfo", "DatasetInfo", "ImageInfo", "EmbeddingSetInfo", "Embeddings", "Neighbour", "NotFound", "Workspace"]
 
 
 class Workspace:
@@ -141,3 +142,12 @@ class Workspace:
     def analyses(self, kind: str | None = None) -> list[dict]:
         """Analyses recorded in the catalog."""
         return _analyses.list_analyses(self.ctx, kind)
+
+    # maps (study Figs. 4 and 5), cached by backbone weights, image bytes, head and parameters
+    def heatmap(self, backbone: str | int, image: str | int | Path, **params) -> MapResult:
+        """Channel-mean activation (``method="mean"``) or Grad-CAM-family map of an image (catalog id or file)."""
+        return _maps.heatmap(self.ctx, backbone, image, **params)
+
+    def maskout(self, backbone: str | int, image: str | int | Path, *, target: str | int, **params) -> MapResult:
+        """Mask-out probability map of ``target`` for an image (catalog id or file); see :func:`maps.maskout`."""
+        return _maps.maskout(self.ctx, backbone, image, target=target, **params)

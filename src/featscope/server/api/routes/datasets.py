@@ -1,0 +1,51 @@
+"""Data sets: list, get, add from a path under an allowed root, generate the synthetic one."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, status
+
+from featscope.server.api.schemas import DatasetAdd, DatasetOut, Page, Ref, SynthIn
+from featscope.server.deps import Limit, Offset, SettingsDep, WorkspaceDep, allowed_path
+from featscope.workspace.datasets import DatasetInfo, get_dataset
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+
+def dataset_out(info: DatasetInfo) -> DatasetOut:
+    return DatasetOut(**dataclasses.asdict(info))
+
+
+@router.get("", response_model=Page[DatasetOut])
+def list_datasets(ws: WorkspaceDep, limit: Limit = 50, offset: Offset = 0, all_versions: bool = False) -> Page[DatasetOut]:
+    """Registered data sets (newest version of each name unless all_versions)."""
+    infos = ws.datasets(all_versions=all_versions)
+    return Page(items=[dataset_out(d) for d in infos[offset:offset + limit]], total=len(infos), limit=limit,
+                offset=offset)
+
+
+@router.get("/{dataset}", response_model=DatasetOut)
+def get_one(ws: WorkspaceDep, dataset: Annotated[Ref, Path(description="Id, name or name@version.")]) -> DatasetOut:
+    """One data set by id, name or name@version."""
+    return dataset_out(DatasetInfo.of(get_dataset(ws.ctx, dataset)))
+
+
+@router.post("", response_model=DatasetOut, status_code=status.HTTP_201_CREATED)
+def add(body: DatasetAdd, ws: WorkspaceDep, settings: SettingsDep) -> DatasetOut:
+    """Register a data set from a path under an allowed root (existing: returned unchanged)."""
+    path = allowed_path(settings, body.path, "data set path")
+    images_root = allowed_path(settings, body.images_root, "images root") if body.images_root else None
+    info = ws.add_dataset(path, name=body.name, format=body.format, images_root=images_root, split=body.split)
+    return dataset_out(info)
+
+
+@router.post("/synth", response_model=list[DatasetOut], status_code=status.HTTP_201_CREATED)
+def synth(body: SynthIn, ws: WorkspaceDep, settings: SettingsDep) -> list[DatasetOut]:
+    """Generate the synthetic shapes data set in the data dir and register both halves."""
+    out_dir = settings.data_dir / "synth" / body.name
+    infos = ws.synth_dataset(out_dir, name=body.name, n_scenes=body.n_scenes, n_per_class=body.n_per_class,
+                             size=body.size, seed=body.seed)
+    return [dataset_out(d) for d in infos]

@@ -1,0 +1,84 @@
+"""The FastAPI application: ``create_app(settings)`` wires the workspace, the routers and the error handlers."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from featscope.cache.store import CorruptArtifact
+from featscope.config import Settings
+from featscope.datasets.images import ImageDecodeError
+from featscope.server.api.routes import ROUTERS, auth
+from featscope.server.api.schemas import ErrorOut
+from featscope.server.deps import require_auth
+from featscope.server.settings import server_settings
+from featscope.server.uploads import UploadError
+from featscope.workspace import NotFound, Workspace
+
+log = logging.getLogger(__name__)
+API_PREFIX = "/api/v1"
+ERRORS = {"4XX": {"model": ErrorOut, "description": "What is wrong with the request and how to fix it."}}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API app over the data dir of ``settings`` (``FEATSCOPE_*`` environment when omitted)."""
+    st = server_settings(settings)
+    app = FastAPI(title="featscope", version="1", description="Compare the feature spaces of CNN backbones.",
+                  docs_url="/docs", openapi_url="/openapi.json")
+    app.state.settings = st
+    app.state.workspace = Workspace(st)
+    app.state.queue = None
+    app.include_router(auth.router, prefix=API_PREFIX, responses=ERRORS)
+    for router in ROUTERS:
+        app.include_router(router, prefix=API_PREFIX, dependencies=[Depends(require_auth)], responses=ERRORS)
+    _error_handlers(app)
+    return app
+
+
+def _json(status: int, detail: str, headers: dict | None = None, **extra) -> JSONResponse:
+    return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _json(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+                  for e in exc.errors()]
+        first = "; ".join(f"{'.'.join(e['loc'][1:] or e['loc'])}: {e['msg']}" for e in errors[:3])
+        return _json(422, f"invalid request ({first}); see /docs for the expected fields", errors=errors)
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return _json(404, str(exc.args[0]) if exc.args else "not found")
+
+    @app.exception_handler(FileNotFoundError)
+    async def no_file(request: Request, exc: FileNotFoundError) -> JSONResponse:
+        return _json(404, str(exc))
+
+    @app.exception_handler(UploadError)
+    async def bad_upload(request: Request, exc: UploadError) -> JSONResponse:
+        return _json(exc.status, exc.detail)
+
+    @app.exception_handler(ImageDecodeError)
+    async def undecodable(request: Request, exc: ImageDecodeError) -> JSONResponse:
+        return _json(422, f"{exc.reason}: {exc.detail}")
+
+    @app.exception_handler(CorruptArtifact)
+    async def corrupt(request: Request, exc: CorruptArtifact) -> JSONResponse:
+        return _json(409, str(exc.args[0]) if exc.args else "a cached artifact is corrupted; recompute it")
+
+    @app.exception_handler(ValueError)
+    async def bad_value(request: Request, exc: ValueError) -> JSONResponse:
+        return _json(400, str(exc))
+
+    @app.exception_handler(PermissionError)
+    async def forbidden(request: Request, exc: PermissionError) -> JSONResponse:
+        return _json(403, f"the server may not read that file ({exc.strerror or exc}); check its permissions")

@@ -1,0 +1,120 @@
+"""Recover jobs whose worker died: Huey removes a message from the queue before running it, so a
+SIGKILLed (or power-cut) worker takes its job's message with it and the job would stay ``running``.
+
+:func:`reap` finds running jobs whose heartbeat is older than the timeout (or whose worker process,
+on this host, no longer exists) and puts them back on the queue -- an extraction then resumes from its
+last finished shard -- or, after ``max_attempts`` runs, marks them failed with the reason. Every
+worker runs it at start and then periodically; several reapers at once are safe because each change
+is a conditional UPDATE on the job's current worker token and attempt count.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from datetime import datetime, timedelta, timezone
+
+import huey
+from sqlalchemy import select, update
+
+from featscope.catalog import Job
+from featscope.catalog.models import utcnow
+from featscope.worker.jobs import append_log, enqueue
+from featscope.worker.queue import WorkerOptions
+from featscope.worker.tasks import host_id, worker_prefix
+from featscope.workspace.context import Context
+
+log = logging.getLogger(__name__)
+
+
+def _aware(t: datetime | None) -> datetime | None:
+    return None if t is None else (t if t.tzinfo else t.replace(tzinfo=timezone.utc))
+
+
+def _dead_local_worker(token: str | None) -> bool:
+    """True if ``token`` names a process on this host (not this one) that no longer exists."""
+    if not token:
+        return False
+    host, _, rest = token.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != host_id() or not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def reap(ctx: Context, queue: huey.Huey, options: WorkerOptions, *, now: datetime | None = None) -> list[int]:
+    """Re-queue or fail running jobs whose worker is gone; returns the ids of the jobs it changed."""
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=options.heartbeat_timeout)
+    with ctx.session() as s:
+        running = list(s.scalars(select(Job).where(Job.state == "running")))
+    changed = []
+    for row in running:
+        beat = _aware(row.heartbeat_at) or _aware(row.started_at)
+        stale = beat is None or beat < cutoff
+        if stale:
+            why = f"no heartbeat from worker {row.worker} for over {options.heartbeat_timeout:g} s"
+        elif _dead_local_worker(row.worker):
+            why = f"worker {row.worker} is no longer running"
+        else:
+            continue
+        if _give_up_or_requeue(ctx, queue, row, options, f"worker died ({why})"):
+            changed.append(row.id)
+    return changed
+
+
+def requeue_own(ctx: Context, queue: huey.Huey, job_id: int, options: WorkerOptions, why: str) -> bool:
+    """Give back a job this process is running (consumer shutting down mid-job)."""
+    with ctx.session() as s:
+        row = s.get(Job, job_id)
+    if row is None or row.state != "running" or not (row.worker or "").startswith(worker_prefix()):
+        return False
+    return _give_up_or_requeue(ctx, queue, row, options, why)
+
+
+def _give_up_or_requeue(ctx: Context, queue: huey.Huey, row: Job, options: WorkerOptions, why: str) -> bool:
+    owned = (Job.id == row.id, Job.state == "running", Job.worker == row.worker, Job.attempts == row.attempts)
+    if row.cancel_requested:
+        values = {"state": "cancelled", "message": "cancelled", "finished_at": utcnow(),
+                  "log": append_log(row.log, f"{why}; it had been asked to cancel, so it is cancelled")}
+    elif row.attempts >= options.max_attempts:
+        reason = f"{why} on attempt {row.attempts} of {options.max_attempts}; giving up"
+        values = {"state": "failed", "message": "failed", "error": reason, "finished_at": utcnow(),
+                  "log": append_log(row.log, reason)}
+    else:
+        values = {"state": "queued", "message": f"re-queued: {why}", "heartbeat_at": None,
+                  "log": append_log(row.log, f"{why}; re-queued (attempt {row.attempts} of {options.max_attempts} "
+                                             f"used)")}
+    with ctx.session() as s:
+        n = s.execute(update(Job).where(*owned).values(worker=None, **values)).rowcount
+    if not n:
+        return False  # another reaper, or the worker itself, got there first
+    log.warning("job %s: %s -> %s", row.id, why, values["state"])
+    if values["state"] == "queued":
+        enqueue(ctx, queue, row.id)
+    return True
+
+
+class Reaper(threading.Thread):
+    """Runs :func:`reap` now and every ``options.reap_interval`` seconds until stopped."""
+
+    def __init__(self, ctx: Context, queue: huey.Huey, options: WorkerOptions) -> None:
+        super().__init__(name="featscope-reaper", daemon=True)
+        self.ctx, self.queue, self.options = ctx, queue, options
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                reap(self.ctx, self.queue, self.options)
+            except Exception:  # noqa: BLE001 - keep reaping after a transient database error
+                log.warning("reaper pass failed", exc_info=True)
+            if self.stop_event.wait(self.options.reap_interval):
+                return

@@ -1,0 +1,230 @@
+"""Activation heatmaps and mask-out maps for a catalog image or any image file, cached as artifacts.
+
+A map is keyed by the backbone's weights fingerprint, the image's bytes (sha256, so an upload and
+the same file in a data set share it), the head (the backbone's own classifier or a kept probe's
+artifact) and the parameters. The result carries the raw arrays, the map over the original image
+and a PNG overlay drawn on the original image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image as PILImage
+
+from featscope.cache.store import content_key
+from featscope.catalog import Dataset, Image
+from featscope.workspace.backbones import get_backbone_row, open_backbone
+from featscope.workspace.context import Context, NotFound
+
+log = logging.getLogger(__name__)
+
+MAP_VERSION = 1
+METHODS = ("mean", "gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam")
+FILLS = ("zero", "mean", "blur")
+
+
+@dataclass(frozen=True)
+class MapResult:
+    """One map: ``heat`` (H, W) over the original image (NaN outside the network's crop), ``overlay``
+    PNG bytes drawn on the original, ``arrays`` the raw maps, ``data`` what produced them."""
+
+    kind: str  # "activation" or "maskout"
+    backbone: str
+    image: str
+    params: dict[str, Any]
+    data: dict[str, Any]
+    arrays: dict[str, np.ndarray] = field(repr=False)
+    overlay_png: bytes = field(repr=False)
+    artifact_key: str = ""
+    cached: bool = False
+
+    @property
+    def heat(self) -> np.ndarray:
+        return self.arrays["heat"]
+
+    def overlay(self) -> PILImage.Image:
+        return PILImage.open(io.BytesIO(self.overlay_png)).convert("RGB")
+
+    def save(self, out_dir: str | Path, stem: str) -> list[Path]:
+        """Write ``STEM.png`` (overlay), ``STEM.npz`` (arrays) and ``STEM.json`` (data) into ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [out / f"{stem}.png", out / f"{stem}.npz", out / f"{stem}.json"]
+        paths[0].write_bytes(self.overlay_png)
+        np.savez_compressed(paths[1], **self.arrays)
+        paths[2].write_text(json.dumps({"kind": self.kind, "backbone": self.backbone, "image": self.image,
+                                        "params": self.params, **self.data}, indent=2, default=str))
+        return paths
+
+
+def resolve_image(ctx: Context, image: str | int | Path) -> tuple[Path, str, int | None]:
+    """(file, display name, catalog dataset id or None) for a catalog image id or a file path."""
+    if isinstance(image, int) or (isinstance(image, str) and image.isdigit()):
+        with ctx.session() as s:
+            row = s.get(Image, int(image))
+            if row is None:
+                raise NotFound(f"no image {image} in the catalog; `featscope dataset images NAME` lists ids, or "
+                               f"pass a path to an image file")
+            if row.error is not None:
+                raise ValueError(f"image {image} ({row.relpath}) could not be decoded when it was registered: "
+                                 f"{row.error}")
+            ds = s.get(Dataset, row.dataset_id)
+            return Path(ds.root) / row.relpath, row.relpath, ds.id
+    path = Path(image).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is not a file; pass an image file or a catalog image id")
+    return path, path.name, None
+
+
+def _classifier(ctx: Context, backbone_ref: str | int, probe_dataset: str | int | None, image_dataset: int | None,
+                on_message: Callable[[str], None] | None):
+    """(Classifier, head identity for the cache key): own classifier, else a kept probe."""
+    from featscope.extractors.heads import classifier_for, probe_linear
+    from featscope.workspace.analyze import load_probe
+
+    bb = open_backbone(ctx, backbone_ref)
+    row = get_backbone_row(ctx, backbone_ref)
+    if probe_dataset is None and bb.classifier is not None:
+        return bb, classifier_for(bb), "classifier"
+    ds = probe_dataset if probe_dataset is not None else image_dataset
+    if ds is None:
+        raise ValueError(f"backbone {row.name!r} has no classifier of its own; pass --probe-dataset NAME (a "
+                         f"labelled data set it has {list(row.taps)[-1]}/avg embeddings of) so a linear probe "
+                         f"trained on its features serves as the classification layer, as the study does")
+    probe = load_probe(ctx, row.id, ds, on_message=on_message)
+    head = probe_linear(probe.coef, probe.intercept, probe.scaler_mean, probe.scaler_scale)
+    return bb, classifier_for(bb, head, probe.classes), f"probe:{probe.embedding_set}:{probe.accuracy:.6f}"
+
+
+def _image_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _cached(ctx: Context, key: str) -> tuple[dict, dict, bytes] | None:
+    if not ctx.store.has("map", key):
+        return None
+    if ctx.store.verify("map", key):
+        ctx.store.delete("map", key)
+        return None
+    art = ctx.store.get("map", key, verify=False)
+    return art.meta, {n: art.array(n) for n in art.array_names}, art.blob("overlay.png")
+
+
+def _png(img: PILImage.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def heatmap(ctx: Context, backbone: str | int, image: str | int | Path, *, tap: str = "conv5",
+            method: str = "mean", target: str | int | None = None, top_channels: int = 0,
+            probe_dataset: str | int | None = None, cmap: str = "jet", device: str | None = None,
+            on_message: Callable[[str], None] | None = None) -> MapResult:
+    """The tap's channel-mean activation (``method="mean"``) or a Grad-CAM-family map of ``target``
+    (the backbone's classifier, or a probe for networks without one) over ``image``."""
+    from featscope.extractors.activations import activation_map, gradcam_map
+    from featscope.extractors.overlay import overlay
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method != "mean" and target is None:
+        raise ValueError(f"method {method!r} explains one class: pass --target CLASS (a class name or index)")
+    path, name, ds_id = resolve_image(ctx, image)
+    row = get_backbone_row(ctx, backbone)
+    params = {"tap": tap, "method": method, "target": None if target is None else str(target),
+              "top_channels": int(top_channels), "cmap": cmap}
+    if method == "mean":
+        bb, head_id, classifier = open_backbone(ctx, row.id), "none", None
+    else:
+        bb, classifier, head_id = _classifier(ctx, row.id, probe_dataset, ds_id, on_message)
+    key = content_key({"kind": "map", "map": "activation", "backbone": row.fingerprint, "image": _image_sha(path),
+                       "head": head_id, "params": params, "preprocess": row.preprocess, "version": MAP_VERSION})
+    hit = _cached(ctx, key)
+    if hit is not None:
+        meta, arrays, png = hit
+        return MapResult("activation", row.name, name, params, meta["data"], arrays, png, key, True)
+    if method == "mean":
+        m = activation_map(bb, path, tap=tap, top_channels=top_channels, device=device)
+        data: dict[str, Any] = {"channels": m.channels.tolist(), "geometry": m.geometry.to_dict()}
+    else:
+        m = gradcam_map(classifier, bb, path, target, method=method, device=device)
+        data = {"target": m.target, "class_name": m.class_name, "head": m.head, "score": m.score,
+                "probability": m.probability, "geometry": m.geometry.to_dict()}
+    arrays = m.arrays()
+    png = _png(overlay(m.image, arrays["heat"], cmap=cmap))
+    ctx.store.put("map", key, arrays, {"data": data, "params": params}, blobs={"overlay.png": png})
+    return MapResult("activation", row.name, name, params, json.loads(json.dumps(data)), arrays, png, key, False)
+
+
+def maskout(ctx: Context, backbone: str | int, image: str | int | Path, *, target: str | int, size: int = 60,
+            stride: int = 8, fill: str = "zero", precision: str = "fp32", probe_dataset: str | int | None = None,
+            cmap: str = "jet", device: str | None = None, batch_size: int = 32,
+            progress: Callable[[int, int], None] | None = None,
+            on_message: Callable[[str], None] | None = None) -> MapResult:
+    """Probability of ``target`` as a ``size`` x ``size`` blank mask slides over ``image`` with ``stride``
+    (study Fig. 5), each position's value drawn at the mask centre. The head is the backbone's own
+    classifier, or a linear probe trained on its pooled last-tap features for networks without one."""
+    from featscope.datasets.images import load_rgb
+    from featscope.extractors.activations import CropGeometry
+    from featscope.extractors.maskout import maskout_map
+    from featscope.extractors.overlay import overlay
+
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
+    path, name, ds_id = resolve_image(ctx, image)
+    row = get_backbone_row(ctx, backbone)
+    bb, classifier, head_id = _classifier(ctx, row.id, probe_dataset, ds_id, on_message)
+    target_index = classifier.class_index(target)
+    params = {"target": classifier.class_names[target_index], "size": int(size), "stride": int(stride),
+              "fill": fill, "precision": precision, "cmap": cmap}
+    key = content_key({"kind": "map", "map": "maskout", "backbone": row.fingerprint, "image": _image_sha(path),
+                       "head": head_id, "params": params, "preprocess": row.preprocess, "version": MAP_VERSION})
+    hit = _cached(ctx, key)
+    if hit is not None:
+        meta, arrays, png = hit
+        return MapResult("maskout", row.name, name, params, meta["data"], arrays, png, key, True)
+    rgb = load_rgb(path)
+    crop = bb.preprocess.crop
+    if size > crop:
+        raise ValueError(f"the mask ({size} px) is larger than the network's {crop} x {crop} input; "
+                         f"use --size {crop // 4} or smaller")
+    mean_pixel = [255.0 * m for m in bb.preprocess.mean] if fill == "mean" else None
+    res = maskout_map(classifier, bb.preprocess.to_uint8(rgb), target_index, preprocess=bb.preprocess, size=size,
+                      stride=stride, fill=fill, mean_pixel=mean_pixel, precision=precision, device=device,
+                      batch_size=batch_size, progress=progress)
+    geometry = CropGeometry.of(bb.preprocess, rgb.size)
+    heat = np.clip(geometry.to_original(res.full), 0.0, 1.0)
+    arrays = {"probs": res.probs, "tops_y": res.tops_y, "tops_x": res.tops_x, "centres_y": res.centres_y,
+              "centres_x": res.centres_x, "full": res.full.astype(np.float32), "heat": heat,
+              "box": np.asarray(geometry.box, dtype=np.float64)}
+    data = {"target": res.target, "class_name": classifier.class_names[res.target], "head": classifier.source,
+            "unmasked_probability": res.unmasked, "min_probability": float(res.probs.min()),
+            "positions": int(res.probs.size), "engine": res.engine, "seconds": res.seconds,
+            "geometry": geometry.to_dict()}
+    png = _png(overlay(rgb, heat, cmap=cmap))
+    ctx.store.put("map", key, arrays, {"data": data, "params": params}, blobs={"overlay.png": png})
+    return MapResult("maskout", row.name, name, params, json.loads(json.dumps(data)), arrays, png, key, False)
+
+
+def compare_panel(a: MapResult, b: MapResult) -> PILImage.Image:
+    """Two backbones' maps of one image side by side, with their signed difference (red: A higher)."""
+    from featscope.extractors.overlay import difference_panel, side_by_side
+
+    if a.heat.shape != b.heat.shape:
+        raise ValueError("the two maps cover different images; compare maps of the same image")
+    img = a.overlay()
+    diff = difference_panel(a.heat, b.heat)
+    return side_by_side([img, b.overlay(), diff], [a.backbone, b.backbone, f"{a.backbone} - {b.backbone}"])

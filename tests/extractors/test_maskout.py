@@ -1,0 +1,217 @@
+"""Mask-out maps: errors first, then both engines against a naive loop and against Captum's Occlusion."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from featscope.extractors.heads import classifier_for, probe_linear
+from featscope.extractors.maskout import maskout_map
+from featscope.extractors.types import Backbone, Preprocess
+
+PRE = Preprocess(resize=64, crop=64)
+SIZE, STRIDE = 16, 8
+
+
+@pytest.fixture(scope="module")
+def net(tiny) -> nn.Module:
+    """ResNet-18 whose classifier is sharpened so probabilities span a useful range (not all ~1/1000)."""
+    m = tiny.make_resnet("resnet18", seed=0)
+    with torch.no_grad():
+        m.fc.weight.mul_(5.0)  # top logits ~25, as confident as a trained ImageNet net
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def image() -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    img = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=g)
+    img[:, 20:44, 10:40] = torch.tensor([200, 40, 90], dtype=torch.uint8).view(3, 1, 1)  # an "object"
+    return img
+
+
+@pytest.fixture(scope="module")
+def target(net, image) -> int:
+    with torch.no_grad():
+        return int(net(PRE.normalize(image[None])).argmax())
+
+
+def naive(model: nn.Module, image: torch.Tensor, target: int, size: int, stride: int,
+          fill: torch.Tensor | None = None) -> tuple[np.ndarray, float]:
+    """One full forward pass per position on the whole image with the window set to ``fill`` (default 0)."""
+    x = PRE.normalize(image[None])
+    fill = torch.zeros(1, 3, 1, 1) if fill is None else fill
+    tops = list(range(0, x.shape[2] - size + 1, stride))
+    if tops[-1] != x.shape[2] - size:
+        tops.append(x.shape[2] - size)
+    out = np.zeros((len(tops), len(tops)))
+    with torch.no_grad():
+        p0 = float(torch.softmax(model(x), 1)[0, target])
+        for i, y in enumerate(tops):
+            for j, z in enumerate(tops):
+                m = x.clone()
+                m[:, :, y:y + size, z:z + size] = fill if fill.shape[2] == 1 else fill[:, :, y:y + size, z:z + size]
+                out[i, j] = float(torch.softmax(model(m), 1)[0, target])
+    return out, p0
+
+
+def _backbone(model: nn.Module) -> Backbone:
+    return Backbone(spec="torchvision:resnet18", source="torchvision", arch="resnet18", model=model, preprocess=PRE,
+                    fingerprint="test", taps={f"layer{i}": f"layer{i}" for i in range(1, 5)},
+                    classifier=model.fc, class_names=[f"c{i}" for i in range(1000)])
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+def test_bad_input_errors_name_the_fix(net, image) -> None:
+    def run(**kw):
+        args = dict(preprocess=PRE, size=SIZE, stride=STRIDE) | kw
+        return maskout_map(args.pop("model", net), args.pop("image", image), args.pop("target", 0), **args)
+
+    with pytest.raises(ValueError, match=r"image \(64x64\) is smaller than the 80x80 mask.*smaller size.*to_uint8"):
+        run(size=80)
+    with pytest.raises(ValueError, match=r"stride must be a positive number of pixels, got 0; e.g. stride=8"):
+        run(stride=0)
+    with pytest.raises(ValueError, match="stride must be a positive"):
+        run(stride=-4)
+    with pytest.raises(ValueError, match="size .* must be a positive int, got 0"):
+        run(size=0)
+    with pytest.raises(ValueError, match="unknown fill 'grey'; choose one of zero, mean, blur"):
+        run(fill="grey")
+    with pytest.raises(ValueError, match="fill='mean' needs mean_pixel"):
+        run(fill="mean")
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16, got 'int8'"):
+        run(precision="int8")
+    with pytest.raises(ValueError, match="uint8 tensor .*to_uint8"):
+        run(image=image.float())
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        run(batch_size=0)
+    with pytest.raises(ValueError, match=r"unknown class 1000: the network has 1000 outputs \(pass an index 0..999\)"):
+        run(target=1000)
+    with pytest.raises(ValueError, match="class index for a plain module; wrap the network with classifier_for"):
+        run(target="camel")
+    clf = classifier_for(_backbone(net))
+    with pytest.raises(ValueError, match=r"unknown class 'camel'; the classifier knows 1000 classes: c0, c1"):
+        run(model=clf, target="camel")
+
+
+def test_grid_centres_and_full_map(net, image, target) -> None:
+    r = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=10, reuse=False)
+    assert r.tops_y.tolist() == [0, 10, 20, 30, 40, 48] and r.tops_x.tolist() == r.tops_y.tolist()  # 48 = 64 - 16
+    r2 = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=10, cover_border=False, reuse=False)
+    assert r2.tops_y.tolist() == [0, 10, 20, 30, 40]  # Captum's grid
+    np.testing.assert_allclose(r2.probs, r.probs[:5, :5], atol=1e-6)
+    assert np.allclose(r.centres_y, r.tops_y + 7.5) and r.probs.shape == (6, 6) and r.full.shape == (64, 64)
+    # an odd mask puts centres on pixels: there the full map holds each position's value
+    r3 = maskout_map(net, image, target, preprocess=PRE, size=17, stride=10, reuse=False)
+    cy, cx = r3.centres_y.astype(int), r3.centres_x.astype(int)
+    assert np.array_equal(cy, r3.tops_y + 8)
+    np.testing.assert_allclose(r3.full[np.ix_(cy, cx)], r3.probs, atol=1e-6)
+    assert r.full[0, 0] == pytest.approx(r.probs[0, 0], abs=1e-6)
+
+
+# --- exactness ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_exact_mode_equals_naive_loop(net, image, target, reuse) -> None:
+    want, p0 = naive(net, image, target, SIZE, STRIDE)
+    assert want.max() - want.min() > 0.05, "test model gives a flat map; it would not catch much"
+    before = copy.deepcopy(net.state_dict())
+    calls = []
+    r = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=STRIDE, reuse=reuse, batch_size=10,
+                    progress=lambda d, n: calls.append((d, n)))
+    assert r.engine.startswith("reuse") if reuse else r.engine == "batched"
+    np.testing.assert_allclose(r.probs, want, rtol=0, atol=1e-5)
+    assert r.unmasked == pytest.approx(p0, abs=1e-5)
+    assert calls[-1] == (49, 49) and len(calls) == 5
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # a copy ran
+
+
+@pytest.mark.parametrize("fill", ["mean", "blur"])
+def test_fills_agree_across_engines_and_with_naive(net, image, target, fill) -> None:
+    kw = dict(preprocess=PRE, size=SIZE, stride=STRIDE, fill=fill, mean_pixel=(120, 110, 100), blur_sigma=3.0)
+    a = maskout_map(net, image, target, reuse=True, **kw)
+    b = maskout_map(net, image, target, reuse=False, **kw)
+    assert a.engine.startswith("reuse")
+    np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=1e-5)
+    if fill == "mean":
+        want, _ = naive(net, image, target, SIZE, STRIDE, PRE.normalize(torch.tensor([120.0, 110, 100]).view(1, 3, 1, 1)))
+        np.testing.assert_allclose(a.probs, want, rtol=0, atol=1e-5)
+    else:  # a blurred window differs from a blank one
+        assert np.abs(a.probs - maskout_map(net, image, target, **kw | {"fill": "zero"}).probs).max() > 1e-3
+
+
+def test_strided_mask_at_odd_size_is_exact(net, image, target) -> None:
+    """A 13x13 mask with stride 5: windows off the stride grid, border position appended."""
+    want, _ = naive(net, image, target, 13, 5)
+    r = maskout_map(net, image, target, preprocess=PRE, size=13, stride=5, reuse=True)
+    assert r.engine.startswith("reuse") and r.tops_y[-1] == 51
+    np.testing.assert_allclose(r.probs, want, rtol=0, atol=1e-5)
+
+
+def test_matches_captum_occlusion(net, image, target) -> None:
+    from captum.attr import Occlusion
+
+    def prob(x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(net(x), 1)
+
+    x = PRE.normalize(image[None])
+    occ = Occlusion(prob)
+    with torch.no_grad():
+        # Non-overlapping windows: each pixel's attribution is p0 - p(its window).
+        attr = occ.attribute(x, sliding_window_shapes=(3, SIZE, SIZE), strides=(3, SIZE, SIZE), target=target,
+                             baselines=0.0)[0, 0]
+        # Overlapping windows (stride 8): attribution is p0 minus the mean over the windows covering the pixel.
+        attr8 = occ.attribute(x, sliding_window_shapes=(3, SIZE, SIZE), strides=(3, STRIDE, STRIDE), target=target,
+                              baselines=0.0, perturbations_per_eval=16)[0, 0].numpy()
+    r = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=SIZE)
+    np.testing.assert_allclose(r.probs, r.unmasked - attr[::SIZE, ::SIZE].numpy(), atol=1e-5)
+
+    r8 = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=STRIDE)
+    total, count = np.zeros((64, 64)), np.zeros((64, 64))
+    for i, y in enumerate(r8.tops_y):
+        for j, z in enumerate(r8.tops_x):
+            total[y:y + SIZE, z:z + SIZE] += r8.unmasked - r8.probs[i, j]
+            count[y:y + SIZE, z:z + SIZE] += 1
+    np.testing.assert_allclose(attr8, total / count, atol=1e-5)
+
+
+def test_bf16_is_close_to_fp32(net, image, target) -> None:
+    a = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=STRIDE)
+    b = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=STRIDE, precision="bf16")
+    assert b.engine.startswith("reuse") and b.precision == "bf16"
+    assert np.abs(a.probs - b.probs).max() < 0.05
+
+
+def test_probe_head_classifier(net, image) -> None:
+    """A backbone without a classifier, read by a probe_linear head: the ClassifierNet path."""
+    rng = np.random.default_rng(0)
+    coef, icpt = rng.normal(size=(5, 512)) * 0.5, rng.normal(size=5)
+    mean, scale = rng.normal(size=512) * 0.1, rng.uniform(0.5, 2.0, size=512)
+    bb = _backbone(net)
+    bb.classifier, bb.class_names = None, None
+    clf = classifier_for(bb, probe=probe_linear(coef, icpt, mean, scale), probe_classes=list("abcde"))
+    r = maskout_map(clf, image, "c", preprocess=PRE, size=SIZE, stride=STRIDE)
+    assert r.target == 2 and r.engine.startswith("reuse")
+    want, p0 = naive(clf.net, image, 2, SIZE, STRIDE)
+    np.testing.assert_allclose(r.probs, want, rtol=0, atol=1e-5)
+    assert r.unmasked == pytest.approx(p0, abs=1e-5)
+
+
+def test_untraceable_network_falls_back_to_batched(net, image, target) -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x) if bool(x.sum() != 12345.0) else self.inner(x) * 2  # data-dependent: FX fails
+
+    want, _ = naive(net, image, target, SIZE, STRIDE)
+    r = maskout_map(Branchy(), image, target, preprocess=PRE, size=SIZE, stride=STRIDE)
+    assert r.engine == "batched (network not traceable)"
+    np.testing.assert_allclose(r.probs, want, rtol=0, atol=1e-5)

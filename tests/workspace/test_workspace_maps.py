@@ -1,0 +1,120 @@
+"""Heatmaps and mask-out maps through the workspace: same numbers as the extractor functions, cached,
+drawn on the original image, with a probe head for networks without a classifier."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from featscope.extractors.types import Preprocess
+from featscope.workspace import NotFound
+
+SMALL = Preprocess(resize=40, crop=32)
+
+
+@pytest.fixture(scope="module")
+def mapped(tmp_path_factory, make_images):
+    """A labelled folder, a ResNet-18 with its classifier, and a body-only ResNet-18 checkpoint (no classifier)."""
+    from featscope.config import Settings
+    from featscope.workspace import Workspace
+
+    root = tmp_path_factory.mktemp("maps")
+    ws = Workspace(Settings(data_dir=root / "data", num_workers=0, batch_size=8, shard_size=64))
+    make_images(root / "imgs", {"a": 8, "b": 8, "c": 8}, size=36)
+    ws.add_dataset(root / "imgs", name="shapes")
+    ws.add_backbone("torchvision:resnet18", random_init=True, seed=0, name="cls", preprocess=SMALL)
+    torch.manual_seed(3)
+    body = {k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")}
+    torch.save(body, root / "body.pth")
+    ws.add_backbone(f"checkpoint:{root / 'body.pth'}", arch="resnet18", name="det", preprocess=SMALL)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 80, 3), dtype=np.uint8)).save(root / "wide.png")
+    return ws, root
+
+
+def test_mean_heatmap_equals_activation_map_and_is_cached(mapped):
+    from featscope.extractors.activations import activation_map
+
+    ws, root = mapped
+    res = ws.heatmap("cls", root / "wide.png", top_channels=2)
+    ref = activation_map(ws.load_backbone("cls"), root / "wide.png", top_channels=2)
+    np.testing.assert_allclose(res.arrays["raw"], ref.raw, rtol=1e-6)
+    assert res.heat.shape == (50, 80) and res.overlay().size == (80, 50)
+    assert res.data["channels"] == ref.channels.tolist() and not res.cached
+    again = ws.heatmap("cls", root / "wide.png", top_channels=2)
+    assert again.cached and again.overlay_png == res.overlay_png
+
+
+def test_catalog_image_and_its_file_share_the_cached_map(mapped):
+    ws, root = mapped
+    img = ws.images("shapes", limit=1)[0]
+    by_id = ws.heatmap("cls", img.id)
+    by_path = ws.heatmap("cls", root / "imgs" / img.relpath)
+    assert by_path.cached and by_path.artifact_key == by_id.artifact_key
+
+
+def test_gradcam_uses_the_backbones_classifier(mapped):
+    from featscope.extractors.activations import gradcam_map
+    from featscope.extractors.heads import classifier_for
+
+    ws, root = mapped
+    res = ws.heatmap("cls", root / "wide.png", method="gradcam", target=7)
+    bb = ws.load_backbone("cls")
+    ref = gradcam_map(classifier_for(bb), bb, root / "wide.png", 7)
+    np.testing.assert_allclose(res.arrays["raw"], ref.raw, rtol=1e-4, atol=1e-6)
+    assert res.data["head"] == "classifier" and res.data["target"] == 7
+    with pytest.raises(ValueError, match="--target"):
+        ws.heatmap("cls", root / "wide.png", method="gradcam")
+    with pytest.raises(ValueError, match="unknown method"):
+        ws.heatmap("cls", root / "wide.png", method="occlusion")
+
+
+def test_maskout_equals_the_extractor_and_draws_on_the_original(mapped):
+    from featscope.datasets.images import load_rgb
+    from featscope.extractors.heads import classifier_for
+    from featscope.extractors.maskout import maskout_map
+
+    ws, root = mapped
+    res = ws.maskout("cls", root / "wide.png", target=3, size=8, stride=8)
+    bb = ws.load_backbone("cls")
+    ref = maskout_map(classifier_for(bb), bb.preprocess.to_uint8(load_rgb(root / "wide.png")), 3,
+                      preprocess=bb.preprocess, size=8, stride=8)
+    np.testing.assert_allclose(res.arrays["probs"], ref.probs, atol=1e-6)
+    assert res.data["unmasked_probability"] == pytest.approx(ref.unmasked, abs=1e-6)
+    assert res.heat.shape == (50, 80) and res.overlay().size == (80, 50)
+    inside = ~np.isnan(res.heat)
+    assert inside.any() and (~inside).any()  # the crop of a wide image leaves its sides out
+    assert ws.maskout("cls", root / "wide.png", target=3, size=8, stride=8).cached
+
+
+def test_maskout_bad_input_names_the_fix(mapped):
+    ws, root = mapped
+    with pytest.raises(ValueError, match="larger than the network"):
+        ws.maskout("cls", root / "wide.png", target=3, size=40)
+    with pytest.raises(ValueError, match="stride"):
+        ws.maskout("cls", root / "wide.png", target=3, size=8, stride=0)
+    with pytest.raises(ValueError, match="unknown class"):
+        ws.maskout("cls", root / "wide.png", target="camel", size=8)
+    with pytest.raises(ValueError, match="fill"):
+        ws.maskout("cls", root / "wide.png", target=3, size=8, fill="noise")
+    with pytest.raises(FileNotFoundError, match="image file"):
+        ws.maskout("cls", root / "missing.png", target=3)
+
+
+def test_network_without_classifier_gets_a_probe_head(mapped):
+    ws, root = mapped
+    assert not [b for b in ws.backbones() if b.name == "det"][0].has_classifier
+    with pytest.raises(ValueError, match="--probe-dataset"):
+        ws.maskout("det", root / "wide.png", target="a", size=8)
+    with pytest.raises(NotFound, match="featscope extract"):
+        ws.maskout("det", root / "wide.png", target="a", size=8, probe_dataset="shapes")
+    ws.extract("det", "shapes")
+    res = ws.maskout("det", root / "wide.png", target="b", size=8, stride=8, probe_dataset="shapes")
+    probe = ws.load_probe("det", "shapes", train=False)
+    assert res.data["head"] == "probe" and res.data["class_name"] == "b" and probe.classes == ["a", "b", "c"]
+    # A catalog image brings its own data set: no --probe-dataset needed.
+    img = ws.images("shapes", limit=1)[0]
+    assert ws.maskout("det", img.id, target="b", size=8, stride=8).data["head"] == "probe"
+    assert ws.heatmap("det", img.id, method="gradcam", target="c").data["head"] == "probe"
