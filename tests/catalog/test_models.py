@@ -62,3 +62,28 @@ def test_json_columns_round_trip(sessions):
         assert b.preprocess == {"resize": 256, "mean": [0.1, 0.2, 0.3]} and b.taps == ["layer1"]
         j = s.scalars(select(Job)).one()
         assert j.state == "queued" and j.params == {"taps": ["conv5"]} and j.progress == 0.0
+
+
+def test_an_older_catalog_gains_new_columns_and_keeps_its_rows(tmp_path):
+    """A catalog whose jobs table predates the worker columns is upgraded in place, rows intact."""
+    import sqlite3
+
+    from featscope.catalog import Job, open_catalog
+
+    db = tmp_path / "old.sqlite"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, kind VARCHAR(32), key VARCHAR(64), params JSON, "
+                "state VARCHAR(16), progress FLOAT, message TEXT, log TEXT, error TEXT, result JSON, attempts INTEGER, "
+                "created_at DATETIME, started_at DATETIME, finished_at DATETIME)")
+    con.execute("INSERT INTO jobs (kind, key, params, state, progress, message, log, result, attempts) "
+                "VALUES ('extract', 'k1', '{}', 'done', 1.0, 'ok', '', '{}', 1)")
+    con.commit()
+    con.close()
+    sessions = open_catalog(f"sqlite:///{db}")
+    with sessions() as s:
+        old = s.get(Job, 1)
+        assert old.kind == "extract" and old.state == "done" and old.cancel_requested is False
+        assert old.heartbeat_at is None and old.worker is None
+        s.add(Job(kind="analysis", key="k2", worker="host:1:x", cancel_requested=True))
+        s.commit()
+        assert s.get(Job, 2).cancel_requested is True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, literal, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from featscope.catalog.models import Base
@@ -34,4 +34,35 @@ def open_catalog(url: str) -> sessionmaker[Session]:
     """Create the schema if needed and return a session factory bound to it."""
     engine = make_engine(url)
     Base.metadata.create_all(engine)
+    add_missing_columns(engine)
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Add columns that newer models have and an existing catalog lacks (additive upgrades only).
+
+    ``create_all`` creates missing tables but never alters existing ones, so a catalog made by an
+    older featscope would fail on a new column. New columns are always nullable or have a scalar
+    default, which ``ALTER TABLE ... ADD COLUMN`` supports on SQLite and PostgreSQL alike; rows
+    already stored keep their values. Returns the ``table.column`` names added."""
+    insp = inspect(engine)
+    added = []
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            if not insp.has_table(table.name):
+                continue
+            have = {c["name"] for c in insp.get_columns(table.name)}
+            for col in table.columns:
+                if col.name in have:
+                    continue
+                ddl = f"ALTER TABLE {table.name} ADD COLUMN {col.name} {col.type.compile(dialect=engine.dialect)}"
+                default = col.default.arg if col.default is not None and col.default.is_scalar else None
+                if default is not None:
+                    value = literal(default, col.type).compile(dialect=engine.dialect,
+                                                               compile_kwargs={"literal_binds": True})
+                    ddl += f" DEFAULT {value}"
+                elif not col.nullable:
+                    raise RuntimeError(f"cannot add required column {table.name}.{col.name} without a default")
+                conn.execute(text(ddl))
+                added.append(f"{table.name}.{col.name}")
+    return added
