@@ -86,3 +86,10 @@ def test_server_settings_from_env(monkeypatch, tmp_path, settings):
     st = server_settings(settings)
     assert st.token == "abc" and st.allowed_roots == [tmp_path.resolve()] and st.max_upload_bytes == 1000
     assert st.data_dir == settings.data_dir
+
+
+def test_docs_and_schema_need_the_token_when_one_is_set(locked):
+    assert locked.get("/openapi.json").status_code == 401
+    assert locked.get("/docs").status_code == 401
+    r = locked.get("/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200 and "/api/v1/jobs" in r.json()["paths"]

@@ -36,7 +36,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX, dependencies=[Depends(require_auth)], responses=ERRORS)
     _error_handlers(app)
+    _protect_docs(app, st.token)
     return app
+
+
+def _protect_docs(app: FastAPI, token: str | None) -> None:
+    """With a token, the OpenAPI schema and docs pages need it too (they list every route)."""
+    if not token:
+        return
+    from featscope.server.security import authorized
+
+    guarded = {app.docs_url, app.openapi_url, app.redoc_url, "/docs/oauth2-redirect"} - {None}
+
+    @app.middleware("http")
+    async def docs_need_token(request: Request, call_next):
+        if request.url.path in guarded and not authorized(request, token):
+            return _json(401, "this server needs its API token: send `Authorization: Bearer TOKEN` or log in with "
+                              "POST /api/v1/login, then reload the docs", {"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
 
 
 def _json(status: int, detail: str, headers: dict | None = None, **extra) -> JSONResponse:
