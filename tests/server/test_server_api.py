@@ -155,6 +155,8 @@ def test_extract_is_a_job_deduplicated_then_run(client):
     assert client.get(f"{API}/embedding-sets/{new_set}").json()["pooling"] == "max"
     r = client.post(f"{API}/embedding-sets/extract", json={"backbone": "r18a", "dataset": "shapes", "poolings": ["bad"]})
     assert r.status_code == 422
+    r = client.post(f"{API}/embedding-sets/extract", json={"backbone": "r18a", "dataset": "shapes", "taps": ["fc9"]})
+    assert r.status_code == 400 and "layer4" in r.json()["detail"] and "/taps" in r.json()["detail"]
 
 
 # ---------------------------------------------------------------- analyses

@@ -43,7 +43,13 @@ def get_one(ws: WorkspaceDep, set_id: Annotated[Id, Path()]) -> EmbeddingSetOut:
 @router.post("/extract", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED)
 def extract(body: ExtractIn, ws: WorkspaceDep, queue: QueueDep) -> JobOut:
     """Queue an extraction job (the same request while one runs returns that job)."""
-    get_backbone_row(ws.ctx, body.backbone), get_dataset(ws.ctx, body.dataset)  # 404 now, not a failed job later
+    row = get_backbone_row(ws.ctx, body.backbone)  # 404 now, not a failed job later
+    get_dataset(ws.ctx, body.dataset)
+    known = set(row.taps) | {"conv2", "conv3", "conv4", "conv5"}  # the study's aliases exist on every backbone
+    unknown = [t for t in (body.taps or []) if t not in known]
+    if unknown:
+        raise ValueError(f"backbone {row.name!r} has no tap {unknown[0]!r}; it offers {', '.join(row.taps)} "
+                         f"and the aliases conv2..conv5 (GET /api/v1/backbones/{row.name}/taps)")
     params = body.model_dump(exclude_none=True)
     return job_out(jobs.submit(ws.ctx, "extract", params, queue=queue))
 
