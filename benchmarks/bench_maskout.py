@@ -5,15 +5,16 @@ the classifier scaled so its logits have the spread of a trained net's: the targ
 when the mask covers the object), one 224x224 crop, 60x60 blank mask (0 in normalised space, Captum's
 baseline 0), stride 8. Captum runs the plain fp32 model (as a user would: NCHW, ``torch.no_grad``)
 with ``forward_func`` = softmax probabilities and each ``perturbations_per_eval`` in {16, 64, 256};
-its best is reported. featscope's grid adds the border row/column (22x22 = 484 positions against
-Captum's 21x21 = 441), so its times include 10% more work than Captum's.
+its best is reported. Both compute 22x22 = 484 positions: Captum steps to ceil((224 - 60) / 8) * 8 = 168
+and clips its last mask at the border (56 px); featscope's last mask is a full 60 px at 224 - 60 = 164.
 
 Accuracy: the fp32 naive loop (one full forward pass per position, whole image masked) is run on
 ``--naive-positions`` positions and compared with the exact fp32 map; that map, once verified, is the
 reference for bf16. Captum's output is an attribution (p0 minus the mean over the windows covering a
-pixel), so it is compared with the attribution the reference map implies on Captum's grid.
+pixel), so it is compared with the attribution the reference map implies, on the pixels (rows and
+columns < 168) that only the 21x21 positions both grids share cover.
 
-    .venv/bin/python benchmarks/bench_maskout.py [--device cpu|cuda] [--repeat 2] [--naive-positions 8]
+    .venv/bin/python benchmarks/bench_maskout.py [--device cpu|cuda] [--repeat 2] [--naive-positions 8] [--weights resnet50.pth]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -91,23 +93,37 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="rounds; each side's best round is reported")
     ap.add_argument("--ppe", type=int, nargs="+", default=[16, 64, 256], help="Captum perturbations_per_eval to try")
     ap.add_argument("--naive-positions", type=int, default=8)
+    ap.add_argument("--weights", type=Path, default=None,
+                    help="a trained torchvision ResNet-50 state dict instead of random init; the bf16 target "
+                         "(max |dp| <= 0.02) is meant for trained weights: bf16 rounding alone moves this random "
+                         "net's features by ~0.3%% (bench_extract.py), which a logit spread of 4 turns into ~0.15")
     args = ap.parse_args()
     dev = torch.device(args.device)
     load0 = os.getloadavg()
 
     with tempfile.TemporaryDirectory(prefix="featscope-bench-") as tmp:
         paths = make_images(Path(tmp), 65)
-        model = make_model(paths[1:])
         image = PRE.to_uint8(Image.open(paths[0]).convert("RGB"))
+        if args.weights is None:
+            model = make_model(paths[1:])
     x = PRE.normalize(image[None])
-    target = sharpen(model, x)
+    if args.weights is not None:
+        model = torchvision.models.resnet50(weights=None)
+        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+        model.eval()
+        with torch.no_grad():
+            target = int(model(x).argmax())
+        weights_note = f"weights: {args.weights}; target = top class {target}"
+    else:
+        target = sharpen(model, x)
+        weights_note = ("weights: random init, BN recalibrated on generated images, classifier scaled to logit std 4; "
+                        f"target = top class {target}")
     model = model.to(dev)
     x = x.to(dev)
     n, size, stride = x.shape[2], args.size, args.stride
     print(f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, device {dev}; "
           f"load average at start {load0[0]:.2f} (the machine may be shared: best of {args.repeat} rounds)")
-    print("weights: random init, BN recalibrated on generated images, classifier scaled to logit std 4; "
-          f"target = top class {target}")
+    print(weights_note)
 
     def ours(precision: str, reuse: bool | str = "auto"):
         return maskout_map(model, image, target, preprocess=PRE, size=size, stride=stride, precision=precision,
@@ -139,8 +155,9 @@ def main() -> None:
     exact, bf16 = results["featscope fp32 exact"], results["featscope bf16"]
     cap_name = f"captum ppe={ppes[0]}"
     cap_s = best[cap_name][0]
-    print(f"positions: featscope {exact.probs.size} ({len(exact.tops_y)}x{len(exact.tops_x)}, border included), "
-          f"Captum {len(range(0, n - size + 1, stride)) ** 2}")
+    captum_side = -(-(n - size) // stride) + 1
+    print(f"positions: featscope {exact.probs.size} ({len(exact.tops_y)}x{len(exact.tops_x)}, last at {n - size}), "
+          f"Captum {captum_side ** 2} (last at {(captum_side - 1) * stride}, clipped)")
     print(f"engine: {exact.engine}")
     print(f"{cap_name:26s} {cap_s:7.2f} s")
     for name in ("featscope fp32 exact", "featscope fp32 no reuse", "featscope bf16"):
@@ -161,8 +178,8 @@ def main() -> None:
           f"{np.abs(bf16.probs - exact.probs).max():.4f}")
     k = len(range(0, n - size + 1, stride))
     implied = implied_attribution(exact.probs[:k, :k], exact.unmasked, exact.tops_y[:k], size, n)
-    print(f"Captum attribution vs the one implied by fp32 exact (441 common positions): max |d| = "
-          f"{np.abs(results[cap_name] - implied).max():.2e}")
+    print(f"Captum attribution vs the one implied by fp32 exact ({k}x{k} shared positions, pixels < {k * stride}): "
+          f"max |d| = {np.abs(results[cap_name] - implied)[:k * stride, :k * stride].max():.2e}")
     print(f"load average at end {os.getloadavg()[0]:.2f}")
 
 

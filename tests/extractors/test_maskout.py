@@ -103,7 +103,7 @@ def test_grid_centres_and_full_map(net, image, target) -> None:
     r = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=10, reuse=False)
     assert r.tops_y.tolist() == [0, 10, 20, 30, 40, 48] and r.tops_x.tolist() == r.tops_y.tolist()  # 48 = 64 - 16
     r2 = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=10, cover_border=False, reuse=False)
-    assert r2.tops_y.tolist() == [0, 10, 20, 30, 40]  # Captum's grid
+    assert r2.tops_y.tolist() == [0, 10, 20, 30, 40]  # steps only, no border position
     np.testing.assert_allclose(r2.probs, r.probs[:5, :5], atol=1e-6)
     assert np.allclose(r.centres_y, r.tops_y + 7.5) and r.probs.shape == (6, 6) and r.full.shape == (64, 64)
     # an odd mask puts centres on pixels: there the full map holds each position's value

@@ -4,7 +4,9 @@ Two public names: :func:`maskout_map` and :class:`MaskoutResult`.
 
 Position grid: along each axis the mask's top-left corner takes the values ``0, stride, 2*stride, ...``
 while the mask fits (``<= H - size``); with ``cover_border`` (default) ``H - size`` is appended when the
-steps miss it, so the last mask touches the border. Without it the grid is Captum ``Occlusion``'s.
+steps miss it, so the last mask touches the border. (Captum ``Occlusion`` instead steps on to
+``ceil((H - size) / stride) * stride`` and clips that last mask at the border; the positions below it
+are the same as here, and with ``(H - size) % stride == 0`` the grids are identical.)
 Each position's probability belongs to the mask centre, ``top + (size - 1) / 2`` in pixel coordinates.
 
 Fill: ``"zero"`` writes 0 into the *normalised* input, i.e. the normalisation mean colour (Captum's
@@ -25,6 +27,11 @@ Speed, every step exact in fp32:
   as usual. Outputs computed from the window's false borders are never used, and the window meets the
   image border exactly where the padding is real, so the values are the full network's. Graphs with ops
   the propagation does not know (or a failed self-check) run the plain batched path.
+
+Measured (``benchmarks/bench_maskout.py``, ResNet-50, 224 px, 60/8 = 484 positions, this project's
+2-core CPU, lightly loaded): Captum Occlusion (best ppe=16) 36.6 s; fp32 with reuse (cut after
+layer2.0, 144x144 windows) 17.8 s, without reuse 21.7 s, both bit-identical; bf16 with reuse 9.2 s.
+Under heavy load from other processes the reuse gain did not show (68 s vs 33 s, then 71 s vs 70 s).
 """
 
 from __future__ import annotations
