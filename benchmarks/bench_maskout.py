@@ -38,6 +38,11 @@ from featscope.extractors.maskout import maskout_map  # noqa: E402
 from featscope.extractors.types import Preprocess  # noqa: E402
 
 PRE = Preprocess(resize=256, crop=224)
+# name, precision, reuse, channels_last (None: featscope's default, NCHW in fp32, channels_last in bf16)
+VARIANTS = (("featscope fp32 exact", "fp32", "auto", None),
+            ("featscope fp32 no reuse", "fp32", False, None),
+            ("featscope fp32 channels_last", "fp32", "auto", True),
+            ("featscope bf16", "bf16", "auto", None))
 
 
 def sharpen(model: torch.nn.Module, x: torch.Tensor, spread: float = 4.0) -> int:
@@ -125,9 +130,9 @@ def main() -> None:
           f"load average at start {load0[0]:.2f} (the machine may be shared: best of {args.repeat} rounds)")
     print(weights_note)
 
-    def ours(precision: str, reuse: bool | str = "auto"):
+    def ours(precision: str, reuse: bool | str = "auto", channels_last: bool | None = None):
         return maskout_map(model, image, target, preprocess=PRE, size=size, stride=stride, precision=precision,
-                           reuse=reuse, device=dev, batch_size=args.batch_size)
+                           reuse=reuse, channels_last=channels_last, device=dev, batch_size=args.batch_size)
 
     best: dict[str, tuple[float, float]] = {}
     results: dict[str, object] = {}
@@ -139,10 +144,8 @@ def main() -> None:
             results[key], *spent = timed(lambda: captum(model, x, target, size, stride, ppe))
             times[key] = tuple(spent)
             print(f"  {key}: {spent[0]:.1f}s", flush=True)
-        for name, precision, reuse in (("featscope fp32 exact", "fp32", "auto"),
-                                       ("featscope fp32 no reuse", "fp32", False),
-                                       ("featscope bf16", "bf16", "auto")):
-            results[name], *spent = timed(lambda: ours(precision, reuse))
+        for name, precision, reuse, cl in VARIANTS:
+            results[name], *spent = timed(lambda: ours(precision, reuse, cl))
             times[name] = tuple(spent)
             print(f"  {name}: {spent[0]:.1f}s", flush=True)
         print(f"round {round_ + 1}: " + ", ".join(f"{k} {w:.1f}s (cpu {c:.1f}s)" for k, (w, c) in times.items()),
@@ -160,7 +163,7 @@ def main() -> None:
           f"Captum {captum_side ** 2} (last at {(captum_side - 1) * stride}, clipped)")
     print(f"engine: {exact.engine}")
     print(f"{cap_name:26s} {cap_s:7.2f} s")
-    for name in ("featscope fp32 exact", "featscope fp32 no reuse", "featscope bf16"):
+    for name, *_ in VARIANTS:
         print(f"{name:26s} {best[name][0]:7.2f} s   ratio {cap_s / best[name][0]:5.2f}x faster than Captum")
 
     rng = np.random.default_rng(0)
@@ -174,6 +177,9 @@ def main() -> None:
           f"{np.abs(exact.probs[tuple(np.array(picks).T)] - ref).max():.2e}")
     print(f"fp32 no reuse vs fp32 exact (all positions): max |dp| = "
           f"{np.abs(results['featscope fp32 no reuse'].probs - exact.probs).max():.2e}")
+    cl = results["featscope fp32 channels_last"]
+    print(f"fp32 channels_last vs fp32 naive loop ({len(picks)} positions): max |dp| = "
+          f"{np.abs(cl.probs[tuple(np.array(picks).T)] - ref).max():.2e}")
     print(f"bf16 vs fp32 exact (= naive, all {exact.probs.size} positions): max |dp| = "
           f"{np.abs(bf16.probs - exact.probs).max():.4f}")
     k = len(range(0, n - size + 1, stride))

@@ -117,14 +117,17 @@ def test_grid_centres_and_full_map(net, image, target) -> None:
 # --- exactness ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("reuse", [True, False])
-def test_exact_mode_equals_naive_loop(net, image, target, reuse) -> None:
+@pytest.mark.parametrize("channels_last", [None, True])
+def test_exact_mode_equals_naive_loop(net, image, target, reuse, channels_last) -> None:
     want, p0 = naive(net, image, target, SIZE, STRIDE)
     assert want.max() - want.min() > 0.05, "test model gives a flat map; it would not catch much"
     before = copy.deepcopy(net.state_dict())
     calls = []
     r = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=STRIDE, reuse=reuse, batch_size=10,
-                    progress=lambda d, n: calls.append((d, n)))
-    assert r.engine.startswith("reuse") if reuse else r.engine == "batched"
+                    channels_last=channels_last, progress=lambda d, n: calls.append((d, n)))
+    assert r.engine.startswith("reuse") if reuse else r.engine.startswith("batched")
+    # fp32 keeps the network's NCHW layout unless channels_last is asked for
+    assert r.engine.endswith(", channels_last") == bool(channels_last)
     np.testing.assert_allclose(r.probs, want, rtol=0, atol=1e-5)
     assert r.unmasked == pytest.approx(p0, abs=1e-5)
     assert calls[-1] == (49, 49) and len(calls) == 5
@@ -183,7 +186,7 @@ def test_matches_captum_occlusion(net, image, target) -> None:
 def test_bf16_is_close_to_fp32(net, image, target) -> None:
     a = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=STRIDE)
     b = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=STRIDE, precision="bf16")
-    assert b.engine.startswith("reuse") and b.precision == "bf16"
+    assert b.engine.startswith("reuse") and b.engine.endswith(", channels_last") and b.precision == "bf16"
     assert np.abs(a.probs - b.probs).max() < 0.05
 
 

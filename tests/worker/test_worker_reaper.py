@@ -13,7 +13,7 @@ from featscope.catalog import Job
 from featscope.catalog.models import utcnow
 from featscope.worker import jobs
 from featscope.worker.queue import WorkerOptions, make_queue
-from featscope.worker.reaper import Reaper, reap
+from featscope.worker.reaper import Reaper, reap, requeue_orphans
 from featscope.worker.tasks import OwnershipLost, _Run, host_id
 
 OPTS = WorkerOptions(heartbeat_timeout=30.0, max_attempts=3)
@@ -98,3 +98,31 @@ def test_the_reaper_thread_runs_at_start(ws, queue, waiter):
         reaper.stop_event.set()
         reaper.join(timeout=5)
     assert not reaper.is_alive()
+
+
+def test_a_queued_job_whose_message_was_lost_is_enqueued_again_on_the_second_pass(ws, queue):
+    kept = jobs.submit(ws.ctx, "extract", {"backbone": "r18", "dataset": "imgs", "taps": ["conv5"]}, queue=queue)
+    lost = jobs.submit(ws.ctx, "extract", {"backbone": "r18", "dataset": "imgs", "taps": ["conv4"]}, queue=queue)
+    # The queue loses one message (a deleted queue file, a Redis restart without persistence).
+    survivors = [t for t in queue.pending() if t.args != (lost.id,)]
+    queue.flush()
+    for task in survivors:
+        queue.enqueue(task)
+    seen: dict = {}
+    assert requeue_orphans(ws.ctx, queue, seen) == []  # first sighting: it may just be being dequeued
+    with ws.ctx.session() as s:
+        assert seen == {lost.id: s.get(Job, lost.id).task_id}
+    assert requeue_orphans(ws.ctx, queue, seen) == [lost.id]
+    assert sorted(t.args for t in queue.pending()) == [(kept.id,), (lost.id,)]
+    assert "queue message was lost" in jobs.get_job(ws.ctx, lost.id).log_tail
+    assert requeue_orphans(ws.ctx, queue, seen) == [] and seen == {}  # both have messages now
+
+
+def test_a_job_claimed_between_two_passes_is_not_enqueued_again(ws, queue):
+    job = jobs.submit(ws.ctx, "extract", {"backbone": "r18", "dataset": "imgs", "taps": ["conv5"]}, queue=queue)
+    queue.flush()  # a worker took the message ...
+    seen: dict = {}
+    assert requeue_orphans(ws.ctx, queue, seen) == []
+    with ws.ctx.session() as s:  # ... and claimed the job before the next pass
+        s.execute(update(Job).where(Job.id == job.id).values(state="running", worker="elsewhere:1:abc"))
+    assert requeue_orphans(ws.ctx, queue, seen) == [] and queue.pending_count() == 0

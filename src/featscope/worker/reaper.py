@@ -6,6 +6,11 @@ on this host, no longer exists) and puts them back on the queue -- an extraction
 last finished shard -- or, after ``max_attempts`` runs, marks them failed with the reason. Every
 worker runs it at start and then periodically; several reapers at once are safe because each change
 is a conditional UPDATE on the job's current worker token and attempt count.
+
+:func:`requeue_orphans` covers the other way a job can be lost: a ``queued`` row whose queue message is
+gone (the queue file deleted, Redis restarted without persistence, a submit whose enqueue failed after
+the row was written). A job seen without a message on two passes in a row gets a new one; a duplicate
+message is harmless, because a run first claims its job with a conditional UPDATE.
 """
 
 from __future__ import annotations
@@ -70,6 +75,32 @@ def reap(ctx: Context, queue: huey.Huey, options: WorkerOptions, *, now: datetim
     return changed
 
 
+def requeue_orphans(ctx: Context, queue: huey.Huey, seen: dict[int, str | None]) -> list[int]:
+    """Enqueue again the queued jobs that had no queue message on this pass and the previous one.
+
+    ``seen`` carries the orphans of the previous pass (job id -> task id) and is updated in place; a
+    job whose task id changed in between (someone re-queued it) starts over. Returns the re-queued ids."""
+    with ctx.session() as s:
+        queued = {row.id: row.task_id for row in s.scalars(select(Job).where(Job.state == "queued"))}
+    if not queued:
+        seen.clear()
+        return []
+    pending = {task.id for task in queue.pending()}
+    orphans = {job_id: task_id for job_id, task_id in queued.items() if task_id not in pending}
+    again = [job_id for job_id, task_id in orphans.items() if job_id in seen and seen[job_id] == task_id]
+    seen.clear()
+    seen.update({job_id: task_id for job_id, task_id in orphans.items() if job_id not in again})
+    for job_id in again:
+        with ctx.session() as s:
+            row = s.get(Job, job_id)
+            if row is None or row.state != "queued" or row.task_id != orphans[job_id]:
+                continue
+            row.log = append_log(row.log, "its queue message was lost; queued again")
+        log.warning("job %s: queued without a queue message; enqueued again", job_id)
+        enqueue(ctx, queue, job_id)
+    return again
+
+
 def requeue_own(ctx: Context, queue: huey.Huey, job_id: int, options: WorkerOptions, why: str) -> bool:
     """Give back a job this process is running (consumer shutting down mid-job)."""
     with ctx.session() as s:
@@ -111,10 +142,12 @@ class Reaper(threading.Thread):
         self.stop_event = threading.Event()
 
     def run(self) -> None:
+        orphans: dict[int, str | None] = {}
         while True:
             try:
                 reap(self.ctx, self.queue, self.options)
-            except Exception:  # noqa: BLE001 - keep reaping after a transient database error
+                requeue_orphans(self.ctx, self.queue, orphans)
+            except Exception:  # noqa: BLE001 - keep reaping after a transient database or queue error
                 log.warning("reaper pass failed", exc_info=True)
             if self.stop_event.wait(self.options.reap_interval):
                 return

@@ -27,7 +27,7 @@ from featscope.workspace.context import Context, NotFound
 
 log = logging.getLogger(__name__)
 
-MAP_VERSION = 1
+MAP_VERSION = 2  # 2: fp32 mask-out runs NCHW (closer to the plain network than channels_last)
 METHODS = ("mean", "gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam")
 FILLS = ("zero", "mean", "blur")
 
