@@ -15,10 +15,11 @@ the window of a Gaussian-blurred copy of the image.
 
 Speed, every step exact in fp32:
 - masked copies are made on the device by slice assignment into a batch copy, under ``inference_mode``
-  and optional bf16/fp16 autocast; channels_last with autocast (faster), the network's own NCHW layout in
-  fp32 (channels_last reorders the sums: 1.1e-5 from the naive loop on a ResNet-50, NCHW 8e-7); conv-BN folding (as :mod:`featscope.extractors.extract`)
-  only with autocast: in fp32 its weight rounding doubled the distance to the naive loop (1.2e-5 vs 6.6e-6
-  in probability on a ResNet-18 with logits ~50), against the 1e-5 promised for fp32;
+  and optional bf16/fp16 autocast; channels_last with autocast, the network's own NCHW layout in fp32:
+  channels_last reorders the sums, which put fp32 1.3e-5 in probability from the naive NCHW loop on a
+  ResNet-50 (NCHW: 9.5e-7) for about 9% less time (``channels_last=True`` asks for it);
+- conv-BN folding (as :mod:`featscope.extractors.extract`) only with autocast: in fp32 its weight rounding
+  doubled the distance to the naive loop (1.2e-5 vs 6.6e-6 in probability on a ResNet-18 with logits ~50);
 - reuse: the network is traced (FX) and cut after its first layers (the cut is chosen by an estimate of
   the multiply-adds it saves). A mask at one position changes only a rectangle of the cut's output: that
   rectangle is found by propagating the mask's rows and columns forward through every conv/pool/
@@ -29,10 +30,10 @@ Speed, every step exact in fp32:
   image border exactly where the padding is real, so the values are the full network's. Graphs with ops
   the propagation does not know (or a failed self-check) run the plain batched path.
 
-Measured (``benchmarks/bench_maskout.py``, ResNet-50, 224 px, 60/8 = 484 positions, this project's
-2-core CPU, lightly loaded): Captum Occlusion (best ppe=16) 36.6 s; fp32 with reuse (cut after
-layer2.0, 144x144 windows) 17.8 s, without reuse 21.7 s, both bit-identical; bf16 with reuse 9.2 s.
-Under heavy load from other processes the reuse gain did not show (68 s vs 33 s, then 71 s vs 70 s).
+Measured (``benchmarks/bench_maskout.py --repeat 3``, ResNet-50, 224 px, 60/8 = 484 positions, this
+project's 2-core CPU; best round of each): Captum Occlusion (best ppe=16) 26.1 s (its rounds: 34.9, 26.1,
+26.8 s); fp32 with reuse (cut after layer2.0, 144x144 windows) 19.1 s, without reuse 24.6 s, identical
+maps; fp32 channels_last 17.4 s; bf16 9.0 s.
 """
 
 from __future__ import annotations
