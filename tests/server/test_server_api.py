@@ -63,6 +63,27 @@ def test_dataset_add_refuses_paths_outside_allowed_roots(client, world, make_ima
     assert r.status_code == 422
 
 
+def test_dataset_scan_is_a_job_with_progress_and_the_same_paths_rules(client, world, make_images):
+    folder = make_images(world.root / "allowed" / "big", {"p": 4, "q": 3}, size=32)
+    r = client.post(f"{API}/datasets/scan", json={"path": str(folder), "name": "big"})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["kind"] == "dataset-add" and job["state"] == "queued"
+    assert client.post(f"{API}/datasets/scan", json={"path": str(folder), "name": "big"}).json()["id"] == job["id"]
+    assert client.get(f"{API}/datasets/big").status_code == 404  # nothing registered before a worker runs it
+    assert run_queued(client) >= 1
+    done = client.get(f"{API}/jobs/{job['id']}").json()
+    assert done["state"] == "done" and done["progress"] == 1.0, done
+    assert done["result"]["n_images"] == 7 and done["result"]["created"] is True
+    assert "registered: big@1, 7 images" in done["log_tail"]
+    got = client.get(f"{API}/datasets/{done['result']['dataset']}").json()
+    assert got["name"] == "big" and got["classes"] == ["p", "q"]
+    outside = make_images(world.root / "outside-scan", {"x": 2}, size=32)
+    assert client.post(f"{API}/datasets/scan", json={"path": str(outside)}).status_code == 403
+    r = client.post(f"{API}/datasets/scan", json={"path": str(world.root / "allowed" / "nope")})
+    assert r.status_code == 404
+
+
 def test_synth_dataset(client):
     r = client.post(f"{API}/datasets/synth", json={"name": "tiny", "n_scenes": 3, "n_per_class": 2, "size": 32})
     assert r.status_code == 201, r.text

@@ -172,6 +172,43 @@ def _run_analysis(ctx: Context, params: dict[str, Any], report: Report) -> dict[
     return {"analysis_id": res.id, "kind": res.kind, "cached": res.cached}
 
 
+# ---------------------------------------------------------------- dataset-add
+_FORMATS = ("auto", "imagefolder", "coco", "voc", "folder", "csv")
+
+
+def _normalize_dataset_add(params: dict[str, Any]) -> dict[str, Any]:
+    """The path must already be checked against the allowed roots (the API route does) and absolute."""
+    allowed = {"path", "name", "format", "images_root", "split"}
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ValueError(f"dataset-add does not take {', '.join(unknown)}; it takes {', '.join(sorted(allowed))}")
+    path = params.get("path")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ValueError(f"dataset-add needs 'path', an absolute path, got {path!r}")
+    out = {"path": path, "name": params.get("name"), "format": params.get("format") or "auto",
+           "images_root": params.get("images_root"), "split": params.get("split")}
+    if out["format"] not in _FORMATS:
+        raise ValueError(f"format must be one of {', '.join(_FORMATS)}, got {out['format']!r}")
+    return out
+
+
+def _run_dataset_add(ctx: Context, params: dict[str, Any], report: Report) -> dict[str, Any]:
+    from featscope.workspace.datasets import add_dataset
+
+    def progress(done: int, total: int) -> None:
+        report.progress(done / max(total, 1), f"{done}/{total} files checked")
+        report.check()
+
+    info = add_dataset(ctx, params["path"], name=params["name"], format=params["format"],
+                       images_root=params["images_root"], split=params["split"], progress=progress)
+    report.log(f"{'registered' if info.created else 'already registered'}: {info.name}@{info.version}, "
+               f"{info.n_images} images, {info.n_skipped} skipped")
+    return {"dataset": info.id, "name": info.name, "version": info.version, "n_images": info.n_images,
+            "n_skipped": info.n_skipped, "created": info.created}
+
+
+register_kind("dataset-add", JobKind(_normalize_dataset_add, _run_dataset_add,
+                                     "Scan and register a data set: {path, name?, format?, images_root?, split?}"))
 register_kind("extract", JobKind(_normalize_extract, _run_extract,
                                  "Embed a data set with a backbone: {backbone, dataset, taps, poolings, precision?, batch_size?}"))
 register_kind("analysis", JobKind(_normalize_analysis, _run_analysis,
