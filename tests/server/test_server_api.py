@@ -149,6 +149,8 @@ def test_embedding_sets_and_neighbours(client, world):
     assert page["total"] == 1 and page["items"][0]["tap"] == "layer4"
     es = page["items"][0]["id"]
     assert client.get(f"{API}/embedding-sets/{es}").json()["n"] == 18
+    r = client.get(f"{API}/embedding-sets/999")
+    assert r.status_code == 404 and "GET /api/v1/embedding-sets" in r.json()["detail"]
     image_id = client.get(f"{API}/images", params={"dataset": "shapes", "limit": 1}).json()["items"][0]["id"]
     r = client.get(f"{API}/embedding-sets/{es}/neighbours", params={"image": image_id, "k": 4})
     assert r.status_code == 200, r.text

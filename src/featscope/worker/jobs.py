@@ -18,7 +18,7 @@ from featscope.cache.store import content_key
 from featscope.catalog import Job
 from featscope.catalog.models import utcnow
 from featscope.worker.kinds import get_kind
-from featscope.workspace.context import Context, NotFound
+from featscope.workspace.context import Context
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 ACTIVE = ("queued", "running")
@@ -119,11 +119,7 @@ def _default_queue(ctx: Context) -> huey.Huey:
 
 
 def _row(ctx: Context, job_id: int) -> Job:
-    with ctx.session() as s:
-        row = s.get(Job, int(job_id))
-    if row is None:
-        raise NotFound(f"no job {job_id}; `featscope jobs list` (GET /api/v1/jobs) shows the jobs")
-    return row
+    return ctx.get_row(Job, job_id, f"no job {job_id}; `featscope jobs list` (GET /api/v1/jobs) shows the jobs")
 
 
 def get_job(ctx: Context, job_id: int) -> JobInfo:

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from featscope.cache.store import CorruptArtifact, content_key
 from featscope.catalog import Analysis, EmbeddingSet, Image
-from featscope.workspace.context import Context, NotFound
+from featscope.workspace.context import Context
 from featscope.workspace.embeddings import _embedding_row
 
 log = logging.getLogger(__name__)
@@ -195,11 +195,7 @@ def list_analyses(ctx: Context, kind: str | None = None) -> list[dict[str, Any]]
 
 
 def get_analysis(ctx: Context, analysis_id: int) -> Analysis:
-    with ctx.session() as s:
-        row = s.get(Analysis, int(analysis_id))
-        if row is None:
-            raise NotFound(f"no analysis {analysis_id}; `featscope analyze list` shows them")
-        return row
+    return ctx.get_row(Analysis, analysis_id, f"no analysis {analysis_id}; `featscope analyze list` shows them")
 
 
 # ---------------------------------------------------------------- tables (CSV rows) per kind

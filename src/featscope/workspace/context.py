@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from featscope.cache.store import ArtifactStore
 from featscope.catalog import open_catalog
 from featscope.config import Settings
+
+
+T = TypeVar("T")
 
 
 class NotFound(LookupError):
@@ -30,6 +33,14 @@ class Context:
     def open(cls, settings: Settings) -> "Context":
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         return cls(settings=settings, sessions=open_catalog(settings.catalog_url), store=ArtifactStore(settings.artifacts_dir))
+
+    def get_row(self, model: type[T], row_id: int, missing: str) -> T:
+        """The catalog row ``model`` with primary key ``row_id``; :class:`NotFound` with ``missing`` (what to do) if none."""
+        with self.session() as s:
+            row = s.get(model, int(row_id))
+        if row is None:
+            raise NotFound(missing)
+        return row
 
     @contextmanager
     def session(self) -> Iterator[Session]:

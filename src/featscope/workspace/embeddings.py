@@ -181,8 +181,9 @@ def _register(ctx: Context, bb: BackboneRow, ds: Dataset, combo: tuple[str, str]
         return EmbeddingSetInfo.of(row, bb.name, ds.name, cached=cached)
 
 
-def list_embeddings(ctx: Context, backbone: str | int | None = None, dataset: str | int | None = None) -> list[EmbeddingSetInfo]:
-    """Embedding sets in the catalog, optionally for one backbone and/or data set."""
+def list_embeddings(ctx: Context, backbone: str | int | None = None, dataset: str | int | None = None,
+                    embedding_set: int | None = None) -> list[EmbeddingSetInfo]:
+    """Embedding sets in the catalog, optionally for one backbone and/or data set, or the one with id ``embedding_set``."""
     with ctx.session() as s:
         q = (select(EmbeddingSet, BackboneRow.name, Dataset.name, Dataset.version)
              .join(BackboneRow, EmbeddingSet.backbone_id == BackboneRow.id)
@@ -191,15 +192,23 @@ def list_embeddings(ctx: Context, backbone: str | int | None = None, dataset: st
             q = q.where(EmbeddingSet.backbone_id == get_backbone_row(ctx, backbone).id)
         if dataset is not None:
             q = q.where(EmbeddingSet.dataset_id == get_dataset(ctx, dataset).id)
+        if embedding_set is not None:
+            q = q.where(EmbeddingSet.id == int(embedding_set))
         return [EmbeddingSetInfo.of(row, bb, f"{ds}@{v}" if v > 1 else ds) for row, bb, ds, v in s.execute(q)]
 
 
+def get_embedding_set(ctx: Context, embedding_set: int) -> EmbeddingSetInfo:
+    """One embedding set's catalog entry; :class:`NotFound` if there is none."""
+    found = list_embeddings(ctx, embedding_set=embedding_set)
+    if not found:
+        raise NotFound(f"no embedding set {embedding_set}; `featscope embeddings list` "
+                       f"(GET /api/v1/embedding-sets) shows them")
+    return found[0]
+
+
 def _embedding_row(ctx: Context, embedding_set: int) -> EmbeddingSet:
-    with ctx.session() as s:
-        row = s.get(EmbeddingSet, int(embedding_set))
-        if row is None:
-            raise NotFound(f"no embedding set {embedding_set}; `featscope embeddings list` shows them")
-        return row
+    return ctx.get_row(EmbeddingSet, embedding_set,
+                       f"no embedding set {embedding_set}; `featscope embeddings list` shows them")
 
 
 def load_embeddings(ctx: Context, embedding_set: int) -> Embeddings:

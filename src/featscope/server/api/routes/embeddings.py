@@ -12,7 +12,7 @@ from featscope.server.api.routes.jobs import job_out
 from featscope.server.api.schemas import EmbeddingSetOut, ExtractIn, Id, JobOut, NeighbourOut, NeighboursOut, Page, Ref
 from featscope.server.deps import Limit, Offset, QueueDep, WorkspaceDep
 from featscope.worker import jobs
-from featscope.workspace import NotFound
+from featscope.workspace.embeddings import get_embedding_set
 from featscope.workspace.backbones import get_backbone_row
 from featscope.workspace.datasets import get_dataset
 
@@ -34,10 +34,7 @@ def list_sets(ws: WorkspaceDep, limit: Limit = 50, offset: Offset = 0, backbone:
 @router.get("/{set_id}", response_model=EmbeddingSetOut)
 def get_one(ws: WorkspaceDep, set_id: Annotated[Id, Path()]) -> EmbeddingSetOut:
     """One embedding set."""
-    for info in ws.embedding_sets():
-        if info.id == set_id:
-            return _out(info)
-    raise NotFound(f"no embedding set {set_id}; GET /api/v1/embedding-sets lists them")
+    return _out(get_embedding_set(ws.ctx, set_id))
 
 
 @router.post("/extract", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED)
