@@ -34,8 +34,9 @@ def mapped(tmp_path_factory, make_images):
     return ws, root
 
 
-def test_mean_heatmap_equals_activation_map_and_is_cached(mapped):
+def test_mean_heatmap_equals_activation_map_and_is_cached(mapped, monkeypatch):
     from featscope.extractors.activations import activation_map
+    from featscope.workspace import maps
 
     ws, root = mapped
     res = ws.heatmap("cls", root / "wide.png", top_channels=2)
@@ -43,6 +44,10 @@ def test_mean_heatmap_equals_activation_map_and_is_cached(mapped):
     np.testing.assert_allclose(res.arrays["raw"], ref.raw, rtol=1e-6)
     assert res.heat.shape == (50, 80) and res.overlay().size == (80, 50)
     assert res.data["channels"] == ref.channels.tolist() and not res.cached
+    def no_network(*args, **kwargs):
+        raise AssertionError("a cache hit must not load the network")
+
+    monkeypatch.setattr(maps, "open_backbone", no_network)
     again = ws.heatmap("cls", root / "wide.png", top_channels=2)
     assert again.cached and again.overlay_png == res.overlay_png
 

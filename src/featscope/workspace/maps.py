@@ -113,14 +113,19 @@ def _image_sha(path: Path) -> str:
     return h.hexdigest()
 
 
-def _cached(ctx: Context, key: str) -> tuple[dict, dict, bytes] | None:
+def _cached(ctx: Context, kind: str, row, image_path: Path, name: str, head_id: str,
+            params: dict[str, Any]) -> tuple[str, MapResult | None]:
+    """The content key of a ``kind`` map and, when a sound copy is stored, its result (a corrupt one is dropped)."""
+    key = content_key({"kind": "map", "map": kind, "backbone": row.fingerprint, "image": _image_sha(image_path),
+                       "head": head_id, "params": params, "preprocess": row.preprocess, "version": MAP_VERSION})
     if not ctx.store.has("map", key):
-        return None
+        return key, None
     if ctx.store.verify("map", key):
         ctx.store.delete("map", key)
-        return None
+        return key, None
     art = ctx.store.get("map", key, verify=False)
-    return art.meta, {n: art.array(n) for n in art.array_names}, art.blob("overlay.png")
+    arrays = {n: art.array(n) for n in art.array_names}
+    return key, MapResult(kind, row.name, name, params, art.meta["data"], arrays, art.blob("overlay.png"), key, True)
 
 
 def _png(img: PILImage.Image) -> bytes:
@@ -147,17 +152,14 @@ def heatmap(ctx: Context, backbone: str | int, image: str | int | Path, *, tap: 
     params = {"tap": tap, "method": method, "target": None if target is None else str(target),
               "top_channels": int(top_channels), "cmap": cmap}
     if method == "mean":
-        bb, head_id, classifier = open_backbone(ctx, row.id), "none", None
+        bb, head_id, classifier = None, "none", None  # the network is only loaded on a cache miss
     else:
         bb, classifier, head_id = _classifier(ctx, row.id, probe_dataset, ds_id, on_message)
-    key = content_key({"kind": "map", "map": "activation", "backbone": row.fingerprint, "image": _image_sha(path),
-                       "head": head_id, "params": params, "preprocess": row.preprocess, "version": MAP_VERSION})
-    hit = _cached(ctx, key)
+    key, hit = _cached(ctx, "activation", row, path, name, head_id, params)
     if hit is not None:
-        meta, arrays, png = hit
-        return MapResult("activation", row.name, name, params, meta["data"], arrays, png, key, True)
+        return hit
     if method == "mean":
-        m = activation_map(bb, path, tap=tap, top_channels=top_channels, device=device)
+        m = activation_map(open_backbone(ctx, row.id), path, tap=tap, top_channels=top_channels, device=device)
         data: dict[str, Any] = {"channels": m.channels.tolist(), "geometry": m.geometry.to_dict()}
     else:
         m = gradcam_map(classifier, bb, path, target, method=method, device=device)
@@ -190,12 +192,9 @@ def maskout(ctx: Context, backbone: str | int, image: str | int | Path, *, targe
     target_index = classifier.class_index(target)
     params = {"target": classifier.class_names[target_index], "size": int(size), "stride": int(stride),
               "fill": fill, "precision": precision, "cmap": cmap}
-    key = content_key({"kind": "map", "map": "maskout", "backbone": row.fingerprint, "image": _image_sha(path),
-                       "head": head_id, "params": params, "preprocess": row.preprocess, "version": MAP_VERSION})
-    hit = _cached(ctx, key)
+    key, hit = _cached(ctx, "maskout", row, path, name, head_id, params)
     if hit is not None:
-        meta, arrays, png = hit
-        return MapResult("maskout", row.name, name, params, meta["data"], arrays, png, key, True)
+        return hit
     rgb = load_rgb(path)
     crop = bb.preprocess.crop
     if size > crop:
