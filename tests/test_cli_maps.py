@@ -64,3 +64,8 @@ def test_map_errors_exit_2(cli):
     assert r.exit_code == 2 and "unknown class" in r.output
     r = invoke("heatmap", str(root / "nope.jpg"), "-b", "a")
     assert r.exit_code == 2 and "image file" in r.output
+    r = invoke("maskout", str(root / "photo.jpg"), "-b", "a", "--target", "5", "--size", "8", "--fill", "mean")
+    assert r.exit_code == 2 and "needs mean_pixel" in r.output
+    r = invoke("maskout", str(root / "photo.jpg"), "-b", "a", "--target", "5", "--size", "8", "--fill", "mean",
+               "--mean-pixel", "120,110")
+    assert r.exit_code == 2 and "R,G,B" in r.output

@@ -314,13 +314,28 @@ def heatmap(image: str = typer.Argument(..., help="Image file, or a catalog imag
     _write_maps(results, out_dir, _map_stem(image, method if method != "mean" else "activation"), as_json)
 
 
+def _rgb(text: str | None) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    parts = text.replace(" ", "").split(",")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise typer.BadParameter(f"--mean-pixel takes R,G,B (three numbers 0..255), got {text!r}")
+    return values
+
+
 @app.command("maskout")
 def maskout(image: str = typer.Argument(..., help="Image file, or a catalog image id."),
             backbone: str = typer.Option(..., "--backbone", "-b", help="Registered backbone."),
             target: str = typer.Option(..., "--target", help="Class name or index whose probability is mapped."),
             size: int = typer.Option(60, help="Mask side in pixels at the network's input resolution."),
             stride: int = typer.Option(8, help="Step between mask positions in pixels."),
-            fill: str = typer.Option("zero", help="zero (the normalisation mean colour), mean, or blur."),
+            fill: str = typer.Option("zero", help="zero (the normalisation mean colour), mean (--mean-pixel), or blur."),
+            mean_pixel: Optional[str] = typer.Option(None, "--mean-pixel", help="R,G,B (0..255): the data set's "
+                                                     "mean pixel, for --fill mean."),
             precision: str = typer.Option("fp32", help="fp32 (exact) or bf16 / fp16 (faster)."),
             compare: Optional[str] = typer.Option(None, "--compare", help="Second backbone: side by side + difference."),
             probe_dataset: Optional[str] = typer.Option(None, help="For networks without a classifier: the labelled "
@@ -334,7 +349,7 @@ def maskout(image: str = typer.Argument(..., help="Image file, or a catalog imag
         progress, update = _count_progress(f"mask-out {b}")
         with progress:
             results.append(_run(_ws().maskout, b, image, target=target, size=size, stride=stride, fill=fill,
-                                precision=precision, probe_dataset=probe_dataset, device=device, progress=update,
+                                mean_pixel=_rgb(mean_pixel), precision=precision, probe_dataset=probe_dataset, device=device, progress=update,
                                 on_message=_say))
     _write_maps(results, out_dir, _map_stem(image, "maskout"), as_json)
 

@@ -94,6 +94,38 @@ def test_maskout_equals_the_extractor_and_draws_on_the_original(mapped):
     assert ws.maskout("cls", root / "wide.png", target=3, size=8, stride=8).cached
 
 
+def test_mean_fill_uses_the_given_mean_pixel_through_a_caffe_preprocess(mapped):
+    """fill='mean' fills with the caller's RGB mean pixel, normalised as the network's input is (here BGR,
+    0..255 scale, Caffe means), and is keyed by it."""
+    from featscope.datasets.images import load_rgb
+    from featscope.extractors.heads import classifier_for
+    from featscope.extractors.maskout import maskout_map
+    from featscope.extractors.checkpoints import CAFFE_PREPROCESS
+
+    ws, root = mapped
+    # Caffe means, BGR, 0..255 inputs; a pixel std keeps this random net's logits unsaturated
+    caffe = Preprocess(**{**CAFFE_PREPROCESS.to_dict(), "std": (57.375, 57.12, 58.395), "resize": 40, "crop": 32})
+    ws.add_backbone("torchvision:resnet18", random_init=True, seed=0, name="cls-caffe", preprocess=caffe)
+    pixel = (200.0, 30.0, 90.0)
+    bb = ws.load_backbone("cls-caffe")
+    x = bb.preprocess.to_uint8(load_rgb(root / "wide.png"))
+    with torch.no_grad():
+        top = int(classifier_for(bb).net(bb.preprocess.normalize(x[None])).argmax())
+    res = ws.maskout("cls-caffe", root / "wide.png", target=top, size=8, stride=8, fill="mean", mean_pixel=pixel)
+    ref = maskout_map(classifier_for(bb), x, top, preprocess=bb.preprocess, size=8, stride=8, fill="mean",
+                      mean_pixel=pixel)
+    np.testing.assert_allclose(res.arrays["probs"], ref.probs, atol=1e-6)
+    assert np.ptp(ref.probs) > 0.1 * ref.probs.max(), "a flat map would not show the fill"
+    other = ws.maskout("cls-caffe", root / "wide.png", target=top, size=8, stride=8, fill="mean",
+                       mean_pixel=(0.0, 0.0, 0.0))
+    assert not other.cached and other.params["mean_pixel"] == [0.0, 0.0, 0.0]
+    assert np.abs(other.arrays["probs"] - res.arrays["probs"]).max() > 1e-6
+    with pytest.raises(ValueError, match="needs mean_pixel"):
+        ws.maskout("cls-caffe", root / "wide.png", target=3, size=8, fill="mean")
+    with pytest.raises(ValueError, match="needs mean_pixel"):
+        ws.maskout("cls-caffe", root / "wide.png", target=3, size=8, fill="mean", mean_pixel=(300, 0, 0))
+
+
 def test_maskout_bad_input_names_the_fix(mapped):
     ws, root = mapped
     with pytest.raises(ValueError, match="larger than the network"):

@@ -102,7 +102,10 @@ def _classifier(ctx: Context, backbone_ref: str | int, probe_dataset: str | int 
                          f"trained on its features serves as the classification layer, as the study does")
     probe = load_probe(ctx, row.id, ds, on_message=on_message)
     head = probe_linear(probe.coef, probe.intercept, probe.scaler_mean, probe.scaler_scale)
-    return bb, classifier_for(bb, head, probe.classes), f"probe:{probe.embedding_set}:{probe.accuracy:.6f}"
+    h = hashlib.sha256("\n".join(probe.classes).encode())
+    for a in (probe.coef, probe.intercept, probe.scaler_mean, probe.scaler_scale):
+        h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+    return bb, classifier_for(bb, head, probe.classes), f"probe:{h.hexdigest()[:32]}"  # the head's own numbers
 
 
 def _image_sha(path: Path) -> str:
@@ -159,10 +162,11 @@ def heatmap(ctx: Context, backbone: str | int, image: str | int | Path, *, tap: 
     if hit is not None:
         return hit
     if method == "mean":
-        m = activation_map(open_backbone(ctx, row.id), path, tap=tap, top_channels=top_channels, device=device)
+        m = activation_map(open_backbone(ctx, row.id), path, tap=tap, top_channels=top_channels,
+                           device=device or ctx.settings.device)
         data: dict[str, Any] = {"channels": m.channels.tolist(), "geometry": m.geometry.to_dict()}
     else:
-        m = gradcam_map(classifier, bb, path, target, method=method, device=device)
+        m = gradcam_map(classifier, bb, path, target, method=method, device=device or ctx.settings.device)
         data = {"target": m.target, "class_name": m.class_name, "head": m.head, "score": m.score,
                 "probability": m.probability, "geometry": m.geometry.to_dict()}
     arrays = m.arrays()
@@ -172,7 +176,8 @@ def heatmap(ctx: Context, backbone: str | int, image: str | int | Path, *, tap: 
 
 
 def maskout(ctx: Context, backbone: str | int, image: str | int | Path, *, target: str | int, size: int = 60,
-            stride: int = 8, fill: str = "zero", precision: str = "fp32", probe_dataset: str | int | None = None,
+            stride: int = 8, fill: str = "zero", mean_pixel: tuple[float, float, float] | None = None,
+            precision: str = "fp32", probe_dataset: str | int | None = None,
             cmap: str = "jet", device: str | None = None, batch_size: int = 32,
             progress: Callable[[int, int], None] | None = None,
             on_message: Callable[[str], None] | None = None) -> MapResult:
@@ -186,12 +191,21 @@ def maskout(ctx: Context, backbone: str | int, image: str | int | Path, *, targe
 
     if fill not in FILLS:
         raise ValueError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
+    if fill == "mean":
+        if mean_pixel is None or len(mean_pixel) != 3 or not all(0 <= float(v) <= 255 for v in mean_pixel):
+            raise ValueError(f"fill='mean' needs mean_pixel=(R, G, B), the data set's mean pixel in 0..255 (got "
+                             f"{mean_pixel!r}); fill='zero' already fills with the network's normalisation mean colour")
+        mean_pixel = tuple(float(v) for v in mean_pixel)
+    else:
+        mean_pixel = None
     path, name, ds_id = resolve_image(ctx, image)
     row = get_backbone_row(ctx, backbone)
     bb, classifier, head_id = _classifier(ctx, row.id, probe_dataset, ds_id, on_message)
     target_index = classifier.class_index(target)
     params = {"target": classifier.class_names[target_index], "size": int(size), "stride": int(stride),
               "fill": fill, "precision": precision, "cmap": cmap}
+    if mean_pixel is not None:
+        params["mean_pixel"] = list(mean_pixel)
     key, hit = _cached(ctx, "maskout", row, path, name, head_id, params)
     if hit is not None:
         return hit
@@ -200,9 +214,9 @@ def maskout(ctx: Context, backbone: str | int, image: str | int | Path, *, targe
     if size > crop:
         raise ValueError(f"the mask ({size} px) is larger than the network's {crop} x {crop} input; "
                          f"use --size {crop // 4} or smaller")
-    mean_pixel = [255.0 * m for m in bb.preprocess.mean] if fill == "mean" else None
     res = maskout_map(classifier, bb.preprocess.to_uint8(rgb), target_index, preprocess=bb.preprocess, size=size,
-                      stride=stride, fill=fill, mean_pixel=mean_pixel, precision=precision, device=device,
+                      stride=stride, fill=fill, mean_pixel=mean_pixel, precision=precision,
+                      device=device or ctx.settings.device,
                       batch_size=batch_size, progress=progress)
     geometry = CropGeometry.of(bb.preprocess, rgb.size)
     heat = np.clip(geometry.to_original(res.full), 0.0, 1.0)

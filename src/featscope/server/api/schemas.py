@@ -339,4 +339,7 @@ class MaskoutIn(_MapImage):
     size: int = Field(default=60, ge=4, le=1024)
     stride: int = Field(default=8, ge=1, le=1024)
     fill: Literal["zero", "mean", "blur"] = "zero"
+    mean_pixel: tuple[Annotated[float, Field(ge=0, le=255)], Annotated[float, Field(ge=0, le=255)],
+                      Annotated[float, Field(ge=0, le=255)]] | None = Field(
+        default=None, description="RGB 0..255 mean pixel of the data set, for fill='mean'.")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
