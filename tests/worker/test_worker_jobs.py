@@ -159,6 +159,18 @@ def test_other_errors_are_retried_then_fail_with_the_reason(ws, immediate, monke
     assert bad.error == "failed after 3 attempt(s): RuntimeError: transient 3"
 
 
+def test_a_job_cancelled_while_running_that_then_errors_ends_cancelled_not_requeued(ws, immediate, monkeypatch):
+    def cancel_then_fail(ctx, params, report):
+        jobs.cancel_job(ctx, report.job_id, queue=immediate)  # the user cancels; the run errors before it checks
+        raise RuntimeError("lost the GPU")
+
+    _kind(monkeypatch, "cancel_then_fail", cancel_then_fail)
+    job = jobs.submit(ws.ctx, "cancel_then_fail", {}, queue=immediate)
+    assert job.state == "cancelled" and job.attempts == 1 and job.finished_at is not None
+    assert "cancelled after an error: RuntimeError: lost the GPU" in job.log_tail
+    assert immediate.pending_count() == 0
+
+
 def test_a_running_job_stops_at_its_next_progress_update_when_cancelled(ws, queue, monkeypatch, waiter):
     steps = []
 

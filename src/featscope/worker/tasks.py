@@ -117,7 +117,11 @@ def execute_job(ctx: Context, queue: huey.Huey, job_id: int, options: WorkerOpti
     except Exception as e:  # noqa: BLE001 - anything else may be transient (out of memory, a lost mount)
         log.exception("job %s failed on attempt %s", job_id, row.attempts)
         run.log(traceback.format_exc().rstrip())
-        if row.attempts < options.max_attempts:
+        with ctx.session() as s:
+            cancel = bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+        if cancel:  # a retry would never be claimed (cancel requested) and the job would sit queued
+            run.finish("cancelled", message="cancelled", line=f"cancelled after an error: {_reason(e)}")
+        elif row.attempts < options.max_attempts:
             if run.finish("queued", message=f"attempt {row.attempts} failed ({_reason(e)}); retrying",
                           line=f"retrying after: {_reason(e)}"):
                 enqueue(ctx, queue, job_id)
