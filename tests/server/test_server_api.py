@@ -30,6 +30,15 @@ def test_datasets_list_get_and_paging(client, world):
     assert client.get(f"{API}/datasets", params={"limit": 1, "offset": 100}).json()["items"] == []
 
 
+def test_an_invalid_response_is_a_500_not_a_bad_request(client, monkeypatch):
+    from featscope.server.api.routes import datasets
+    from featscope.server.api.schemas import DatasetOut
+
+    monkeypatch.setattr(datasets, "dataset_out", lambda info: DatasetOut(id="not a number"))
+    r = client.get(f"{API}/datasets")
+    assert r.status_code == 500 and "bug" in r.json()["detail"]
+
+
 def test_dataset_errors(client):
     r = client.get(f"{API}/datasets/nope")
     assert r.status_code == 404 and "featscope dataset add" in r.json()["detail"]

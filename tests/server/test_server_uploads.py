@@ -56,7 +56,6 @@ def test_not_an_image(client):
 
 
 def test_truncated_image(client):
-    data = _encode((150, 150), "PNG", "RGB")
     noisy = io.BytesIO()
     import numpy as np
 

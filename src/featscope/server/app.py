@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import pydantic
+
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -91,6 +93,12 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CorruptArtifact)
     async def corrupt(request: Request, exc: CorruptArtifact) -> JSONResponse:
         return _json(409, str(exc.args[0]) if exc.args else "a cached artifact is corrupted; recompute it")
+
+    @app.exception_handler(pydantic.ValidationError)
+    async def bad_response(request: Request, exc: pydantic.ValidationError) -> JSONResponse:
+        """A ValueError subclass, but raised by our own models: a server bug, not a bad request."""
+        log.error("response model validation failed on %s: %s", request.url.path, exc)
+        return _json(500, "the server built an invalid response; this is a bug, please report it")
 
     @app.exception_handler(ValueError)
     async def bad_value(request: Request, exc: ValueError) -> JSONResponse:
