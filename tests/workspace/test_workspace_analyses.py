@@ -64,6 +64,10 @@ def test_comembership_equals_the_pure_function_and_is_cached(two_spaces, monkeyp
     again = ws.comembership(s["a5"], s["b5"], ks=[2, 4, 8], seeds=[0, 1])
     assert again.cached and again.id == res.id and again.data == res.data
     assert [a["id"] for a in ws.analyses("comembership") if a["params"]["ks"] == [2, 4, 8]] == [res.id]
+    shuffled = ws.comembership(s["a5"], s["b5"], ks=[8, 4, 2, 2], seeds=[0, 1])  # same K set, same result
+    assert shuffled.cached and shuffled.id == res.id
+    with pytest.raises(ValueError, match="k=999 exceeds N=40"):
+        ws.comembership(s["a5"], s["b5"], ks=[2, 999], seeds=[0])
 
 
 def test_default_grid_is_clipped_to_the_number_of_images(two_spaces):
@@ -123,6 +127,9 @@ def test_probe_matches_the_pure_probe_and_keeps_its_arrays(two_spaces):
     kept = ws.load_probe("cls", "shapes", train=False)  # the probe just trained, not a new one
     assert kept.embedding_set == s["a5"] and kept.classes == ["a", "b", "c", "d"]
     np.testing.assert_allclose(kept.coef, ref.coef)
+    ws.ctx.store.delete("analysis", res.artifact_key)  # its stored result is gone: train=False must not retrain
+    with pytest.raises(NotFound, match="no longer in the artifact store"):
+        ws.load_probe("cls", "shapes", train=False)
 
 
 def test_probe_table_covers_backbones_taps_and_poolings(two_spaces):
@@ -146,7 +153,7 @@ def test_probe_needs_labels(ws, tmp_path, make_images, one_faiss_thread):
     [es] = ws.extract("r", "flat")
     with pytest.raises(ValueError, match="no class label"):
         ws.probe(es.id)
-    with pytest.raises(ValueError, match="no classifier|probe"):
+    with pytest.raises(ValueError, match="no class label"):
         # load_probe trains one on demand: same error
         ws.load_probe("r", "flat")
 

@@ -29,7 +29,8 @@ from featscope.workspace.embeddings import _embedding_row
 log = logging.getLogger(__name__)
 
 # Bump when a change in this layer or in featscope.analysis changes the numbers a kind produces.
-ANALYSIS_VERSION = 1
+# 2: t-SNE on exact FAISS neighbours with a coarser FFT grid; probe C search with warm starts.
+ANALYSIS_VERSION = 2
 KINDS = ("comembership", "closest", "contrast", "agreement", "projection", "probe", "similarity", "cka-matrix")
 
 Progress = Callable[[int, int], None]

@@ -14,7 +14,7 @@ import numpy as np
 from sqlalchemy import select
 
 from featscope.catalog import Backbone as BackboneRow, EmbeddingSet
-from featscope.workspace.analyses import AnalysisResult, _Loaded, run
+from featscope.workspace.analyses import AnalysisResult, NotCached, _Loaded, run
 from featscope.workspace.backbones import get_backbone_row
 from featscope.workspace.context import Context, NotFound
 from featscope.workspace.datasets import get_dataset
@@ -57,7 +57,10 @@ def comembership(ctx: Context, a: int, b: int, *, ks: Sequence[int] | None = Non
 
     _two([a, b], "co-membership")
     n = _n_common(ctx, [a, b])
-    grid = np.asarray(ks, dtype=np.int64) if ks is not None else clip_k_grid(k_grid(k_min, k_max, n_k), n)
+    # a given K list is sorted and de-duplicated, so [8, 4, 2] and [2, 4, 8, 8] share one cached result
+    grid = np.unique(np.asarray(ks, dtype=np.int64)) if ks is not None else clip_k_grid(k_grid(k_min, k_max, n_k), n)
+    if ks is not None and grid.size and grid[-1] > n:
+        raise ValueError(f"k={int(grid[-1])} exceeds N={n}, the images both sets share; drop the K values above {n}")
     params = {"ks": [int(k) for k in grid], "seeds": [int(s) for s in seeds], "niter": int(niter),
               "sample": None if sample is None else int(sample)}
     if sample is not None and on_message:
@@ -265,7 +268,11 @@ def _cached_probe(ctx: Context, embedding_set: int) -> AnalysisResult:
     if not rows:
         raise NotFound(f"no probe trained on embedding set {embedding_set}; run `featscope analyze probe "
                        f"{embedding_set}`")
-    return probe(ctx, embedding_set, **{k: v for k, v in rows[0].params.items()})
+    try:
+        return probe(ctx, embedding_set, cached_only=True, **{k: v for k, v in rows[0].params.items()})
+    except NotCached:
+        raise NotFound(f"the probe trained on embedding set {embedding_set} is no longer in the artifact store; "
+                       f"run `featscope analyze probe {embedding_set}` again") from None
 
 
 def probe_table(ctx: Context, backbones: Sequence[str | int], dataset: str | int, *,
