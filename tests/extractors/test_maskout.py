@@ -156,6 +156,33 @@ def test_strided_mask_at_odd_size_is_exact(net, image, target) -> None:
     np.testing.assert_allclose(r.probs, want, rtol=0, atol=1e-5)
 
 
+def test_windowed_segments_deep_into_the_network_are_exact(net) -> None:
+    """A larger, non-square image: the planner cuts the first layers into several windowed segments (windows
+    on each cut's own tensor, clipped at the borders); every position equals the plain batched pass and a
+    naive loop."""
+    g = torch.Generator().manual_seed(3)
+    img = torch.randint(0, 256, (3, 120, 88), dtype=torch.uint8, generator=g)
+    img[:, 30:80, 20:60] = torch.tensor([30, 200, 60], dtype=torch.uint8).view(3, 1, 1)
+    x = PRE.normalize(img[None])
+    with torch.no_grad():
+        t = int(net(x).argmax())
+    a = maskout_map(net, img, t, preprocess=PRE, size=20, stride=12, reuse=True)
+    b = maskout_map(net, img, t, preprocess=PRE, size=20, stride=12, reuse=False)
+    segments = int(a.engine.split(" segments")[0].rsplit(" ", 1)[1])
+    assert a.engine.startswith("reuse") and segments >= 4, a.engine
+    assert list(a.tops_y) == [0, 12, 24, 36, 48, 60, 72, 84, 96, 100] and list(a.tops_x) == [0, 12, 24, 36, 48, 60, 68]
+    np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=1e-6)
+    want = np.zeros_like(a.probs)
+    with torch.no_grad():
+        for i, y in enumerate(a.tops_y):
+            for j, z in enumerate(a.tops_x):
+                m = x.clone()
+                m[:, :, y:y + 20, z:z + 20] = 0.0
+                want[i, j] = float(torch.softmax(net(m), 1)[0, t])
+    assert want.max() - want.min() > 0.05
+    np.testing.assert_allclose(a.probs, want, rtol=0, atol=1e-5)
+
+
 def test_matches_captum_occlusion(net, image, target) -> None:
     from captum.attr import Occlusion
 

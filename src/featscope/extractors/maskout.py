@@ -20,15 +20,18 @@ Speed, every step exact in fp32:
   ResNet-50 (NCHW: 9.5e-7) for about 9% less time (``channels_last=True`` asks for it);
 - conv-BN folding (as :mod:`featscope.extractors.extract`) only with autocast: in fp32 its weight rounding
   doubled the distance to the naive loop (1.2e-5 vs 6.6e-6 in probability on a ResNet-18 with logits ~50);
-- reuse: the network is traced (FX) and cut after its first layers (the cut is chosen by an estimate of
-  the multiply-adds it saves). A mask at one position changes only a rectangle of the cut's output: that
-  rectangle is found by propagating the mask's rows and columns forward through every conv/pool/
-  pointwise node, and the pixels it depends on by propagating it back. Only that input window (aligned to
-  the cut's stride, so its grid coincides with the full image's) goes through the first layers; its
-  changed rectangle is pasted into a copy of the cached unmasked output and the rest of the network runs
-  as usual. Outputs computed from the window's false borders are never used, and the window meets the
-  image border exactly where the padding is real, so the values are the full network's. Graphs with ops
-  the propagation does not know (or a failed self-check) run the plain batched path.
+- reuse (incremental inference, as Krypton does for occlusion maps): the network is traced (FX); a mask
+  at one position changes only a rectangle of each layer's output, found by propagating the mask's rows
+  and columns forward through every conv/pool/pointwise node. The first layers are cut at clean points
+  (a node that is the only value later nodes read) into segments; each segment runs on a window of its
+  input tensor only: the unmasked tensor (computed once) with the previous segment's changed rectangle
+  pasted in, just large enough to hold every value its own changed rectangle reads (found by propagating
+  that rectangle back), aligned to the segment's stride so its grid is the full tensor's, and touching
+  the border wherever the reads reach past it so the padding there is real. Outputs computed from a
+  window's false borders are never used, so every value is the full network's. The cuts are chosen by a
+  shortest path over the cut points that minimises the estimated multiply-adds (plus copies) per position;
+  where windows would cover whole tensors the rest of the network runs as usual. Graphs with ops the
+  propagation does not know (or a failed self-check of every segment) run the plain batched path.
 
 Measured (``benchmarks/bench_maskout.py --repeat 3``, ResNet-50, 224 px, 60/8 = 484 positions, this
 project's 2-core CPU; best round of each): Captum Occlusion (best ppe=16) 26.1 s (its rounds: 34.9, 26.1,
@@ -246,23 +249,30 @@ def _prepare(net: nn.Module, base: torch.Tensor, fold: bool, fmt: torch.memory_f
 
 
 @dataclass
-class _Reuse:
-    """The first layers cut off at one node, and per mask row/column where to crop and paste."""
+class _Segment:
+    """The nodes after one cut up to and including the next, run on windows of the first cut's tensor.
 
-    prefix: fx.GraphModule | None
-    rest: fx.GraphModule | None
-    crop: tuple[int, int]  # window side (rows, cols)
-    starts: tuple[dict[int, int], dict[int, int]]  # mask top -> window start, per axis
-    changed: tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]  # mask top -> cut rows/cols
-    stride: int
+    ``crop``: the window's side on the segment's input tensor (rows, cols); ``starts``: per axis, mask top ->
+    the window's first row/column there; ``changed``: per axis, mask top -> the rows/columns of the
+    segment's output that the mask changes (``None`` for the last segment, which runs on whole tensors);
+    ``step``: input-to-output stride; ``cached``: the unmasked input tensor (``None`` for the first
+    segment, whose input is the masked image).
+    """
+
+    module: fx.GraphModule
+    crop: tuple[int, int]
+    starts: tuple[dict[int, int], dict[int, int]]
+    changed: tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]] | None
+    step: int
     cached: torch.Tensor | None = None
 
 
 class _Engine:
-    """Runs batches of masked images, by the reuse path when it is set up, else the plain one."""
+    """Runs batches of masked images, through the windowed segments when they are set up, else plainly."""
 
-    def __init__(self, module: nn.Module, reuse: _Reuse | None, description: str, fmt: torch.memory_format) -> None:
-        self.module, self.reuse, self.fmt = module, reuse, fmt
+    def __init__(self, module: nn.Module, segments: list[_Segment] | None, description: str,
+                 fmt: torch.memory_format) -> None:
+        self.module, self.segments, self.fmt = module, segments, fmt
         self.description = description + (", channels_last" if fmt == torch.channels_last else "")
 
     @classmethod
@@ -274,34 +284,75 @@ class _Engine:
         plan = _plan_reuse(module, base, size, ys, xs, force=reuse is True)
         if plan is None:
             return cls(module, None, "batched (no first layers worth reusing)", fmt)
-        node, r = plan
-        if not _verify(r, base, ys, xs, fmt):
-            log.warning("reuse self-check failed at node %s; running the plain batched path", node)
+        cuts, segments = plan
+        inputs = _verify(segments, base, ys, xs, fmt)
+        if inputs is None:
+            log.warning("reuse self-check failed (cuts at %s); running the plain batched path", ", ".join(cuts))
             return cls(module, None, "batched (reuse self-check failed)", fmt)
-        with autocast:
-            r.cached = r.prefix(base.contiguous(memory_format=fmt))
-        return cls(module, r, f"reuse: first layers to node {node!r} recomputed on {r.crop[0]}x{r.crop[1]} windows",
-                   fmt)
+        if not isinstance(autocast, nullcontext):  # the fp32 inputs of the self-check serve fp32 only
+            with autocast:
+                inputs = _chain_inputs(segments, base, fmt)
+        for seg, x in zip(segments[1:], inputs):
+            seg.cached = x
+        windows = ", ".join(f"{s.crop[0]}x{s.crop[1]}" for s in segments[:-1])
+        return cls(module, segments, f"reuse: first layers recomputed on windows only, in {len(cuts)} segments "
+                                     f"to node {cuts[-1]!r} (windows {windows})", fmt)
 
     def full(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x.contiguous(memory_format=self.fmt))
 
     def masked(self, base: torch.Tensor, fill: torch.Tensor, positions: list[tuple[int, int]], size: int
                ) -> torch.Tensor:
-        if self.reuse is None:
+        if self.segments is None:
             return self.full(_masked_batch(base, fill, positions, size, [(0, 0)] * len(positions), base.shape[2:],
                                            self.fmt))
-        r = self.reuse
-        origins = [(r.starts[0][y], r.starts[1][x]) for y, x in positions]
-        z = r.prefix(_masked_batch(base, fill, positions, size, origins, r.crop, self.fmt))
-        feats = torch.empty((len(positions), *r.cached.shape[1:]), dtype=z.dtype, device=z.device,
-                            memory_format=self.fmt)
-        feats.copy_(r.cached.expand_as(feats))
-        for b, ((y, x), (cy, cx)) in enumerate(zip(positions, origins)):
-            (a0, a1), (b0, b1) = r.changed[0][y], r.changed[1][x]
-            oy, ox = cy // r.stride, cx // r.stride
-            feats[b, :, a0:a1, b0:b1] = z[b, :, a0 - oy:a1 - oy, b0 - ox:b1 - ox]
-        return r.rest(feats)
+        z, before, prev = None, [], None
+        for seg in self.segments:
+            origins = [(seg.starts[0][y], seg.starts[1][x]) for y, x in positions]
+            if seg.cached is None:
+                win = _masked_batch(base, fill, positions, size, origins, seg.crop, self.fmt)
+            else:
+                win = _windows(seg.cached, origins, seg.crop, self.fmt)
+                _paste(win, origins, z, before, prev, positions)
+            z, before, prev = seg.module(win), origins, seg
+        return z
+
+
+def _windows(src: torch.Tensor, origins: list[tuple[int, int]], crop: tuple[int, int], fmt: torch.memory_format
+             ) -> torch.Tensor:
+    """One window of ``src`` (1, C, H, W) per origin, side ``crop``."""
+    wy, wx = crop
+    out = torch.empty((len(origins), src.shape[1], wy, wx), dtype=src.dtype, device=src.device, memory_format=fmt)
+    if (wy, wx) == tuple(src.shape[2:]):
+        out.copy_(src.expand_as(out))
+    else:
+        for b, (oy, ox) in enumerate(origins):
+            out[b] = src[0, :, oy:oy + wy, ox:ox + wx]
+    return out
+
+
+def _paste(win: torch.Tensor, origins: list[tuple[int, int]], z: torch.Tensor, z_origins: list[tuple[int, int]],
+           prev: _Segment, positions: list[tuple[int, int]]) -> None:
+    """Write into each window the part of the previous segment's output that its mask changed.
+
+    ``z[b]`` is that output for the window at ``z_origins[b]`` of the previous segment's input, so its first
+    row on the cut tensor is ``z_origins[b][0] // prev.step`` (window starts are multiples of the step)."""
+    wy, wx = win.shape[2:]
+    for b, ((y, x), (oy, ox), (py, px)) in enumerate(zip(positions, origins, z_origins)):
+        (a0, a1), (b0, b1) = prev.changed[0][y], prev.changed[1][x]
+        a0, a1, b0, b1 = max(a0, oy), min(a1, oy + wy), max(b0, ox), min(b1, ox + wx)
+        if a0 < a1 and b0 < b1:
+            zy, zx = py // prev.step, px // prev.step
+            win[b, :, a0 - oy:a1 - oy, b0 - ox:b1 - ox] = z[b, :, a0 - zy:a1 - zy, b0 - zx:b1 - zx]
+
+
+def _chain_inputs(segments: list[_Segment], base: torch.Tensor, fmt: torch.memory_format) -> list[torch.Tensor]:
+    """The unmasked image through the segments: the input tensor of every segment after the first."""
+    out, x = [], base.contiguous(memory_format=fmt)
+    for seg in segments[:-1]:
+        x = seg.module(x)
+        out.append(x)
+    return out
 
 
 def _masked_batch(base: torch.Tensor, fill: torch.Tensor, positions: list[tuple[int, int]], size: int,
@@ -367,22 +418,27 @@ def _hull(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) ->
     return np.minimum(a[0], b[0]), np.maximum(a[1], b[1])
 
 
+# Copying one activation element (window gathers, pastes) costs about as much time as this many
+# multiply-adds of a convolution on a CPU; it keeps the planner from cutting where a copy costs more than
+# the work it saves.
+_COPY_MACS = 16.0
+
+
 def _plan_reuse(gm: fx.GraphModule, base: torch.Tensor, size: int, ys: np.ndarray, xs: np.ndarray,
-                force: bool) -> tuple[str, _Reuse] | None:
-    """Cut the graph after its first layers where the estimated multiply-adds are lowest."""
+                force: bool) -> tuple[list[str], list[_Segment]] | None:
+    """Cut the graph's first layers into segments, each run on windows only, where the estimated
+    multiply-adds per position are lowest (a shortest path over the clean cut points); the rest of the
+    graph is the last segment. ``None`` when no cut saves at least 3% (any saving with ``force``)."""
     from torch.fx.passes.shape_prop import ShapeProp
 
     ShapeProp(gm).propagate(base)
     nodes = list(gm.graph.nodes)
     index = {n: i for i, n in enumerate(nodes)}
-    hw = base.shape[2:]
     tops = (ys, xs)
     # Per node and axis: rows/cols the mask changes (one interval per mask top), and cumulative stride.
     changed: dict[fx.Node, list[tuple[np.ndarray, np.ndarray]]] = {}
     strides: dict[fx.Node, int] = {}
-    macs = [_macs(gm, n) for n in nodes]
-    total = sum(macs)
-    best, best_cost = None, total * (10.0 if force else 0.97)
+    cuts: list[int] = []
     for i, node in enumerate(nodes[:-1]):
         op = "input" if node.op == "placeholder" and i == 0 else _window_op(gm, node)
         shape, ins = _shape(node), [a for a in node.all_input_nodes]
@@ -400,23 +456,52 @@ def _plan_reuse(gm: fx.GraphModule, base: torch.Tensor, size: int, ys: np.ndarra
             changed[node], strides[node] = iv, strides[ins[0]]
         else:
             (k, s, p, d), src = op, ins[0]
-            if len(ins) != 1 or src not in changed:
+            if len(ins) != 1 or src not in changed or s[0] != s[1]:
                 break
             changed[node] = [(np.clip(-((-(changed[src][ax][0] + p[ax] - (k[ax] - 1) * d[ax])) // s[ax]), 0, shape[2 + ax]),
                               np.clip((changed[src][ax][1] - 1 + p[ax]) // s[ax] + 1, 0, shape[2 + ax]))
                              for ax in range(2)]
-            if s[0] != s[1]:
-                break
             strides[node] = strides[src] * s[0]
         if i > 0 and _only_live(nodes, index, i):
-            cost, reuse = _cost(gm, nodes, i, changed, strides, macs, hw, tops)
-            if reuse is not None and cost < best_cost:
-                best, best_cost = (i, reuse), cost
-    if best is None:
+            cuts.append(i)
+    macs = np.cumsum([0.0] + [_macs(gm, n) for n in nodes])  # macs[j] = sum over nodes[:j]
+    elements = {i: float(np.prod(_shape(nodes[i])[1:])) for i in [0] + cuts}
+    # Shortest path over cut points: best[b] = (cost per position of reaching cut b by windows, previous cut).
+    best: dict[int, tuple[float, int]] = {0: (0.0, -1)}
+    windows: dict[tuple[int, int], _Segment] = {}
+    for b in cuts:
+        need = _need(gm, nodes, b, changed)
+        for a in [0] + [c for c in cuts if c < b]:
+            if a not in best:
+                continue
+            seg = _window(nodes[a], need[nodes[a]], changed[nodes[b]], strides[nodes[b]] // strides[nodes[a]], tops)
+            if seg is None:
+                continue
+            hw = _shape(nodes[a])[2:]
+            frac = seg.crop[0] * seg.crop[1] / (hw[0] * hw[1])
+            cost = best[a][0] + (macs[b + 1] - macs[a + 1]) * frac + _COPY_MACS * elements[a] * frac
+            if cost < best.get(b, (np.inf, -1))[0]:
+                best[b], windows[a, b] = (cost, a), seg
+    total = macs[-1]
+    end, end_cost = None, total * (10.0 if force else 0.97)
+    for b in cuts:
+        if b in best and best[b][0] + macs[-1] - macs[b + 1] + _COPY_MACS * elements[b] < end_cost:
+            end, end_cost = b, best[b][0] + macs[-1] - macs[b + 1] + _COPY_MACS * elements[b]
+    if end is None:
         return None
-    i, reuse = best
-    reuse.prefix, reuse.rest = _split(gm, nodes, i)
-    return nodes[i].name, reuse
+    chain = [end]
+    while best[chain[-1]][1] > 0:
+        chain.append(best[chain[-1]][1])
+    chain.reverse()
+    log.debug("mask-out reuse: cuts %s, estimated %.3g of %.3g multiply-adds per position",
+              [nodes[c].name for c in chain], end_cost, total)
+    segments = [windows[a, b] for a, b in zip([0] + chain, chain)]
+    last_hw = _shape(nodes[end])[2:]
+    segments.append(_Segment(module=None, crop=(last_hw[0], last_hw[1]),
+                             starts=tuple({int(t): 0 for t in tops[ax]} for ax in range(2)), changed=None, step=1))
+    for seg, module in zip(segments, _split(gm, nodes, chain)):
+        seg.module = module
+    return [nodes[c].name for c in chain], segments
 
 
 def _only_live(nodes: list[fx.Node], index: dict[fx.Node, int], i: int) -> bool:
@@ -424,13 +509,11 @@ def _only_live(nodes: list[fx.Node], index: dict[fx.Node, int], i: int) -> bool:
     return all(max((index[u] for u in n.users), default=0) <= i for n in nodes[:i])
 
 
-def _cost(gm: fx.GraphModule, nodes: list[fx.Node], i: int, changed: dict, strides: dict, macs: list[float],
-          hw: tuple[int, int], tops: tuple[np.ndarray, np.ndarray]) -> tuple[float, _Reuse | None]:
-    """Estimated multiply-adds per position when cutting after node ``i``, with the crop/paste plan."""
-    cut, s = nodes[i], strides[nodes[i]]
-    # Back-propagate the changed rectangle of the cut to the input pixels it depends on.
-    need = {cut: changed[cut]}
-    for node in reversed(nodes[1:i + 1]):
+def _need(gm: fx.GraphModule, nodes: list[fx.Node], b: int, changed: dict) -> dict:
+    """Back-propagate the changed rectangles of node ``b`` to every earlier node: the rows/cols of each
+    that those outputs depend on (unclipped; at a clean cut this is complete once the sweep passes it)."""
+    need = {nodes[b]: changed[nodes[b]]}
+    for node in reversed(nodes[1:b + 1]):
         if node not in need:
             continue
         op = _window_op(gm, node)
@@ -442,59 +525,72 @@ def _cost(gm: fx.GraphModule, nodes: list[fx.Node], i: int, changed: dict, strid
                 iv = [(need[node][ax][0] * st[ax] - p[ax], (need[node][ax][1] - 1) * st[ax] - p[ax] + (k[ax] - 1) * d[ax] + 1)
                       for ax in range(2)]
             need[a] = [_hull(need[a][ax], iv[ax]) for ax in range(2)] if a in need else iv
+    return need
+
+
+def _window(src: fx.Node, need: list, changed: list, step: int, tops: tuple[np.ndarray, np.ndarray]
+            ) -> _Segment | None:
+    """Window geometry on ``src``'s tensor for a segment whose output changes at ``changed``: per mask top
+    the window holds every row/col the changed outputs read; its start is a multiple of ``step``, so
+    the window's output grid is the full tensor's, and it meets the border wherever the reads reach
+    past it, so the padding there is real. ``None`` when the window is the whole tensor."""
+    hw = _shape(src)[2:]
     crop, starts, spans = [], [], []
     for ax in range(2):
         n = hw[ax]
-        a0, a1 = changed[cut][ax]
-        lo, hi = np.clip(need[nodes[0]][ax][0], 0, n), np.clip(need[nodes[0]][ax][1], 0, n)
+        a0, a1 = changed[ax]
+        lo, hi = np.clip(need[ax][0], 0, n), np.clip(need[ax][1], 0, n)
         lo = np.where(a0 < a1, lo, 0)
         hi = np.where(a0 < a1, hi, 0)
-        flo = (lo // s) * s
+        flo = (lo // step) * step
         side = int(max(1, (hi - flo).max()))
-        side = n - ((n - side) // s) * s  # so that n - side is a multiple of s: windows stay on the grid
+        side = n - ((n - side) // step) * step  # so that n - side is a multiple of step
         start = np.minimum(flo, n - side)
         crop.append(side)
         starts.append(dict(zip(tops[ax].tolist(), start.tolist())))
         spans.append({t: (int(u), int(v)) if u < v else (0, 0) for t, u, v in zip(tops[ax].tolist(), a0, a1)})
     if crop[0] >= hw[0] and crop[1] >= hw[1]:
-        return float("inf"), None
-    frac = crop[0] * crop[1] / (hw[0] * hw[1])
-    prefix_macs, rest_macs = sum(macs[:i + 1]), sum(macs[i + 1:])
-    cost = prefix_macs * frac + rest_macs + float(np.prod(_shape(cut)[1:]))  # + pasting the cut
-    return cost, _Reuse(prefix=None, rest=None, crop=(crop[0], crop[1]), starts=(starts[0], starts[1]),
-                        changed=(spans[0], spans[1]), stride=s)
+        return None
+    return _Segment(module=None, crop=(crop[0], crop[1]), starts=(starts[0], starts[1]),
+                    changed=(spans[0], spans[1]), step=step)
 
 
-def _split(gm: fx.GraphModule, nodes: list[fx.Node], i: int) -> tuple[fx.GraphModule, fx.GraphModule]:
-    """The graph up to and including node ``i``, and the rest fed with its output."""
-    head, env = fx.Graph(), {}
-    for n in nodes[:i + 1]:
-        env[n] = head.node_copy(n, lambda a: env[a])
-    head.output(env[nodes[i]])
-    tail, env2 = fx.Graph(), {nodes[i]: None}
-    env2[nodes[i]] = tail.placeholder("cut")
-    for n in nodes[i + 1:]:
-        if n.op == "output":
-            tail.output(fx.map_arg(n.args[0], lambda a: env2[a]))
-        else:
-            env2[n] = tail.node_copy(n, lambda a: env2[a])
-    return fx.GraphModule(gm, head).eval(), fx.GraphModule(gm, tail).eval()
+def _split(gm: fx.GraphModule, nodes: list[fx.Node], cuts: list[int]) -> list[fx.GraphModule]:
+    """The graph in ``len(cuts) + 1`` pieces: up to and including each cut node, each fed with the last."""
+    pieces, bounds = [], [-1, *cuts, len(nodes) - 1]
+    for lo, hi in zip(bounds, bounds[1:]):
+        graph, env = fx.Graph(), {}
+        if lo >= 0:
+            env[nodes[lo]] = graph.placeholder("cut")
+        for n in nodes[lo + 1:hi + 1]:
+            if n.op == "output":
+                graph.output(fx.map_arg(n.args[0], lambda a: env[a]))
+            else:
+                env[n] = graph.node_copy(n, lambda a: env[a])
+        if nodes[hi].op != "output":
+            graph.output(env[nodes[hi]])
+        pieces.append(fx.GraphModule(gm, graph).eval())
+    return pieces
 
 
-def _verify(r: _Reuse, base: torch.Tensor, ys: np.ndarray, xs: np.ndarray, fmt: torch.memory_format) -> bool:
-    """Self-check in fp32: unmasked windows at the first, middle and last positions reproduce the cut's
-    changed rectangles of the full image (guards the geometry against ops that break its assumptions)."""
-    full = r.prefix(base.contiguous(memory_format=fmt)).float()
-    tol = 1e-4 * float(full.abs().max()) + 1e-6
-    for y, x in {(ys[0], xs[0]), (ys[len(ys) // 2], xs[len(xs) // 2]), (ys[-1], xs[-1])}:
-        y, x = int(y), int(x)
-        oy, ox = r.starts[0][y], r.starts[1][x]
-        win = base[:, :, oy:oy + r.crop[0], ox:ox + r.crop[1]].contiguous(memory_format=fmt)
-        z = r.prefix(win).float()
-        (a0, a1), (b0, b1) = r.changed[0][y], r.changed[1][x]
-        sy, sx = oy // r.stride, ox // r.stride
-        if a1 - sy > z.shape[2] or b1 - sx > z.shape[3] or a0 < sy or b0 < sx:
-            return False
-        if a0 < a1 and b0 < b1 and (z[:, :, a0 - sy:a1 - sy, b0 - sx:b1 - sx] - full[:, :, a0:a1, b0:b1]).abs().max() > tol:
-            return False
-    return True
+def _verify(segments: list[_Segment], base: torch.Tensor, ys: np.ndarray, xs: np.ndarray,
+            fmt: torch.memory_format) -> list[torch.Tensor] | None:
+    """Self-check in fp32: for every windowed segment, the unmasked windows at the first, middle and last
+    positions reproduce the changed rectangles of the segment's output on the whole image (guards the
+    geometry against ops that break its assumptions). Returns the segments' unmasked inputs, or ``None``."""
+    inputs = _chain_inputs(segments, base, fmt)
+    full = [base.contiguous(memory_format=fmt), *inputs]
+    for j, seg in enumerate(segments[:-1]):
+        want = full[j + 1].float()
+        tol = 1e-4 * float(want.abs().max()) + 1e-6
+        for y, x in {(ys[0], xs[0]), (ys[len(ys) // 2], xs[len(xs) // 2]), (ys[-1], xs[-1])}:
+            y, x = int(y), int(x)
+            oy, ox = seg.starts[0][y], seg.starts[1][x]
+            z = seg.module(_windows(full[j], [(oy, ox)], seg.crop, fmt)).float()
+            (a0, a1), (b0, b1) = seg.changed[0][y], seg.changed[1][x]
+            sy, sx = oy // seg.step, ox // seg.step
+            if a1 - sy > z.shape[2] or b1 - sx > z.shape[3] or a0 < sy or b0 < sx:
+                return None
+            if a0 < a1 and b0 < b1 and (z[:, :, a0 - sy:a1 - sy, b0 - sx:b1 - sx] - want[:, :, a0:a1, b0:b1]).abs().max() > tol:
+                return None
+    return inputs
