@@ -14,7 +14,13 @@ reference for bf16. Captum's output is an attribution (p0 minus the mean over th
 pixel), so it is compared with the attribution the reference map implies, on the pixels (rows and
 columns < 168) that only the 21x21 positions both grids share cover.
 
-    .venv/bin/python benchmarks/bench_maskout.py [--device cpu|cuda] [--repeat 2] [--naive-positions 8] [--weights resnet50.pth]
+Sensitivity: the same naive positions with +-0.5 grey level of uniform input noise. A random BN ResNet is
+chaotic: that noise, and so any rounding (bf16, or fp32 sums in another order), moves its probabilities
+about 100x more than a stable net's. ``--residual-scale 0.5`` damps its residual branches (a stand-in for
+a trained net's stability, not a trained net); ``--weights`` takes trained weights where a file exists.
+
+    .venv/bin/python benchmarks/bench_maskout.py [--device cpu|cuda] [--repeat 2] [--naive-positions 8|all]
+        [--residual-scale 0.5] [--weights resnet50.pth]
 """
 
 from __future__ import annotations
@@ -55,12 +61,30 @@ def sharpen(model: torch.nn.Module, x: torch.Tensor, spread: float = 4.0) -> int
         return int(model(x).argmax())
 
 
-def naive(model: torch.nn.Module, x: torch.Tensor, target: int, tops: list[tuple[int, int]], size: int) -> np.ndarray:
+def damp_residuals(model: torch.nn.Module, scale: float) -> None:
+    """Scale every bottleneck's last BN (weight and bias) by ``scale``: residual branches damped as SkipInit /
+    Fixup initialise them. A random BN ResNet is chaotic (its output swings with sub-grey-level input noise,
+    printed below as "input noise sensitivity"); damping its branches gives a net as stable as a trained one
+    is expected to be, on which rounding errors (bf16, summation order) are not amplified ~100x."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torchvision.models.resnet.Bottleneck):
+                m.bn3.weight.mul_(scale)
+                m.bn3.bias.mul_(scale)
+
+
+def naive(model: torch.nn.Module, x: torch.Tensor, target: int, tops: list[tuple[int, int]], size: int,
+          noise: float = 0.0) -> np.ndarray:
+    """One full forward pass per position; ``noise``: add uniform input noise of +-noise grey levels."""
     out = []
+    g = torch.Generator().manual_seed(1)
+    std = torch.tensor(PRE.std, dtype=x.dtype).view(1, 3, 1, 1)
     with torch.no_grad():
         for y, z in tops:
             m = x.clone()
             m[:, :, y:y + size, z:z + size] = 0.0
+            if noise:
+                m += (torch.rand(m.shape, generator=g) * 2 - 1) * noise / 255 / std
             out.append(float(torch.softmax(model(m), 1)[0, target]))
     return np.array(out)
 
@@ -97,7 +121,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=2, help="rounds; each side's best round is reported")
     ap.add_argument("--ppe", type=int, nargs="+", default=[16, 64, 256], help="Captum perturbations_per_eval to try")
-    ap.add_argument("--naive-positions", type=int, default=8)
+    ap.add_argument("--naive-positions", default="8", help="positions the naive loop checks (corners included), or 'all'")
+    ap.add_argument("--residual-scale", type=float, default=1.0,
+                    help="damp the random net's residual branches by this factor (e.g. 0.5) for a stand-in that is "
+                         "not chaotic; 1 (default) leaves the random init as it is")
     ap.add_argument("--weights", type=Path, default=None,
                     help="a trained torchvision ResNet-50 state dict instead of random init; the bf16 target "
                          "(max |dp| <= 0.02) is meant for trained weights: bf16 rounding alone moves this random "
@@ -120,9 +147,12 @@ def main() -> None:
             target = int(model(x).argmax())
         weights_note = f"weights: {args.weights}; target = top class {target}"
     else:
+        if args.residual_scale != 1.0:
+            damp_residuals(model, args.residual_scale)
         target = sharpen(model, x)
-        weights_note = ("weights: random init, BN recalibrated on generated images, classifier scaled to logit std 4; "
-                        f"target = top class {target}")
+        weights_note = ("weights: random init, BN recalibrated on generated images, "
+                        + (f"residual branches damped x{args.residual_scale}, " if args.residual_scale != 1.0 else "")
+                        + f"classifier scaled to logit std 4; target = top class {target}")
     model = model.to(dev)
     x = x.to(dev)
     n, size, stride = x.shape[2], args.size, args.stride
@@ -168,13 +198,18 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     picks = {(0, 0), (len(exact.tops_y) - 1, len(exact.tops_x) - 1)}
-    while len(picks) < min(args.naive_positions, exact.probs.size):
+    wanted = exact.probs.size if args.naive_positions == "all" else min(int(args.naive_positions), exact.probs.size)
+    while len(picks) < wanted:
         picks.add(tuple(int(v) for v in rng.integers(0, len(exact.tops_y), 2)))
     picks = sorted(picks)
-    ref = naive(model, x, target, [(int(exact.tops_y[i]), int(exact.tops_x[j])) for i, j in picks], size)
+    pick_tops = [(int(exact.tops_y[i]), int(exact.tops_x[j])) for i, j in picks]
+    ref = naive(model, x, target, pick_tops, size)
+    noisy = naive(model, x, target, pick_tops[:8], size, noise=0.5)
     print(f"unmasked p = {exact.unmasked:.4f}; map range {exact.probs.min():.4f} .. {exact.probs.max():.4f}")
     print(f"fp32 exact vs fp32 naive loop ({len(picks)} positions incl. corners): max |dp| = "
           f"{np.abs(exact.probs[tuple(np.array(picks).T)] - ref).max():.2e}")
+    print(f"input noise sensitivity: +-0.5 grey level of uniform noise on the input moves p by up to "
+          f"{np.abs(noisy - ref[:8]).max():.4f} ({min(8, len(picks))} positions; bf16 rounds the input by about as much)")
     print(f"fp32 no reuse vs fp32 exact (all positions): max |dp| = "
           f"{np.abs(results['featscope fp32 no reuse'].probs - exact.probs).max():.2e}")
     cl = results["featscope fp32 channels_last"]
