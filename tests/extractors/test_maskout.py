@@ -183,6 +183,41 @@ def test_windowed_segments_deep_into_the_network_are_exact(net) -> None:
     np.testing.assert_allclose(a.probs, want, rtol=0, atol=1e-5)
 
 
+def test_in_place_add_with_other_readers_stops_the_planner(image) -> None:
+    """``a.add_(b)`` changes ``a`` for conv3 too, which the graph's edges do not show: no windows past it."""
+    class Aliasing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 5, padding=2)
+            self.conv3, self.head = nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.Linear(8, 6)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = self.conv1(x)
+            a.add_(self.conv2(a))
+            return self.head(torch.relu(self.conv3(a)).mean(dim=(2, 3))) * 20
+
+    model = Aliasing().eval()
+    with torch.no_grad():
+        t = int(model(PRE.normalize(image[None])).argmax())
+    want, _ = naive(model, image, t, SIZE, STRIDE)
+    assert want.max() - want.min() > 0.01
+    r = maskout_map(model, image, t, preprocess=PRE, size=SIZE, stride=STRIDE, reuse=True)
+    assert "to node 'conv1'" in r.engine  # conv1 is cut cleanly; the in-place add runs on whole tensors
+    np.testing.assert_allclose(r.probs, want, rtol=0, atol=1e-5)
+
+
+def test_end_to_end_self_check_catches_a_wrong_paste(net, image, target, monkeypatch) -> None:
+    """Unmasked windows cannot see a broken paste; the masked end-to-end check does, and the plain path runs."""
+    from featscope.extractors import maskout
+
+    monkeypatch.setattr(maskout, "_paste", lambda *args: None)
+    want, _ = naive(net, image, target, SIZE, STRIDE)
+    r = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=STRIDE, reuse=True)
+    assert r.engine == "batched (reuse self-check failed)"
+    np.testing.assert_allclose(r.probs, want, rtol=0, atol=1e-5)
+
+
 def test_matches_captum_occlusion(net, image, target) -> None:
     from captum.attr import Occlusion
 

@@ -50,6 +50,14 @@ def test_mean_heatmap_equals_activation_map_and_is_cached(mapped, monkeypatch):
     monkeypatch.setattr(maps, "open_backbone", no_network)
     again = ws.heatmap("cls", root / "wide.png", top_channels=2)
     assert again.cached and again.overlay_png == res.overlay_png
+    # another colour map is the same map: redrawn from the stored arrays, not recomputed
+    from featscope.datasets.images import load_rgb
+    from featscope.extractors.overlay import overlay
+
+    green = ws.heatmap("cls", root / "wide.png", top_channels=2, cmap="viridis")
+    assert green.cached and green.params["cmap"] == "viridis" and green.artifact_key == res.artifact_key
+    want = overlay(load_rgb(root / "wide.png"), res.heat, cmap="viridis")
+    assert green.overlay_png != res.overlay_png and np.array_equal(np.asarray(green.overlay()), np.asarray(want))
 
 
 def test_catalog_image_and_its_file_share_the_cached_map(mapped):

@@ -118,9 +118,11 @@ def _image_sha(path: Path) -> str:
 
 def _cached(ctx: Context, kind: str, row, image_path: Path, name: str, head_id: str,
             params: dict[str, Any]) -> tuple[str, MapResult | None]:
-    """The content key of a ``kind`` map and, when a sound copy is stored, its result (a corrupt one is dropped)."""
+    """The content key of a ``kind`` map and, when a sound copy is stored, its result (a corrupt one is dropped).
+    The colour map is not part of the key: a stored map drawn in another one is redrawn from its arrays."""
+    keyed = {k: v for k, v in params.items() if k != "cmap"}
     key = content_key({"kind": "map", "map": kind, "backbone": row.fingerprint, "image": _image_sha(image_path),
-                       "head": head_id, "params": params, "preprocess": row.preprocess, "version": MAP_VERSION})
+                       "head": head_id, "params": keyed, "preprocess": row.preprocess, "version": MAP_VERSION})
     if not ctx.store.has("map", key):
         return key, None
     if ctx.store.verify("map", key):
@@ -128,7 +130,13 @@ def _cached(ctx: Context, kind: str, row, image_path: Path, name: str, head_id: 
         return key, None
     art = ctx.store.get("map", key, verify=False)
     arrays = {n: art.array(n) for n in art.array_names}
-    return key, MapResult(kind, row.name, name, params, art.meta["data"], arrays, art.blob("overlay.png"), key, True)
+    png = art.blob("overlay.png")
+    if art.meta["params"].get("cmap") != params.get("cmap"):
+        from featscope.datasets.images import load_rgb
+        from featscope.extractors.overlay import overlay
+
+        png = _png(overlay(load_rgb(image_path), arrays["heat"], cmap=params["cmap"]))
+    return key, MapResult(kind, row.name, name, params, art.meta["data"], arrays, png, key, True)
 
 
 def _png(img: PILImage.Image) -> bytes:
