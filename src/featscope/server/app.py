@@ -17,6 +17,7 @@ from featscope.datasets.images import ImageDecodeError
 from featscope.server.api.routes import ROUTERS, auth
 from featscope.server.api.schemas import ErrorOut
 from featscope.server.deps import require_auth
+from featscope.server.gate import RequestGate
 from featscope.server.settings import server_settings
 from featscope.server.uploads import UploadError
 from featscope.workspace import NotFound, Workspace
@@ -39,6 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, prefix=API_PREFIX, dependencies=[Depends(require_auth)], responses=ERRORS)
     _error_handlers(app)
     _protect_docs(app, st.token)
+    # outermost: the token and the body's size are checked before any body is read
+    app.add_middleware(RequestGate, max_body=st.max_upload_bytes + 64 * 1024, token=st.token, prefix=API_PREFIX,
+                       open_paths=frozenset({f"{API_PREFIX}/login", f"{API_PREFIX}/logout"}))
     return app
 
 

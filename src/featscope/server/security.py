@@ -9,6 +9,8 @@ import ipaddress
 from fastapi import HTTPException, Request, status
 
 COOKIE_NAME = "featscope_session"
+TOKEN_NEEDED = ("this server needs its API token: send `Authorization: Bearer TOKEN` or log in with "
+                "POST /api/v1/login")
 _LOOPBACK_NAMES = {"localhost", "ip6-localhost", "ip6-loopback"}
 
 
@@ -58,7 +60,6 @@ def check_request(request: Request, token: str | None) -> None:
     if not authorized(request, token):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
-            detail="this server needs its API token: send `Authorization: Bearer TOKEN` or log in with "
-                   "POST /api/v1/login",
+            detail=TOKEN_NEEDED,
             headers={"WWW-Authenticate": "Bearer"},
         )
