@@ -5,7 +5,9 @@ the classifier scaled so its logits have the spread of a trained net's: the targ
 when the mask covers the object), one 224x224 crop, 60x60 blank mask (0 in normalised space, Captum's
 baseline 0), stride 8. Captum runs the plain fp32 model (as a user would: NCHW, ``torch.no_grad``)
 with ``forward_func`` = softmax probabilities and each ``perturbations_per_eval`` in {16, 64, 256};
-its best is reported. Both compute 22x22 = 484 positions: Captum steps to ceil((224 - 60) / 8) * 8 = 168
+its best is reported. Captum runs under the allocator setting featscope uses (glibc keeps freed
+activation buffers instead of unmapping them; ``featscope.extractors.extract._keep_freed_memory``):
+without it the same Captum call took 34-37 s instead of 24-26 s here. Both compute 22x22 = 484 positions: Captum steps to ceil((224 - 60) / 8) * 8 = 168
 and clips its last mask at the border (56 px); featscope's last mask is a full 60 px at 224 - 60 = 164.
 
 Accuracy: the fp32 naive loop (one full forward pass per position, whole image masked) is run on
@@ -40,6 +42,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_extract import make_images, make_model  # noqa: E402
 
+from featscope.extractors.extract import _keep_freed_memory  # noqa: E402
 from featscope.extractors.maskout import maskout_map  # noqa: E402
 from featscope.extractors.types import Preprocess  # noqa: E402
 
@@ -93,7 +96,7 @@ def captum(model: torch.nn.Module, x: torch.Tensor, target: int, size: int, stri
     from captum.attr import Occlusion
 
     occ = Occlusion(lambda inp: torch.softmax(model(inp), 1))
-    with torch.no_grad():
+    with torch.no_grad(), _keep_freed_memory():  # the allocator setting featscope runs under (fair to Captum)
         return occ.attribute(x, sliding_window_shapes=(3, size, size), strides=(3, stride, stride), target=target,
                              baselines=0.0, perturbations_per_eval=ppe)[0, 0].cpu().numpy()
 
