@@ -126,3 +126,38 @@ def test_a_job_claimed_between_two_passes_is_not_enqueued_again(ws, queue):
     with ws.ctx.session() as s:  # ... and claimed the job before the next pass
         s.execute(update(Job).where(Job.id == job.id).values(state="running", worker="elsewhere:1:abc"))
     assert requeue_orphans(ws.ctx, queue, seen) == [] and queue.pending_count() == 0
+
+
+def test_a_job_stuck_in_a_live_worker_fails_after_the_stall_timeout(ws, queue):
+    """Heartbeat fresh on every pass (the worker's beat thread is alive), progress frozen: failed with the reason
+    once the stall timeout has passed since the progress last moved; a moving job is left alone."""
+    from featscope.worker.reaper import fail_stalled
+
+    opts = WorkerOptions(heartbeat_timeout=30.0, max_attempts=3, stall_timeout=600.0)
+    stuck = _running(ws, queue, attempts=1, beat_age=0, taps=["conv5"])
+    moving = _running(ws, queue, attempts=1, beat_age=0, taps=["conv4"])
+    seen: dict = {}
+    t0 = utcnow()
+    for minutes in (0, 5, 9):
+        with ws.ctx.session() as s:
+            s.execute(update(Job).where(Job.id == moving).values(progress=minutes / 10, message=f"step {minutes}"))
+        assert fail_stalled(ws.ctx, opts, seen, now=t0 + timedelta(minutes=minutes)) == []
+    assert reap(ws.ctx, queue, opts) == []  # the heartbeats are fresh: not dead
+    assert fail_stalled(ws.ctx, opts, seen, now=t0 + timedelta(minutes=11)) == [stuck]
+    job = jobs.get_job(ws.ctx, stuck)
+    assert job.state == "failed" and "no progress for over 600 s" in job.error and "STALL_TIMEOUT" in job.error
+    assert jobs.get_job(ws.ctx, moving).state == "running" and queue.pending_count() == 0
+    # progress that moves restarts the clock; no limit means never
+    assert fail_stalled(ws.ctx, opts, seen, now=t0 + timedelta(minutes=18)) == []
+    assert fail_stalled(ws.ctx, WorkerOptions(stall_timeout=None), seen, now=t0 + timedelta(days=9)) == []
+    assert fail_stalled(ws.ctx, opts, seen, now=t0 + timedelta(minutes=20)) == [moving]
+
+
+def test_worker_options_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FEATSCOPE_JOB_STALL_TIMEOUT", "0")
+    monkeypatch.setenv("FEATSCOPE_JOB_HEARTBEAT_TIMEOUT", "12.5")
+    opts = WorkerOptions.from_env()
+    assert opts.stall_timeout is None and opts.heartbeat_timeout == 12.5 and opts.max_attempts == 3
+    monkeypatch.setenv("FEATSCOPE_JOB_MAX_ATTEMPTS", "many")
+    with pytest.raises(ValueError, match="FEATSCOPE_JOB_MAX_ATTEMPTS"):
+        WorkerOptions.from_env()

@@ -163,3 +163,25 @@ def test_network_without_classifier_gets_a_probe_head(mapped):
     img = ws.images("shapes", limit=1)[0]
     assert ws.maskout("det", img.id, target="b", size=8, stride=8).data["head"] == "probe"
     assert ws.heatmap("det", img.id, method="gradcam", target="c").data["head"] == "probe"
+
+
+def test_cached_class_maps_do_not_load_the_network(mapped, monkeypatch):
+    """Grad-CAM and mask-out hits (own classifier or probe head) are answered from the store alone."""
+    from featscope.workspace import maps
+
+    ws, root = mapped
+    ws.extract("det", "shapes")
+    calls = [lambda: ws.heatmap("cls", root / "wide.png", method="gradcam", target=5),
+             lambda: ws.maskout("cls", root / "wide.png", target=5, size=8, stride=8),
+             lambda: ws.maskout("det", root / "wide.png", target="a", size=8, stride=8, probe_dataset="shapes")]
+    first = [call() for call in calls]
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a cache hit must not load the network")
+
+    monkeypatch.setattr(maps, "open_backbone", no_network)
+    for call, res in zip(calls, first):
+        again = call()
+        assert again.cached and again.artifact_key == res.artifact_key and again.data == res.data
+    with pytest.raises(AssertionError, match="must not load"):  # a miss still needs it
+        ws.maskout("cls", root / "wide.png", target=6, size=8, stride=8)

@@ -34,10 +34,11 @@ Speed, every step exact in fp32:
   propagation does not know (or a failed self-check of every segment) run the plain batched path.
 
 Measured (``benchmarks/bench_maskout.py --repeat 3 --naive-positions all``, ResNet-50 random init, 224 px,
-60/8 = 484 positions, this project's 2-core CPU; best round of each): Captum Occlusion (best ppe=16) 26.6 s
-(its rounds: 36.7, 26.6, 35.8 s); fp32 exact (ten windowed segments to layer3.0) 15.9 s = 1.68x, max |dp|
-from the naive loop over all 484 positions 5.8e-6; fp32 without reuse 24.9 s; fp32 channels_last 14.0 s
-(2.1e-5 from the naive loop); bf16 7.5 s = 3.55x.
+60/8 = 484 positions, this project's 2-core CPU; best round of each; Captum under the same allocator
+setting): Captum Occlusion (best ppe=16) 24.3 s; fp32 exact (ten windowed segments to layer3.0, 66% of
+the multiply-adds) 15.5 s = 1.57x, max |dp| from the naive loop over all 484 positions 5.8e-6; fp32
+without reuse 24.3 s; fp32 channels_last 14.3 s (2.1e-5 from the naive loop); bf16 7.8 s = 3.13x. At the
+measured matmul peaks (183 GFLOP/s fp32, 430 bf16) the planned work takes 14.4 s fp32 and 6.1 s bf16.
 """
 
 from __future__ import annotations

@@ -55,11 +55,12 @@ def start_embedded_worker(settings: ServerSettings, workers: int = 1) -> multipr
 def run_worker(settings_dump: dict[str, Any], workers: int = 1, parent_pid: int | None = None) -> None:
     """The embedded worker: ``featscope worker``'s consumer and reaper, stopped when the server process is gone."""
     from featscope.worker.cli import run_worker as consume
+    from featscope.worker.queue import WorkerOptions
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     if parent_pid is not None:
         threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-    consume(ServerSettings(**settings_dump), workers=workers)
+    consume(ServerSettings(**settings_dump), WorkerOptions.from_env(), workers=workers)
 
 
 def _exit_with_parent(parent_pid: int) -> None:

@@ -71,6 +71,10 @@ def worker_command(
         help="Seconds without a heartbeat after which a running job's worker counts as dead.")] = 60.0,
     max_attempts: Annotated[int, typer.Option(
         envvar="FEATSCOPE_JOB_MAX_ATTEMPTS", help="Runs of a job (errors, dead workers) before it fails.")] = 3,
+    stall_timeout: Annotated[float, typer.Option(
+        envvar="FEATSCOPE_JOB_STALL_TIMEOUT",
+        help="Seconds a running job may go without progress before it counts as stuck and fails (0: no limit).")
+    ] = 3600.0,
     step_delay: Annotated[float, typer.Option(hidden=True, help="Test hook: sleep at each progress update.")] = 0.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
 ) -> None:
@@ -78,7 +82,8 @@ def worker_command(
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        options = WorkerOptions(heartbeat_timeout=heartbeat_timeout, max_attempts=max_attempts, step_delay=step_delay)
+        options = WorkerOptions(heartbeat_timeout=heartbeat_timeout, max_attempts=max_attempts,
+                                stall_timeout=stall_timeout or None, step_delay=step_delay)
         run_worker(_settings(), options, workers=workers, worker_type=worker_type)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)

@@ -22,13 +22,16 @@ class WorkerOptions:
     """How workers keep jobs alive and recover them.
 
     ``heartbeat_timeout``: a running job whose heartbeat is older than this (seconds) belongs to a dead
-    worker. ``max_attempts``: runs of one job (first run, retries after errors, re-runs after a worker
+    worker. ``stall_timeout``: a running job whose progress (fraction and message) has not changed for
+    this long, although its worker still beats, is stuck (a deadlock, an endless loop) and is failed with
+    the reason; ``None`` or 0 for no limit. ``max_attempts``: runs of one job (first run, retries after errors, re-runs after a worker
     died) before it is marked failed. ``step_delay``: test hook, seconds slept at every progress update
     so a test can kill a worker mid-job; keep it 0.
     """
 
     heartbeat_timeout: float = 60.0
     max_attempts: int = 3
+    stall_timeout: float | None = 3600.0  # a running job whose progress has not moved this long is failed
     progress_interval: float = 0.5  # at most one progress write per job per this many seconds
     step_delay: float = 0.0
 
@@ -37,6 +40,25 @@ class WorkerOptions:
             raise ValueError(f"heartbeat_timeout must be positive, got {self.heartbeat_timeout}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if self.stall_timeout is not None and self.stall_timeout < 0:
+            raise ValueError(f"stall_timeout must be positive (or 0 / None for no limit), got {self.stall_timeout}")
+
+    @classmethod
+    def from_env(cls) -> "WorkerOptions":
+        """Options from ``FEATSCOPE_JOB_HEARTBEAT_TIMEOUT``, ``..._MAX_ATTEMPTS`` and ``..._STALL_TIMEOUT`` (the
+        embedded worker of ``featscope serve``; ``featscope worker`` reads the same through its options)."""
+        import os
+
+        def number(name: str, default: float) -> float:
+            text = os.environ.get(f"FEATSCOPE_JOB_{name}", "").strip()
+            try:
+                return float(text) if text else default
+            except ValueError:
+                raise ValueError(f"FEATSCOPE_JOB_{name}={text!r} is not a number of seconds/attempts") from None
+
+        return cls(heartbeat_timeout=number("HEARTBEAT_TIMEOUT", cls.heartbeat_timeout),
+                   max_attempts=int(number("MAX_ATTEMPTS", cls.max_attempts)),
+                   stall_timeout=number("STALL_TIMEOUT", cls.stall_timeout) or None)
 
     @property
     def heartbeat_interval(self) -> float:

@@ -11,6 +11,9 @@ is a conditional UPDATE on the job's current worker token and attempt count.
 gone (the queue file deleted, Redis restarted without persistence, a submit whose enqueue failed after
 the row was written). A job seen without a message on two passes in a row gets a new one; a duplicate
 message is harmless, because a run first claims its job with a conditional UPDATE.
+
+:func:`fail_stalled` covers a worker that is alive but stuck inside a job (its heartbeat thread still
+beats): a job whose progress has not moved for ``stall_timeout`` seconds is failed with the reason.
 """
 
 from __future__ import annotations
@@ -101,6 +104,45 @@ def requeue_orphans(ctx: Context, queue: huey.Huey, seen: dict[int, str | None])
     return again
 
 
+def fail_stalled(ctx: Context, options: WorkerOptions, seen: dict[int, tuple[tuple, datetime]], *,
+                 now: datetime | None = None) -> list[int]:
+    """Fail running jobs whose progress has not moved for ``options.stall_timeout`` seconds.
+
+    A worker stuck inside a job keeps its heartbeat thread alive, so :func:`reap` never sees it die. ``seen``
+    (updated in place) holds, per running job, its last progress mark and since when it has not changed;
+    the job is failed (cancelled when a cancel was asked) with the reason, by a conditional UPDATE, so a
+    stuck worker that wakes up later cannot write over it. Returns the ids of the jobs it ended."""
+    if not options.stall_timeout:
+        return []
+    now = now or utcnow()
+    with ctx.session() as s:
+        running = {row.id: row for row in s.scalars(select(Job).where(Job.state == "running"))}
+    for job_id in set(seen) - set(running):
+        del seen[job_id]
+    ended = []
+    for job_id, row in running.items():
+        mark = (row.worker, row.attempts, row.progress, row.message)
+        if job_id not in seen or seen[job_id][0] != mark:
+            seen[job_id] = (mark, now)
+            continue
+        if (now - seen[job_id][1]).total_seconds() < options.stall_timeout:
+            continue
+        reason = (f"no progress for over {options.stall_timeout:g} s although worker {row.worker} is alive: the job "
+                  f"is stuck; resubmit it (or raise FEATSCOPE_JOB_STALL_TIMEOUT if one step legitimately takes longer)")
+        state = "cancelled" if row.cancel_requested else "failed"
+        values = {"state": state, "message": state, "error": None if row.cancel_requested else reason,
+                  "finished_at": utcnow(), "worker": None, "log": append_log(row.log, reason)}
+        with ctx.session() as s:
+            n = s.execute(update(Job).where(Job.id == job_id, Job.state == "running", Job.worker == row.worker,
+                                            Job.attempts == row.attempts, Job.progress == row.progress)
+                          .values(**values)).rowcount
+        if n:
+            log.warning("job %s: %s -> %s", job_id, reason, state)
+            ended.append(job_id)
+            del seen[job_id]
+    return ended
+
+
 def requeue_own(ctx: Context, queue: huey.Huey, job_id: int, options: WorkerOptions, why: str) -> bool:
     """Give back a job this process is running (consumer shutting down mid-job)."""
     with ctx.session() as s:
@@ -143,10 +185,12 @@ class Reaper(threading.Thread):
 
     def run(self) -> None:
         orphans: dict[int, str | None] = {}
+        stalls: dict[int, tuple[tuple, datetime]] = {}
         while True:
             try:
                 reap(self.ctx, self.queue, self.options)
                 requeue_orphans(self.ctx, self.queue, orphans)
+                fail_stalled(self.ctx, self.options, stalls)
             except Exception:  # noqa: BLE001 - keep reaping after a transient database or queue error
                 log.warning("reaper pass failed", exc_info=True)
             if self.stop_event.wait(self.options.reap_interval):

@@ -85,27 +85,35 @@ def resolve_image(ctx: Context, image: str | int | Path) -> tuple[Path, str, int
     return path, path.name, None
 
 
-def _classifier(ctx: Context, backbone_ref: str | int, probe_dataset: str | int | None, image_dataset: int | None,
-                on_message: Callable[[str], None] | None):
-    """(Classifier, head identity for the cache key): own classifier, else a kept probe."""
-    from featscope.extractors.heads import classifier_for, probe_linear
+def _head(ctx: Context, row, probe_dataset: str | int | None, image_dataset: int | None,
+          on_message: Callable[[str], None] | None) -> tuple[str, Any]:
+    """The head's identity for the cache key, and the kept probe (``None`` for the backbone's own
+    classifier), without loading the network: a cached map needs neither."""
     from featscope.workspace.analyze import load_probe
 
-    bb = open_backbone(ctx, backbone_ref)
-    row = get_backbone_row(ctx, backbone_ref)
-    if probe_dataset is None and bb.classifier is not None:
-        return bb, classifier_for(bb), "classifier"
+    if probe_dataset is None and row.has_classifier:
+        return "classifier", None
     ds = probe_dataset if probe_dataset is not None else image_dataset
     if ds is None:
         raise ValueError(f"backbone {row.name!r} has no classifier of its own; pass --probe-dataset NAME (a "
                          f"labelled data set it has {list(row.taps)[-1]}/avg embeddings of) so a linear probe "
                          f"trained on its features serves as the classification layer, as the study does")
     probe = load_probe(ctx, row.id, ds, on_message=on_message)
-    head = probe_linear(probe.coef, probe.intercept, probe.scaler_mean, probe.scaler_scale)
     h = hashlib.sha256("\n".join(probe.classes).encode())
     for a in (probe.coef, probe.intercept, probe.scaler_mean, probe.scaler_scale):
         h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
-    return bb, classifier_for(bb, head, probe.classes), f"probe:{h.hexdigest()[:32]}"  # the head's own numbers
+    return f"probe:{h.hexdigest()[:32]}", probe  # the head's own numbers
+
+
+def _classifier(ctx: Context, row, probe):
+    """(backbone, Classifier): the network with its own classifier, or with the probe as its head."""
+    from featscope.extractors.heads import classifier_for, probe_linear
+
+    bb = open_backbone(ctx, row.id)
+    if probe is None:
+        return bb, classifier_for(bb)
+    head = probe_linear(probe.coef, probe.intercept, probe.scaler_mean, probe.scaler_scale)
+    return bb, classifier_for(bb, head, probe.classes)
 
 
 def _image_sha(path: Path) -> str:
@@ -162,18 +170,16 @@ def heatmap(ctx: Context, backbone: str | int, image: str | int | Path, *, tap: 
     row = get_backbone_row(ctx, backbone)
     params = {"tap": tap, "method": method, "target": None if target is None else str(target),
               "top_channels": int(top_channels), "cmap": cmap}
-    if method == "mean":
-        bb, head_id, classifier = None, "none", None  # the network is only loaded on a cache miss
-    else:
-        bb, classifier, head_id = _classifier(ctx, row.id, probe_dataset, ds_id, on_message)
+    head_id, probe = ("none", None) if method == "mean" else _head(ctx, row, probe_dataset, ds_id, on_message)
     key, hit = _cached(ctx, "activation", row, path, name, head_id, params)
-    if hit is not None:
+    if hit is not None:  # the network is only loaded on a miss
         return hit
     if method == "mean":
         m = activation_map(open_backbone(ctx, row.id), path, tap=tap, top_channels=top_channels,
                            device=device or ctx.settings.device)
         data: dict[str, Any] = {"channels": m.channels.tolist(), "geometry": m.geometry.to_dict()}
     else:
+        bb, classifier = _classifier(ctx, row, probe)
         m = gradcam_map(classifier, bb, path, target, method=method, device=device or ctx.settings.device)
         data = {"target": m.target, "class_name": m.class_name, "head": m.head, "score": m.score,
                 "probability": m.probability, "geometry": m.geometry.to_dict()}
@@ -208,15 +214,16 @@ def maskout(ctx: Context, backbone: str | int, image: str | int | Path, *, targe
         mean_pixel = None
     path, name, ds_id = resolve_image(ctx, image)
     row = get_backbone_row(ctx, backbone)
-    bb, classifier, head_id = _classifier(ctx, row.id, probe_dataset, ds_id, on_message)
-    target_index = classifier.class_index(target)
-    params = {"target": classifier.class_names[target_index], "size": int(size), "stride": int(stride),
-              "fill": fill, "precision": precision, "cmap": cmap}
+    head_id, probe = _head(ctx, row, probe_dataset, ds_id, on_message)
+    params = {"target": str(target), "size": int(size), "stride": int(stride), "fill": fill, "precision": precision,
+              "cmap": cmap}
     if mean_pixel is not None:
         params["mean_pixel"] = list(mean_pixel)
     key, hit = _cached(ctx, "maskout", row, path, name, head_id, params)
-    if hit is not None:
+    if hit is not None:  # the network is only loaded on a miss
         return hit
+    bb, classifier = _classifier(ctx, row, probe)
+    target_index = classifier.class_index(target)
     rgb = load_rgb(path)
     crop = bb.preprocess.crop
     if size > crop:
