@@ -16,6 +16,10 @@ reference for bf16. Captum's output is an attribution (p0 minus the mean over th
 pixel), so it is compared with the attribution the reference map implies, on the pixels (rows and
 columns < 168) that only the 21x21 positions both grids share cover.
 
+"bf16 approx": bf16 with ``approx_margin`` (``--approx-margin``, default 2): the mask's effect beyond that
+many cells of its footprint is dropped at every layer (Krypton's truncated projective fields), compared
+with the exact map on every position.
+
 Sensitivity: the same naive positions with +-0.5 grey level of uniform input noise. A random BN ResNet is
 chaotic: that noise, and so any rounding (bf16, or fp32 sums in another order), moves its probabilities
 about 100x more than a stable net's. ``--residual-scale 0.5`` damps its residual branches (a stand-in for
@@ -47,11 +51,12 @@ from featscope.extractors.maskout import maskout_map  # noqa: E402
 from featscope.extractors.types import Preprocess  # noqa: E402
 
 PRE = Preprocess(resize=256, crop=224)
-# name, precision, reuse, channels_last (None: featscope's default, NCHW in fp32, channels_last in bf16)
-VARIANTS = (("featscope fp32 exact", "fp32", "auto", None),
-            ("featscope fp32 no reuse", "fp32", False, None),
-            ("featscope fp32 channels_last", "fp32", "auto", True),
-            ("featscope bf16", "bf16", "auto", None))
+# name, precision, reuse, channels_last (None: featscope's default, NCHW in fp32, channels_last in bf16), approx
+VARIANTS = (("featscope fp32 exact", "fp32", "auto", None, False),
+            ("featscope fp32 no reuse", "fp32", False, None, False),
+            ("featscope fp32 channels_last", "fp32", "auto", True, False),
+            ("featscope bf16", "bf16", "auto", None, False),
+            ("featscope bf16 approx", "bf16", "auto", None, True))
 
 
 def sharpen(model: torch.nn.Module, x: torch.Tensor, spread: float = 4.0) -> int:
@@ -124,6 +129,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=2, help="rounds; each side's best round is reported")
     ap.add_argument("--ppe", type=int, nargs="+", default=[16, 64, 256], help="Captum perturbations_per_eval to try")
+    ap.add_argument("--approx-margin", type=int, default=2,
+                    help="approx_margin of the 'bf16 approx' variant (cells kept around the mask at every layer)")
     ap.add_argument("--naive-positions", default="8", help="positions the naive loop checks (corners included), or 'all'")
     ap.add_argument("--residual-scale", type=float, default=1.0,
                     help="damp the random net's residual branches by this factor (e.g. 0.5) for a stand-in that is "
@@ -163,9 +170,10 @@ def main() -> None:
           f"load average at start {load0[0]:.2f} (the machine may be shared: best of {args.repeat} rounds)")
     print(weights_note)
 
-    def ours(precision: str, reuse: bool | str = "auto", channels_last: bool | None = None):
+    def ours(precision: str, reuse: bool | str = "auto", channels_last: bool | None = None, approx: bool = False):
         return maskout_map(model, image, target, preprocess=PRE, size=size, stride=stride, precision=precision,
-                           reuse=reuse, channels_last=channels_last, device=dev, batch_size=args.batch_size)
+                           reuse=reuse, channels_last=channels_last, device=dev, batch_size=args.batch_size,
+                           approx_margin=args.approx_margin if approx else None)
 
     best: dict[str, tuple[float, float]] = {}
     results: dict[str, object] = {}
@@ -177,8 +185,8 @@ def main() -> None:
             results[key], *spent = timed(lambda: captum(model, x, target, size, stride, ppe))
             times[key] = tuple(spent)
             print(f"  {key}: {spent[0]:.1f}s", flush=True)
-        for name, precision, reuse, cl in VARIANTS:
-            results[name], *spent = timed(lambda: ours(precision, reuse, cl))
+        for name, precision, reuse, cl, approx in VARIANTS:
+            results[name], *spent = timed(lambda: ours(precision, reuse, cl, approx))
             times[name] = tuple(spent)
             print(f"  {name}: {spent[0]:.1f}s", flush=True)
         print(f"round {round_ + 1}: " + ", ".join(f"{k} {w:.1f}s (cpu {c:.1f}s)" for k, (w, c) in times.items()),
@@ -195,6 +203,7 @@ def main() -> None:
     print(f"positions: featscope {exact.probs.size} ({len(exact.tops_y)}x{len(exact.tops_x)}, last at {n - size}), "
           f"Captum {captum_side ** 2} (last at {(captum_side - 1) * stride}, clipped)")
     print(f"engine: {exact.engine}")
+    print(f"engine (bf16 approx): {results['featscope bf16 approx'].engine}")
     print(f"{cap_name:26s} {cap_s:7.2f} s")
     for name, *_ in VARIANTS:
         print(f"{name:26s} {best[name][0]:7.2f} s   ratio {cap_s / best[name][0]:5.2f}x faster than Captum")
@@ -220,6 +229,8 @@ def main() -> None:
           f"{np.abs(cl.probs[tuple(np.array(picks).T)] - ref).max():.2e}")
     print(f"bf16 vs fp32 exact (= naive, all {exact.probs.size} positions): max |dp| = "
           f"{np.abs(bf16.probs - exact.probs).max():.4f}")
+    print(f"bf16 approx (margin {args.approx_margin}) vs fp32 exact (all positions): max |dp| = "
+          f"{np.abs(results['featscope bf16 approx'].probs - exact.probs).max():.4f}")
     k = len(range(0, n - size + 1, stride))
     implied = implied_attribution(exact.probs[:k, :k], exact.unmasked, exact.tops_y[:k], size, n)
     print(f"Captum attribution vs the one implied by fp32 exact ({k}x{k} shared positions, pixels < {k * stride}): "

@@ -54,6 +54,11 @@ def test_maskout_writes_the_probability_map(cli):
     assert "unmasked p(5)" in r.stdout and (out / "photo-maskout.png").exists()
     probs = np.load(out / "photo-maskout.npz")["probs"]
     assert probs.shape == (4, 4) and ((0 <= probs) & (probs <= 1)).all()
+    r = invoke("maskout", str(root / "photo.jpg"), "-b", "a", "--target", "5", "--size", "8", "--stride", "8",
+               "--approx-margin", "1000", "-o", str(root / "mo-approx"), "--json")
+    assert r.exit_code == 0, r.output
+    assert "approximate" in r.stdout  # a margin that does not bind gives the exact map
+    np.testing.assert_allclose(np.load(root / "mo-approx" / "photo-maskout.npz")["probs"], probs, rtol=0, atol=1e-6)
 
 
 def test_map_errors_exit_2(cli):

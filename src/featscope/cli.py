@@ -337,6 +337,9 @@ def maskout(image: str = typer.Argument(..., help="Image file, or a catalog imag
             mean_pixel: Optional[str] = typer.Option(None, "--mean-pixel", help="R,G,B (0..255): the data set's "
                                                      "mean pixel, for --fill mean."),
             precision: str = typer.Option("fp32", help="fp32 (exact) or bf16 / fp16 (faster)."),
+            approx_margin: Optional[int] = typer.Option(None, "--approx-margin", help="Faster, approximate: drop the "
+                                                        "mask's effect beyond N cells of its footprint at every layer "
+                                                        "(default: exact). Check it against an exact map first."),
             compare: Optional[str] = typer.Option(None, "--compare", help="Second backbone: side by side + difference."),
             probe_dataset: Optional[str] = typer.Option(None, help="For networks without a classifier: the labelled "
                                                         "data set whose linear probe is the head (trained if needed)."),
@@ -349,7 +352,8 @@ def maskout(image: str = typer.Argument(..., help="Image file, or a catalog imag
         progress, update = _count_progress(f"mask-out {b}")
         with progress:
             results.append(_run(_ws().maskout, b, image, target=target, size=size, stride=stride, fill=fill,
-                                mean_pixel=_rgb(mean_pixel), precision=precision, probe_dataset=probe_dataset, device=device, progress=update,
+                                mean_pixel=_rgb(mean_pixel), precision=precision, approx_margin=approx_margin,
+                                probe_dataset=probe_dataset, device=device, progress=update,
                                 on_message=_say))
     _write_maps(results, out_dir, _map_stem(image, "maskout"), as_json)
 

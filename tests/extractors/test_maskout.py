@@ -218,6 +218,20 @@ def test_end_to_end_self_check_catches_a_wrong_paste(net, image, target, monkeyp
     np.testing.assert_allclose(r.probs, want, rtol=0, atol=1e-5)
 
 
+def test_approximate_reuse_is_opt_in_and_exact_when_its_margin_does_not_bind(net, image, target) -> None:
+    kw = dict(preprocess=PRE, size=SIZE, stride=STRIDE)
+    exact = maskout_map(net, image, target, **kw)
+    wide = maskout_map(net, image, target, approx_margin=1000, **kw)
+    assert "approximate" in wide.engine and "approximate" not in exact.engine
+    np.testing.assert_allclose(wide.probs, exact.probs, rtol=0, atol=1e-6)
+    tight = maskout_map(net, image, target, approx_margin=0, **kw)  # the mask's footprint only, at every layer
+    assert "approximate: changes beyond 0 cells" in tight.engine
+    assert 1e-4 < np.abs(tight.probs - exact.probs).max() < 1 and tight.unmasked == exact.unmasked
+    for bad, reuse in ((-1, "auto"), ("2", "auto"), (True, "auto"), (2, False)):
+        with pytest.raises(ValueError, match="approx_margin"):
+            maskout_map(net, image, target, approx_margin=bad, reuse=reuse, **kw)
+
+
 def test_matches_captum_occlusion(net, image, target) -> None:
     from captum.attr import Occlusion
 

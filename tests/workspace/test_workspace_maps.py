@@ -100,6 +100,8 @@ def test_maskout_equals_the_extractor_and_draws_on_the_original(mapped):
     inside = ~np.isnan(res.heat)
     assert inside.any() and (~inside).any()  # the crop of a wide image leaves its sides out
     assert ws.maskout("cls", root / "wide.png", target=3, size=8, stride=8).cached
+    approx = ws.maskout("cls", root / "wide.png", target=3, size=8, stride=8, approx_margin=0)
+    assert not approx.cached and approx.params["approx_margin"] == 0 and "approximate" in approx.data["engine"]
 
 
 def test_mean_fill_uses_the_given_mean_pixel_through_a_caffe_preprocess(mapped):

@@ -96,6 +96,7 @@ def maskout_map(classifier: Classifier | nn.Module, image: torch.Tensor, target:
                 mean_pixel: Sequence[float] | None = None, blur_sigma: float | None = None,
                 precision: str = "fp32", reuse: bool | str = "auto", cover_border: bool = True,
                 channels_last: bool | None = None, device: str | torch.device | None = None, batch_size: int = 32,
+                approx_margin: int | None = None,
                 progress: Callable[[int, int], None] | None = None) -> MaskoutResult:
     """Slide a ``size`` x ``size`` mask over ``image`` and record the probability of ``target`` at each step.
 
@@ -106,9 +107,18 @@ def maskout_map(classifier: Classifier | nn.Module, image: torch.Tensor, target:
     ``"auto"`` recomputes only the changed part of the first layers when that saves work, ``True``
     whenever the graph allows it, ``False`` never. ``channels_last``: ``None`` uses it with bf16/fp16 only,
     so that fp32 sums in the order of the plain network's NCHW pass. The network is not modified (a copy runs).
+    ``approx_margin``: ``None`` (default) is exact. An int N makes reuse approximate, as Krypton's
+    truncated projective fields: at every layer the recomputed region is cut to the mask's footprint plus N
+    cells, and the mask's effect beyond it is dropped (those cells keep their unmasked values). Much less
+    work deeper in the network; the error depends on the network: check it against the exact map
+    (``benchmarks/bench_maskout.py`` prints it) before relying on it.
     """
     started = time.perf_counter()
     _check_args(image, size, stride, fill, mean_pixel, blur_sigma, precision, reuse, batch_size)
+    if approx_margin is not None and (isinstance(approx_margin, bool) or not isinstance(approx_margin, int)
+                                      or approx_margin < 0 or reuse is False):
+        raise ValueError(f"approx_margin must be None (exact) or a number of cells >= 0 with reuse on, got "
+                         f"{approx_margin!r} (reuse={reuse!r}); e.g. approx_margin=2")
     if isinstance(classifier, Classifier):
         net, t = classifier.net, classifier.class_index(target)
     else:
@@ -123,7 +133,7 @@ def maskout_map(classifier: Classifier | nn.Module, image: torch.Tensor, target:
     with _keep_freed_memory(), _exact_fp32(dev.type == "cuda"), torch.inference_mode():
         base = preprocess.normalize(image[None].to(dev))
         fill_img = _fill_image(base, preprocess, fill, mean_pixel, blur_sigma or size / 4)
-        engine = _Engine.build(net, base, size, ys, xs, reuse, autocast, fmt)
+        engine = _Engine.build(net, base, size, ys, xs, reuse, autocast, fmt, approx_margin)
         with autocast:
             logits = engine.full(base)
         _check_target(t, logits)
@@ -279,22 +289,24 @@ class _Engine:
 
     @classmethod
     def build(cls, net: nn.Module, base: torch.Tensor, size: int, ys: np.ndarray, xs: np.ndarray,
-              reuse: bool | str, autocast, fmt: torch.memory_format) -> "_Engine":
+              reuse: bool | str, autocast, fmt: torch.memory_format, margin: int | None = None) -> "_Engine":
         module, traced = _prepare(net, base, not isinstance(autocast, nullcontext), fmt)
         if not reuse or not traced:
             return cls(module, None, "batched" if not reuse else "batched (network not traceable)", fmt)
-        plan = _plan_reuse(module, base, size, ys, xs, force=reuse is True)
+        plan = _plan_reuse(module, base, size, ys, xs, force=reuse is True or margin is not None, margin=margin)
         if plan is None:
             return cls(module, None, "batched (no first layers worth reusing)", fmt)
         cuts, segments = plan
         windows = ", ".join(f"{s.crop[0]}x{s.crop[1]}" for s in segments[:-1])
-        engine = cls(module, segments, f"reuse: first layers recomputed on windows only, in {len(cuts)} segments "
+        how = "windows only" if margin is None else f"windows, approximate: changes beyond {margin} cells of the mask dropped"
+        engine = cls(module, segments, f"reuse: first layers recomputed on {how}, in {len(cuts)} segments "
                                        f"to node {cuts[-1]!r} (windows {windows})", fmt)
         inputs = _verify(segments, base, ys, xs, fmt)
         if inputs is not None:  # fp32 caches, then two masked positions end to end against the whole network
             for seg, x in zip(segments[1:], inputs):
                 seg.cached = x
-            if not engine.agrees(base, size, [(int(ys[0]), int(xs[-1])), (int(ys[len(ys) // 2]), int(xs[len(xs) // 2]))]):
+            corner, middle = (int(ys[0]), int(xs[-1])), (int(ys[len(ys) // 2]), int(xs[len(xs) // 2]))
+            if margin is None and not engine.agrees(base, size, [corner, middle]):  # approximate: differs by design
                 inputs = None
         if inputs is None:
             log.warning("reuse self-check failed (cuts at %s); running the plain batched path", ", ".join(cuts))
@@ -442,10 +454,12 @@ _COPY_MACS = 16.0
 
 
 def _plan_reuse(gm: fx.GraphModule, base: torch.Tensor, size: int, ys: np.ndarray, xs: np.ndarray,
-                force: bool) -> tuple[list[str], list[_Segment]] | None:
+                force: bool, margin: int | None = None) -> tuple[list[str], list[_Segment]] | None:
     """Cut the graph's first layers into segments, each run on windows only, where the estimated
     multiply-adds per position are lowest (a shortest path over the clean cut points); the rest of the
-    graph is the last segment. ``None`` when no cut saves at least 3% (any saving with ``force``)."""
+    graph is the last segment. ``None`` when no cut saves at least 3% (any saving with ``force``).
+    ``margin``: approximate mode, each windowed op's changed region cut to the mask's footprint on its
+    grid plus ``margin`` cells."""
     from torch.fx.passes.shape_prop import ShapeProp
 
     ShapeProp(gm).propagate(base)
@@ -479,6 +493,11 @@ def _plan_reuse(gm: fx.GraphModule, base: torch.Tensor, size: int, ys: np.ndarra
                               np.clip((changed[src][ax][1] - 1 + p[ax]) // s[ax] + 1, 0, shape[2 + ax]))
                              for ax in range(2)]
             strides[node] = strides[src] * s[0]
+            if margin is not None:
+                st = strides[node]
+                changed[node] = [(np.maximum(changed[node][ax][0], tops[ax] // st - margin),
+                                  np.minimum(changed[node][ax][1], -(-(tops[ax] + size) // st) + margin))
+                                 for ax in range(2)]
         if i > 0 and _only_live(nodes, index, i):
             cuts.append(i)
     macs = np.cumsum([0.0] + [_macs(gm, n) for n in nodes])  # macs[j] = sum over nodes[:j]

@@ -28,7 +28,7 @@ def upload_path(uploads_dir: Path, upload_id: str) -> Path:
     return hits[0]
 _COMMON = {"backbone", "image_id", "upload_id", "probe_dataset"}
 _HEATMAP = _COMMON | {"tap", "method", "target", "top_channels"}
-_MASKOUT = _COMMON | {"target", "size", "stride", "fill", "mean_pixel", "precision"}
+_MASKOUT = _COMMON | {"target", "size", "stride", "fill", "mean_pixel", "precision", "approx_margin"}
 
 
 def _normalize(allowed: set[str], defaults: dict[str, Any], required: tuple[str, ...]):
@@ -73,7 +73,8 @@ def _run_maskout(ctx: Context, params: dict[str, Any], report: Report) -> dict[s
     from featscope.workspace.maps import maskout
 
     res = maskout(ctx, params["backbone"], _image(ctx, params), target=params["target"], size=params["size"],
-                  stride=params["stride"], fill=params["fill"], mean_pixel=params.get("mean_pixel"), precision=params["precision"], probe_dataset=params.get("probe_dataset"),
+                  stride=params["stride"], fill=params["fill"], mean_pixel=params.get("mean_pixel"), precision=params["precision"],
+                  approx_margin=params.get("approx_margin"), probe_dataset=params.get("probe_dataset"),
                   progress=lambda done, total: report.progress(done / max(total, 1), f"{done}/{total} mask positions"),
                   on_message=report.log)
     return _result(res)
@@ -84,4 +85,4 @@ register_kind("heatmap", JobKind(
     "Activation or Grad-CAM map: {backbone, image_id | upload_id, tap, method, target?, top_channels?}"))
 register_kind("maskout", JobKind(
     _normalize(_MASKOUT, {"size": 60, "stride": 8, "fill": "zero", "precision": "fp32"}, ("backbone", "target")), _run_maskout,
-    "Mask-out map: {backbone, image_id | upload_id, target, size, stride, fill, mean_pixel?, precision}"))
+    "Mask-out map: {backbone, image_id | upload_id, target, size, stride, fill, mean_pixel?, precision, approx_margin?}"))

@@ -191,7 +191,7 @@ def heatmap(ctx: Context, backbone: str | int, image: str | int | Path, *, tap: 
 
 def maskout(ctx: Context, backbone: str | int, image: str | int | Path, *, target: str | int, size: int = 60,
             stride: int = 8, fill: str = "zero", mean_pixel: tuple[float, float, float] | None = None,
-            precision: str = "fp32", probe_dataset: str | int | None = None,
+            precision: str = "fp32", approx_margin: int | None = None, probe_dataset: str | int | None = None,
             cmap: str = "jet", device: str | None = None, batch_size: int = 32,
             progress: Callable[[int, int], None] | None = None,
             on_message: Callable[[str], None] | None = None) -> MapResult:
@@ -219,6 +219,8 @@ def maskout(ctx: Context, backbone: str | int, image: str | int | Path, *, targe
               "cmap": cmap}
     if mean_pixel is not None:
         params["mean_pixel"] = list(mean_pixel)
+    if approx_margin is not None:
+        params["approx_margin"] = approx_margin
     key, hit = _cached(ctx, "maskout", row, path, name, head_id, params)
     if hit is not None:  # the network is only loaded on a miss
         return hit
@@ -230,7 +232,7 @@ def maskout(ctx: Context, backbone: str | int, image: str | int | Path, *, targe
         raise ValueError(f"the mask ({size} px) is larger than the network's {crop} x {crop} input; "
                          f"use --size {crop // 4} or smaller")
     res = maskout_map(classifier, bb.preprocess.to_uint8(rgb), target_index, preprocess=bb.preprocess, size=size,
-                      stride=stride, fill=fill, mean_pixel=mean_pixel, precision=precision,
+                      stride=stride, fill=fill, mean_pixel=mean_pixel, precision=precision, approx_margin=approx_margin,
                       device=device or ctx.settings.device,
                       batch_size=batch_size, progress=progress)
     geometry = CropGeometry.of(bb.preprocess, rgb.size)

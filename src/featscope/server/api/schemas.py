@@ -343,3 +343,6 @@ class MaskoutIn(_MapImage):
                       Annotated[float, Field(ge=0, le=255)]] | None = Field(
         default=None, description="RGB 0..255 mean pixel of the data set, for fill='mean'.")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    approx_margin: int | None = Field(default=None, ge=0, le=64, description=(
+        "Faster, approximate: drop the mask's effect beyond this many cells of its footprint at every layer. "
+        "Omit for the exact map."))
