@@ -45,3 +45,19 @@ def test_worker_command_options(app):
     assert "--step-delay" not in out  # test hook, hidden
     bad = CliRunner().invoke(app, ["worker", "--workers", "0"])
     assert bad.exit_code == 2 and "workers must be at least 1" in bad.output
+
+
+def test_worker_options_come_from_the_environment_unless_a_flag_gives_them(app, monkeypatch):
+    import featscope.worker.cli as worker_cli
+
+    got = []
+    monkeypatch.setattr(worker_cli, "run_worker", lambda settings, options, **kw: got.append(options))
+    monkeypatch.setenv("FEATSCOPE_JOB_STALL_TIMEOUT", "120")
+    monkeypatch.setenv("FEATSCOPE_JOB_MAX_ATTEMPTS", "5")
+    assert CliRunner().invoke(app, ["worker"]).exit_code == 0
+    assert (got[-1].stall_timeout, got[-1].max_attempts, got[-1].heartbeat_timeout) == (120.0, 5, 60.0)
+    assert CliRunner().invoke(app, ["worker", "--stall-timeout", "0", "--max-attempts", "2"]).exit_code == 0
+    assert (got[-1].stall_timeout, got[-1].max_attempts) == (None, 2)
+    monkeypatch.setenv("FEATSCOPE_JOB_HEARTBEAT_TIMEOUT", "soon")
+    bad = CliRunner().invoke(app, ["worker"])
+    assert bad.exit_code == 2 and "FEATSCOPE_JOB_HEARTBEAT_TIMEOUT" in bad.output and len(got) == 2

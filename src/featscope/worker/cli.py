@@ -66,15 +66,14 @@ def run_worker(settings: Settings, options: WorkerOptions | None = None, *, work
 def worker_command(
     workers: Annotated[int, typer.Option("--workers", "-w", help="Jobs run at once by this process.")] = 1,
     worker_type: Annotated[str, typer.Option(help="thread (default) or process.")] = "thread",
-    heartbeat_timeout: Annotated[float, typer.Option(
-        envvar="FEATSCOPE_JOB_HEARTBEAT_TIMEOUT",
-        help="Seconds without a heartbeat after which a running job's worker counts as dead.")] = 60.0,
-    max_attempts: Annotated[int, typer.Option(
-        envvar="FEATSCOPE_JOB_MAX_ATTEMPTS", help="Runs of a job (errors, dead workers) before it fails.")] = 3,
-    stall_timeout: Annotated[float, typer.Option(
-        envvar="FEATSCOPE_JOB_STALL_TIMEOUT",
-        help="Seconds a running job may go without progress before it counts as stuck and fails (0: no limit).")
-    ] = 3600.0,
+    heartbeat_timeout: Annotated[Optional[float], typer.Option(
+        help="Seconds without a heartbeat after which a running job's worker counts as dead "
+             "[default: FEATSCOPE_JOB_HEARTBEAT_TIMEOUT or 60].")] = None,
+    max_attempts: Annotated[Optional[int], typer.Option(
+        help="Runs of a job (errors, dead workers) before it fails [default: FEATSCOPE_JOB_MAX_ATTEMPTS or 3].")] = None,
+    stall_timeout: Annotated[Optional[float], typer.Option(
+        help="Seconds a running job may go without progress before it counts as stuck and fails, 0 for no limit "
+             "[default: FEATSCOPE_JOB_STALL_TIMEOUT or 3600].")] = None,
     step_delay: Annotated[float, typer.Option(hidden=True, help="Test hook: sleep at each progress update.")] = 0.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
 ) -> None:
@@ -82,8 +81,12 @@ def worker_command(
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        options = WorkerOptions(heartbeat_timeout=heartbeat_timeout, max_attempts=max_attempts,
-                                stall_timeout=stall_timeout or None, step_delay=step_delay)
+        changes = {k: v for k, v in (("heartbeat_timeout", heartbeat_timeout), ("max_attempts", max_attempts))
+                   if v is not None}
+        if stall_timeout is not None:
+            changes["stall_timeout"] = stall_timeout or None
+        # FEATSCOPE_JOB_* are read in one place (WorkerOptions.from_env); the flags override them
+        options = dataclasses.replace(WorkerOptions.from_env(), step_delay=step_delay, **changes)
         run_worker(_settings(), options, workers=workers, worker_type=worker_type)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
