@@ -238,8 +238,8 @@ def _checkpoint(spec: str, name: str, *, weights: Path | None, weights_format: s
     hub = timm_folder(path) if fmt in ("torchvision", "timm") else None
     arch = arch or meta.get("arch") or (hub.architecture if hub else None) or archs.infer_arch(sd)
     if not arch:
-        raise ValueError(f"could not infer the architecture of {path} from its keys; pass the architecture "
-                         f"(--arch NAME, REST: arch), e.g. resnet50")
+        raise ValueError(f"could not infer the architecture of {path} from its keys; pass --arch NAME "
+                         f"(REST: arch), e.g. resnet50")
     hub = hub if hub is not None and hub.fits(arch) else None
     prefer = "timm" if fmt == "timm" or meta.get("builder") == "timm" or hub else None
     builder = archs.builder_for(arch, prefer, sd)
