@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -93,11 +94,24 @@ def test_dataset_scan_is_a_job_with_progress_and_the_same_paths_rules(client, wo
     assert r.status_code == 404
 
 
-def test_synth_dataset(client):
-    r = client.post(f"{API}/datasets/synth", json={"name": "tiny", "n_scenes": 3, "n_per_class": 2, "size": 32})
-    assert r.status_code == 201, r.text
-    assert sorted(d["name"] for d in r.json()) == ["tiny-objects", "tiny-scenes"]
+def test_synth_dataset_is_a_job_with_progress(client, world):
+    body = {"name": "tiny", "n_scenes": 3, "n_per_class": 2, "size": 32}
+    r = client.post(f"{API}/datasets/synth", json=body)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["kind"] == "dataset-synth" and job["state"] == "queued"
+    assert client.post(f"{API}/datasets/synth", json=body).json()["id"] == job["id"]
+    assert client.get(f"{API}/datasets/tiny-scenes").status_code == 404  # nothing generated in the request
+    assert not (world.settings.data_dir / "synth" / "tiny").exists()
+    run_queued(client)
+    done = client.get(f"{API}/jobs/{job['id']}").json()
+    assert done["state"] == "done" and done["progress"] == 1.0, done
+    assert sorted(done["result"]["names"]) == ["tiny-objects", "tiny-scenes"]
+    assert "images generated" in done["log_tail"] or "registered: tiny-scenes@1" in done["log_tail"]
+    for ds_id, n in zip(done["result"]["datasets"], done["result"]["n_images"]):
+        assert client.get(f"{API}/datasets/{ds_id}").json()["n_images"] == n > 0
     assert client.post(f"{API}/datasets/synth", json={"name": "../x"}).status_code == 422
+    assert client.post(f"{API}/datasets/synth", json={"n_scenes": 5000}).status_code == 422
 
 
 # ---------------------------------------------------------------- images
@@ -293,3 +307,58 @@ def test_map_errors(client):
     not_map = [j for j in extract_job if j["kind"] != "heatmap" and j["kind"] != "maskout"]
     if not_map:
         assert client.get(f"{API}/maps/{not_map[0]['id']}/overlay.png").status_code == 400
+
+
+# ---------------------------------------------------------------- one size convention
+def test_an_exif_rotated_jpeg_has_its_displayed_size_everywhere(client, world):
+    """Stored 320x240 with orientation 6 (rotate 90): the upload route, the folder scanner and a map of it all
+    say 240x320, the size a viewer shows."""
+    stored = Image.fromarray(np.tile(np.arange(320, dtype=np.uint8)[None, :, None], (240, 1, 3)))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    stored.save(buf, format="JPEG", exif=exif.tobytes())
+    folder = world.root / "allowed" / "rotated" / "x"
+    folder.mkdir(parents=True)
+    (folder / "turned.jpg").write_bytes(buf.getvalue())
+
+    up = client.post(f"{API}/uploads", files={"file": ("turned.jpg", buf.getvalue(), "image/jpeg")}).json()
+    assert (up["width"], up["height"]) == (240, 320)
+    ds = client.post(f"{API}/datasets", json={"path": str(folder.parent), "name": "rotated"}).json()
+    image = client.get(f"{API}/images", params={"dataset": ds["id"]}).json()["items"][0]
+    assert (image["width"], image["height"]) == (240, 320)
+    job = client.post(f"{API}/maps/heatmap", json={"backbone": "r18a", "upload_id": up["id"]}).json()
+    run_queued(client)
+    done = client.get(f"{API}/jobs/{job['id']}").json()
+    assert done["state"] == "done", done
+    assert done["result"]["data"]["geometry"]["original_size"] == [240, 320]
+    assert Image.open(io.BytesIO(client.get(f"{API}/maps/{job['id']}/overlay.png").content)).size == (240, 320)
+
+
+def test_taps_are_answered_from_the_registration_record(client, world, monkeypatch):
+    """GET /taps never loads the network; its shapes are the loaded network's. A row registered by an older
+    featscope (no record) gets a job that records them, then the same answer."""
+    from sqlalchemy import update
+
+    from featscope.catalog import Backbone as Row
+    from featscope.extractors import backbones as loader
+    from featscope.extractors.backbones import list_taps
+
+    want = list_taps(world.ws.load_backbone("r18b"))
+    monkeypatch.setattr(loader, "load_backbone", lambda *a, **k: pytest.fail("the request loaded the network"))
+    r = client.get(f"{API}/backbones/r18b/taps")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["input_size"] == 32 and body["aliases"]["conv5"] == "layer4"
+    assert [(t["name"], t["channels"], t["height"], t["width"], t["dims"]) for t in body["layers"]] == \
+        [(t.name, t.channels, t.height, t.width, t.dims) for t in want]
+    monkeypatch.undo()
+    with world.ws.ctx.session() as s:
+        s.execute(update(Row).where(Row.name == "r18b").values(network=None))
+    world.ws.ctx.networks.clear()
+    client.app.state.workspace.ctx.networks.clear()
+    r = client.get(f"{API}/backbones/r18b/taps")
+    assert r.status_code == 202 and r.json()["kind"] == "backbone-taps"
+    run_queued(client)
+    again = client.get(f"{API}/backbones/r18b/taps")
+    assert again.status_code == 200 and again.json() == body

@@ -123,10 +123,21 @@ class BackboneAdd(Strict):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
 
+class TapLayerOut(BaseModel):
+    name: str
+    aliases: list[str]
+    channels: int
+    height: int
+    width: int
+    dims: dict[str, int] = Field(description="Vector length per pooling (avg, max, grid2, grid4, none).")
+
+
 class TapsOut(BaseModel):
     backbone: str
     taps: list[str]
     aliases: dict[str, str] = Field(description="Study alias (conv2..conv5) -> tap name, where the backbone has them.")
+    input_size: int | None = Field(default=None, description="The input side the shapes below are for (its crop).")
+    layers: list[TapLayerOut] | None = Field(default=None, description="Each tap's shape and pooled lengths.")
 
 
 # ---------------------------------------------------------------- embeddings
