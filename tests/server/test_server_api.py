@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -362,3 +363,88 @@ def test_taps_are_answered_from_the_registration_record(client, world, monkeypat
     run_queued(client)
     again = client.get(f"{API}/backbones/r18b/taps")
     assert again.status_code == 200 and again.json() == body
+
+
+# ---------------------------------------------------------------- map requests checked at submit
+def _phrased_for_rest(detail: str) -> bool:
+    """A REST error may name a CLI flag or command only beside its REST spelling."""
+    flags_ok = all("REST" in detail[m.end():m.end() + 60] for m in re.finditer(r"(?<![\w-])--[a-z][a-z-]*", detail))
+    commands_ok = "`featscope " not in detail or "/api/v1/" in detail
+    return flags_ok and commands_ok
+
+
+def _upload(client, size=(50, 40)) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (20, 120, 200)).save(buf, format="PNG")
+    return client.post(f"{API}/uploads", files={"file": ("x.png", buf.getvalue(), "image/png")}).json()["id"]
+
+
+@pytest.fixture(scope="module")
+def body_only(client, world):
+    """A registered ResNet-18 body without a classifier (a detection backbone's situation)."""
+    import torch
+    import torchvision
+
+    path = world.root / "allowed" / "body.pth"
+    torch.save({k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")}, path)
+    r = client.post(f"{API}/backbones", json={"spec": f"checkpoint:{path}", "name": "body"})
+    assert r.status_code == 201, r.text
+    return "body"
+
+
+def test_map_requests_are_checked_before_a_job_is_queued(client, world, body_only):
+    up = _upload(client)
+    image_id = client.get(f"{API}/images", params={"dataset": "shapes", "limit": 1}).json()["items"][0]["id"]
+    before = client.get(f"{API}/jobs").json()["total"]
+    cases = [
+        ("heatmap", {"backbone": "r18a", "upload_id": up, "tap": "fc9"}, 400, "has no tap 'fc9'"),
+        ("heatmap", {"backbone": "r18a", "upload_id": up, "top_channels": 4000}, 400, "exceeds the 512 channels"),
+        ("heatmap", {"backbone": "r18a", "upload_id": up, "method": "gradcam", "target": "1000"}, 400, "unknown class"),
+        ("maskout", {"backbone": "r18a", "upload_id": up, "target": "3", "size": 40}, 400, "larger than the network"),
+        ("maskout", {"backbone": "r18a", "upload_id": up, "target": "3", "size": 8, "fill": "mean"}, 400, "mean_pixel"),
+        ("maskout", {"backbone": "r18a", "upload_id": up, "target": "camel", "size": 8}, 400, "unknown class"),
+        ("maskout", {"backbone": "r18a", "upload_id": up, "target": "0", "size": 8, "probe_dataset": "nope"}, 404,
+         "no data set 'nope'"),
+        ("maskout", {"backbone": body_only, "upload_id": up, "target": "a", "size": 8}, 400, "probe_dataset"),
+        ("maskout", {"backbone": body_only, "upload_id": up, "target": "a", "size": 8, "probe_dataset": "shapes"}, 404,
+         "POST /api/v1/embedding-sets/extract"),
+        ("heatmap", {"backbone": body_only, "image_id": image_id, "method": "gradcam"}, 404, "layer4/avg embeddings"),
+        ("heatmap", {"backbone": "nope", "upload_id": up}, 404, "no backbone 'nope'"),
+    ]
+    for kind, body, status, words in cases:
+        r = client.post(f"{API}/maps/{kind}", json=body)
+        assert r.status_code == status and words in r.json()["detail"], (body, r.text)
+        assert _phrased_for_rest(r.json()["detail"]), r.json()["detail"]
+    assert client.get(f"{API}/jobs").json()["total"] == before  # nothing was queued
+
+
+def test_gradcam_without_a_target_explains_the_top_class(client, world):
+    up = _upload(client)
+    r = client.post(f"{API}/maps/heatmap", json={"backbone": "r18a", "upload_id": up, "method": "gradcam"})
+    assert r.status_code == 202, r.text
+    run_queued(client)
+    done = client.get(f"{API}/jobs/{r.json()['id']}").json()
+    assert done["state"] == "done", done
+    data = done["result"]["data"]
+    assert data["target_chosen"] == "top-scoring" and data["class_name"] == str(data["target"])
+
+
+def test_maskout_overlay_scales(client, world):
+    up = _upload(client)
+    r = client.post(f"{API}/maps/maskout", json={"backbone": "r18a", "upload_id": up, "target": "4", "size": 8,
+                                                 "stride": 8})
+    run_queued(client)
+    done = client.get(f"{API}/jobs/{r.json()['id']}").json()
+    assert done["state"] == "done", done
+    legend = done["result"]["legend"]
+    assert legend["scale"] == "relative" and legend["low"] == done["result"]["data"]["min_probability"]
+    default = client.get(f"{API}/maps/{done['id']}/overlay.png").content
+    absolute = client.get(f"{API}/maps/{done['id']}/overlay.png", params={"scale": "absolute"}).content
+    drop = client.get(f"{API}/maps/{done['id']}/overlay.png", params={"scale": "drop"}).content
+    assert len({default, absolute, drop}) == 3
+    img = Image.open(io.BytesIO(default))
+    assert img.size[0] == 200 and img.size[1] > 40  # the image with a colour bar below it
+    assert client.get(f"{API}/maps/{done['id']}/overlay.png", params={"scale": "log"}).status_code == 422
+    heat = client.post(f"{API}/maps/heatmap", json={"backbone": "r18a", "upload_id": up}).json()
+    run_queued(client)
+    assert client.get(f"{API}/maps/{heat['id']}/overlay.png", params={"scale": "drop"}).status_code == 400

@@ -251,8 +251,9 @@ def load_probe(ctx: Context, backbone: str | int, dataset: str | int, *, tap: st
                                                   EmbeddingSet.tap == tap, EmbeddingSet.pooling == pooling)
                        .order_by(EmbeddingSet.id.desc())).first()
     if es is None:
-        raise NotFound(f"backbone {bb.name!r} has no {tap}/{pooling} embeddings of {ds.name!r}; run "
-                       f"`featscope extract -b {bb.name} -d {ds.name} -t {tap} -p {pooling}` first")
+        raise NotFound(f"backbone {bb.name!r} has no {tap}/{pooling} embeddings of {ds.name!r}; extract them first "
+                       f"(`featscope extract -b {bb.name} -d {ds.name} -t {tap} -p {pooling}`, or POST "
+                       f"/api/v1/embedding-sets/extract)")
     res = probe(ctx, es.id, on_message=on_message) if train else _cached_probe(ctx, es.id)
     a = res.arrays
     return KeptProbe(es.id, tap, pooling, a["coef"], a["intercept"], a["scaler_mean"], a["scaler_scale"],
@@ -266,13 +267,13 @@ def _cached_probe(ctx: Context, embedding_set: int) -> AnalysisResult:
         rows = [r for r in s.scalars(select(Analysis).where(Analysis.kind == "probe").order_by(Analysis.id.desc()))
                 if list(r.inputs) == [embedding_set]]
     if not rows:
-        raise NotFound(f"no probe trained on embedding set {embedding_set}; run `featscope analyze probe "
-                       f"{embedding_set}`")
+        raise NotFound(f"no probe trained on embedding set {embedding_set}; train one (`featscope analyze probe "
+                       f"{embedding_set}`, POST /api/v1/analyses/probe)")
     try:
         return probe(ctx, embedding_set, cached_only=True, **{k: v for k, v in rows[0].params.items()})
     except NotCached:
         raise NotFound(f"the probe trained on embedding set {embedding_set} is no longer in the artifact store; "
-                       f"run `featscope analyze probe {embedding_set}` again") from None
+                       f"train it again (`featscope analyze probe {embedding_set}`, POST /api/v1/analyses/probe)") from None
 
 
 def probe_table(ctx: Context, backbones: Sequence[str | int], dataset: str | int, *,
@@ -295,7 +296,8 @@ def probe_table(ctx: Context, backbones: Sequence[str | int], dataset: str | int
                 chosen[(es.tap, es.pooling)] = es  # newest set of each tap x pooling
         if not chosen:
             raise NotFound(f"backbone {bb.name!r} has no embedding sets of {ds.name!r} matching taps={taps} "
-                           f"poolings={poolings}; run `featscope extract -b {bb.name} -d {ds.name}` first")
+                           f"poolings={poolings}; extract them first (`featscope extract -b {bb.name} -d {ds.name}`, "
+                           f"POST /api/v1/embedding-sets/extract)")
         for (tap, pooling), es in sorted(chosen.items()):
             if on_message:
                 on_message(f"probe: {bb.name} {tap}/{pooling} (embedding set {es.id}, dim {es.dim})")
@@ -343,8 +345,9 @@ def cka_matrix(ctx: Context, backbone_a: str | int, backbone_b: str | int, datas
                                   .order_by(EmbeddingSet.id)))
         by_tap = {es.tap: es.id for es in sets}
         if not by_tap:
-            raise NotFound(f"backbone {bb.name!r} has no {pooling} embedding sets of {ds.name!r}; run `featscope "
-                           f"extract -b {bb.name} -d {ds.name} -p {pooling} -t conv2 -t conv3 -t conv4 -t conv5`")
+            raise NotFound(f"backbone {bb.name!r} has no {pooling} embedding sets of {ds.name!r}; extract its taps "
+                           f"first (`featscope extract -b {bb.name} -d {ds.name} -p {pooling} -t conv2 -t conv3 -t conv4 "
+                           f"-t conv5`, or POST /api/v1/embedding-sets/extract)")
         per_backbone.append(dict(sorted(by_tap.items())))
     taps_a, taps_b = list(per_backbone[0]), list(per_backbone[1])
     ids = list(per_backbone[0].values()) + list(per_backbone[1].values())

@@ -109,7 +109,8 @@ def get_dataset(ctx: Context, ref: str | int) -> Dataset:
             row = s.scalars(q).first()
         if row is None:
             known = ", ".join(sorted({d.name for d in s.scalars(select(Dataset))})) or "none yet"
-            raise NotFound(f"no data set {ref!r} (known: {known}); add one with `featscope dataset add PATH`")
+            raise NotFound(f"no data set {ref!r} (known: {known}); add one with `featscope dataset add PATH` "
+                           f"(POST /api/v1/datasets)")
         return row
 
 
