@@ -448,3 +448,28 @@ def test_maskout_overlay_scales(client, world):
     heat = client.post(f"{API}/maps/heatmap", json={"backbone": "r18a", "upload_id": up}).json()
     run_queued(client)
     assert client.get(f"{API}/maps/{heat['id']}/overlay.png", params={"scale": "drop"}).status_code == 400
+
+
+def test_analysis_requests_are_checked_before_a_job_is_queued(client, world, make_images):
+    """Parameters the computation would refuse (k >= N, perplexity >= N/3, a sample smaller than K, a probe on
+    unlabelled images) are a 400 at once, never a job that fails in the worker."""
+    a, b = world.sets[0].id, world.sets[1].id  # 18 images each
+    plain = make_images(world.root / "allowed" / "plain" / "only", {"x": 4}, size=32).parent
+    ds = client.post(f"{API}/datasets", json={"path": str(plain / "only"), "format": "folder", "name": "plain"}).json()
+    [unlabelled] = world.ws.extract("r18a", ds["id"])
+    before = client.get(f"{API}/jobs").json()["total"]
+    cases = [
+        ("similarity", {"a": a, "b": b, "k": 18}, "k must be an integer from 1 to 17"),
+        ("agreement", {"a": a, "b": b, "k": 40}, "k must be"),
+        ("closest", {"embedding_sets": [a], "k": 18}, "k must be"),
+        ("contrast", {"a": a, "b": b, "definition": "clusters", "k_large": 100}, "k_large must be"),
+        ("comembership", {"a": a, "b": b, "ks": [2, 10], "sample": 3}, "sample must be"),
+        ("projection", {"embedding_sets": [a], "perplexity": 10}, "perplexity must be in (0, N/3)"),
+        ("projection", {"embedding_sets": [a], "method": "umap", "n_neighbors": 30}, "n_neighbors must be"),
+        ("probe", {"embedding_set": unlabelled.id}, "no class label"),
+    ]
+    for kind, body, words in cases:
+        r = client.post(f"{API}/analyses/{kind}", json=body)
+        assert r.status_code == 400 and words in r.json()["detail"], (kind, r.text)
+        assert _phrased_for_rest(r.json()["detail"])
+    assert client.get(f"{API}/jobs").json()["total"] == before
