@@ -52,11 +52,17 @@ class BackboneInfo:
 
 def add_backbone(ctx: Context, spec: str, *, name: str | None = None, weights: str | Path | None = None,
                  weights_format: str = "auto", arch: str | None = None, random_init: bool = False, seed: int = 0,
-                 preprocess: Preprocess | None = None) -> BackboneInfo:
-    """Load ``spec`` once (so a bad checkpoint fails now, not at extraction) and register it under ``name``."""
+                 preprocess: Preprocess | dict[str, Any] | None = None) -> BackboneInfo:
+    """Load ``spec`` once (so a bad checkpoint fails now, not at extraction) and register it under ``name``.
+
+    ``preprocess``: a :class:`Preprocess` replaces the weights' own preprocessing; a dict (e.g.
+    ``{"resize": 40, "crop": 32}``) changes only those fields of it, keeping its normalisation, channel
+    order and pixel scale (a Caffe-style network keeps its BGR 0..255 input)."""
     args = {"spec": _absolute_spec(spec), "weights": str(Path(weights).expanduser().resolve()) if weights else None,
             "weights_format": weights_format, "arch": arch, "random_init": random_init, "seed": seed}
-    bb = load_backbone(**args, preprocess=preprocess)
+    bb = load_backbone(**args, preprocess=None if isinstance(preprocess, dict) else preprocess)
+    if isinstance(preprocess, dict):
+        bb.preprocess = Preprocess.from_dict({**bb.preprocess.to_dict(), **preprocess})
     name = name or _default_name(args["spec"], bb, random_init, seed)
     with ctx.session() as s:
         existing = s.scalars(select(BackboneRow).where(BackboneRow.name == name)).first()

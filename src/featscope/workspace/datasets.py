@@ -38,6 +38,8 @@ def add_dataset(ctx: Context, path: str | Path, *, name: str | None = None, form
                 progress: Callable[[int, int], None] | None = None) -> DatasetInfo:
     """Scan ``path`` and register it. Same name and same content: the existing row. Changed content: a new version."""
     path = Path(path).expanduser().resolve()
+    if images_root is not None:  # absolute, so a worker or server in another folder finds the images
+        images_root = Path(images_root).expanduser().resolve()
     scan = read_dataset(path, format, images_root=images_root, split=split, verify=verify, progress=progress)
     name = name or _default_name(path)
     with ctx.session() as s:
