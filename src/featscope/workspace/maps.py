@@ -119,12 +119,13 @@ def _cached(ctx: Context, kind: str, req: MapRequest, head_id: str) -> tuple[str
     return key, MapResult(kind, req.row.name, req.name, req.params, data, arrays, png, key, True, legend)
 
 
-def _drawn(ctx: Context, key: str, image: Path, params: dict[str, Any]) -> tuple[bytes, dict, dict, dict]:
+def _drawn(ctx: Context, key: str, image: Path, params: dict[str, Any],
+           verify: bool = False) -> tuple[bytes, dict, dict, dict]:
     """(overlay PNG, legend, arrays, data) of the stored map ``key`` drawn as ``params`` say; the stored PNG
     when it was drawn that way already."""
     from featscope.datasets.images import load_rgb
 
-    art = ctx.store.get("map", key, verify=False)
+    art = ctx.store.get("map", key, verify=verify)
     arrays = {n: art.array(n) for n in art.array_names}
     data, stored = art.meta["data"], art.meta["params"]
     kind = "maskout" if "probs" in arrays else "activation"
@@ -140,7 +141,7 @@ def _drawn(ctx: Context, key: str, image: Path, params: dict[str, Any]) -> tuple
 
 def redraw(ctx: Context, key: str, image: Path, *, cmap: str | None = None, scale: str | None = None) -> bytes:
     """The overlay PNG of the stored map ``key`` over ``image``, in another colour map or scale if asked."""
-    return _drawn(ctx, key, image, {"cmap": cmap, "scale": scale})[0]
+    return _drawn(ctx, key, image, {"cmap": cmap, "scale": scale}, verify=True)[0]
 
 
 def _legend(kind: str, arrays: dict[str, np.ndarray], data: dict[str, Any], drawing: dict[str, Any]) -> dict[str, Any]:
