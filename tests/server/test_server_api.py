@@ -347,9 +347,12 @@ def test_taps_are_answered_from_the_registration_record(client, world, monkeypat
     from featscope.catalog import Backbone as Row
     from featscope.extractors import backbones as loader
     from featscope.extractors.backbones import list_taps
+    from featscope.workspace import backbones as registry
 
     want = list_taps(world.ws.load_backbone("r18b"))
-    monkeypatch.setattr(loader, "load_backbone", lambda *a, **k: pytest.fail("the request loaded the network"))
+    client.app.state.workspace.ctx.networks.clear()  # a loaded copy would hide a load
+    for module in (loader, registry):  # the name open_backbone calls, and the loader's own
+        monkeypatch.setattr(module, "load_backbone", lambda *a, **k: pytest.fail("the request loaded the network"))
     r = client.get(f"{API}/backbones/r18b/taps")
     assert r.status_code == 200, r.text
     body = r.json()
