@@ -230,6 +230,7 @@ class Server:
 
 # --- the test ----------------------------------------------------------------------------------------
 
+@pytest.mark.timeout(1500)  # fresh processes and two servers: 7.5 min on a shared machine at load 10, where 600 s once ran out
 def test_every_format_reopens_in_fresh_processes_with_the_same_outputs(tmp_path, tiny, make_images):
     from featscope.config import Settings
     from featscope.extractors.activations import activation_map

@@ -177,6 +177,36 @@ def test_tick_labels_tell_close_values_apart():
     assert ov.tick_labels(0.2, 0.2) == ["0.2", "0.2", "0.2"]
 
 
+@pytest.mark.parametrize("lo, hi", [(0.4786333, 0.4988928), (0.4955, 0.4984), (-0.00022943, 0.02003), (1e-5, 3e-5),
+                                    (0.0004039, 0.000519)])
+def test_tick_labels_state_the_ends_of_the_range(lo, hi):
+    """The bar's end labels are its range (to 2% of it), not a rounding that moves them: 0.4786..0.4989 is not
+    labelled 0.48..0.5."""
+    labels = ov.tick_labels(lo, hi)
+    for text, value in zip(labels, (lo, (lo + hi) / 2, hi)):
+        assert abs(float(text) - value) <= 0.02 * (hi - lo), (labels, lo, hi)
+    assert len(set(labels)) == 3 and max(len(t) for t in labels) <= 10
+
+
+def _text_columns(bar: np.ndarray, top: int, bottom: int) -> np.ndarray:
+    """The columns of rows top..bottom of a colour bar that hold ink (anything not white)."""
+    return np.flatnonzero((bar[top:bottom] != 255).any(axis=(0, 2)))
+
+
+def test_colorbar_widens_so_no_text_is_cut_off():
+    """A long label (a class name, the scale's words) or long ticks make the bar wider than asked, never cut."""
+    label = "p(great white shark) with the mask there (this map's range)"
+    narrow = np.asarray(ov.colorbar(0.4786333, 0.4988928, width=120, label=""))
+    wide = np.asarray(ov.colorbar(0.4786333, 0.4988928, width=120, label=label))
+    assert narrow.shape[1] >= 120 and wide.shape[1] > narrow.shape[1]
+    strip_row = next(y for y in range(wide.shape[0]) if (wide[y, 6:-6] != 255).any(axis=-1).all())
+    ink = _text_columns(wide, 0, strip_row)  # the label, above the strip
+    assert ink.size and ink.max() < wide.shape[1] - 3  # it ends inside the image, with margin
+    img = Image.new("RGB", (60, 40), (10, 20, 30))
+    out = ov.with_colorbar(img, 0.0, 1.0, label=label, min_width=100)
+    assert out.width == wide.shape[1] and np.array_equal(np.asarray(out)[:40, :60], np.asarray(img))
+
+
 def test_colorbar_runs_from_low_to_high_under_the_image():
     img = picture(60, 40)
     out = ov.with_colorbar(img, 0.008, 0.012, cmap="jet", label="p(camel)", min_width=120)

@@ -98,3 +98,15 @@ def test_changed_weights_are_refused_on_reopen(ws, tmp_path):
     ws.ctx.networks.clear()
     with pytest.raises(ValueError, match=r"its weights .* changed since it was registered"):
         ws.load_backbone("w")
+
+
+def test_weights_moved_away_say_what_to_do(ws, tmp_path, settings):
+    from featscope.workspace import Workspace
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    ws.add_backbone(f"checkpoint:{tmp_path / 'r18.pth'}", name="moved", preprocess=SMALL)
+    (tmp_path / "r18.pth").rename(tmp_path / "elsewhere.pth")
+    with pytest.raises(FileNotFoundError, match=r"backbone 'moved' cannot be opened: weights file .*r18.pth does not "
+                                                r"exist\. Put its weights back .* POST /api/v1/backbones"):
+        Workspace(settings).load_backbone("moved")  # a fresh workspace: nothing loaded yet

@@ -86,11 +86,14 @@ def rescale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 def tick_labels(lo: float, hi: float, n: int = 3) -> list[str]:
     """``n`` evenly spaced values from ``lo`` to ``hi`` as short strings with enough digits to tell them apart
-    (0.008, 0.01, 0.012 rather than 0.01, 0.01, 0.01)."""
+    and to state each within 2% of the range (0.008, 0.01, 0.012 rather than 0.01, 0.01, 0.01; 0.4786 rather
+    than 0.48 on a bar reaching 0.4989)."""
     values = np.linspace(float(lo), float(hi), n)
-    for digits in range(2, 8):
+    tolerance = 0.02 * (float(hi) - float(lo))
+    for digits in range(2, 10):
         labels = [f"{v:.{digits}g}" for v in values]
-        if len(set(labels)) == len(labels) or lo == hi:
+        if lo == hi or (len(set(labels)) == len(labels)
+                        and all(abs(float(t) - v) <= tolerance for t, v in zip(labels, values))):
             return labels
     return labels
 
@@ -98,10 +101,16 @@ def tick_labels(lo: float, hi: float, n: int = 3) -> list[str]:
 def colorbar(lo: float, hi: float, *, cmap: str = "jet", width: int = 256, label: str = "",
              pad: int = 6, bar_height: int = 12) -> Image.Image:
     """A horizontal colour bar: ``label`` above, the colours of ``cmap`` from ``lo`` (left) to ``hi``
-    (right), and tick values below at its ends and centre."""
+    (right), and tick values below at its ends and centre. At least ``width`` wide; wider when the label or
+    the ticks need it, so no text is cut off or overlaps."""
     font = ImageFont.load_default()
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_h = probe.textbbox((0, 0), "0.0123456789-e", font=font)[3]
+    ticks = tick_labels(lo, hi, 3)
+    tick_w = [probe.textbbox((0, 0), t, font=font)[2] for t in ticks]
+    label_w = probe.textbbox((0, 0), label, font=font)[2] if label else 0
+    gap = 8  # between the centre tick and an end tick
+    width = max(width, label_w + 2 * pad, 2 * (max(tick_w[0], tick_w[-1]) + gap) + tick_w[1] + 2 * pad)
     bar_w = max(16, width - 2 * pad)
     height = pad + (text_h + 2 if label else 0) + bar_height + 2 + text_h + pad
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
@@ -113,9 +122,7 @@ def colorbar(lo: float, hi: float, *, cmap: str = "jet", width: int = 256, label
     strip = colormap(np.linspace(0.0, 1.0, bar_w)[None, :].repeat(bar_height, 0), cmap)
     canvas.paste(Image.fromarray(strip), (pad, y))
     y += bar_height + 2
-    ticks = tick_labels(lo, hi, 3)
-    for i, text in enumerate(ticks):
-        w = probe.textbbox((0, 0), text, font=font)[2]
+    for i, (text, w) in enumerate(zip(ticks, tick_w)):
         x = pad + round(i * (bar_w - 1) / (len(ticks) - 1)) - (0 if i == 0 else w if i == len(ticks) - 1 else w // 2)
         draw.text((x, y), text, fill=(0, 0, 0), font=font)
     return canvas

@@ -15,7 +15,8 @@ from typing import Any
 from featscope.worker.kinds import JobKind, Report, register_kind
 from featscope.workspace.context import Context
 
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# A folder name under the data dir: never "." or "..", which would write outside data_dir/synth/.
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _SYNTH_LIMITS = {"n_scenes": (1, 2000, 200), "n_per_class": (1, 500, 30), "size": (32, 512, 128),
                  "seed": (0, 2**31 - 1, 0)}
 
@@ -32,7 +33,8 @@ def _normalize_synth(params: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"dataset-synth does not take {', '.join(unknown)}; it takes {', '.join(sorted(allowed))}")
     name = params.get("name", "synth")
     if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"name must be 1-64 letters, digits, '_', '.' or '-', got {name!r}")
+        raise ValueError(f"name must be 1-64 letters, digits, '_', '.' or '-', starting with a letter, digit or '_' "
+                         f"(it names a folder under the data dir), got {name!r}")
     out: dict[str, Any] = {"name": name}
     for key, (lo, hi, default) in _SYNTH_LIMITS.items():
         value = params.get(key, default)

@@ -144,7 +144,12 @@ def open_backbone(ctx: Context, ref: str | int) -> Backbone:
     cached = ctx.networks.get((row.id, row.fingerprint))
     if cached is not None:
         return cached
-    bb = load_backbone(**load_arguments(row), preprocess=Preprocess.from_dict(row.preprocess))
+    try:
+        bb = load_backbone(**load_arguments(row), preprocess=Preprocess.from_dict(row.preprocess))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"backbone {row.name!r} cannot be opened: {e}. Put its weights back where they were "
+                                f"registered from, or register them from their new place under a new name "
+                                f"(`featscope backbone add`, POST /api/v1/backbones)") from None
     if bb.fingerprint != row.fingerprint:
         raise ValueError(
             f"backbone {row.name!r}: its weights ({row.weights or row.spec}) changed since it was registered "

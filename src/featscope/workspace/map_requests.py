@@ -110,7 +110,8 @@ def check_maskout(ctx: Context, backbone: str | int, image: str | int | Path, *,
     crop = int(row.preprocess["crop"])
     if size > crop:
         raise ValueError(f"the mask ({size} px) is larger than the network's {crop} x {crop} input; "
-                         f"use a size of {max(1, crop // 4)} or smaller")
+                         f"give a size of at most {crop} (the study masks 60 of 224 px: about {max(1, round(crop * 60 / 224))} "
+                         f"here)")
     _check_head(ctx, row, probe_dataset, ds_id, target)
     params = {"target": str(target), "size": int(size), "stride": int(stride), "fill": fill, "precision": precision,
               "cmap": cmap, "scale": scale}

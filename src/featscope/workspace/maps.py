@@ -119,10 +119,11 @@ def _cached(ctx: Context, kind: str, req: MapRequest, head_id: str) -> tuple[str
     return key, MapResult(kind, req.row.name, req.name, req.params, data, arrays, png, key, True, legend)
 
 
-def _drawn(ctx: Context, key: str, image: Path, params: dict[str, Any],
+def _drawn(ctx: Context, key: str, image: Path | Callable[[], Path], params: dict[str, Any],
            verify: bool = False) -> tuple[bytes, dict, dict, dict]:
     """(overlay PNG, legend, arrays, data) of the stored map ``key`` drawn as ``params`` say; the stored PNG
-    when it was drawn that way already."""
+    when it was drawn that way already. ``image`` (or a function finding it) is only read to redraw, so a
+    stored overlay is served even when its image file has gone."""
     from featscope.datasets.images import load_rgb
 
     art = ctx.store.get("map", key, verify=verify)
@@ -135,12 +136,14 @@ def _drawn(ctx: Context, key: str, image: Path, params: dict[str, Any],
         drawing["scale"] = "relative"
     if all(stored.get(k) == v for k, v in drawing.items()):  # maps stored before scales existed are redrawn
         return art.blob("overlay.png"), _legend(kind, arrays, data, drawing), arrays, data
-    png, legend = _draw(kind, load_rgb(image), arrays, data, drawing)
+    png, legend = _draw(kind, load_rgb(image() if callable(image) else image), arrays, data, drawing)
     return png, legend, arrays, data
 
 
-def redraw(ctx: Context, key: str, image: Path, *, cmap: str | None = None, scale: str | None = None) -> bytes:
-    """The overlay PNG of the stored map ``key`` over ``image``, in another colour map or scale if asked."""
+def redraw(ctx: Context, key: str, image: Path | Callable[[], Path], *, cmap: str | None = None,
+           scale: str | None = None) -> bytes:
+    """The overlay PNG of the stored map ``key`` over ``image``, in another colour map or scale if asked
+    (``image`` may be a function finding the file: it is only called to redraw)."""
     return _drawn(ctx, key, image, {"cmap": cmap, "scale": scale}, verify=True)[0]
 
 

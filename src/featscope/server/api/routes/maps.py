@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
@@ -58,7 +59,9 @@ def overlay(ws: WorkspaceDep, job_id: Annotated[Id, Path(description="A heatmap 
                                  f"until it is done" + (f": {job.error}" if job.error else ""))
     if scale is not None and job.kind != "maskout":
         raise HTTPException(400, "scale applies to mask-out maps; a heatmap is drawn on its own range")
-    image, _, _ = resolve_image(ws.ctx, map_image(ws.ctx, job.params))
+    def image() -> pathlib.Path:  # only needed to redraw: a stored overlay is served even if its image has gone since
+        return resolve_image(ws.ctx, map_image(ws.ctx, job.params))[0]
+
     png = maps.redraw(ws.ctx, job.result["artifact_key"], image, cmap=job.params.get("cmap"),
                       scale=scale or job.params.get("scale"))
     return Response(png, media_type="image/png")
