@@ -43,9 +43,12 @@ class WorkerProcess:
         env = {**os.environ, "FEATSCOPE_DATA_DIR": str(settings.data_dir), "FEATSCOPE_NUM_WORKERS": "0",
                "FEATSCOPE_BATCH_SIZE": str(settings.batch_size), "FEATSCOPE_SHARD_SIZE": str(settings.shard_size),
                "OMP_NUM_THREADS": "1"}
-        env.pop("FEATSCOPE_REDIS_URL", None)
+        for name in ("FEATSCOPE_REDIS_URL", "FEATSCOPE_DATABASE_URL"):
+            env.pop(name, None)
         if settings.redis_url:
             env["FEATSCOPE_REDIS_URL"] = settings.redis_url
+        if settings.database_url:
+            env["FEATSCOPE_DATABASE_URL"] = settings.database_url
         code = ("from featscope.worker.cli import worker_command; "
                 f"worker_command(workers={workers}, heartbeat_timeout={heartbeat_timeout}, step_delay={step_delay})")
         self.log_path = log_path

@@ -1,5 +1,6 @@
-"""Real ``featscope worker`` processes: a consumer runs jobs, a SIGKILLed worker's job resumes on the next
-worker with the same result, and two workers on one Redis queue never run a job twice."""
+"""Real ``featscope worker`` processes, with the catalog on SQLite and on PostgreSQL: a consumer runs jobs, a
+SIGKILLed worker's job resumes on the next worker with the same result, and two workers on one Redis queue
+never run a job twice."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ from featscope.worker import jobs
 from featscope.worker.queue import make_queue
 from featscope.worker.tasks import host_id
 from featscope.workspace import Workspace
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def settings(request, settings_for):
+    """Every topology here runs with the catalog on SQLite and on PostgreSQL."""
+    return settings_for(request.param)
 
 
 def _shards(settings) -> list:
@@ -62,7 +69,7 @@ def test_a_worker_killed_mid_extraction_is_replaced_and_the_job_resumes_to_the_s
     assert str(second.pid) in done.log_tail
 
     # the same extraction, uninterrupted, in a fresh data dir
-    ref = Workspace(st.model_copy(update={"data_dir": tmp_path / "reference"}))
+    ref = Workspace(st.model_copy(update={"data_dir": tmp_path / "reference", "database_url": None}))
     ref.add_dataset(folder, name="many")
     ref.add_backbone("torchvision:resnet18", random_init=True, name="r18", preprocess=ws.load_backbone("r18").preprocess)
     want = ref.extract("r18", "many", taps=["conv5", "conv3"])

@@ -141,6 +141,8 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # queue message id (for revoking)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
+    # A shard of a larger job (an extraction split by image range): the job that split it, which waits for it.
+    parent_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Analysis(Base):
