@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     flat_index_max: int = Field(
         default=100_000, ge=1, description="Embedding sets up to this many vectors get an exact flat index; larger ones IVF."
     )
+    extract_job_images: int = Field(
+        default=8192, ge=1,
+        description="An extraction job over more images than this is split into shard jobs of about this many "
+                    "images (whole shards), which any worker may claim; the job assembles them when all are done.",
+    )
 
     @field_validator("data_dir")
     @classmethod

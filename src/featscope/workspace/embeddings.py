@@ -23,7 +23,7 @@ from featscope.extractors.extract import ENGINE_VERSION, ExtractProgress, extrac
 from featscope.extractors.taps import POOLINGS
 from featscope.workspace.backbones import get_backbone_row, open_backbone
 from featscope.workspace.context import Context, NotFound
-from featscope.workspace.datasets import get_dataset, readable_images
+from featscope.workspace.datasets import get_dataset, readable_relpaths
 
 log = logging.getLogger(__name__)
 
@@ -79,53 +79,121 @@ def _embedding_key(bb: BackboneRow, ds: Dataset, tap: str, pooling: str, precisi
     })
 
 
-def extract(ctx: Context, backbone: str | int, dataset: str | int, *, taps: Sequence[str] = ("conv5",),
-            poolings: Sequence[str] = ("avg",), precision: str | None = None, device: str | None = None,
-            batch_size: int | None = None, num_workers: int | None = None, dtype: str = "float32",
-            progress: Callable[[ExtractProgress], None] | None = None,
-            on_message: Callable[[str], None] | None = None) -> list[EmbeddingSetInfo]:
-    """Embed every readable image of ``dataset`` at each tap x pooling; cached sets are reused, not recomputed."""
+@dataclass(frozen=True)
+class ExtractionPlan:
+    """What an extraction request still has to compute: the (tap, pooling) combinations without a usable
+    cached artifact, the taps x poolings run that computes them, and the key of that run's shard folder."""
+
+    backbone: BackboneRow
+    dataset: Dataset
+    precision: str
+    dtype: str
+    wanted: list[tuple[str, str]]
+    keys: dict[tuple[str, str], str]
+    missing: list[tuple[str, str]]
+    run_taps: list[str]
+    run_poolings: list[str]
+    run_key: str
+
+
+def plan_extraction(ctx: Context, backbone: str | int, dataset: str | int, *, taps: Sequence[str] = ("conv5",),
+                    poolings: Sequence[str] = ("avg",), precision: str | None = None, dtype: str = "float32",
+                    on_message: Callable[[str], None] | None = None) -> ExtractionPlan:
+    """Resolve an extraction request against the cache (a corrupted artifact is reported and dropped)."""
     say = on_message or log.info
-    st = ctx.settings
-    precision = precision or st.precision
+    precision = precision or ctx.settings.precision
     _check_choices(poolings, dtype, precision)
     bb_row, ds = get_backbone_row(ctx, backbone), get_dataset(ctx, dataset)
     bb = open_backbone(ctx, bb_row.id)
     wanted = [(bb.resolve_tap(t), p) for t in dict.fromkeys(taps) for p in dict.fromkeys(poolings)]
     keys = {combo: _embedding_key(bb_row, ds, combo[0], combo[1], precision, dtype) for combo in wanted}
-
     missing = [c for c in wanted if not _usable(ctx, keys[c], say)]
+    run_taps = list(dict.fromkeys(t for t, _ in missing))
+    run_pools = list(dict.fromkeys(p for _, p in missing))
+    run_key = content_key({"kind": "extraction-run", "keys": sorted(keys[c] for c in missing),
+                           "taps": run_taps, "poolings": run_pools})
+    return ExtractionPlan(bb_row, ds, precision, dtype, wanted, keys, missing, run_taps, run_pools, run_key)
+
+
+def extract(ctx: Context, backbone: str | int, dataset: str | int, *, taps: Sequence[str] = ("conv5",),
+            poolings: Sequence[str] = ("avg",), precision: str | None = None, device: str | None = None,
+            batch_size: int | None = None, num_workers: int | None = None, dtype: str = "float32",
+            progress: Callable[[ExtractProgress], None] | None = None,
+            on_message: Callable[[str], None] | None = None) -> list[EmbeddingSetInfo]:
+    """Embed every readable image of ``dataset`` at each tap x pooling; cached sets are reused, not recomputed.
+
+    Shards that workers computed for the same run (:func:`extract_shards`) are picked up, not recomputed."""
+    say = on_message or log.info
+    st = ctx.settings
+    plan = plan_extraction(ctx, backbone, dataset, taps=taps, poolings=poolings, precision=precision, dtype=dtype,
+                           on_message=say)
+    bb_row, ds, precision, keys, missing = plan.backbone, plan.dataset, plan.precision, plan.keys, plan.missing
     if missing:
-        images = readable_images(ctx, ds.id)
-        if not images:
+        relpaths = readable_relpaths(ctx, ds.id)
+        if not relpaths:
             raise ValueError(f"data set {ds.name!r} has no readable images ({ds.summary})")
-        run_taps = list(dict.fromkeys(t for t, _ in missing))
-        run_pools = list(dict.fromkeys(p for _, p in missing))
-        run_key = content_key({"kind": "extraction-run", "keys": sorted(keys[c] for c in missing),
-                               "taps": run_taps, "poolings": run_pools})
-        work_dir = ctx.store.work_dir("extraction", run_key)
-        say(f"extracting {', '.join(f'{t}/{p}' for t, p in missing)} of {len(images)} images "
+        work_dir = ctx.store.work_dir("extraction", plan.run_key)
+        say(f"extracting {', '.join(f'{t}/{p}' for t, p in missing)} of {len(relpaths)} images "
             f"from {ds.name!r} with {bb_row.name!r} ({precision})")
         result = run_extraction(
-            bb, [Path(ds.root) / im.relpath for im in images], taps=run_taps, poolings=run_pools, work_dir=work_dir,
-            device=device or st.device, precision=precision, batch_size=batch_size or st.batch_size,
-            num_workers=st.num_workers if num_workers is None else num_workers, shard_size=st.shard_size,
-            progress=progress,
+            open_backbone(ctx, bb_row.id), [Path(ds.root) / r for r in relpaths], taps=plan.run_taps,
+            poolings=plan.run_poolings, work_dir=work_dir, device=device or st.device, precision=precision,
+            batch_size=batch_size or st.batch_size, num_workers=st.num_workers if num_workers is None else num_workers,
+            shard_size=st.shard_size, progress=progress,
         )
         if result.resumed_shards:
             say(f"resumed: {result.resumed_shards} shard(s) from an earlier interrupted run were reused")
         if result.failures:
             say(f"{len(result.failures)} image(s) could not be decoded and were left out")
-        relpaths = [images[i].relpath for i in result.ok]
-        failures = {images[i].relpath: err for i, err in result.failures.items()}
+        ok_paths = [relpaths[i] for i in result.ok]
+        failures = {relpaths[i]: err for i, err in result.failures.items()}
         for tap, pooling in missing:
-            _store_embeddings(ctx, keys[(tap, pooling)], result.features[(tap, pooling)], result.ok, relpaths,
+            _store_embeddings(ctx, keys[(tap, pooling)], result.features[(tap, pooling)], result.ok, ok_paths,
                               failures, {"backbone": bb_row.name, "dataset": ds.name, "tap": tap, "pooling": pooling,
-                                         "precision": precision, "dtype": dtype, "device": result.device,
-                                         "seconds": result.seconds}, dtype)
-        ctx.store.clear_work("extraction", run_key)
-    return [_register(ctx, bb_row, ds, combo, keys[combo], precision, dtype, cached=combo not in missing)
-            for combo in wanted]
+                                         "precision": precision, "dtype": plan.dtype, "device": result.device,
+                                         "seconds": result.seconds}, plan.dtype)
+        ctx.store.clear_work("extraction", plan.run_key)
+    return [_register(ctx, bb_row, ds, combo, keys[combo], precision, plan.dtype, cached=combo not in missing)
+            for combo in plan.wanted]
+
+
+def prepare_shards(ctx: Context, plan: ExtractionPlan, *, batch_size: int, shard_size: int) -> list[int]:
+    """Ready the shard folder of ``plan``'s run for several workers; the shards already on disk."""
+    from featscope.extractors.extract import prepare_shards as prepare
+
+    ds = plan.dataset
+    paths = [Path(ds.root) / r for r in readable_relpaths(ctx, ds.id)]
+    return prepare(open_backbone(ctx, plan.backbone.id), paths, taps=plan.run_taps, poolings=plan.run_poolings,
+                   work_dir=ctx.store.work_dir("extraction", plan.run_key), precision=plan.precision,
+                   batch_size=batch_size, shard_size=shard_size)
+
+
+def extract_shards(ctx: Context, backbone: int, dataset: int, *, taps: Sequence[str], poolings: Sequence[str],
+                   precision: str, batch_size: int, shard_size: int, run_key: str, start: int, stop: int,
+                   device: str | None = None, num_workers: int | None = None,
+                   progress: Callable[[ExtractProgress], None] | None = None) -> dict[str, int]:
+    """Compute the shards of images ``start``..``stop - 1`` of one extraction run into its shard folder.
+
+    One worker's part of an extraction split by image range; shards already on disk are kept (a worker
+    killed mid-range leaves its finished shards to the next). ``start``/``stop`` must fall on shard bounds."""
+    from featscope.extractors.extract import shard_ranges
+
+    st = ctx.settings
+    ds = get_dataset(ctx, dataset)
+    relpaths = readable_relpaths(ctx, ds.id)
+    ranges = shard_ranges(len(relpaths), batch_size, shard_size)
+    chosen = [i for i, r in enumerate(ranges) if start <= r.start and r.stop <= stop]
+    if not chosen or ranges[chosen[0]].start != start or ranges[chosen[-1]].stop != stop:
+        bounds = sorted({r.start for r in ranges} | {len(relpaths)})
+        raise ValueError(f"images {start}..{stop} do not fall on shard bounds of this extraction ({bounds[:8]}...)")
+    result = run_extraction(
+        open_backbone(ctx, backbone), [Path(ds.root) / r for r in relpaths], taps=list(taps), poolings=list(poolings),
+        work_dir=ctx.store.work_dir("extraction", run_key), device=device or st.device, precision=precision,
+        batch_size=batch_size, num_workers=st.num_workers if num_workers is None else num_workers,
+        shard_size=shard_size, progress=progress, shards=chosen)
+    return {"first_shard": chosen[0], "last_shard": chosen[-1], "shards": len(chosen),
+            "resumed": result.resumed_shards, "computed": len(chosen) - result.resumed_shards,
+            "images": stop - start, "failed": len(result.failures)}
 
 
 def _check_choices(poolings: Sequence[str], dtype: str, precision: str) -> None:

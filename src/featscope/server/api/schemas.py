@@ -182,6 +182,8 @@ class JobOut(BaseModel):
     started_at: str | None
     finished_at: str | None
     log_tail: str
+    parent_id: int | None = Field(None, description="The job this one is a shard of (a split extraction); its "
+                                                    "progress covers all of its shards.")
 
 
 # ---------------------------------------------------------------- analyses
