@@ -189,14 +189,17 @@ def test_large_sets_get_an_ivf_index_that_still_answers(tmp_path, make_images):
     ws.add_backbone("torchvision:resnet18", random_init=True, name="r18", preprocess=SMALL)
     [es] = ws.extract("r18", "many")
     assert es.index_kind == "ivf" and es.n == 90
+    # nprobe was tuned to reach recall@10 >= 0.95 against exact search, and both are on record
+    assert es.index_recall >= 0.95 and es.index_nprobe in (1, 2)
+    meta = ws.ctx.store.get("index", es.artifact_key).meta
+    assert meta["nlist"] == 2 and meta["nprobe"] == es.index_nprobe and meta["recall_queries"] == 90
     emb = ws.load_embeddings(es.id)
     unit = emb.vectors / np.linalg.norm(emb.vectors, axis=1, keepdims=True)
     query, hits = ws.neighbours(es.id, int(emb.image_ids[0]), k=5)
     assert len(hits) == 5 and all(h.image_id != query.image_id for h in hits)
     exact = set(np.argsort(-(unit @ unit[0]))[1:6].tolist())
     found = {int(np.flatnonzero(emb.image_ids == h.image_id)[0]) for h in hits}
-    # 90 vectors -> 2 inverted lists, and the default nprobe searches both: exhaustive, hence exact here
-    assert found == exact
+    assert len(found & exact) >= 4 if es.index_nprobe == 1 else found == exact  # 2 lists probed: exhaustive
 
 
 def test_repeated_neighbour_queries_read_the_artifact_once(ws, image_folder, monkeypatch):

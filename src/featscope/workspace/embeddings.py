@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
-from featscope.cache.index import build_index, deserialize_index, neighbours as index_neighbours, serialize_index
+from featscope.cache.index import neighbours as index_neighbours
 from featscope.cache.store import CorruptArtifact, content_key
 from featscope.catalog import Backbone as BackboneRow, Dataset, EmbeddingSet, Image
 from featscope.extractors.extract import ENGINE_VERSION, ExtractProgress, extract as run_extraction
@@ -24,6 +24,7 @@ from featscope.extractors.taps import POOLINGS
 from featscope.workspace.backbones import get_backbone_row, open_backbone
 from featscope.workspace.context import Context, NotFound
 from featscope.workspace.datasets import get_dataset, readable_relpaths
+from featscope.workspace.indexes import open_query_set, store_index, summary as index_summary
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,14 @@ class EmbeddingSetInfo:
     index_kind: str
     artifact_key: str
     cached: bool = False  # True when this call found it already computed
+    index_nprobe: int | None = None  # IVF: lists searched per query, tuned for ...
+    index_recall: float | None = None  # ... this recall@10 against exact search (None: exact flat index)
 
     @classmethod
     def of(cls, row: EmbeddingSet, bb_name: str, ds_name: str, cached: bool = False) -> "EmbeddingSetInfo":
+        meta = row.index_meta or {}
         return cls(row.id, bb_name, ds_name, row.tap, row.pooling, row.precision, row.dtype, row.n, row.dim,
-                   row.n_failed, row.index_kind, row.artifact_key, cached)
+                   row.n_failed, row.index_kind, row.artifact_key, cached, meta.get("nprobe"), meta.get("recall_at_10"))
 
 
 @dataclass(frozen=True)
@@ -221,15 +225,11 @@ def _usable(ctx: Context, key: str, say: Callable[[str], None]) -> bool:
 
 def _store_embeddings(ctx: Context, key: str, feats: np.ndarray, positions: np.ndarray, relpaths: list[str],
                       failures: dict[str, str], meta: dict, dtype: str) -> None:
-    vectors = np.ascontiguousarray(feats, dtype=np.float32)
     ctx.store.put("embeddings", key,
-                  {"embeddings": vectors.astype(dtype, copy=False), "positions": positions.astype(np.int64)},
-                  {**meta, "n": int(vectors.shape[0]), "dim": int(vectors.shape[1]), "failures": failures},
+                  {"embeddings": feats.astype(dtype, copy=False), "positions": positions.astype(np.int64)},
+                  {**meta, "n": int(feats.shape[0]), "dim": int(feats.shape[1]), "failures": failures},
                   blobs={"relpaths.json": json.dumps(relpaths).encode()})
-    index = build_index(vectors, flat_max=ctx.settings.flat_index_max)
-    kind = "flat" if "Flat" in type(index).__name__ and "IVF" not in type(index).__name__ else "ivf"
-    ctx.store.put("index", key, {}, {"kind": kind, "faiss_type": type(index).__name__, "n": int(index.ntotal)},
-                  blobs={"index.faiss": serialize_index(index)})
+    store_index(ctx, key)
 
 
 def _register(ctx: Context, bb: BackboneRow, ds: Dataset, combo: tuple[str, str], key: str, precision: str,
@@ -243,7 +243,8 @@ def _register(ctx: Context, bb: BackboneRow, ds: Dataset, combo: tuple[str, str]
             idx = ctx.store.get("index", key, verify=False)
             row = EmbeddingSet(backbone_id=bb.id, dataset_id=ds.id, tap=tap, pooling=pooling, precision=precision,
                                dtype=dtype, n=art.meta["n"], dim=art.meta["dim"], n_failed=len(art.meta["failures"]),
-                               artifact_key=key, index_kind=idx.meta["kind"], seconds=float(art.meta.get("seconds", 0)))
+                               artifact_key=key, index_kind=idx.meta["kind"], seconds=float(art.meta.get("seconds", 0)),
+                               index_meta=index_summary(idx.meta))
             s.add(row)
             s.flush()
         return EmbeddingSetInfo.of(row, bb.name, ds.name, cached=cached)
@@ -289,51 +290,62 @@ def load_embeddings(ctx: Context, embedding_set: int) -> Embeddings:
         raise
     positions = art.array("positions")
     with ctx.session() as s:
-        by_pos = {im.position: im for im in s.scalars(
-            select(Image).where(Image.dataset_id == row.dataset_id, Image.position.is_not(None)))}
+        by_pos = {int(p): (i, r, lab) for p, i, r, lab in s.execute(
+            select(Image.position, Image.id, Image.relpath, Image.label).where(
+                Image.dataset_id == row.dataset_id, Image.position.is_not(None)))}
     images = [by_pos[int(p)] for p in positions]
-    return Embeddings(art.array("embeddings").astype(np.float32), np.array([im.id for im in images], dtype=np.int64),
-                      [im.relpath for im in images], [im.label for im in images])
-
-
-def _query_set(ctx: Context, row: EmbeddingSet) -> Embeddings:
-    """The set's embeddings, read and checksummed once per workspace rather than per query."""
-    key = ("embeddings", row.id, row.artifact_key)
-    if key not in ctx.query_cache:
-        ctx.query_cache[key] = load_embeddings(ctx, row.id)
-    return ctx.query_cache[key]
-
-
-def _query_index(ctx: Context, row: EmbeddingSet):
-    key = ("index", row.id, row.artifact_key)
-    if key not in ctx.query_cache:
-        ctx.query_cache[key] = deserialize_index(ctx.store.get("index", row.artifact_key).blob("index.faiss"))
-    return ctx.query_cache[key]
+    return Embeddings(art.array("embeddings").astype(np.float32), np.array([im[0] for im in images], dtype=np.int64),
+                      [im[1] for im in images], [im[2] for im in images])
 
 
 def neighbours(ctx: Context, embedding_set: int, image: str | int, k: int = 10) -> tuple[Neighbour, list[Neighbour]]:
-    """The ``k`` nearest images (cosine) to ``image`` (catalog id or relative path) in an embedding set."""
+    """The ``k`` nearest images (cosine) to ``image`` (catalog id or relative path) in an embedding set.
+
+    Reads the query's row and the hits' catalog entries only: the vectors stay memory-mapped and the
+    index is opened once per workspace, so a query costs the same over a hundred images or a million."""
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     row = _embedding_row(ctx, embedding_set)
-    emb = _query_set(ctx, row)
-    rows = _find_row(emb, image, row)
-    hits = index_neighbours(_query_index(ctx, row), emb.vectors, [rows], k)[0]
+    qs = open_query_set(ctx, row.artifact_key)
+    where = _row_of(qs.positions, _position_of(ctx, row, image))
+    if where is None:
+        raise _not_in_set(row, image)
+    hits = index_neighbours(qs.index, qs.vectors, [where], k, rerank=qs.rerank)[0]
+    images = _images_at(ctx, row.dataset_id, [int(qs.positions[r]) for r in [where, *(h for h, _ in hits)]])
 
     def ref(r: int, rank: int, score: float) -> Neighbour:
-        return Neighbour(rank, int(emb.image_ids[r]), emb.relpaths[r], emb.labels[r], float(score))
+        im = images[int(qs.positions[r])]
+        return Neighbour(rank, im[0], im[1], im[2], float(score))
 
-    return ref(rows, 0, 1.0), [ref(r, i + 1, sc) for i, (r, sc) in enumerate(hits)]
+    return ref(where, 0, 1.0), [ref(r, i + 1, sc) for i, (r, sc) in enumerate(hits)]
 
 
-def _find_row(emb: Embeddings, image: str | int, row: EmbeddingSet) -> int:
-    if isinstance(image, int) or str(image).isdigit():
-        hit = np.flatnonzero(emb.image_ids == int(image))
-    else:
-        hit = np.array([i for i, p in enumerate(emb.relpaths) if p == str(image)], dtype=np.int64)
-    if hit.size == 0:
-        raise NotFound(
-            f"image {image!r} is not in embedding set {row.id} (it may belong to another data set or have failed "
-            f"to decode); pass a catalog image id or a path relative to the data set root"
-        )
-    return int(hit[0])
+def _position_of(ctx: Context, row: EmbeddingSet, image: str | int) -> int | None:
+    with ctx.session() as s:
+        q = select(Image.position).where(Image.dataset_id == row.dataset_id)
+        q = q.where(Image.id == int(image)) if isinstance(image, int) or str(image).isdigit() else \
+            q.where(Image.relpath == str(image))
+        return s.scalars(q).first()
+
+
+def _row_of(positions: np.ndarray, position: int | None) -> int | None:
+    """Row of data set ``position`` in an embedding set (rows are in ascending position order)."""
+    if position is None:
+        return None
+    r = int(np.searchsorted(positions, position))
+    return r if r < len(positions) and int(positions[r]) == position else None
+
+
+def _images_at(ctx: Context, dataset_id: int, positions: list[int]) -> dict[int, tuple[int, str, str | None]]:
+    """position -> (image id, relative path, label) for a few positions of a data set."""
+    with ctx.session() as s:
+        rows = s.execute(select(Image.position, Image.id, Image.relpath, Image.label).where(
+            Image.dataset_id == dataset_id, Image.position.in_(sorted(set(positions)))))
+        return {int(p): (int(i), r, lab) for p, i, r, lab in rows}
+
+
+def _not_in_set(row: EmbeddingSet, image: str | int) -> NotFound:
+    return NotFound(
+        f"image {image!r} is not in embedding set {row.id} (it may belong to another data set or have failed "
+        f"to decode); pass a catalog image id or a path relative to the data set root"
+    )

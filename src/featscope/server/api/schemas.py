@@ -143,6 +143,9 @@ class EmbeddingSetOut(BaseModel):
     n_failed: int
     index_kind: str
     artifact_key: str
+    index_nprobe: int | None = Field(None, description="IVF indexes: inverted lists searched per query.")
+    index_recall: float | None = Field(None, description="IVF indexes: recall@10 against exact search measured "
+                                                         "when the index was built (None: exact flat index).")
 
 
 class ExtractIn(Strict):
