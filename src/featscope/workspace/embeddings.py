@@ -349,3 +349,48 @@ def _not_in_set(row: EmbeddingSet, image: str | int) -> NotFound:
         f"image {image!r} is not in embedding set {row.id} (it may belong to another data set or have failed "
         f"to decode); pass a catalog image id or a path relative to the data set root"
     )
+
+
+def import_embeddings(ctx: Context, backbone: str | int, dataset: str | int, vectors: np.ndarray, *,
+                      tap: str = "conv5", pooling: str = "avg", dtype: str = "float16",
+                      on_message: Callable[[str], None] | None = None) -> EmbeddingSetInfo:
+    """Register vectors computed elsewhere (another tool, a GPU cluster, synthetic data) as an embedding set.
+
+    ``vectors`` (N, D) hold one row per readable image of ``dataset`` in position order (``featscope dataset
+    images`` order); any array-like that slices, a memory map of a million rows included, is streamed to the
+    store (as ``dtype``) and indexed like an extracted set, never held whole. Keyed by the content of the
+    vectors, so importing the same numbers again is a cache hit."""
+    import hashlib
+
+    from featscope.cache.store import ChunkedArray
+
+    say = on_message or log.info
+    _check_choices([pooling], dtype, "fp32")
+    bb_row, ds = get_backbone_row(ctx, backbone), get_dataset(ctx, dataset)
+    relpaths = readable_relpaths(ctx, ds.id)
+    shape = tuple(getattr(vectors, "shape", ()))
+    if len(shape) != 2 or shape[0] != len(relpaths) or shape[1] < 1:
+        raise ValueError(f"vectors must be (N, D) with one row per readable image of {ds.name!r} (N = "
+                         f"{len(relpaths)}), got shape {shape}")
+    chunk = max(1, (64 << 20) // (shape[1] * 4))
+    digest = hashlib.sha256()
+    for start in range(0, shape[0], chunk):
+        block = np.ascontiguousarray(vectors[start:start + chunk], dtype=dtype)
+        if not np.isfinite(block).all():
+            raise ValueError(f"vectors rows {start}..{start + len(block) - 1} hold NaN or inf (or values too large "
+                             f"for {dtype}); repair them first")
+        digest.update(memoryview(block).cast("B"))
+    key = content_key({"kind": "embeddings-import", "backbone": bb_row.fingerprint, "dataset": ds.fingerprint,
+                       "tap": tap, "pooling": pooling, "dtype": dtype, "sha256": digest.hexdigest()})
+    cached = _usable(ctx, key, say)
+    if not cached:
+        say(f"importing {shape[0]} x {shape[1]} vectors as {tap}/{pooling} of {ds.name!r} by {bb_row.name!r}")
+        blocks = (vectors[s:s + chunk] for s in range(0, shape[0], chunk))
+        ctx.store.put("embeddings", key,
+                      {"embeddings": ChunkedArray(shape, np.dtype(dtype), blocks),
+                       "positions": np.arange(shape[0], dtype=np.int64)},
+                      {"backbone": bb_row.name, "dataset": ds.name, "tap": tap, "pooling": pooling,
+                       "precision": "imported", "dtype": dtype, "n": shape[0], "dim": shape[1], "failures": {}},
+                      blobs={"relpaths.json": json.dumps(relpaths).encode()})
+        store_index(ctx, key, say)
+    return _register(ctx, bb_row, ds, (tap, pooling), key, "imported", dtype, cached=cached)
