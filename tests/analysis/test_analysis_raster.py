@@ -44,3 +44,16 @@ def test_categories_get_their_own_colours_and_png_round_trips():
     assert red[0] > 200 and red[2] < 50 and blue[2] > 200 and blue[0] < 50
     png = Image.open(io.BytesIO(to_png(r)))
     assert png.size == (20, 20) and np.array_equal(np.asarray(png), r.image)
+
+
+def test_hundreds_of_categories_get_distinct_colours_by_default():
+    xy = np.stack([np.arange(300.0), np.zeros(300)], axis=1)
+    r = raster(xy, labels=[f"c{i:03d}" for i in range(300)], width=300, height=3, x_range=(-0.5, 299.5))
+    drawn = r.image[r.counts > 0]
+    assert len(drawn) == 300 and (drawn[:, 3] > 0).all() and len({tuple(p) for p in drawn[:256]}) > 200
+    assert (r.image[r.counts == 0][:, 3] == 0).all()
+    # one point per pixel: pixel c shows category c's colour
+    from colorcet import glasbey
+    from PIL import ImageColor
+
+    assert tuple(drawn[7, :3]) == ImageColor.getrgb(glasbey[7])[:3]

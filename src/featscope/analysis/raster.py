@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 HOW = ("eq_hist", "log", "cbrt", "linear")
+BLEND_MAX = 24  # up to this many categories, a pixel blends their colours; above, it takes one of them
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,7 +38,8 @@ def raster(coords: np.ndarray, *, labels: Sequence | np.ndarray | None = None, w
 
     Ranges default to the data's extent (padded 2%). ``how``: datashader's shading (``eq_hist`` default).
     ``spread``: grow each pixel by this many pixels (sparse maps stay visible). ``colors``: one colour per
-    category (datashader's default palette otherwise); ``background``: a colour, or None for transparent."""
+    category (Glasbey's palette otherwise); up to ``BLEND_MAX`` categories a pixel blends the colours of the
+    points in it, above that it shows one of them. ``background``: a colour, or None for transparent."""
     import datashader as ds
     import datashader.transfer_functions as tf
     import pandas as pd
@@ -66,19 +68,61 @@ def raster(coords: np.ndarray, *, labels: Sequence | np.ndarray | None = None, w
         if lab.shape != (len(xy),):
             raise ValueError(f"labels must hold one category per point ({len(xy)}), got shape {lab.shape}")
         frame["label"] = pd.Categorical(lab.astype(str))
-        agg = canvas.points(frame, "x", "y", ds.count_cat("label"))
         cats = list(frame["label"].cat.categories)
-        key = dict(zip(cats, colors)) if colors else None
         if colors is not None and len(colors) < len(cats):
             raise ValueError(f"colors has {len(colors)} entries for {len(cats)} categories")
-        img = tf.shade(agg, how=how, color_key=key) if key else tf.shade(agg, how=how)
-        counts = np.asarray(agg.values).sum(axis=2)
+        if colors is None:  # Glasbey's 256 distinguishable colours (colorcet, a datashader dependency), cycled
+            from colorcet import glasbey
+
+            colors = [glasbey[i % len(glasbey)] for i in range(len(cats))]
+        if len(cats) <= BLEND_MAX:  # blend the categories present in each pixel
+            agg = canvas.points(frame, "x", "y", ds.count_cat("label"))
+            img = tf.shade(agg, how=how, color_key=dict(zip(cats, colors)))
+            counts = np.asarray(agg.values).sum(axis=2)
+        else:
+            return _by_category(canvas, frame, colors, how, spread, background, xr, yr, width, height)
     if spread:
         img = tf.spread(img, px=spread)
     if background:
         img = tf.set_background(img, background)
     rgba = np.asarray(img.data, dtype=np.uint32).view(np.uint8).reshape(height, width, 4)
     return Raster(np.ascontiguousarray(rgba[::-1]), np.ascontiguousarray(counts[::-1].astype(np.int64)), xr, yr)
+
+
+def _by_category(canvas, frame, colors, how: str, spread: int, background: str | None, xr, yr, width: int,
+                 height: int) -> Raster:
+    """Many categories: each pixel takes one category's colour (the highest category code in it; blending
+    hundreds of colours gives brown, and a per-category count array is height x width x categories large),
+    its opacity shaded from the pixel's count like a single-colour raster."""
+    import datashader as ds
+    import datashader.transfer_functions as tf
+    from PIL import ImageColor
+
+    frame["code"] = frame["label"].cat.codes.astype(np.float64)
+    agg = canvas.points(frame, "x", "y", ds.summary(count=ds.count(), code=ds.max("code")))
+    counts = np.asarray(agg["count"].values).astype(np.int64)
+    alpha = tf.shade(agg["count"], how=how, cmap=["black", "black"])
+    if spread:
+        alpha = tf.spread(alpha, px=spread)
+    a = np.asarray(alpha.data, dtype=np.uint32).view(np.uint8).reshape(height, width, 4)[..., 3]
+    code = np.asarray(agg["code"].values)
+    if spread:  # spread pixels take the code of a drawn neighbour
+        code = np.nan_to_num(code, nan=-1)
+        for _ in range(spread):
+            code = np.maximum.reduce([code, np.roll(code, 1, 0), np.roll(code, -1, 0), np.roll(code, 1, 1),
+                                      np.roll(code, -1, 1)])
+        code = np.where(code < 0, np.nan, code)
+    palette = np.array([ImageColor.getrgb(c)[:3] for c in colors], dtype=np.uint8)
+    rgba = np.zeros((height, width, 4), dtype=np.uint8)
+    drawn = np.isfinite(code) & (a > 0)
+    rgba[drawn, :3] = palette[code[drawn].astype(np.int64)]
+    rgba[..., 3] = np.where(drawn, a, 0)
+    if background:
+        bg = np.array(ImageColor.getrgb(background)[:3], dtype=np.float64)
+        w = rgba[..., 3:4] / 255.0
+        rgba[..., :3] = (rgba[..., :3] * w + bg * (1 - w)).astype(np.uint8)
+        rgba[..., 3] = 255
+    return Raster(np.ascontiguousarray(rgba[::-1]), np.ascontiguousarray(counts[::-1]), xr, yr)
 
 
 def _range(values: np.ndarray, given: tuple[float, float] | None, name: str) -> tuple[float, float]:
