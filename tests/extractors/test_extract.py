@@ -246,3 +246,16 @@ def test_shards_computed_apart_assemble_to_the_uninterrupted_run_bitwise(backbon
         _run(backbone, paths, work, shards=[3])
     with pytest.raises(ValueError, match="shard indices"):
         _run(backbone, paths, work, shards=[])
+
+
+def test_without_keeping_features_the_result_streams_them_shard_by_shard(backbone, paths, tmp_path):
+    whole = _run(backbone, paths, tmp_path / "one")
+    lean = _run(backbone, paths, tmp_path / "lean", keep_features=False)
+    assert lean.features == {} and len(lean.shard_files) == 3
+    np.testing.assert_array_equal(lean.ok, whole.ok)
+    assert lean.failures == whole.failures
+    for key, feats in whole.features.items():
+        blocks = list(lean.stream(key))
+        assert len(blocks) == 3 and np.concatenate(blocks).tobytes() == feats.tobytes()
+    again = _run(backbone, paths, tmp_path / "lean", keep_features=False)  # resumed: shards are read, not kept
+    assert again.resumed_shards == 3 and again.features == {}

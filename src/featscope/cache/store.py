@@ -361,7 +361,8 @@ def _write_array(path: Path, arr: np.ndarray | ChunkedArray) -> dict[str, Any]:
                 block = np.ascontiguousarray(block, dtype=dtype)
                 if block.shape[1:] != shape[1:]:
                     raise ValueError(f"a chunk of shape {block.shape} does not fit an array of shape {shape}")
-                out.write(memoryview(block).cast("B"))
+                if block.size:
+                    out.write(memoryview(block).cast("B"))
                 rows += len(block)
             if rows != shape[0]:
                 raise ValueError(f"the chunks held {rows} rows, the array's shape says {shape[0]}")

@@ -38,7 +38,7 @@ import math
 import platform
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +93,19 @@ class ExtractionResult:
     precision: str
     shards: int = 0
     notes: list[str] = field(default_factory=list)
+    shard_files: list[Path] = field(default_factory=list)  # the shards holding the rows, in order
+    keys: list[tuple[str, str]] = field(default_factory=list)  # (tap, pooling) in shard-file order
+
+    def stream(self, key: tuple[str, str]) -> Iterator[np.ndarray]:
+        """The rows of ``key`` shard by shard, read from the shard files (for results made with
+        ``keep_features=False``: a million-image extraction is assembled without holding it)."""
+        if self.features:
+            yield self.features[key]
+            return
+        index = self.keys.index(key)
+        for path in self.shard_files:
+            with np.load(path, allow_pickle=False) as z:
+                yield z[f"feat{index}"]
 
 
 def extract(backbone: Backbone, paths: Sequence[Path], *, taps: Sequence[str] = ("layer4",),
@@ -100,7 +113,7 @@ def extract(backbone: Backbone, paths: Sequence[Path], *, taps: Sequence[str] = 
             precision: str = "fp32", batch_size: int = 32, num_workers: int = 2, shard_size: int = 512,
             channels_last: bool = True, progress: Callable[[ExtractProgress], None] | None = None,
             loader: Loader | None = None, threads: int | None = None,
-            shards: Sequence[int] | None = None) -> ExtractionResult:
+            shards: Sequence[int] | None = None, keep_features: bool = True) -> ExtractionResult:
     """Extract pooled activations of ``taps`` for every image in ``paths``, resuming from ``work_dir``.
 
     Images that fail to decode are skipped and reported in ``failures`` (index -> error); the run
@@ -114,6 +127,9 @@ def extract(backbone: Backbone, paths: Sequence[Path], *, taps: Sequence[str] = 
     ``shards``: compute (or resume) only these shard indices (see :func:`shard_ranges`); the result then
     holds their rows only. Several processes may work on disjoint shards of one ``work_dir`` at once
     (one extraction shared by many workers); the run that finds every shard on disk assembles the whole.
+
+    ``keep_features=False``: shards are checked (or computed) one at a time and not kept in memory; the
+    result's ``features`` is empty and :meth:`ExtractionResult.stream` reads each key back shard by shard.
     """
     started = time.perf_counter()
     taps, poolings = list(taps), list(poolings)
@@ -124,18 +140,25 @@ def extract(backbone: Backbone, paths: Sequence[Path], *, taps: Sequence[str] = 
     notes = _prepare_work_dir(plan.work_dir, _run_record(backbone, plan, taps, poolings))
     if notes and progress is not None:
         progress(ExtractProgress(0, len(plan.paths), 0.0, 0, plan.shards, message=notes[0]))
-    done = {i: s for i in wanted if (s := _load_shard(plan, i)) is not None}
+    done = {i: _light(s, keep_features) for i in wanted if (s := _load_shard(plan, i)) is not None}
     resumed = len(done)
-    computed = _run(backbone, plan, wanted, done, progress) if resumed < len(wanted) else 0
+    computed = _run(backbone, plan, wanted, done, progress, keep_features) if resumed < len(wanted) else 0
 
     seconds = time.perf_counter() - started
     order = [done[i] for i in wanted]
+    features = {key: np.concatenate([s.feats[j] for s in order]) for j, key in enumerate(plan.keys)} \
+        if keep_features else {}
     return ExtractionResult(
-        features={key: np.concatenate([s.feats[j] for s in order]) for j, key in enumerate(plan.keys)},
-        ok=np.concatenate([s.indices for s in order]).astype(np.int64),
+        features=features, ok=np.concatenate([s.indices for s in order]).astype(np.int64),
         failures={i: msg for s in order for i, msg in s.failed.items()},
         seconds=seconds, images_per_second=computed / seconds if computed else 0.0, resumed_shards=resumed,
-        device=str(plan.device), precision=precision, shards=plan.shards, notes=notes)
+        device=str(plan.device), precision=precision, shards=plan.shards, notes=notes,
+        shard_files=[plan.shard_path(i) for i in wanted], keys=list(plan.keys))
+
+
+def _light(shard: _Shard, keep_features: bool) -> _Shard:
+    """The shard, or (``keep_features=False``) its row indices and failures only."""
+    return shard if keep_features else _Shard(shard.indices, [], shard.failed)
 
 
 def shard_ranges(n_images: int, batch_size: int, shard_size: int) -> list[range]:
@@ -444,7 +467,7 @@ def _exact_fp32(cuda: bool):
 
 
 def _run(backbone: Backbone, plan: _Plan, wanted: list[int], shards: dict[int, _Shard],
-         progress: Callable[[ExtractProgress], None] | None) -> int:
+         progress: Callable[[ExtractProgress], None] | None, keep_features: bool = True) -> int:
     """Compute the ``wanted`` shards missing from ``shards``, saving each; returns the number of images run."""
     n, cuda = sum(len(range(*plan.bounds(i))) for i in wanted), plan.device.type == "cuda"
     done_before = sum(len(s.indices) + len(s.failed) for s in shards.values())
@@ -470,8 +493,9 @@ def _run(backbone: Backbone, plan: _Plan, wanted: list[int], shards: dict[int, _
                           {int(i): e for i, e in zip(idx.tolist(), errors) if e})
                 done += len(idx)
                 if int(idx[-1]) == plan.bounds(shard)[1] - 1:
-                    shards[shard] = parts.take()
-                    _save_shard(plan.shard_path(shard), shards[shard])
+                    finished = parts.take()
+                    _save_shard(plan.shard_path(shard), finished)
+                    shards[shard] = _light(finished, keep_features)
                 if progress is not None:
                     rate = done / max(time.perf_counter() - start, 1e-9)
                     progress(ExtractProgress(done_before + done, n, rate, shard, plan.shards))

@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy import select
 
 from featscope.cache.index import neighbours as index_neighbours
-from featscope.cache.store import CorruptArtifact, content_key
+from featscope.cache.store import ChunkedArray, CorruptArtifact, content_key
 from featscope.catalog import Backbone as BackboneRow, Dataset, EmbeddingSet, Image
 from featscope.extractors.extract import ENGINE_VERSION, ExtractProgress, extract as run_extraction
 from featscope.extractors.taps import POOLINGS
@@ -143,7 +143,7 @@ def extract(ctx: Context, backbone: str | int, dataset: str | int, *, taps: Sequ
             open_backbone(ctx, bb_row.id), [Path(ds.root) / r for r in relpaths], taps=plan.run_taps,
             poolings=plan.run_poolings, work_dir=work_dir, device=device or st.device, precision=precision,
             batch_size=batch_size or st.batch_size, num_workers=st.num_workers if num_workers is None else num_workers,
-            shard_size=st.shard_size, progress=progress,
+            shard_size=st.shard_size, progress=progress, keep_features=False,  # streamed to the store below
         )
         if result.resumed_shards:
             say(f"resumed: {result.resumed_shards} shard(s) from an earlier interrupted run were reused")
@@ -152,10 +152,10 @@ def extract(ctx: Context, backbone: str | int, dataset: str | int, *, taps: Sequ
         ok_paths = [relpaths[i] for i in result.ok]
         failures = {relpaths[i]: err for i, err in result.failures.items()}
         for tap, pooling in missing:
-            _store_embeddings(ctx, keys[(tap, pooling)], result.features[(tap, pooling)], result.ok, ok_paths,
-                              failures, {"backbone": bb_row.name, "dataset": ds.name, "tap": tap, "pooling": pooling,
-                                         "precision": precision, "dtype": plan.dtype, "device": result.device,
-                                         "seconds": result.seconds}, plan.dtype)
+            meta = {"backbone": bb_row.name, "dataset": ds.name, "tap": tap, "pooling": pooling,
+                    "precision": precision, "dtype": plan.dtype, "device": result.device, "seconds": result.seconds}
+            _store_embeddings(ctx, keys[(tap, pooling)], _chunked(result, (tap, pooling), plan.dtype), result.ok,
+                              ok_paths, failures, meta, plan.dtype)
         ctx.store.clear_work("extraction", plan.run_key)
     return [_register(ctx, bb_row, ds, combo, keys[combo], precision, plan.dtype, cached=combo not in missing)
             for combo in plan.wanted]
@@ -223,10 +223,15 @@ def _usable(ctx: Context, key: str, say: Callable[[str], None]) -> bool:
     return True
 
 
-def _store_embeddings(ctx: Context, key: str, feats: np.ndarray, positions: np.ndarray, relpaths: list[str],
+def _chunked(result, key: tuple[str, str], dtype: str) -> ChunkedArray:
+    """One (tap, pooling) of an extraction as a stream of its shards: stored without holding all of it."""
+    first = next(result.stream(key))
+    return ChunkedArray((len(result.ok), first.shape[1]), np.dtype(dtype), result.stream(key))
+
+
+def _store_embeddings(ctx: Context, key: str, feats: ChunkedArray, positions: np.ndarray, relpaths: list[str],
                       failures: dict[str, str], meta: dict, dtype: str) -> None:
-    ctx.store.put("embeddings", key,
-                  {"embeddings": feats.astype(dtype, copy=False), "positions": positions.astype(np.int64)},
+    ctx.store.put("embeddings", key, {"embeddings": feats, "positions": positions.astype(np.int64)},
                   {**meta, "n": int(feats.shape[0]), "dim": int(feats.shape[1]), "failures": failures},
                   blobs={"relpaths.json": json.dumps(relpaths).encode()})
     store_index(ctx, key)
@@ -361,8 +366,6 @@ def import_embeddings(ctx: Context, backbone: str | int, dataset: str | int, vec
     store (as ``dtype``) and indexed like an extracted set, never held whole. Keyed by the content of the
     vectors, so importing the same numbers again is a cache hit."""
     import hashlib
-
-    from featscope.cache.store import ChunkedArray
 
     say = on_message or log.info
     _check_choices([pooling], dtype, "fp32")
