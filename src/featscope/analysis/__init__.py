@@ -1,4 +1,4 @@
-"""Analyses: pure functions on numpy arrays (no torch, no database, no settings).
+"""Analyses: pure functions on numpy arrays (no database, no settings; torch only in the streamed probe).
 
 - ``clustering``: FAISS K-means on every point, the K grid.
 - ``comembership``: P(same cluster in B | same in A) from contingency tables, ARI/NMI/FM, curves over K.
