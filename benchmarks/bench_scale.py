@@ -299,11 +299,20 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/featscope-scale")
     ap.add_argument("--keep", action="store_true", help="keep the data afterwards")
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--table", nargs="+", metavar="JSON", help="only print the table of earlier runs' --json files "
+                                                                 "(a later file's row replaces an earlier one's)")
     ap.add_argument("--run-step", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.run_step:
         run_step(args)
+        return
+    if args.table:
+        merged: dict[tuple[str, int], dict] = {}
+        for f in args.table:
+            merged.update({(r["step"], r["n"]): r for r in json.loads(Path(f).read_text())})
+        rows = sorted(merged.values(), key=lambda r: (r["n"], STEPS.index(r["step"])))
+        _print_table(rows, sorted({r["n"] for r in rows}))
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     steps = [s for s in args.steps.split(",") if s]

@@ -35,7 +35,8 @@ import numpy as np
 _MIN_POINTS_PER_LIST = 39  # FAISS warns below this many training points per centroid
 _TRAIN_POINTS_PER_LIST = 64  # training sample per list: enough for stable lists, cheap at a million vectors
 _CHUNK = 65536
-DEFAULT_RERANK = 4  # IVF-PQ: exact re-ranking of this many candidates per wanted neighbour
+DEFAULT_RERANK = 4  # IVF-PQ: exact re-ranking of this many candidates per wanted neighbour ...
+_MAX_RERANK = 256  # ... raised up to this many when the codes cannot separate the neighbours otherwise
 # PQ: 16 dims per byte (a 2048-d vector in 128 bytes); coarser codes only mean a deeper re-rank, which
 # tune_nprobe chooses, while FAISS's PQ training grows with the number of sub-quantizers (256 of them took
 # minutes on a 2-core machine). Each sub-quantizer trains on 64 points per centroid, 10 k-means iterations.
@@ -241,7 +242,7 @@ def tune_nprobe(index: faiss.Index, vectors: np.ndarray, *, k: int = 10, target:
 
     Queries are ``queries`` rows of the set itself (seeded), searched as :func:`neighbours` does (own row
     excluded). ``nprobe`` doubles until the target is met, then is narrowed by bisection. An IVF-PQ index whose
-    recall stops rising with ``nprobe`` gets a deeper re-rank (up to 64 candidates per neighbour) instead.
+    recall stops rising with ``nprobe`` gets a deeper re-rank (up to 256 candidates per neighbour) instead.
     A flat index is exact: recall 1 without measuring."""
     if not 0 < target <= 1:
         raise ValueError(f"target must be in (0, 1], got {target}")
@@ -276,7 +277,7 @@ def tune_nprobe(index: faiss.Index, vectors: np.ndarray, *, k: int = 10, target:
         # IVF-PQ recall levels off where the quantisation, not the lists probed, loses neighbours: re-rank deeper
         stalled = kind == "ivfpq" and nprobe > 1 and r - previous < 0.005
         if nprobe >= ivf.nlist or stalled:
-            if kind != "ivfpq" or rerank >= 64:
+            if kind != "ivfpq" or rerank >= _MAX_RERANK:
                 break  # best effort: the recall says how far from the target it is
             rerank, previous, lo = rerank * 2, -1.0, 0
             continue
@@ -332,10 +333,12 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, *, vectors: np.ndarr
 
 
 def _rerank(q: np.ndarray, cand: np.ndarray, vectors: np.ndarray, k: int,
-            block: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosines of each query's candidate rows (read from ``vectors``, a few rows per query), best ``k``."""
+            budget: int = 64 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosines of each query's candidate rows (read from ``vectors``, a few rows per query), best ``k``;
+    queries go in blocks whose gathered candidates take at most ``budget`` bytes as float32."""
     scores = np.full((len(q), k), -np.inf, dtype=np.float32)
     positions = np.full((len(q), k), -1, dtype=np.int64)
+    block = max(1, budget // (cand.shape[1] * q.shape[1] * 4))
     for s in range(0, len(q), block):
         c = cand[s:s + block]
         rows = np.unique(c[c >= 0])
