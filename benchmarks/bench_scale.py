@@ -331,6 +331,8 @@ def main() -> None:
                 continue
             results.append(_child(args, step, n))
             _print_row(results[-1])
+            if args.json:  # after every step: a long run stopped half-way keeps what it measured
+                Path(args.json).write_text(json.dumps(results, indent=1, default=str))
             if step == "register" and results[-1]["status"] != "ok":
                 break
         if not args.keep:
@@ -348,13 +350,32 @@ def _child(args, step: str, n: int) -> dict:
     print(f"[{time.strftime('%H:%M:%S')}] {step} at N={n:,} ...", file=sys.stderr, flush=True)
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout_min * 60)
-    except subprocess.TimeoutExpired:
-        return {"step": step, "n": n, "status": f"stopped after {args.timeout_min:g} min"}
+    except subprocess.TimeoutExpired as e:
+        status = f"stopped after {args.timeout_min:g} min"
+        done = _kmeans_progress(e.stderr, n) if step == "comembership" else None
+        if done:
+            status += (f" at K {done[0]}/{done[1]}, {done[2]:.0%} of the K-means work: about "
+                       f"{_duration(args.timeout_min * 60 / max(done[2], 1e-9))} in all")
+        return {"step": step, "n": n, "status": status}
     line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
     if out.returncode or line is None:
         tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
         return {"step": step, "n": n, "status": f"failed ({out.returncode}): {' | '.join(tail)}"}
     return {"step": step, "n": n, "status": "ok", **json.loads(line[len("RESULT "):])}
+
+
+def _kmeans_progress(stderr: bytes | str | None, n: int) -> tuple[int, int, float] | None:
+    """(K values done, K values, share of the work done) from a co-membership step's progress lines; K-means
+    costs N * K * D per iteration, so the share is the done K values' sum over the grid's."""
+    from featscope.analysis.clustering import clip_k_grid, k_grid
+
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else (stderr or "")
+    marks = [line.rsplit("K ", 1)[-1] for line in text.splitlines() if "comembership: K " in line]
+    if not marks:
+        return None
+    done, total = (int(v) for v in marks[-1].split("/"))
+    grid = clip_k_grid(k_grid(2, 1000, 20), n)
+    return done, total, float(grid[:done].sum() / grid.sum())
 
 
 def _gib(b: float | None) -> str:
