@@ -21,12 +21,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages the tests use: redis-server (two workers sharing one Redis queue).
+# Debian packages the tests use: redis-server (two workers sharing one Redis queue) and postgresql (the catalog
+# tests start a throwaway cluster with its initdb/pg_ctl; the service itself is not needed).
 debian-deps:
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  echo "installing redis-server (Debian) for the queue tests"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	@command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing postgresql (Debian) for the catalog tests"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
 
 test: install debian-deps
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -1,7 +1,14 @@
-"""Fixtures shared across the suite: a workspace in a temp dir and small generated image folders."""
+"""Fixtures shared across the suite: a workspace in a temp dir, small generated image folders and a throwaway
+PostgreSQL server for the tests that run on both catalog databases."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +52,114 @@ def ws(settings):
     from featscope.workspace import Workspace
 
     return Workspace(settings)
+
+
+# ---------------------------------------------------------------- PostgreSQL
+# A throwaway cluster per test session (initdb in a temp folder, started on a free loopback port, removed at
+# the end); every test that asks for it gets a fresh database of its own. Missing PostgreSQL skips those
+# tests on a developer machine and fails them under CI (`CI` set), like the Redis test: CI must run them.
+DATABASES = ("sqlite", "postgresql")
+
+
+def _pg_bindir() -> Path | None:
+    """Folder of ``initdb``/``pg_ctl``: on PATH, or Debian's newest ``/usr/lib/postgresql/N/bin``."""
+    found = shutil.which("pg_ctl")
+    if found and shutil.which("initdb"):
+        return Path(found).parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parent.parent.name)
+                      if p.parent.parent.name.isdigit() else 0)
+    return versions[-1].parent if versions else None
+
+
+def _pg_runner(owner: str | None):
+    """Run a PostgreSQL program as ``owner`` (initdb and postgres refuse to run as root) or as ourselves."""
+    def run(args: list[str], **kw) -> subprocess.CompletedProcess:
+        cmd = ["runuser", "-u", owner, "--", *args] if owner else args
+        return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120, **kw)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """``(host, port, user)`` of a private PostgreSQL server for this test session, stopped and deleted afterwards."""
+    bindir = _pg_bindir()
+    if bindir is None:
+        why = "PostgreSQL is not installed (Debian: apt-get install postgresql; `make test` installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(why)  # CI must run the PostgreSQL tests, never skip them
+        pytest.skip(why)
+    owner = None
+    if os.geteuid() == 0:  # initdb refuses root: run the cluster as an unprivileged account
+        import pwd
+
+        owner = next((u for u in ("postgres", "nobody") if _has_user(pwd, u)), None)
+        if owner is None or shutil.which("runuser") is None:
+            pytest.fail("tests run as root but there is no 'postgres' or 'nobody' account and runuser to start "
+                        "PostgreSQL as; run the tests as a normal user")
+    root = Path(tempfile.mkdtemp(prefix="featscope-pg-"))
+    if owner:
+        shutil.chown(root, user=owner)
+    run = _pg_runner(owner)
+    data, port = root / "data", _free_port()
+    run([str(bindir / "initdb"), "-D", str(data), "-U", "featscope", "--auth=trust", "-E", "UTF8", "--no-sync",
+         "--locale=C"])
+    options = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
+               f"-c full_page_writes=off -c max_connections=300")
+    try:
+        run([str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "server.log"), "-w", "-t", "60",
+             "start"])
+    except subprocess.CalledProcessError as e:
+        log = (root / "server.log").read_text(errors="replace") if (root / "server.log").exists() else ""
+        shutil.rmtree(root, ignore_errors=True)
+        raise AssertionError(f"PostgreSQL did not start: {e.stderr}\n{log}") from None
+    try:
+        yield "127.0.0.1", port, "featscope"
+    finally:
+        subprocess.run((["runuser", "-u", owner, "--"] if owner else []) +
+                       [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _has_user(pwd, name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """SQLAlchemy URL of a new, empty database on the session's server (dropped after the test)."""
+    import psycopg
+
+    host, port, user = postgres_server
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = f"host={host} port={port} user={user} dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as con:
+        con.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://{user}@{host}:{port}/{name}"
+    with psycopg.connect(admin, autocommit=True) as con:
+        con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def settings_for(tmp_path, request):
+    """``settings_for(database)``: test settings whose catalog is SQLite in the data dir or a fresh PostgreSQL."""
+    from featscope.config import Settings
+
+    def make(database: str = "sqlite") -> Settings:
+        if database not in DATABASES:
+            raise ValueError(f"database must be one of {DATABASES}, got {database!r}")
+        url = request.getfixturevalue("postgres_url") if database == "postgresql" else None
+        return Settings(data_dir=tmp_path / "data", database_url=url, num_workers=0, batch_size=4, shard_size=8)
+
+    return make

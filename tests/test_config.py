@@ -33,3 +33,14 @@ def test_database_url_overrides_sqlite():
 
 def test_home_is_expanded():
     assert Settings(data_dir=Path("~/fs")).data_dir == Path.home() / "fs"
+
+
+def test_scale_out_settings_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FEATSCOPE_EXTRACT_JOB_IMAGES", "4096")
+    monkeypatch.setenv("FEATSCOPE_INDEX_RECALL", "0.99")
+    monkeypatch.setenv("FEATSCOPE_INDEX_MEMORY_MAX", str(1 << 30))
+    s = Settings()
+    assert (s.extract_job_images, s.index_recall, s.index_memory_max) == (4096, 0.99, 1 << 30)
+    for bad in ({"index_recall": 1.5}, {"index_recall": 0}, {"extract_job_images": 0}, {"index_memory_max": 10}):
+        with pytest.raises(ValidationError):
+            Settings(**bad)

@@ -40,6 +40,21 @@ class Settings(BaseSettings):
     flat_index_max: int = Field(
         default=100_000, ge=1, description="Embedding sets up to this many vectors get an exact flat index; larger ones IVF."
     )
+    index_memory_max: int = Field(
+        default=2 << 30, ge=1 << 20,
+        description="Bytes an IVF index's vectors may take; a larger set gets an IVF-PQ index (compressed codes, "
+                    "re-ranked with exact cosines from its memory-mapped vectors).",
+    )
+    index_recall: float = Field(
+        default=0.95, gt=0, le=1,
+        description="Recall@10 against exact search that an IVF index's nprobe is tuned to reach (measured on a "
+                    "sample of the set and stored with the index).",
+    )
+    extract_job_images: int = Field(
+        default=8192, ge=1,
+        description="An extraction job over more images than this is split into shard jobs of about this many "
+                    "images (whole shards), which any worker may claim; the job assembles them when all are done.",
+    )
 
     @field_validator("data_dir")
     @classmethod

@@ -157,3 +157,40 @@ def test_identical_points_share_a_cluster_even_when_k_exceeds_distinct_points():
         labels = kmeans_labels(x, 6, seed=0, spherical=spherical).labels
         assert all(len(np.unique(labels[4 * g: 4 * g + 4])) == 1 for g in range(3))
     assert kmeans_labels(np.zeros((10, 3)), 5).inertia == 0.0
+
+
+# ---- a set too large to copy into memory ---------------------------------------------------------
+
+def _lloyd(x: np.ndarray, k: int, seed: int, niter: int) -> tuple[np.ndarray, float]:
+    """Plain numpy Lloyd's iterations from the same seeded initial rows: the reference for the streaming path."""
+    c = x[np.sort(np.random.default_rng(seed).choice(len(x), size=k, replace=False))].astype(np.float64)
+    for _ in range(niter):
+        labels = np.argmin(((x[:, None, :] - c[None]) ** 2).sum(-1), axis=1)
+        c = np.stack([x[labels == j].mean(0) if np.any(labels == j) else c[j] for j in range(k)])
+    d2 = ((x[:, None, :] - c[None]) ** 2).sum(-1)
+    return np.argmin(d2, axis=1), float(d2.min(axis=1).sum())
+
+
+def test_a_matrix_too_large_for_memory_is_clustered_in_chunks_like_plain_lloyd(monkeypatch, tmp_path):
+    import featscope.analysis.arrays as arrays
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(6, 8)) * 4
+    x = (centres[rng.integers(0, 6, 3000)] + rng.normal(size=(3000, 8))).astype(np.float16)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    monkeypatch.setattr(arrays, "IN_MEMORY_MAX", 1000)  # 3000 x 8 float32 no longer "fits"
+    monkeypatch.setattr(arrays, "CHUNK", 700)
+    got = kmeans_labels(mapped, 6, seed=4, niter=10)
+    want_labels, want_inertia = _lloyd(x.astype(np.float32).astype(np.float64), 6, 4, 10)
+    assert got.n == got.trained_on == 3000 and not got.sampled and got.labels.dtype == np.int64
+    np.testing.assert_array_equal(got.labels, want_labels)
+    assert got.inertia == pytest.approx(want_inertia, rel=1e-4)
+    again = kmeans_labels(mapped, 6, seed=4, niter=10)
+    np.testing.assert_array_equal(again.labels, got.labels)  # deterministic
+    sampled = kmeans_labels(mapped, 6, seed=4, niter=10, sample=500)
+    assert sampled.trained_on == 500 and sampled.sampled and len(sampled.labels) == 3000
+    bad = np.array(mapped)
+    bad[2500, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        kmeans_labels(bad, 6)

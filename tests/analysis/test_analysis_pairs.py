@@ -209,3 +209,56 @@ def test_neighbourhood_agreement_identical_spaces_is_one():
     x = _data(50, 4)
     got = neighbourhood_agreement(x, 2.0 * x, k=5)
     assert got.mean == 1.0 and (got.per_image == 1.0).all()
+
+
+# ---- spaces too large to copy into memory --------------------------------------------------------
+
+@pytest.fixture
+def big(monkeypatch, tmp_path):
+    """Two clustered float16 spaces of 3000 images, memory-mapped, with the in-memory limit set below them."""
+    import featscope.analysis.arrays as arrays
+
+    rng = np.random.default_rng(5)
+    spaces = []
+    for name, n_centres in (("a", 40), ("b", 3)):
+        c = rng.normal(size=(n_centres, 24)) * 3
+        x = (c[rng.integers(0, n_centres, 3000)] + rng.normal(size=(3000, 24))).astype(np.float16)
+        np.save(tmp_path / f"{name}.npy", x)
+        spaces.append(np.load(tmp_path / f"{name}.npy", mmap_mode="r"))
+    monkeypatch.setattr(arrays, "IN_MEMORY_MAX", 10_000)
+    return spaces
+
+
+def _exact_knn(x: np.ndarray, k: int) -> np.ndarray:
+    s = _cos(np.asarray(x, dtype=np.float32))
+    np.fill_diagonal(s, -np.inf)
+    return np.argsort(-s, axis=1, kind="stable")[:, :k]
+
+
+def test_closest_pairs_of_a_space_too_large_for_memory_come_from_a_tuned_ivf_index(big):
+    xa, _ = big
+    got = closest_pairs(xa, 20, k=10)
+    assert got.info["exact"] is False and got.info["recall"] >= 0.95 and got.info["index"] in ("ivf", "ivfpq")
+    s = _cos(np.asarray(xa, dtype=np.float32))
+    iu, ju = np.triu_indices(3000, 1)
+    top = np.argsort(-s[iu, ju], kind="stable")[:20]
+    want = set(zip(iu[top].tolist(), ju[top].tolist()))
+    # approximate neighbours (recall >= 0.95): nearly all of the 20 closest of 4.5 million pairs are found ...
+    assert len(want & set(zip(got.i.tolist(), got.j.tolist()))) >= 18 and all(got.i < got.j)
+    np.testing.assert_allclose(got.score, s[got.i, got.j], atol=1e-6)  # ... with exact cosines
+
+
+def test_agreement_and_capped_ranks_of_spaces_too_large_for_memory(big):
+    xa, xb = big
+    ag = neighbourhood_agreement(xa, xb, 10)
+    ka, kb = _exact_knn(xa, 10), _exact_knn(xb, 10)
+    exact = np.array([len(set(p) & set(q)) / 10 for p, q in zip(ka, kb)])
+    assert ag.info["exact"] is False and abs(ag.mean - exact.mean()) < 0.03
+    pl = close_in_a_distant_in_b_ranks(xa, xb, 30, k=5, rank_cap=25)
+    assert pl.info["rank_cap"] == 25 and len(pl) == 30
+    sb = _cos(np.asarray(xb, dtype=np.float32))
+    true = np.array([min(_brute_rank(sb, i, j), _brute_rank(sb, j, i)) for i, j in zip(pl.i, pl.j)])
+    agree = np.mean(pl.extra["rank_b"] == np.minimum(true, 25))
+    assert agree >= 0.95 and (pl.extra["rank_b"] == 25).all()  # B has 3 clusters: plenty of distant pairs
+    # pairs tied at the cap come lowest B cosine first
+    assert np.all(np.diff(pl.extra["score_b"]) >= -1e-12)

@@ -192,3 +192,30 @@ def test_knn_separable_blobs_perfect():
     x, labels = _blobs()
     res = knn_accuracy(x, labels, make_splits(labels), k=5)
     assert res.accuracy == 1.0
+
+
+# ---- features too large to copy into memory ------------------------------------------------------
+
+def test_features_too_large_for_memory_get_the_same_probe_by_streamed_lbfgs(monkeypatch, tmp_path):
+    """The chunked torch L-BFGS fit minimises scikit-learn's objective: same C chosen, same predictions,
+    coefficients equal to the solvers' tolerance; the k-NN probe through a tuned IVF index agrees too."""
+    import featscope.analysis.arrays as arrays
+
+    x, y = _blobs(n_per=150, n_cls=4, d=12, sep=2.0, seed=3)
+    labels = np.array([f"c{v}" for v in y])
+    splits = make_splits(labels, seed=1)
+    grid = [0.01, 1.0]
+    want = linear_probe(x, labels, splits, c_grid=grid, max_iter=2000)
+    knn_want = knn_accuracy(x, labels, splits, k=7)
+    np.save(tmp_path / "x.npy", x.astype(np.float32))
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    monkeypatch.setattr(arrays, "IN_MEMORY_MAX", 1000)
+    monkeypatch.setattr(arrays, "CHUNK", 128)
+    got = linear_probe(mapped, labels, splits, c_grid=grid, max_iter=2000)
+    assert got.best_c == want.best_c and got.converged
+    assert got.accuracy == pytest.approx(want.accuracy, abs=1 / got.n_test)
+    assert np.array_equal(got.classes, want.classes)
+    np.testing.assert_allclose(got.scaler_mean, want.scaler_mean, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(got.predict_proba(x), want.predict_proba(x), atol=2e-3)
+    knn_got = knn_accuracy(mapped, labels, splits, k=7)
+    assert abs(knn_got.accuracy - knn_want.accuracy) <= 2 / knn_got.n_test

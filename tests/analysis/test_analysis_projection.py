@@ -172,3 +172,26 @@ def test_tsne_fft_path_small_grid(one_faiss_thread):
     emb = TSNE(n_iter=100, early_exaggeration_iter=50, negative_gradient_method="fft", ints_in_interval=1.5,
                min_num_intervals=30, random_state=0).fit(x, affinities=aff)
     assert _knn_purity(np.asarray(emb), labels) > 0.95
+
+
+# ---- features too large to copy into memory ------------------------------------------------------
+
+def test_features_too_large_for_memory_are_reduced_by_exact_streamed_pca(monkeypatch, tmp_path):
+    import featscope.analysis.arrays as arrays
+
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(1500, 12)) * np.linspace(5, 0.5, 12)).astype(np.float16)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    want = project(x.astype(np.float32), "pca", n_components=3, metric="euclidean").coords  # sklearn, in memory
+    monkeypatch.setattr(arrays, "IN_MEMORY_MAX", 1000)
+    monkeypatch.setattr(arrays, "CHUNK", 400)
+    got = project(mapped, "pca", n_components=3, metric="euclidean")
+    assert got.params["pca"] == "streamed" and got.coords.shape == (1500, 3) and got.coords.dtype == np.float32
+    for c in range(3):  # the same components up to sign
+        assert abs(np.corrcoef(got.coords[:, c], want[:, c])[0, 1]) > 0.9999
+    np.testing.assert_allclose(np.abs(got.coords), np.abs(want), atol=2e-3)
+    tsne = project(mapped, "tsne", pca_dims=5, perplexity=10, n_iter=50, early_exaggeration_iter=50)
+    assert tsne.params["pca"] == "streamed" and tsne.params["pca_dims"] == 5 and tsne.coords.shape == (1500, 2)
+    with pytest.raises(ValueError, match="pass pca_dims"):
+        project(mapped, "umap", pca_dims=None)

@@ -6,7 +6,8 @@ import faiss
 import numpy as np
 import pytest
 
-from featscope.cache.index import build_index, deserialize_index, neighbours, normalize, search, serialize_index
+from featscope.cache.index import (build_index, deserialize_index, exact_neighbours, index_kind, knn_graph, neighbours,
+                                   normalize, search, serialize_index, tune_nprobe)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -29,6 +30,7 @@ def _clustered(n: int, d: int = 32, centres: int = 50, seed: int = 0) -> np.ndar
     (np.array([[1.0, np.nan]]), {}, "NaN"),
     (np.ones((10, 4)), {"flat_max": -1}, "flat_max"),
     (np.ones((100, 4)), {"flat_max": 10, "nlist": 5}, "nlist"),
+    (np.ones((10, 4)), {"memory_max": 0}, "memory_max"),
     (np.ones((100, 4)), {"flat_max": 10, "nlist": 2, "nprobe": 3}, "nprobe"),
     (np.ones((10, 4)), {"use_gpu": "yes"}, "use_gpu"),
 ])
@@ -78,21 +80,76 @@ def test_flat_index_matches_brute_force():
     np.testing.assert_allclose(np.take_along_axis(sims, positions, 1), scores, atol=1e-5)
 
 
-def test_ivf_index_recall_at_10():
+def _recall(positions: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(p) & set(t)) / truth.shape[1] for p, t in zip(positions, truth)]))
+
+
+def test_ivf_index_defaults_and_tuned_recall_at_10_against_brute_force():
     x = _clustered(20_000)
     index = build_index(x, flat_max=1000)
-    assert isinstance(index, faiss.IndexIVFFlat)
-    assert index.nlist == min(round(4 * np.sqrt(20_000)), 20_000 // 39) and index.nprobe == max(8, index.nlist // 8)
-    q = x[::400]
+    assert isinstance(index, faiss.IndexIVFFlat) and index_kind(index) == "ivf"
+    assert index.nlist == round(np.sqrt(20_000)) and index.nprobe == index.nlist // 16
+    tuning = tune_nprobe(index, x, queries=200)
+    assert tuning.recall >= 0.95 and index.nprobe == tuning.nprobe and tuning.rerank == 0
+    assert tuning.tried[-1][0] == tuning.nprobe or any(t[0] == tuning.nprobe for t in tuning.tried)
+    q = x[::200] + 0.2 * np.random.default_rng(7).normal(size=(100, 32)).astype(np.float32)  # not the tuning's
     _, positions = search(index, q, 10)
-    truth = np.argsort(-_cosine(q, x), axis=1)[:, :10]
-    recall = np.mean([len(set(p) & set(t)) / 10 for p, t in zip(positions, truth)])
-    assert recall >= 0.9
+    assert _recall(positions, np.argsort(-_cosine(q, x), axis=1)[:, :10]) >= 0.9
+
+
+def test_ivfpq_when_the_vectors_do_not_fit_memory_max_reranks_to_the_target_recall(tmp_path):
+    x = _clustered(12_000, d=64).astype(np.float16)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")  # float16, memory-mapped: read in chunks
+    index = build_index(mapped, flat_max=1000, memory_max=12_000 * 64 * 4 - 1, chunk=5000)
+    assert isinstance(faiss.downcast_index(index), faiss.IndexIVFPQ) and index_kind(index) == "ivfpq"
+    assert faiss.downcast_index(index).pq.M == 4  # 16 dims per byte
+    tuning = tune_nprobe(index, mapped, queries=200)
+    assert tuning.recall >= 0.95 and tuning.rerank >= 4
+    rows = np.arange(0, 12_000, 97)
+    truth = exact_neighbours(mapped, rows, 10)
+    found = [[p for p, _ in hits] for hits in neighbours(index, mapped, rows, 10, rerank=tuning.rerank)]
+    assert _recall(np.array(found), truth) >= 0.9
+    # scores after re-ranking are exact cosines
+    hits = neighbours(index, mapped, [5], 3, rerank=tuning.rerank)[0]
+    exact = _cosine(x[5:6].astype(np.float32), x.astype(np.float32))[0]
+    assert all(abs(s - exact[p]) < 1e-5 for p, s in hits)
+    # restored from bytes it keeps nprobe; the re-rank depth travels with the caller's metadata
+    restored = deserialize_index(serialize_index(index))
+    assert faiss.extract_index_ivf(restored).nprobe == tuning.nprobe
+
+
+def test_pq_size_must_divide_the_dimension():
+    with pytest.raises(ValueError, match="must divide"):
+        build_index(_clustered(2000, d=30), flat_max=100, pq_m=7)
+
+
+def test_exact_neighbours_and_the_knn_graph_match_brute_force():
+    x = _clustered(600, d=16)
+    sims = _cosine(x, x)
+    np.fill_diagonal(sims, -np.inf)
+    truth = np.argsort(-sims, axis=1, kind="stable")[:, :5]
+    rows = np.array([3, 599, 0, 250])
+    assert exact_neighbours(x, rows, 5, chunk=128).tolist() == truth[rows].tolist()
+    graph = knn_graph(build_index(x), x, 5, chunk=100)
+    assert graph.shape == (600, 5) and graph.tolist() == truth.tolist()
+    with pytest.raises(ValueError, match="k must be"):
+        knn_graph(build_index(x), x, 600)
+
+
+def test_a_float16_memory_map_indexes_like_its_float32_values(tmp_path):
+    x = _clustered(3000, d=16).astype(np.float16)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    a, b = build_index(mapped, chunk=700), build_index(x.astype(np.float32))
+    for u, v in zip(search(a, x[:20], 5), search(b, x[:20], 5)):
+        np.testing.assert_array_equal(u, v)
 
 
 def test_nlist_is_capped_for_small_training_sets():
-    index = build_index(_clustered(400), flat_max=100)
-    assert index.nlist == 400 // 39
+    assert build_index(_clustered(4000), flat_max=100).nlist == 63  # sqrt(N)
+    index = build_index(_clustered(200), flat_max=100)
+    assert index.nlist == 200 // 39
 
 
 def test_neighbours_exclude_self_and_keep_duplicates():

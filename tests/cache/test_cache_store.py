@@ -202,3 +202,34 @@ def test_atomic_write_bytes_replaces_whole_file(tmp_path: Path, monkeypatch: pyt
         atomic_write_bytes(target, b"never")
     assert target.read_bytes() == b"new contents"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+# -- large arrays ----------------------------------------------------------------------------------
+
+def test_chunked_and_memory_mapped_arrays_are_streamed_and_read_back_memory_mapped(store: ArtifactStore, tmp_path):
+    from featscope.cache.store import ChunkedArray
+
+    rng = np.random.default_rng(0)
+    whole = rng.normal(size=(1000, 16)).astype(np.float16)
+    src = tmp_path / "src.npy"
+    np.save(src, whole)
+    mapped = np.load(src, mmap_mode="r")
+    blocks = (whole[i:i + 300].astype(np.float32) for i in range(0, 1000, 300))  # cast to the declared dtype
+    store.put("embeddings", KEY, {"chunked": ChunkedArray((1000, 16), np.float16, blocks), "mapped": mapped}, {})
+    assert store.verify("embeddings", KEY) == []
+    art = store.get("embeddings", KEY, mmap=True)
+    for name in ("chunked", "mapped"):
+        a = art.array(name)
+        assert isinstance(a, np.memmap) and a.dtype == np.float16 and a.tobytes() == whole.tobytes()
+        # the file is a plain .npy that numpy reads the same way
+        assert np.load(art.path / f"{name}.npy").tobytes() == whole.tobytes()
+
+
+def test_chunks_that_do_not_make_the_declared_array_are_refused(store: ArtifactStore):
+    from featscope.cache.store import ChunkedArray
+
+    with pytest.raises(ValueError, match="held 4 rows"):
+        store.put("emb", KEY, {"x": ChunkedArray((5, 2), np.float32, [np.ones((4, 2))])}, {})
+    with pytest.raises(ValueError, match="does not fit"):
+        store.put("emb", KEY, {"x": ChunkedArray((5, 2), np.float32, [np.ones((5, 3))])}, {})
+    assert not store.has("emb", KEY)

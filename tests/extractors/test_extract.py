@@ -211,3 +211,51 @@ def test_work_dir_of_another_run_starts_fresh(backbone, paths, tmp_path):
     other_paths = _run(backbone, paths[:-1], work, poolings=("max",))
     assert other_paths.resumed_shards == 0 and "paths_sha256" in other_paths.notes[0]
     assert other_paths.ok.tolist() == res.ok.tolist()[:-1]
+
+
+# -- one extraction shared by several workers --------------------------------------------------------
+
+def test_shard_ranges_hold_whole_batches_and_cover_every_image():
+    from featscope.extractors.extract import shard_ranges
+
+    assert shard_ranges(21, 4, 6) == [range(0, 8), range(8, 16), range(16, 21)]  # 6 rounds up to 2 batches
+    assert shard_ranges(8, 4, 8) == [range(0, 8)] and shard_ranges(0, 4, 8) == []
+    with pytest.raises(ValueError, match="batch_size"):
+        shard_ranges(10, 0, 8)
+
+
+def test_shards_computed_apart_assemble_to_the_uninterrupted_run_bitwise(backbone, paths, tmp_path):
+    """Two 'workers' each compute some shards of one work dir; the whole read back equals a single run."""
+    from featscope.extractors.extract import prepare_shards
+
+    whole = _run(backbone, paths, tmp_path / "one")
+    work = tmp_path / "shared"
+    args = {"taps": ("layer2", "conv5"), "poolings": ("avg", "max"), "batch_size": 4, "shard_size": 6}
+    assert prepare_shards(backbone, paths, work_dir=work, **args) == []
+    seen: list[ExtractProgress] = []
+    part = _run(backbone, paths, work, shards=[2, 0], progress=seen.append)
+    assert part.ok.tolist() == [i for i in [*range(0, 8), *range(16, 21)] if i not in BAD]
+    assert seen[-1].done == seen[-1].total == 13  # progress counts this run's shards only
+    assert prepare_shards(backbone, paths, work_dir=work, **args) == [0, 2]  # the record matched: kept
+    other = _run(backbone, paths, work, shards=[1])
+    assert other.resumed_shards == 0 and other.ok.tolist() == [i for i in range(8, 16) if i not in BAD]
+    assembled = _run(backbone, paths, work)
+    assert assembled.resumed_shards == 3 and assembled.images_per_second == 0.0
+    _assert_same(assembled, whole)
+    with pytest.raises(ValueError, match=r"shard indices in \[0, 3\)"):
+        _run(backbone, paths, work, shards=[3])
+    with pytest.raises(ValueError, match="shard indices"):
+        _run(backbone, paths, work, shards=[])
+
+
+def test_without_keeping_features_the_result_streams_them_shard_by_shard(backbone, paths, tmp_path):
+    whole = _run(backbone, paths, tmp_path / "one")
+    lean = _run(backbone, paths, tmp_path / "lean", keep_features=False)
+    assert lean.features == {} and len(lean.shard_files) == 3
+    np.testing.assert_array_equal(lean.ok, whole.ok)
+    assert lean.failures == whole.failures
+    for key, feats in whole.features.items():
+        blocks = list(lean.stream(key))
+        assert len(blocks) == 3 and np.concatenate(blocks).tobytes() == feats.tobytes()
+    again = _run(backbone, paths, tmp_path / "lean", keep_features=False)  # resumed: shards are read, not kept
+    assert again.resumed_shards == 3 and again.features == {}

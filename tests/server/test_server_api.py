@@ -175,7 +175,8 @@ def test_embedding_sets_and_neighbours(client, world):
     page = client.get(f"{API}/embedding-sets", params={"backbone": "r18a"}).json()
     assert page["total"] == 1 and page["items"][0]["tap"] == "layer4"
     es = page["items"][0]["id"]
-    assert client.get(f"{API}/embedding-sets/{es}").json()["n"] == 18
+    one = client.get(f"{API}/embedding-sets/{es}").json()
+    assert one["n"] == 18 and one["index_kind"] == "flat" and one["index_recall"] is None  # exact: nothing to tune
     r = client.get(f"{API}/embedding-sets/999")
     assert r.status_code == 404 and "GET /api/v1/embedding-sets" in r.json()["detail"]
     image_id = client.get(f"{API}/images", params={"dataset": "shapes", "limit": 1}).json()["items"][0]["id"]

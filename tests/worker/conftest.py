@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,10 +44,14 @@ class WorkerProcess:
                  workers: int = 1) -> None:
         env = {**os.environ, "FEATSCOPE_DATA_DIR": str(settings.data_dir), "FEATSCOPE_NUM_WORKERS": "0",
                "FEATSCOPE_BATCH_SIZE": str(settings.batch_size), "FEATSCOPE_SHARD_SIZE": str(settings.shard_size),
+               "FEATSCOPE_EXTRACT_JOB_IMAGES": str(settings.extract_job_images),
                "OMP_NUM_THREADS": "1"}
-        env.pop("FEATSCOPE_REDIS_URL", None)
+        for name in ("FEATSCOPE_REDIS_URL", "FEATSCOPE_DATABASE_URL"):
+            env.pop(name, None)
         if settings.redis_url:
             env["FEATSCOPE_REDIS_URL"] = settings.redis_url
+        if settings.database_url:
+            env["FEATSCOPE_DATABASE_URL"] = settings.database_url
         code = ("from featscope.worker.cli import worker_command; "
                 f"worker_command(workers={workers}, heartbeat_timeout={heartbeat_timeout}, step_delay={step_delay})")
         self.log_path = log_path
@@ -101,3 +107,43 @@ def start_worker(tmp_path):
 def waiter():
     """The :func:`wait_for` poller (test modules cannot import this conftest under importlib mode)."""
     return wait_for
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    """A private redis-server on a free loopback port, data kept in a temp dir, stopped at teardown."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        why = "redis-server is not on PATH (Debian: apt-get install redis-server; `make test` installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(why)  # CI must run the Redis topology test, never skip it
+        pytest.skip(why)
+    import redis
+
+    port = _free_port()
+    (tmp_path / "redis").mkdir()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path / "redis")], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"redis-server did not start (exit code {proc.poll()})") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(timeout=10)

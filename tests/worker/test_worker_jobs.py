@@ -17,6 +17,12 @@ from featscope.workspace import NotFound
 FAST = WorkerOptions(heartbeat_timeout=1.0, max_attempts=3, progress_interval=0.0)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def settings(request, settings_for):
+    """Every test here runs on both catalog databases (the SQLite file and PostgreSQL)."""
+    return settings_for(request.param)
+
+
 @pytest.fixture
 def queue(settings):
     """The SQLite queue in the data dir, with no consumer: submitted jobs stay queued."""

@@ -1,14 +1,10 @@
-"""Real ``featscope worker`` processes: a consumer runs jobs, a SIGKILLed worker's job resumes on the next
-worker with the same result, and two workers on one Redis queue never run a job twice."""
+"""Real ``featscope worker`` processes, with the catalog on SQLite and on PostgreSQL: a consumer runs jobs, a
+SIGKILLed worker's job resumes on the next worker with the same result, and two workers on one Redis queue
+never run a job twice."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import socket
-import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -17,6 +13,12 @@ from featscope.worker import jobs
 from featscope.worker.queue import make_queue
 from featscope.worker.tasks import host_id
 from featscope.workspace import Workspace
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def settings(request, settings_for):
+    """Every topology here runs with the catalog on SQLite and on PostgreSQL."""
+    return settings_for(request.param)
 
 
 def _shards(settings) -> list:
@@ -62,7 +64,7 @@ def test_a_worker_killed_mid_extraction_is_replaced_and_the_job_resumes_to_the_s
     assert str(second.pid) in done.log_tail
 
     # the same extraction, uninterrupted, in a fresh data dir
-    ref = Workspace(st.model_copy(update={"data_dir": tmp_path / "reference"}))
+    ref = Workspace(st.model_copy(update={"data_dir": tmp_path / "reference", "database_url": None}))
     ref.add_dataset(folder, name="many")
     ref.add_backbone("torchvision:resnet18", random_init=True, name="r18", preprocess=ws.load_backbone("r18").preprocess)
     want = ref.extract("r18", "many", taps=["conv5", "conv3"])
@@ -70,46 +72,6 @@ def test_a_worker_killed_mid_extraction_is_replaced_and_the_job_resumes_to_the_s
         got, exp = ws.load_embeddings(got_id), ref.load_embeddings(ref_set.id)
         assert got.relpaths == exp.relpaths
         np.testing.assert_allclose(got.vectors, exp.vectors, rtol=1e-5, atol=1e-6)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def redis_url(tmp_path):
-    """A private redis-server on a free loopback port, data kept in a temp dir, stopped at teardown."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        why = "redis-server is not on PATH (Debian: apt-get install redis-server; `make test` installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(why)  # CI must run the Redis topology test, never skip it
-        pytest.skip(why)
-    import redis
-
-    port = _free_port()
-    (tmp_path / "redis").mkdir()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path / "redis")], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"redis-server did not start (exit code {proc.poll()})") from None
-                time.sleep(0.1)
-        yield url
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_two_workers_on_redis_share_a_queue_and_run_each_job_once(prepared, redis_url, start_worker, waiter):

@@ -19,6 +19,12 @@ from featscope.worker.tasks import OwnershipLost, _Run, host_id
 OPTS = WorkerOptions(heartbeat_timeout=30.0, max_attempts=3)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def settings(request, settings_for):
+    """Every test here runs on both catalog databases (the SQLite file and PostgreSQL)."""
+    return settings_for(request.param)
+
+
 @pytest.fixture
 def queue(settings):
     return make_queue(settings, OPTS)

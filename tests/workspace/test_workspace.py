@@ -189,14 +189,17 @@ def test_large_sets_get_an_ivf_index_that_still_answers(tmp_path, make_images):
     ws.add_backbone("torchvision:resnet18", random_init=True, name="r18", preprocess=SMALL)
     [es] = ws.extract("r18", "many")
     assert es.index_kind == "ivf" and es.n == 90
+    # nprobe was tuned to reach recall@10 >= 0.95 against exact search, and both are on record
+    assert es.index_recall >= 0.95 and es.index_nprobe in (1, 2)
+    meta = ws.ctx.store.get("index", es.artifact_key).meta
+    assert meta["nlist"] == 2 and meta["nprobe"] == es.index_nprobe and meta["recall_queries"] == 90
     emb = ws.load_embeddings(es.id)
     unit = emb.vectors / np.linalg.norm(emb.vectors, axis=1, keepdims=True)
     query, hits = ws.neighbours(es.id, int(emb.image_ids[0]), k=5)
     assert len(hits) == 5 and all(h.image_id != query.image_id for h in hits)
     exact = set(np.argsort(-(unit @ unit[0]))[1:6].tolist())
     found = {int(np.flatnonzero(emb.image_ids == h.image_id)[0]) for h in hits}
-    # 90 vectors -> 2 inverted lists, and the default nprobe searches both: exhaustive, hence exact here
-    assert found == exact
+    assert len(found & exact) >= 4 if es.index_nprobe == 1 else found == exact  # 2 lists probed: exhaustive
 
 
 def test_repeated_neighbour_queries_read_the_artifact_once(ws, image_folder, monkeypatch):
@@ -214,3 +217,24 @@ def test_repeated_neighbour_queries_read_the_artifact_once(ws, image_folder, mon
     first = [ws.neighbours(es.id, image, k=3) for image in (1, 2, 3)]
     assert reads.count("embeddings") == 1 and reads.count("index") == 1
     assert [q.image_id for q, _ in first] == [1, 2, 3] and all(len(h) == 3 for _, h in first)
+
+
+def test_imported_vectors_become_an_embedding_set_with_an_index(ws, image_folder, tmp_path):
+    ws.add_dataset(image_folder, name="imgs")
+    ws.add_backbone("torchvision:resnet18", random_init=True, name="r18", preprocess=SMALL)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(16, 12)).astype(np.float32)
+    np.save(tmp_path / "v.npy", vectors)
+    es = ws.import_embeddings("r18", "imgs", np.load(tmp_path / "v.npy", mmap_mode="r"), tap="external")
+    assert (es.n, es.dim, es.dtype, es.precision, es.tap, es.cached) == (16, 12, "float16", "imported", "external", False)
+    emb = ws.load_embeddings(es.id)
+    np.testing.assert_array_equal(emb.vectors, vectors.astype(np.float16).astype(np.float32))
+    assert emb.relpaths == [im.relpath for im in ws.images("imgs")]
+    query, hits = ws.neighbours(es.id, emb.relpaths[0], k=3)
+    unit = emb.vectors / np.linalg.norm(emb.vectors, axis=1, keepdims=True)
+    assert [h.relpath for h in hits] == [emb.relpaths[i] for i in np.argsort(-(unit @ unit[0]))[1:4]]
+    assert ws.import_embeddings("r18", "imgs", vectors, tap="external").cached  # same numbers: a cache hit
+    with pytest.raises(ValueError, match="one row per readable image"):
+        ws.import_embeddings("r18", "imgs", vectors[:5])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        ws.import_embeddings("r18", "imgs", np.full((16, 12), np.inf))

@@ -1,4 +1,4 @@
-"""Analyses: pure functions on numpy arrays (no torch, no database, no settings).
+"""Analyses: pure functions on numpy arrays (no database, no settings; torch only in the streamed probe).
 
 - ``clustering``: FAISS K-means on every point, the K grid.
 - ``comembership``: P(same cluster in B | same in A) from contingency tables, ARI/NMI/FM, curves over K.
@@ -6,6 +6,11 @@
 - ``projection``: t-SNE (openTSNE), UMAP, PCA, Procrustes alignment of two maps.
 - ``probes``: linear probes with validation-chosen L2 strength and Wilson intervals, k-NN accuracy.
 - ``similarity``: chunked linear CKA (biased and debiased), CKA matrices, mutual k-NN alignment.
+- ``raster``: datashader rasters of 2-D maps with too many points for a browser scatter.
+
+Embedding matrices whose float32 copy would exceed ``arrays.IN_MEMORY_MAX`` (a memory-mapped set of a
+million images) are read in chunks: streaming K-means, IVF neighbours with measured recall, streamed PCA,
+chunked L-BFGS probes (``probes_stream``), chunked CKA.
 
 Submodules are imported on demand (``from featscope.analysis.pairs import closest_pairs``), so
 using one analysis does not pay for importing UMAP's compiler.

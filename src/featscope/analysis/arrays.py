@@ -21,3 +21,36 @@ def as_embeddings(x: np.ndarray, name: str = "x") -> np.ndarray:
         raise ValueError(f"{name} contains NaN or inf (or values too large for float32); "
                          "drop or repair those rows (the same rows in every space)")
     return arr
+
+
+# Above this many bytes of float32 copy, analyses stop copying an embedding matrix into memory and read it
+# in row chunks instead (a memory-mapped float16 set of a million 2048-d images would be 8 GB as float32).
+IN_MEMORY_MAX = 1 << 30
+CHUNK = 65536
+
+
+def fits_in_memory(x: np.ndarray) -> bool:
+    """Whether an analysis may hold a float32 copy of ``x`` (N, D): at most :data:`IN_MEMORY_MAX` bytes."""
+    shape = np.shape(x)
+    return len(shape) != 2 or shape[0] * shape[1] * 4 <= IN_MEMORY_MAX
+
+
+def embeddings_or_stream(x: np.ndarray, name: str = "x") -> np.ndarray:
+    """:func:`as_embeddings` for a matrix whose float32 copy fits :data:`IN_MEMORY_MAX`; a larger one (memory
+    mapped, typically) is checked for shape and dtype only and returned as it is, to be read with
+    :func:`float_chunks`, which checks each chunk for NaN and inf on the way."""
+    if fits_in_memory(x):
+        return as_embeddings(x, name)
+    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+        raise ValueError(f"{name} must hold real numbers (a numeric dtype), got dtype {x.dtype}")
+    return x
+
+
+def float_chunks(x: np.ndarray, chunk: int = CHUNK, name: str = "x"):
+    """``(start, float32 rows start..start+len)`` blocks of ``x``, each checked to be finite."""
+    for start in range(0, len(x), chunk):
+        block = np.ascontiguousarray(x[start:start + chunk], dtype=np.float32)
+        if not np.isfinite(block).all():
+            raise ValueError(f"{name} contains NaN or inf (rows {start}..{start + len(block) - 1}); drop or repair "
+                             "those rows (the same rows in every space)")
+        yield start, block

@@ -18,7 +18,7 @@ from typing import Literal
 import faiss
 import numpy as np
 
-from featscope.analysis.arrays import as_embeddings
+from featscope.analysis.arrays import CHUNK, embeddings_or_stream, fits_in_memory, float_chunks
 
 UseGpu = bool | Literal["auto"]
 
@@ -106,8 +106,12 @@ def kmeans_labels(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 20, sphe
     ``spherical=True`` normalises centroids and assigns by inner product (use on L2-normalised
     embeddings for cosine K-means). ``use_gpu``: ``"auto"`` uses GPUs when this FAISS build has any,
     ``True`` requires them, ``False`` stays on CPU. ``sample``: train the centroids on a seeded random
-    subset of this many rows (must be >= k), then assign all rows; ``None`` (default) trains on all."""
-    x = as_embeddings(x, "x")
+    subset of this many rows (must be >= k), then assign all rows; ``None`` (default) trains on all.
+
+    A matrix too large to copy into memory (more than ``IN_MEMORY_MAX`` bytes as float32: a memory-mapped
+    set of a million images) is clustered by :func:`_kmeans_streaming` instead: the same Lloyd iterations,
+    reading the rows in chunks, so memory stays O(chunk + k d) for any N."""
+    x = embeddings_or_stream(x, "x")
     n, d = x.shape
     k = _as_int(k, "k")
     if k < 2:
@@ -119,6 +123,8 @@ def kmeans_labels(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 20, sphe
         raise ValueError(f"niter must be >= 1, got {niter}")
     seed = _as_int(seed, "seed")
     gpu = _resolve_gpu(use_gpu)
+    if not fits_in_memory(x):
+        return _kmeans_streaming(x, k, seed=seed, niter=niter, spherical=spherical, gpu=gpu, sample=sample)
 
     train = x
     if sample is not None:
@@ -146,6 +152,80 @@ def kmeans_labels(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 20, sphe
         inertia = float(np.sum(sim_or_dist[:, 0], dtype=np.float64))
     return KMeansResult(labels=labels, centroids=centroids, inertia=inertia, k=k, seed=seed, n=n,
                         trained_on=n_train, spherical=bool(spherical), gpu=gpu > 0)
+
+
+def _kmeans_streaming(x: np.ndarray, k: int, *, seed: int, niter: int, spherical: bool, gpu: int,
+                      sample: int | None, chunk: int = CHUNK) -> KMeansResult:
+    """Lloyd's K-means over row chunks of ``x`` (any (N, d) array, memory-mapped float16 included).
+
+    Written here because ``faiss.Kmeans`` needs every training point in memory as float32 (8 GB for a
+    million 2048-d images). Same algorithm as FAISS: ``k`` distinct seeded rows as initial centroids, then
+    ``niter`` passes of assign (a FAISS flat index of the centroids, on the GPUs when there are some) and
+    update (per-cluster sums in float64, one sparse one-hot product per chunk); an emptied cluster takes
+    half of the largest one (its centroid nudged apart, as FAISS does). ``sample`` trains on that many
+    seeded rows (read once, in memory) and assigns every row. Deterministic for a seed, data and thread count.
+    """
+    import scipy.sparse as sp
+
+    n, d = x.shape
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n, size=sample, replace=False)) if sample is not None and sample < n else None
+    train = np.ascontiguousarray(x[rows], dtype=np.float32) if rows is not None else x
+    init = np.sort(rng.choice(len(train), size=k, replace=False))
+    centroids = np.ascontiguousarray(train[init], dtype=np.float32)
+    if spherical:
+        centroids = _unit_rows(centroids)
+
+    def assign(data: np.ndarray, cents: np.ndarray):
+        index = faiss.IndexFlatIP(d) if spherical else faiss.IndexFlatL2(d)
+        if gpu:
+            index = faiss.index_cpu_to_all_gpus(index)
+        index.add(cents)
+        blocks = float_chunks(data, chunk, "x") if data is x else [(0, data)]
+        for start, block in blocks:
+            score, a = index.search(block, 1)
+            yield start, block, score[:, 0], a[:, 0]
+
+    for _ in range(niter):
+        sums, counts = np.zeros((k, d), dtype=np.float64), np.zeros(k, dtype=np.int64)
+        for _, block, _, a in assign(train, centroids):
+            onehot = sp.csr_matrix((np.ones(len(a), np.float32), (a, np.arange(len(a)))), shape=(k, len(a)))
+            sums += onehot @ block
+            counts += np.bincount(a, minlength=k)
+        centroids = _split_empty(sums, counts, rng)
+        if spherical:
+            centroids = _unit_rows(centroids)
+    labels, inertia = np.empty(n, dtype=np.int64), 0.0
+    x2 = None
+    for start, block, score, a in assign(x, centroids):
+        labels[start:start + len(a)] = a
+        if spherical:  # inner-product scores: ||x - c||^2 = ||x||^2 + ||c||^2 - 2 <x, c>
+            x2 = np.einsum("ij,ij->i", block, block)
+            c2 = np.einsum("ij,ij->i", centroids, centroids)[a]
+            inertia += float(np.sum(np.maximum(x2 + c2 - 2.0 * score, 0.0), dtype=np.float64))
+        else:
+            inertia += float(np.sum(score, dtype=np.float64))
+    return KMeansResult(labels=labels, centroids=centroids, inertia=inertia, k=k, seed=seed, n=n,
+                        trained_on=len(train), spherical=bool(spherical), gpu=gpu > 0)
+
+
+def _split_empty(sums: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Centroids from per-cluster sums; each empty cluster takes half of the largest one (FAISS's rule)."""
+    cents = np.zeros_like(sums)
+    full = counts > 0
+    cents[full] = sums[full] / counts[full, None]
+    counts = counts.astype(np.float64)
+    for j in np.flatnonzero(~full):
+        big = int(np.argmax(counts))
+        nudge = 1.0 + 1e-5 * np.where(rng.random(sums.shape[1]) < 0.5, -1.0, 1.0)
+        cents[j], cents[big] = cents[big] * nudge, cents[big] / nudge
+        counts[j] = counts[big] = counts[big] / 2
+    return np.ascontiguousarray(cents, dtype=np.float32)
+
+
+def _unit_rows(c: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(c, axis=1, keepdims=True)
+    return np.ascontiguousarray(np.divide(c, norms, out=np.zeros_like(c), where=norms > 0), dtype=np.float32)
 
 
 def _resolve_gpu(use_gpu: UseGpu) -> int:

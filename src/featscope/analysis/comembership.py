@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score, fowlkes_mallows_score, normalized_mutual_info_score
 
-from featscope.analysis.arrays import as_embeddings
+from featscope.analysis.arrays import embeddings_or_stream
 from featscope.analysis.clustering import UseGpu, clip_k_grid, k_grid, kmeans_labels
 
 METRICS: tuple[str, ...] = ("a_to_b", "b_to_a", "ari", "nmi", "fowlkes_mallows")
@@ -170,8 +170,8 @@ def comembership_curve(x_a: np.ndarray, x_b: np.ndarray, ks: Sequence[int] | np.
     ``x_a`` (N, d_a) and ``x_b`` (N, d_b) embed the same N images (row i = image i). ``ks`` defaults to
     ``k_grid(2, 1000, 20)`` clipped to N; an explicit K > N is an error. Seed s clusters both spaces.
     ``progress(done, total)`` is called after each (K, seed)."""
-    x_a = as_embeddings(x_a, "x_a")
-    x_b = as_embeddings(x_b, "x_b")
+    x_a = embeddings_or_stream(x_a, "x_a")  # a memory-mapped set too large to copy is clustered in chunks
+    x_b = embeddings_or_stream(x_b, "x_b")
     if x_a.shape[0] != x_b.shape[0]:
         raise ValueError(f"x_a has {x_a.shape[0]} rows but x_b has {x_b.shape[0]}; both must embed the same images")
     n = x_a.shape[0]

@@ -5,6 +5,12 @@ uses cosine similarity: inner product of L2-normalised vectors (all-zero rows ha
 everything). Neighbours come from an exact FAISS ``IndexFlatIP`` searched in chunks of queries, so
 memory stays O(chunk * N) however large N is.
 
+A space too large to copy into memory (``arrays.IN_MEMORY_MAX``; a memory-mapped million-image set) is
+read in chunks, and its neighbours come from a FAISS IVF index whose ``nprobe`` is tuned to recall@10 >= 0.95
+against exact search (exact search costs O(N^2 D), about a day for a million 2048-d vectors on a CPU). The
+measured recall is reported (``PairList.info``, ``Agreement.info``); neighbour *ranks* in B, which need an
+O(N^2 D) scan, are then counted up to ``rank_cap`` (see :func:`close_in_a_distant_in_b_ranks`).
+
 Exact duplicates: two rows with identical vectors are two different images with cosine 1. Only an
 image's own row is removed from its neighbour list (by position, never by score), so duplicates are
 each other's nearest neighbours and appear as pairs with score 1. Ties are broken by FAISS's order;
@@ -18,9 +24,8 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
-from featscope.analysis.arrays import as_embeddings
-
-from featscope.cache.index import normalize
+from featscope.analysis.arrays import embeddings_or_stream, fits_in_memory
+from featscope.cache.index import index_kind, normalize
 
 _DEFAULT_CHUNK = 4096
 _COMPARE_BUDGET = 1 << 24  # elements of one (pairs x N) comparison block when counting ranks
@@ -35,6 +40,7 @@ class PairList:
     j: np.ndarray
     score: np.ndarray
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # how neighbours were found: {"exact": bool, "recall": ...}
 
     def __len__(self) -> int:
         return len(self.i)
@@ -57,6 +63,7 @@ class Agreement:
     mean: float
     worst: np.ndarray
     k: int
+    info: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"k": self.k, "mean": self.mean, "per_image": self.per_image.tolist(),
@@ -72,13 +79,13 @@ def closest_pairs(x: np.ndarray, n_pairs: int = 50, *, k: int = 10, chunk: int =
     result exact (equal to an all-pairs search); a smaller ``k`` is faster and only misses pairs whose
     images both have ``k`` closer neighbours elsewhere. Scores are float64 cosines.
     """
-    xn = _unit(x, "x")
+    xn = _Space(x, "x")
     _check_k(k, len(xn))
     _check_count(n_pairs, "n_pairs")
-    i, j = _knn_pairs(xn, k, chunk)
+    i, j, info = _knn_pairs(xn, k, chunk)
     score = _pair_cosine(xn, i, j, chunk)
     order = np.lexsort((j, i, -score))[:n_pairs]
-    return PairList(i[order], j[order], score[order])
+    return PairList(i[order], j[order], score[order], info=info)
 
 
 def close_in_a_distant_in_b_clusters(labels_a_large: np.ndarray, labels_b_small: np.ndarray, x_a: np.ndarray,
@@ -92,23 +99,23 @@ def close_in_a_distant_in_b_clusters(labels_a_large: np.ndarray, labels_b_small:
     :func:`closest_pairs` for what ``k`` bounds), ranked by cosine in A, most similar first.
     Extra columns: ``cluster_a`` (shared A cluster), ``cluster_b_i`` and ``cluster_b_j``.
     """
-    xn = _unit(x_a, "x_a")
+    xn = _Space(x_a, "x_a")
     n = len(xn)
     la = _labels(labels_a_large, "labels_a_large", n)
     lb = _labels(labels_b_small, "labels_b_small", n)
     _check_k(k, n)
     _check_count(n_pairs, "n_pairs")
-    i, j = _knn_pairs(xn, k, chunk)
+    i, j, info = _knn_pairs(xn, k, chunk)
     keep = (la[i] == la[j]) & (lb[i] != lb[j])
     i, j = i[keep], j[keep]
     score = _pair_cosine(xn, i, j, chunk)
     order = np.lexsort((j, i, -score))[:n_pairs]
     i, j = i[order], j[order]
-    return PairList(i, j, score[order], {"cluster_a": la[i], "cluster_b_i": lb[i], "cluster_b_j": lb[j]})
+    return PairList(i, j, score[order], {"cluster_a": la[i], "cluster_b_i": lb[i], "cluster_b_j": lb[j]}, info)
 
 
 def close_in_a_distant_in_b_ranks(x_a: np.ndarray, x_b: np.ndarray, n_pairs: int = 50, *, k: int = 10,
-                                  chunk: int = _DEFAULT_CHUNK) -> PairList:
+                                  chunk: int = _DEFAULT_CHUNK, rank_cap: int = 100) -> PairList:
     """Pairs close in space A but distant in space B by neighbour rank (Fig. 3, middle panel).
 
     Candidates are A's k-NN pairs. For each, the exact rank of j in i's neighbour list in B is
@@ -118,21 +125,38 @@ def close_in_a_distant_in_b_ranks(x_a: np.ndarray, x_b: np.ndarray, n_pairs: int
     by B rank, most distant first (ties: higher A cosine first). Extra columns: ``rank_b``,
     ``rank_b_ij``, ``rank_b_ji``, ``score_b``. B is scanned in row blocks of bounded size (~64 MB
     whatever N), costing O(N^2 D) time like one all-pairs similarity pass.
+
+    A space B too large for memory is not scanned: ranks come from B's ``rank_cap`` nearest neighbours
+    (IVF, tuned recall), so a rank below ``rank_cap`` is the neighbour's place in that list and every
+    partner beyond it gets rank ``rank_cap``; pairs tied there are ordered by their B cosine, lowest first
+    (``info["rank_cap"]`` says so).
     """
-    xa, xb = _unit(x_a, "x_a"), _unit(x_b, "x_b")
+    xa, xb = _Space(x_a, "x_a"), _Space(x_b, "x_b")
     _check_same_n(xa, xb)
     _check_k(k, len(xa))
     _check_count(n_pairs, "n_pairs")
-    i, j = _knn_pairs(xa, k, chunk)
+    i, j, info = _knn_pairs(xa, k, chunk)
     score = _pair_cosine(xa, i, j, chunk)
-    both = _ranks(xb, np.concatenate([i, j]), np.concatenate([j, i]), chunk)  # one scan of B for both
-    rank_ij, rank_ji = both[:len(i)], both[len(i):]
+    score_b = _pair_cosine(xb, i, j, chunk)
+    if xb.big:
+        cap = min(int(rank_cap), len(xb) - 1)
+        nb, info_b = _knn(xb, cap, chunk=chunk)
+        rank_ij, rank_ji = _capped_rank(nb, i, j, cap), _capped_rank(nb, j, i, cap)
+        info = {**info, "rank_cap": cap, "recall_b": info_b["recall"]}
+    else:
+        both = _ranks(xb, np.concatenate([i, j]), np.concatenate([j, i]), chunk)  # one scan of B for both
+        rank_ij, rank_ji = both[:len(i)], both[len(i):]
     rank = np.minimum(rank_ij, rank_ji)
-    order = np.lexsort((j, i, -score, -rank))[:n_pairs]
+    order = np.lexsort((j, i, -score, score_b, -rank) if xb.big else (j, i, -score, -rank))[:n_pairs]
     i, j = i[order], j[order]
     return PairList(i, j, score[order], {"rank_b": rank[order], "rank_b_ij": rank_ij[order],
-                                         "rank_b_ji": rank_ji[order],
-                                         "score_b": _pair_cosine(xb, i, j, chunk)})
+                                         "rank_b_ji": rank_ji[order], "score_b": score_b[order]}, info)
+
+
+def _capped_rank(nbrs: np.ndarray, i: np.ndarray, j: np.ndarray, cap: int) -> np.ndarray:
+    """Place of j in i's neighbour list (rows of ``nbrs``), or ``cap`` when it is not there."""
+    hit = nbrs[i] == j[:, None]
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), cap).astype(np.int64)
 
 
 def neighbourhood_agreement(x_a: np.ndarray, x_b: np.ndarray, k: int = 10, *, n_worst: int = 20,
@@ -142,66 +166,103 @@ def neighbourhood_agreement(x_a: np.ndarray, x_b: np.ndarray, k: int = 10, *, n_
     1 means image i has the same k neighbours in both spaces, 0 that they share none. ``worst`` holds
     the ``n_worst`` least-agreeing images (lowest overlap first, ties by index).
     """
-    xa, xb = _unit(x_a, "x_a"), _unit(x_b, "x_b")
+    xa, xb = _Space(x_a, "x_a"), _Space(x_b, "x_b")
     _check_same_n(xa, xb)
     _check_k(k, len(xa))
     if n_worst < 0:
         raise ValueError(f"n_worst must be >= 0, got {n_worst}")
-    na, nb = _knn(xa, k, chunk=chunk), _knn(xb, k, chunk=chunk)
+    (na, info_a), (nb, info_b) = _knn(xa, k, chunk=chunk), _knn(xb, k, chunk=chunk)
+    # slots an IVF search left empty (-1) get distinct negative fillers, so they never count as shared
+    na = np.where(na < 0, -1 - np.arange(k), na)
+    nb = np.where(nb < 0, -1 - k - np.arange(k), nb)
     both = np.sort(np.hstack([na, nb]), axis=1)  # each list has distinct entries: repeats = shared
     per_image = (both[:, 1:] == both[:, :-1]).sum(axis=1) / k
     worst = np.lexsort((np.arange(len(per_image)), per_image))[:n_worst]
-    return Agreement(per_image, float(per_image.mean()), worst.astype(np.int64), k)
+    info = {"exact": info_a["exact"] and info_b["exact"], "recall_a": info_a["recall"], "recall_b": info_b["recall"]}
+    return Agreement(per_image, float(per_image.mean()), worst.astype(np.int64), k, info)
 
 
-def _knn(xn: np.ndarray, k: int, *, chunk: int = _DEFAULT_CHUNK) -> np.ndarray:
-    """Positions (N, k) of each row's ``k`` most cosine-similar other rows of normalised ``xn``.
+class _Space:
+    """Unit-normalised rows of one embedding space: a normalised copy in memory when it fits
+    (``arrays.IN_MEMORY_MAX``), otherwise the caller's (memory-mapped) array, normalised chunk by chunk."""
 
-    Exact (``IndexFlatIP``), queried ``chunk`` rows at a time; a row's own position is removed (or,
-    if duplicates pushed it out of the top k + 1, the last hit is dropped instead).
+    def __init__(self, x: np.ndarray, name: str) -> None:
+        raw = embeddings_or_stream(x, name)
+        self.big = not fits_in_memory(raw)
+        self.data = raw if self.big else normalize(raw)
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """Unit rows ``idx`` as float32 (read in ascending order from a memory map, returned in ``idx`` order)."""
+        if not self.big:
+            return self.data[idx]
+        order = np.argsort(idx, kind="stable")
+        out = np.empty((len(idx), self.data.shape[1]), dtype=np.float32)
+        out[order] = normalize(np.asarray(self.data[idx[order]]))
+        return out
+
+
+def _knn(xn: _Space, k: int, *, chunk: int = _DEFAULT_CHUNK) -> tuple[np.ndarray, dict]:
+    """Positions (N, k) of each row's ``k`` most cosine-similar other rows, and how they were found.
+
+    In memory: exact (``IndexFlatIP``), queried ``chunk`` rows at a time; a row's own position is removed
+    (or, if duplicates pushed it out of the top k + 1, the last hit is dropped instead). Too large for memory:
+    an IVF index over the chunked rows with ``nprobe`` tuned to recall@10 >= 0.95 (slots it could not fill: -1).
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    n, d = xn.shape
+    if xn.big:
+        from featscope.cache.index import build_index, knn_graph, tune_nprobe
+
+        index = build_index(xn.data, flat_max=0)
+        tuning = tune_nprobe(index, xn.data)
+        return knn_graph(index, xn.data, k, rerank=tuning.rerank), {
+            "exact": False, "recall": tuning.recall, "nprobe": tuning.nprobe, "index": index_kind(index)}
+    n, d = xn.data.shape
     index = faiss.IndexFlatIP(d)
-    index.add(xn)
+    index.add(xn.data)
     out = np.empty((n, k), dtype=np.int64)
     for start in range(0, n, chunk):
         rows = np.arange(start, min(start + chunk, n))
-        _, found = index.search(xn[rows], k + 1)
+        _, found = index.search(xn.data[rows], k + 1)
         drop = found == rows[:, None]
         drop[~drop.any(axis=1), -1] = True
         out[rows] = found[~drop].reshape(len(rows), k)
-    return out
+    return out, {"exact": True, "recall": 1.0}
 
 
-def _knn_pairs(xn: np.ndarray, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unique unordered k-NN pairs (i < j), as two int64 arrays sorted by (i, j)."""
-    nbrs = _knn(xn, k, chunk=chunk)
+def _knn_pairs(xn: _Space, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Unique unordered k-NN pairs (i < j), as two int64 arrays sorted by (i, j), and how they were found."""
+    nbrs, info = _knn(xn, k, chunk=chunk)
     rows = np.repeat(np.arange(len(xn), dtype=np.int64), k)
     cols = nbrs.reshape(-1)
+    rows, cols = rows[cols >= 0], cols[cols >= 0]
     lo, hi = np.minimum(rows, cols), np.maximum(rows, cols)
     key = np.unique(lo * len(xn) + hi)
-    return key // len(xn), key % len(xn)
+    return key // len(xn), key % len(xn), info
 
 
-def _pair_cosine(xn: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int) -> np.ndarray:
+def _pair_cosine(xn: _Space, i: np.ndarray, j: np.ndarray, chunk: int) -> np.ndarray:
     """float64 cosine of each pair (rows of ``xn`` are unit vectors), ``chunk`` pairs at a time."""
     out = np.empty(len(i), dtype=np.float64)
     for s in range(0, len(i), chunk):
-        a = xn[i[s:s + chunk]].astype(np.float64)
-        b = xn[j[s:s + chunk]].astype(np.float64)
+        a = xn.rows(i[s:s + chunk]).astype(np.float64)
+        b = xn.rows(j[s:s + chunk]).astype(np.float64)
         out[s:s + chunk] = np.einsum("pd,pd->p", a, b)
     return out
 
 
-def _ranks(xn: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int) -> np.ndarray:
+def _ranks(space: _Space, i: np.ndarray, j: np.ndarray, chunk: int) -> np.ndarray:
     """Exact rank of j in i's neighbour list: #{j' != i : cos(i, j') > cos(i, j)}.
 
     Query rows are processed in blocks of at most ``chunk`` rows and ``_COMPARE_BUDGET`` elements
     (a block x N similarity matrix), and each pair's row is compared with its own threshold, so the
     cost is O(N^2 D + pairs * N) time and O(_COMPARE_BUDGET) memory (~64 MB) for any N.
     """
+    xn = space.data  # in memory and normalised: only small spaces are scanned
     n = len(xn)
     out = np.empty(len(i), dtype=np.int64)
     by_query = np.argsort(i, kind="stable")
@@ -221,10 +282,6 @@ def _ranks(xn: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int) -> np.ndarr
             rows, th = local[t:t + step], thresh[t:t + step]
             out[sel[t:t + step]] = np.count_nonzero(sims[rows] > th[:, None], axis=1)
     return out
-
-
-def _unit(x: np.ndarray, name: str) -> np.ndarray:
-    return normalize(as_embeddings(x, name))
 
 
 def _labels(labels: np.ndarray, name: str, n: int) -> np.ndarray:

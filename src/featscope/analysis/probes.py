@@ -24,6 +24,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
+from featscope.analysis.arrays import fits_in_memory
 from featscope.cache.index import normalize
 
 _Z95 = 1.959963984540054  # two-sided 95% standard-normal quantile
@@ -181,7 +182,7 @@ def _check_inputs(x: np.ndarray, labels: Any, splits: Splits) -> tuple[np.ndarra
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"x must be a numeric 2-D (N, D) feature array, got shape {arr.shape}, "
                          f"dtype {arr.dtype}")
-    if not np.isfinite(arr).all():
+    if fits_in_memory(arr) and not np.isfinite(arr).all():  # larger ones are checked chunk by chunk
         raise ValueError("x contains NaN or inf; drop or repair those rows first")
     codes, classes = _encode_labels(labels, len(arr))
     parts = [np.asarray(p) for p in (splits.train, splits.val, splits.test)]
@@ -262,6 +263,8 @@ def linear_probe(x: np.ndarray, labels: Sequence[Any] | np.ndarray, splits: Spli
                          "single-value c_grid")
     if len(np.unique(codes[splits.train])) < 2:
         raise ValueError("the training part holds a single class; a probe needs at least two")
+    if not fits_in_memory(arr):
+        return _streamed_linear_probe(arr, codes, classes, splits, grid, max_iter)
     x_tr, y_tr = arr[splits.train], codes[splits.train]
     val_acc = np.full(grid.size, np.nan)
     if len(splits.val):
@@ -285,6 +288,33 @@ def linear_probe(x: np.ndarray, labels: Sequence[Any] | np.ndarray, splits: Spli
         classes=classes[model.classes_], converged=bool(np.max(model.n_iter_) < max_iter))
 
 
+def _streamed_linear_probe(arr: np.ndarray, codes: np.ndarray, classes: np.ndarray, splits: Splits,
+                           grid: np.ndarray, max_iter: int) -> ProbeResult:
+    """:func:`linear_probe` for features too large for memory (see :mod:`probes_stream`): same C search along
+    the path with warm starts, cold refit on train+val, test top-1 with its Wilson interval."""
+    from featscope.analysis import probes_stream as ps
+
+    n_cls, train = len(classes), splits.train
+    mean, scale = ps.scaler(arr, train)
+    val_acc, init = np.full(grid.size, np.nan), None
+    if len(splits.val):
+        for i in np.argsort(grid, kind="stable"):
+            coef, intercept, _ = ps.fit(arr, codes, train, n_cls, float(grid[i]), mean, scale, max_iter, init)
+            init = (coef, intercept)
+            val_acc[i] = float(np.mean(ps.predict(arr, splits.val, coef, intercept, mean, scale) == codes[splits.val]))
+        best = int(min(np.flatnonzero(val_acc == val_acc.max()), key=lambda j: grid[j]))
+    else:
+        best = 0
+    fit_rows = np.sort(np.concatenate([train, splits.val]))
+    mean, scale = ps.scaler(arr, fit_rows)
+    coef, intercept, converged = ps.fit(arr, codes, fit_rows, n_cls, float(grid[best]), mean, scale, max_iter)
+    correct = int(np.sum(ps.predict(arr, splits.test, coef, intercept, mean, scale) == codes[splits.test]))
+    low, high = wilson_interval(correct, len(splits.test))
+    return ProbeResult(accuracy=correct / len(splits.test), ci_low=low, ci_high=high, n_test=len(splits.test),
+                       best_c=float(grid[best]), c_grid=grid, val_accuracy=val_acc, coef=coef, intercept=intercept,
+                       scaler_mean=mean, scaler_scale=scale, classes=classes, converged=converged)
+
+
 def knn_accuracy(x: np.ndarray, labels: Sequence[Any] | np.ndarray, splits: Splits, *,
                  k: int = 20) -> KnnResult:
     """Top-1 accuracy of cosine k-NN classification of the test rows from the train+val rows.
@@ -297,17 +327,24 @@ def knn_accuracy(x: np.ndarray, labels: Sequence[Any] | np.ndarray, splits: Spli
     db_rows = np.concatenate([splits.train, splits.val])
     if not isinstance(k, (int, np.integer)) or not 1 <= k <= len(db_rows):
         raise ValueError(f"k must be an int in [1, {len(db_rows)}] (train+val rows), got {k!r}")
-    db = normalize(arr[db_rows])
-    index = faiss.IndexFlatIP(db.shape[1])
-    index.add(db)
-    sims, nbrs = index.search(normalize(arr[splits.test]), int(k))
+    if fits_in_memory(arr):
+        db = normalize(arr[db_rows])
+        index = faiss.IndexFlatIP(db.shape[1])
+        index.add(db)
+        sims, nbrs = index.search(normalize(arr[splits.test]), int(k))
+    else:  # too large for memory: an IVF index tuned to recall@10 >= 0.95 (probes_stream.knn_votes)
+        from featscope.analysis.probes_stream import knn_votes
+
+        nbrs, sims, _ = knn_votes(arr, np.sort(db_rows), splits.test, int(k))
+        db_rows = np.sort(db_rows)
     n_cls = int(codes.max()) + 1
-    nbr_codes = codes[db_rows][nbrs]
+    valid = nbrs >= 0  # an IVF search may leave slots empty: they do not vote
+    nbr_codes = codes[db_rows][np.where(valid, nbrs, 0)]
     rows = np.repeat(np.arange(len(nbrs)), k)
     votes = np.zeros((len(nbrs), n_cls))
     weight = np.zeros((len(nbrs), n_cls))
-    np.add.at(votes, (rows, nbr_codes.ravel()), 1.0)
-    np.add.at(weight, (rows, nbr_codes.ravel()), sims.ravel().astype(np.float64))
+    np.add.at(votes, (rows, nbr_codes.ravel()), valid.ravel().astype(np.float64))
+    np.add.at(weight, (rows, nbr_codes.ravel()), np.where(valid, sims, 0.0).ravel().astype(np.float64))
     tied = votes == votes.max(axis=1, keepdims=True)
     pred = np.argmax(np.where(tied, weight, -np.inf), axis=1)
     correct = int(np.sum(pred == codes[splits.test]))

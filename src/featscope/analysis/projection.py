@@ -26,7 +26,7 @@ import numpy as np
 from scipy.linalg import orthogonal_procrustes
 from sklearn.decomposition import PCA
 
-from featscope.analysis.arrays import as_embeddings
+from featscope.analysis.arrays import CHUNK, embeddings_or_stream, fits_in_memory, float_chunks
 
 Method = Literal["tsne", "umap", "pca"]
 Metric = Literal["cosine", "euclidean"]
@@ -55,6 +55,9 @@ class Alignment(NamedTuple):
     scale: float
     translation: np.ndarray
 
+
+# Above this many points t-SNE takes openTSNE's approximate (Annoy) neighbours instead of exact FAISS ones.
+EXACT_KNN_MAX = 200_000
 
 # Below this many points ``n_jobs=-1`` means one thread: the per-iteration work is too small to share,
 # and threads spin-waiting on a busy machine made a 200-point t-SNE take 11.9 s instead of 0.6 s.
@@ -134,35 +137,49 @@ def project(x: np.ndarray, method: Method = "tsne", *, n_components: int = 2, pe
     ``pca_dims``: t-SNE/UMAP first reduce to this many principal components (randomized, seeded
     PCA), which removes noise dimensions and makes neighbour search far cheaper; ``None`` skips it,
     as does a value >= min(N, D).
+
+    Scale: features too large to copy into memory (``arrays.IN_MEMORY_MAX``, a memory-mapped million-image
+    set) are reduced by exact PCA from a covariance accumulated in chunks (``params["pca"] == "streamed"``;
+    ``pca_dims`` is then required); t-SNE on more than ``EXACT_KNN_MAX`` points uses openTSNE's approximate
+    (Annoy) neighbours (``params["knn"] == "annoy"``), as exact search grows with N^2.
     """
-    arr = as_embeddings(x)
+    arr = embeddings_or_stream(x)
     n, d = arr.shape
     check_params(n, d, method, n_components=n_components, perplexity=perplexity, n_neighbors=n_neighbors,
                  min_dist=min_dist, pca_dims=pca_dims, metric=metric, n_iter=n_iter,
                  early_exaggeration_iter=early_exaggeration_iter, fft_ints_in_interval=fft_ints_in_interval,
                  fft_min_intervals=fft_min_intervals)
     threads = _resolve_n_jobs(n_jobs, n)
-
-    if metric == "cosine":
-        norms = np.linalg.norm(arr, axis=1, keepdims=True)
-        arr = np.divide(arr, norms, out=np.zeros_like(arr), where=norms > 0)
     params: dict[str, Any] = {"n_components": int(n_components), "metric": metric, "seed": seed}
 
-    if method == "pca":
-        coords = PCA(n_components=n_components, random_state=seed).fit_transform(arr)
-        return Projection(np.ascontiguousarray(coords, dtype=np.float32), "pca", params)
-
-    used_pca = pca_dims is not None and pca_dims < min(n, d)
-    if used_pca:
-        arr = PCA(n_components=pca_dims, svd_solver="randomized", random_state=seed).fit_transform(arr)
-    params["pca_dims"] = int(pca_dims) if used_pca else None
+    if not fits_in_memory(arr):  # a memory-mapped set too large to copy: exact PCA from chunked covariance
+        dims = n_components if method == "pca" else pca_dims
+        if dims is None or dims >= d:
+            raise ValueError(f"{n} x {d} features are too many to {method} without reducing them first; pass "
+                             f"pca_dims (50 is usual) so they are projected on their principal components in chunks")
+        arr = _streamed_pca(arr, int(dims), cosine=metric == "cosine")
+        if method == "pca":
+            return Projection(arr, "pca", {**params, "pca": "streamed"})
+        params.update(pca_dims=int(dims), pca="streamed")
+    else:
+        if metric == "cosine":
+            norms = np.linalg.norm(arr, axis=1, keepdims=True)
+            arr = np.divide(arr, norms, out=np.zeros_like(arr), where=norms > 0)
+        if method == "pca":
+            coords = PCA(n_components=n_components, random_state=seed).fit_transform(arr)
+            return Projection(np.ascontiguousarray(coords, dtype=np.float32), "pca", params)
+        used_pca = pca_dims is not None and pca_dims < min(n, d)
+        if used_pca:
+            arr = PCA(n_components=pca_dims, svd_solver="randomized", random_state=seed).fit_transform(arr)
+        params["pca_dims"] = int(pca_dims) if used_pca else None
     arr = np.ascontiguousarray(arr, dtype=np.float32)
 
     if method == "tsne":
         k = min(n - 1, int(3 * perplexity))
         coords = _tsne(arr, n_components, perplexity, k, seed, threads, n_iter, early_exaggeration_iter,
                        float(fft_ints_in_interval), int(fft_min_intervals))
-        params.update(perplexity=float(perplexity), k_neighbors=k, knn="faiss-exact", n_iter=int(n_iter),
+        params.update(perplexity=float(perplexity), k_neighbors=k,
+                      knn="faiss-exact" if n <= EXACT_KNN_MAX else "annoy", n_iter=int(n_iter),
                       early_exaggeration_iter=int(early_exaggeration_iter),
                       fft_ints_in_interval=float(fft_ints_in_interval),
                       fft_min_intervals=int(fft_min_intervals), n_jobs=threads)
@@ -210,15 +227,49 @@ def _tsne(arr: np.ndarray, n_components: int, perplexity: float, k: int, seed: i
     from openTSNE.affinity import PerplexityBasedNN
     from openTSNE.nearest_neighbors import PrecomputedNeighbors
 
-    indices, distances = _knn_graph(arr, k, threads)
-    affinities = PerplexityBasedNN(perplexity=perplexity, knn_index=PrecomputedNeighbors(indices, distances),
-                                   n_jobs=threads)
+    if len(arr) > EXACT_KNN_MAX:  # exact search is O(N^2): about an hour for a million points on 2 cores
+        affinities = PerplexityBasedNN(arr, perplexity=perplexity, method="annoy", n_jobs=threads,
+                                       random_state=seed)
+    else:
+        indices, distances = _knn_graph(arr, k, threads)
+        affinities = PerplexityBasedNN(perplexity=perplexity, knn_index=PrecomputedNeighbors(indices, distances),
+                                       n_jobs=threads)
     tsne = TSNE(n_components=n_components, perplexity=perplexity, initialization="pca",
                 metric="euclidean", n_jobs=threads, random_state=seed, n_iter=n_iter,
                 early_exaggeration_iter=early_exaggeration_iter,
                 ints_in_interval=ints_in_interval, min_num_intervals=min_num_intervals,
                 negative_gradient_method="auto" if n_components <= 2 else "bh")
     return np.asarray(tsne.fit(arr, affinities=affinities))
+
+
+def _streamed_pca(x: np.ndarray, dims: int, *, cosine: bool, chunk: int = CHUNK) -> np.ndarray:
+    """Rows of ``x`` projected on their ``dims`` principal components, computed exactly from the float64
+    covariance accumulated over row chunks (O(N D^2) time, O(D^2 + chunk D) memory: a million 2048-d rows
+    never held at once). ``cosine`` L2-normalises each row first. Each component's sign is fixed so its
+    largest loading is positive (the projection is then reproducible)."""
+    n, d = x.shape
+    total, gram = np.zeros(d), np.zeros((d, d))
+    for _, block in _unit_or_raw_chunks(x, cosine, chunk):
+        b = block.astype(np.float64)
+        total += b.sum(axis=0)
+        gram += b.T @ b
+    mean = total / n
+    cov = gram / n - np.outer(mean, mean)
+    _, vecs = np.linalg.eigh(cov)
+    comps = vecs[:, ::-1][:, :dims]
+    comps *= np.sign(comps[np.argmax(np.abs(comps), axis=0), np.arange(dims)])
+    out = np.empty((n, dims), dtype=np.float32)
+    for start, block in _unit_or_raw_chunks(x, cosine, chunk):
+        out[start:start + len(block)] = (block.astype(np.float64) - mean) @ comps
+    return out
+
+
+def _unit_or_raw_chunks(x: np.ndarray, cosine: bool, chunk: int):
+    for start, block in float_chunks(x, chunk):
+        if cosine:
+            norms = np.linalg.norm(block, axis=1, keepdims=True)
+            block = np.divide(block, norms, out=np.zeros_like(block), where=norms > 0)
+        yield start, block
 
 
 def _umap(arr: np.ndarray, n_components: int, n_neighbors: int, min_dist: float, seed: int | None,

@@ -1,21 +1,47 @@
-"""FAISS indexes for cosine k-NN over embeddings.
+"""FAISS indexes for cosine k-NN over embeddings, from a few hundred images to millions.
 
 Cosine similarity is the inner product of L2-normalised float32 vectors, so every index here is an
 inner-product index fed normalised copies (all-zero rows stay zero: similarity 0 to everything,
-never NaN). Small sets get an exact flat index; large ones an IVF index, which trades a little
-recall for sub-linear search. Indexes built on a GPU are moved back to the CPU to be serialised.
+never NaN). The kind follows the size of the set:
+
+- ``N <= flat_max``: an exact ``IndexFlatIP``.
+- larger, when the float32 vectors fit ``memory_max`` bytes: ``IndexIVFFlat`` (exact scores, approximate
+  search: only ``nprobe`` of ``nlist`` lists are visited).
+- larger still: ``IndexIVFPQ``, ``M`` bytes per vector (a million 2048-d vectors: 256 MB instead of 8 GB).
+  Its scores are approximate, so :func:`search` re-ranks ``rerank * k`` candidates with exact cosines read
+  from the set's own vectors (memory-mapped; a few rows per query), when the caller passes them.
+
+An IVF index is only as good as its ``nprobe``: :func:`tune_nprobe` measures recall@k against exact search
+on a sample of the set's own vectors and picks the smallest ``nprobe`` (and, for PQ, re-rank depth) that
+reaches the target (0.95 by default). ``nprobe`` is saved in the index; the caller stores the measurement
+and the re-rank depth (FAISS has no field for it) with the index and passes ``rerank`` back when searching.
+
+Everything works in row chunks of any (N, D) array, a read-only memory map of float16 included: building
+holds the training sample and one chunk, never a normalised copy of the whole set. On a FAISS build with
+GPUs, IVF-Flat indexes are built on the GPU, and IVF-PQ indexes train their coarse quantizer and assign
+vectors to lists on the GPU (the expensive parts); indexes are moved back to the CPU to be serialised.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Literal
 
 import faiss
 import numpy as np
 
 _MIN_POINTS_PER_LIST = 39  # FAISS warns below this many training points per centroid
-_MAX_POINTS_PER_LIST = 256  # ...and subsamples above it; we subsample ourselves, reproducibly
+_TRAIN_POINTS_PER_LIST = 64  # training sample per list: enough for stable lists, cheap at a million vectors
+_CHUNK = 65536
+DEFAULT_RERANK = 4  # IVF-PQ: exact re-ranking of this many candidates per wanted neighbour ...
+_MAX_RERANK = 256  # ... raised up to this many when the codes cannot separate the neighbours otherwise
+# PQ: 16 dims per byte (a 2048-d vector in 128 bytes); coarser codes only mean a deeper re-rank, which
+# tune_nprobe chooses, while FAISS's PQ training grows with the number of sub-quantizers (256 of them took
+# minutes on a 2-core machine). Each sub-quantizer trains on 64 points per centroid, 10 k-means iterations.
+_PQ_MIN_DSUB = 16
+_PQ_TRAIN_PER_CENTROID, _PQ_TRAIN_NITER = 64, 10
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -30,48 +56,111 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return x
 
 
-def build_index(vectors: np.ndarray, *, flat_max: int = 100_000, nlist: int | None = None,
-                nprobe: int | None = None, use_gpu: bool | Literal["auto"] = "auto") -> faiss.Index:
+def unit_chunks(vectors: np.ndarray, chunk: int = _CHUNK) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, normalised float32 rows start..start+len)`` blocks of any (N, D) array, memory maps included."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    for start in range(0, len(vectors), chunk):
+        yield start, normalize(vectors[start:start + chunk])
+
+
+def index_kind(index: faiss.Index) -> str:
+    """``flat``, ``ivf`` (IVF-Flat) or ``ivfpq``."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIVFPQ):
+        return "ivfpq"
+    return "ivf" if isinstance(index, faiss.IndexIVF) else "flat"
+
+
+def build_index(vectors: np.ndarray, *, flat_max: int = 100_000, memory_max: int = 2 << 30,
+                nlist: int | None = None, nprobe: int | None = None, pq_m: int | None = None,
+                use_gpu: bool | Literal["auto"] = "auto", chunk: int = _CHUNK) -> faiss.Index:
     """Cosine index over ``vectors`` (N, D); positions in results are row numbers of ``vectors``.
 
-    ``N <= flat_max``: exact ``IndexFlatIP``. Otherwise ``IndexIVFFlat`` (inner product) with
-    ``nlist`` lists (default ``4*sqrt(N)``, capped so k-means has >= 39 points per list), trained on
-    a reproducible sample of at most 256 points per list, searching ``nprobe`` lists (default
-    ``max(8, nlist // 8)``; stored on the index, so it survives serialisation).
+    ``N <= flat_max``: exact ``IndexFlatIP``. Otherwise IVF with ``nlist`` lists (default ``sqrt(N)``,
+    capped so k-means has >= 39 points per list), trained on a reproducible sample of 64 points per list:
+    ``IndexIVFFlat`` if ``N * D * 4 <= memory_max`` bytes, else ``IndexIVFPQ`` with ``pq_m`` bytes per vector
+    (default: the largest divisor of D with sub-vectors of >= 16 dims that fits ``memory_max``). ``nprobe``
+    (default ``max(1, nlist // 16)``) is stored on the index; :func:`tune_nprobe` chooses it by measured recall.
     ``use_gpu``: ``"auto"`` uses a GPU when this FAISS build has one; ``True`` requires one.
     """
-    x = normalize(vectors)
-    n, d = x.shape
-    if n == 0 or d == 0:
-        raise ValueError(f"cannot index an empty set of vectors (shape {x.shape})")
+    n, d = _check_vectors(vectors)
     if flat_max < 0:
         raise ValueError(f"flat_max must be >= 0, got {flat_max}")
+    if memory_max < 1:
+        raise ValueError(f"memory_max must be a positive number of bytes, got {memory_max}")
     gpus = getattr(faiss, "get_num_gpus", lambda: 0)()
-    if use_gpu is True and gpus == 0:
-        raise ValueError("use_gpu=True but this FAISS build sees no GPU; install faiss-gpu or pass use_gpu='auto'")
     if use_gpu not in (True, False, "auto"):
         raise ValueError(f"use_gpu must be True, False or 'auto', got {use_gpu!r}")
+    if use_gpu is True and gpus == 0:
+        raise ValueError("use_gpu=True but this FAISS build sees no GPU; install faiss-gpu or pass use_gpu='auto'")
+    gpu = bool(gpus > 0 and use_gpu)
 
     if n <= flat_max:
         index: faiss.Index = faiss.IndexFlatIP(d)
-    else:
-        nlist = _check_nlist(n, nlist)
+        if gpu:
+            index = _to_gpu(index)
+        for _, block in unit_chunks(vectors, chunk):
+            index.add(block)
+        return index
+    nlist = _check_nlist(n, nlist)
+    nprobe = _check_nprobe(nlist, nprobe)
+    sample = normalize(_training_rows(vectors, nlist))
+    if n * d * 4 <= memory_max and pq_m is None:
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.nprobe = _check_nprobe(nlist, nprobe)
-    if gpus > 0 and use_gpu:
-        resources = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(resources, 0, index)
-        index.featscope_resources = resources  # keep the GPU memory pool alive with the index
-    if not index.is_trained:
-        index.train(_training_sample(x, index.nlist))
-    index.add(x)
+        if gpu:
+            index = _to_gpu(index)
+        index.train(sample)
+        for _, block in unit_chunks(vectors, chunk):
+            index.add(block)
+    else:
+        m = _check_pq_m(d, n, memory_max, pq_m)
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        index.pq.cp.max_points_per_centroid, index.pq.cp.niter = _PQ_TRAIN_PER_CENTROID, _PQ_TRAIN_NITER
+        if gpu:  # the coarse k-means is the expensive part of training: run it on the GPUs
+            clustering = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(d))
+            index.clustering_index = clustering
+            index.referenced_objects = [clustering]  # FAISS does not own it: keep it alive with the index
+        index.train(sample)
+        _add_assigned(index, vectors, chunk, gpu)
+    index.nprobe = nprobe
     return index
+
+
+def _to_gpu(index: faiss.Index) -> faiss.Index:
+    resources = faiss.StandardGpuResources()
+    moved = faiss.index_cpu_to_gpu(resources, 0, index)
+    moved.referenced_objects = [resources]  # keep the GPU memory pool alive with the index
+    return moved
+
+
+def _add_assigned(index: faiss.IndexIVF, vectors: np.ndarray, chunk: int, gpu: bool) -> None:
+    """Add ``vectors`` chunk by chunk, assigning them to lists with a copy of the coarse quantizer (on the
+    GPUs when there are some: the N x nlist search dominates adding), then ``add_core`` with that assignment."""
+    quantizer = faiss.IndexFlatIP(index.d)
+    quantizer.add(index.quantizer.reconstruct_n(0, index.nlist))
+    if gpu:
+        quantizer = faiss.index_cpu_to_all_gpus(quantizer)
+    for start, block in unit_chunks(vectors, chunk):
+        _, assign = quantizer.search(block, 1)
+        ids = np.arange(start, start + len(block), dtype=np.int64)
+        index.add_core(len(block), faiss.swig_ptr(block), faiss.swig_ptr(ids), faiss.swig_ptr(assign.ravel()))
+
+
+def _check_vectors(vectors: np.ndarray) -> tuple[int, int]:
+    shape = getattr(vectors, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise ValueError(f"expected a 2-D (N, D) array of vectors, got shape {shape}")
+    n, d = int(shape[0]), int(shape[1])
+    if n == 0 or d == 0:
+        raise ValueError(f"cannot index an empty set of vectors (shape {shape})")
+    return n, d
 
 
 def _check_nlist(n: int, nlist: int | None) -> int:
     most = max(1, n // _MIN_POINTS_PER_LIST)
     if nlist is None:
-        return max(1, min(round(4 * math.sqrt(n)), most))
+        return max(1, min(round(math.sqrt(n)), most))
     if not 1 <= nlist <= most:
         raise ValueError(f"nlist={nlist} needs 1 <= nlist <= N/39 = {most} for {n} vectors; leave it unset for the default")
     return nlist
@@ -79,25 +168,137 @@ def _check_nlist(n: int, nlist: int | None) -> int:
 
 def _check_nprobe(nlist: int, nprobe: int | None) -> int:
     if nprobe is None:
-        return min(nlist, max(8, nlist // 8))
+        return max(1, nlist // 16)
     if not 1 <= nprobe <= nlist:
         raise ValueError(f"nprobe={nprobe} must be between 1 and nlist={nlist}")
     return nprobe
 
 
-def _training_sample(x: np.ndarray, nlist: int) -> np.ndarray:
-    limit = nlist * _MAX_POINTS_PER_LIST
-    if len(x) <= limit:
-        return x
-    rows = np.random.default_rng(0).choice(len(x), size=limit, replace=False)
-    return x[np.sort(rows)]
+def _check_pq_m(d: int, n: int, memory_max: int, pq_m: int | None) -> int:
+    if pq_m is not None:
+        if pq_m < 1 or d % pq_m:
+            raise ValueError(f"pq_m={pq_m} must divide the dimension {d} (bytes per vector)")
+        return pq_m
+    choices = [m for m in range(1, d + 1) if d % m == 0 and d // m >= min(_PQ_MIN_DSUB, d)]
+    fitting = [m for m in choices if n * m <= memory_max]
+    return max(fitting) if fitting else min(choices)
 
+
+def _training_rows(vectors: np.ndarray, nlist: int) -> np.ndarray:
+    n = len(vectors)
+    size = min(n, nlist * _TRAIN_POINTS_PER_LIST)
+    if size == n:
+        return np.asarray(vectors[:])
+    rows = np.sort(np.random.default_rng(0).choice(n, size=size, replace=False))
+    return np.asarray(vectors[rows])
+
+
+# -- recall ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Tuning:
+    """The ``nprobe`` (and IVF-PQ ``rerank`` depth) chosen for an index, and the recall@``k`` it measured
+    against exact search on ``queries`` rows of the set (each query's own row excluded). ``tried`` lists
+    every (nprobe, rerank, recall) measured on the way."""
+
+    nprobe: int
+    rerank: int
+    recall: float
+    k: int
+    target: float
+    queries: int
+    tried: list[tuple[int, int, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"nprobe": self.nprobe, "rerank": self.rerank, "recall": self.recall, "k": self.k,
+                "target": self.target, "queries": self.queries, "tried": [list(t) for t in self.tried]}
+
+
+def exact_neighbours(vectors: np.ndarray, rows: np.ndarray, k: int, *, chunk: int = 16384) -> np.ndarray:
+    """Exact top-``k`` cosine neighbours (positions, best first) of ``rows`` of ``vectors``, each row's own
+    position excluded, by one chunked pass over the vectors: O(len(rows) * N * D) time, O(chunk) memory."""
+    rows = np.asarray(rows, dtype=np.int64)
+    q = normalize(np.asarray(vectors[np.sort(rows)]))[np.argsort(np.argsort(rows))]
+    best_s = np.full((len(rows), k), -np.inf, dtype=np.float32)
+    best_p = np.full((len(rows), k), -1, dtype=np.int64)
+    for start, block in unit_chunks(vectors, chunk):
+        sims = q @ block.T
+        own = (rows >= start) & (rows < start + len(block))
+        sims[np.flatnonzero(own), rows[own] - start] = -np.inf
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if sims.shape[1] > k else \
+            np.broadcast_to(np.arange(sims.shape[1]), sims.shape)
+        s = np.concatenate([best_s, np.take_along_axis(sims, top, 1)], axis=1)
+        p = np.concatenate([best_p, top + start], axis=1)
+        keep = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        best_s, best_p = np.take_along_axis(s, keep, 1), np.take_along_axis(p, keep, 1)
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    return np.take_along_axis(best_p, order, 1)
+
+
+def tune_nprobe(index: faiss.Index, vectors: np.ndarray, *, k: int = 10, target: float = 0.95,
+                queries: int = 500, seed: int = 0, chunk: int = _CHUNK) -> Tuning:
+    """Choose the smallest ``nprobe`` whose recall@``k`` against exact search reaches ``target``; set it on
+    ``index`` and return the measurement (with the IVF-PQ re-rank depth to pass to :func:`search`).
+
+    Queries are ``queries`` rows of the set itself (seeded), searched as :func:`neighbours` does (own row
+    excluded). ``nprobe`` doubles until the target is met, then is narrowed by bisection. An IVF-PQ index whose
+    recall stops rising with ``nprobe`` gets a deeper re-rank (up to 256 candidates per neighbour) instead.
+    A flat index is exact: recall 1 without measuring."""
+    if not 0 < target <= 1:
+        raise ValueError(f"target must be in (0, 1], got {target}")
+    kind = index_kind(index)
+    if kind == "flat":
+        return Tuning(0, 0, 1.0, k, target, 0)
+    n = index.ntotal
+    if len(vectors) != n:
+        raise ValueError(f"vectors has {len(vectors)} rows but the index holds {n}; pass the indexed vectors")
+    k = min(k, n - 1)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(queries, n), replace=False))
+    truth = exact_neighbours(vectors, rows, k, chunk=chunk)
+    ivf = faiss.extract_index_ivf(index)
+    tried: list[tuple[int, int, float]] = []
+
+    def recall(nprobe: int, rerank: int) -> float:
+        ivf.nprobe = nprobe
+        found = [[p for p, _ in hits] for hits in neighbours(index, vectors, rows, k, rerank=rerank)]
+        r = float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth)]))
+        tried.append((nprobe, rerank, r))
+        return r
+
+    rerank = DEFAULT_RERANK if kind == "ivfpq" else 0
+    lo, nprobe, previous = 0, 1, -1.0
+    while True:
+        r = recall(nprobe, rerank)
+        if r >= target:
+            while nprobe - lo > max(1, nprobe // 8):  # narrow down to about 12% of the passing value
+                mid = (lo + nprobe) // 2
+                lo, nprobe = (lo, mid) if recall(mid, rerank) >= target else (mid, nprobe)
+            break
+        # IVF-PQ recall levels off where the quantisation, not the lists probed, loses neighbours: re-rank deeper
+        stalled = kind == "ivfpq" and nprobe > 1 and r - previous < 0.005
+        if nprobe >= ivf.nlist or stalled:
+            if kind != "ivfpq" or rerank >= _MAX_RERANK:
+                break  # best effort: the recall says how far from the target it is
+            rerank, previous, lo = rerank * 2, -1.0, 0
+            continue
+        lo, nprobe, previous = nprobe, min(ivf.nlist, nprobe * 2), r
+    best = next(((p, r, v) for p, r, v in sorted(tried, key=lambda t: (t[1], t[0])) if v >= target),
+                max(tried, key=lambda t: (t[2], -t[0])))
+    ivf.nprobe = best[0]
+    return Tuning(best[0], best[1], best[2], k, target, len(rows), tried)
+
+
+# -- queries ---------------------------------------------------------------------------------------
 
 def serialize_index(index: faiss.Index) -> bytes:
     """Index -> bytes (a GPU index is copied to the CPU first, so the bytes load anywhere)."""
+    return faiss.serialize_index(to_cpu(index)).tobytes()
+
+
+def to_cpu(index: faiss.Index) -> faiss.Index:
     if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__:
-        index = faiss.index_gpu_to_cpu(index)
-    return faiss.serialize_index(index).tobytes()
+        return faiss.index_gpu_to_cpu(index)
+    return index
 
 
 def deserialize_index(data: bytes) -> faiss.Index:
@@ -105,11 +306,14 @@ def deserialize_index(data: bytes) -> faiss.Index:
     return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search(index: faiss.Index, queries: np.ndarray, k: int, *, vectors: np.ndarray | None = None,
+           rerank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` cosine matches of each query: (scores float32 [Q, k], positions int64 [Q, k]).
 
     ``k`` is capped at the index size. An IVF index may find fewer than ``k`` vectors in the lists
-    it probes; missing slots have position -1 and score -inf.
+    it probes; missing slots have position -1 and score -inf. An IVF-PQ index's scores are approximate:
+    given the indexed ``vectors``, its best ``rerank * k`` candidates (default 4 * k; the value
+    :func:`tune_nprobe` chose, which the caller keeps with the index) are re-scored with exact cosines.
     """
     q = normalize(queries)
     if q.shape[1] != index.d:
@@ -119,19 +323,46 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     k = min(k, index.ntotal)
     if k == 0 or len(q) == 0:
         return np.zeros((len(q), k), np.float32), np.zeros((len(q), k), np.int64)
+    rerank = DEFAULT_RERANK if rerank is None else int(rerank)
+    if vectors is not None and rerank and index_kind(index) == "ivfpq":
+        _, cand = index.search(q, min(index.ntotal, max(k, rerank * k)))
+        return _rerank(q, cand, vectors, k)
     scores, positions = index.search(q, k)
     scores[positions < 0] = -np.inf
     return scores.astype(np.float32, copy=False), positions.astype(np.int64, copy=False)
 
 
+def _rerank(q: np.ndarray, cand: np.ndarray, vectors: np.ndarray, k: int,
+            budget: int = 64 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosines of each query's candidate rows (read from ``vectors``, a few rows per query), best ``k``;
+    queries go in blocks whose gathered candidates take at most ``budget`` bytes as float32."""
+    scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+    positions = np.full((len(q), k), -1, dtype=np.int64)
+    block = max(1, budget // (cand.shape[1] * q.shape[1] * 4))
+    for s in range(0, len(q), block):
+        c = cand[s:s + block]
+        rows = np.unique(c[c >= 0])
+        if rows.size == 0:
+            continue
+        unit = normalize(np.asarray(vectors[rows]))
+        where = np.searchsorted(rows, np.maximum(c, 0))
+        sims = np.einsum("qd,qcd->qc", q[s:s + block], unit[where])
+        sims[c < 0] = -np.inf
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        scores[s:s + block] = np.take_along_axis(sims, top, 1)
+        positions[s:s + block] = np.where(np.isfinite(scores[s:s + block]), np.take_along_axis(c, top, 1), -1)
+    return scores, positions
+
+
 def neighbours(index: faiss.Index, vectors: np.ndarray, positions: np.ndarray | list[int], k: int, *,
-               exclude_self: bool = True) -> list[list[tuple[int, float]]]:
+               exclude_self: bool = True, rerank: int | None = None) -> list[list[tuple[int, float]]]:
     """Top-``k`` ``(position, cosine)`` neighbours of rows ``positions`` of the indexed ``vectors``.
 
     With ``exclude_self`` the query row itself is never returned: ``k + 1`` are fetched and the row
     dropped (or, if ties pushed it out, the last one). Other rows that are exact duplicates of the
     query are different images and are kept, with cosine 1.0, so a row with many duplicates has
-    only duplicates as neighbours. Slots an IVF index could not fill are left out.
+    only duplicates as neighbours. Slots an IVF index could not fill are left out. ``vectors`` may be
+    memory-mapped: only the query rows (and an IVF-PQ index's candidates) are read.
     """
     pos = np.asarray(positions, dtype=np.int64).reshape(-1)
     if len(vectors) != index.ntotal:
@@ -139,9 +370,27 @@ def neighbours(index: faiss.Index, vectors: np.ndarray, positions: np.ndarray | 
                          f"pass the array the index was built from")
     if len(pos) and (pos.min() < 0 or pos.max() >= len(vectors)):
         raise IndexError(f"positions must lie in [0, {len(vectors)}), got {pos.min()}..{pos.max()}")
-    scores, found = search(index, np.asarray(vectors)[pos], k + 1 if exclude_self else k)
+    order = np.argsort(pos, kind="stable")
+    queries = np.empty((len(pos), vectors.shape[1]), dtype=np.float32)
+    queries[order] = np.asarray(vectors[pos[order]], dtype=np.float32)  # sorted reads: kind to memory maps
+    scores, found = search(index, queries, k + 1 if exclude_self else k, vectors=vectors, rerank=rerank)
     out = []
     for row, s, f in zip(pos, scores, found):
         keep = (f >= 0) & ((f != row) if exclude_self else True)
         out.append([(int(p), float(v)) for p, v in zip(f[keep][:k], s[keep][:k])])
+    return out
+
+
+def knn_graph(index: faiss.Index, vectors: np.ndarray, k: int, *, chunk: int = 4096,
+              rerank: int | None = None) -> np.ndarray:
+    """Positions (N, k) of every row's ``k`` nearest other rows through ``index`` (exact for a flat index;
+    IVF at its tuned recall), queried ``chunk`` rows at a time; slots an IVF search could not fill are -1."""
+    n = index.ntotal
+    if not 1 <= k < n:
+        raise ValueError(f"k must be in [1, N) = [1, {n}), got {k}")
+    out = np.full((n, k), -1, dtype=np.int64)
+    for start in range(0, n, chunk):
+        rows = np.arange(start, min(n, start + chunk))
+        for r, hits in zip(rows, neighbours(index, vectors, rows, k, rerank=rerank)):
+            out[r, :len(hits)] = [p for p, _ in hits]
     return out

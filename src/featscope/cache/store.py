@@ -10,13 +10,12 @@ damaged disk or a stray edit is reported instead of silently feeding wrong numbe
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -98,6 +97,30 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class ChunkedArray:
+    """An array too large to hold, given as its ``shape``, ``dtype`` and the row blocks that make it up, in order.
+
+    :meth:`ArtifactStore.put` streams it to disk block by block (never all of it in memory): a million
+    2048-d embeddings assembled from extraction shards, say. ``chunks`` is iterated once."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunks: Iterable[np.ndarray]
+
+
+class _Hashing:
+    """A write-only file wrapper that counts and hashes what goes through it."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.digest, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+
 class CorruptArtifact(RuntimeError):
     """An artifact file is missing, truncated or altered: its checksum no longer matches the manifest."""
 
@@ -144,7 +167,14 @@ class Artifact:
         if name not in self.files or "shape" in self.files[name]:
             raise KeyError(f"artifact {self.kind}/{self.key} has no blob {name!r}; "
                            f"it has {sorted(n for n, f in self.files.items() if 'shape' not in f)}")
-        return (self.path / name).read_bytes()
+        return self.file(name).read_bytes()
+
+    def file(self, name: str) -> Path:
+        """The path of blob ``name`` (to hand to a reader that wants a file, e.g. ``faiss.read_index``)."""
+        if name not in self.files or "shape" in self.files[name]:
+            raise KeyError(f"artifact {self.kind}/{self.key} has no blob {name!r}; "
+                           f"it has {sorted(n for n, f in self.files.items() if 'shape' not in f)}")
+        return self.path / name
 
     @property
     def array_names(self) -> list[str]:
@@ -210,9 +240,12 @@ class ArtifactStore:
         return self._load(kind, key, verify=verify, mmap=mmap, collect=None)
 
     # -- writes ------------------------------------------------------------------------------
-    def put(self, kind: str, key: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any],
-            blobs: Mapping[str, bytes] | None = None) -> Path:
+    def put(self, kind: str, key: str, arrays: Mapping[str, np.ndarray | ChunkedArray], meta: Mapping[str, Any],
+            blobs: Mapping[str, bytes | os.PathLike] | None = None) -> Path:
         """Store an artifact atomically and return its directory.
+
+        Arrays are streamed to disk (a memory-mapped or :class:`ChunkedArray` input is never held whole); a
+        blob is bytes or the path of a file to copy in.
 
         An intact artifact already stored under the key is kept (same key means same inputs,
         so the same content); a corrupt one is replaced.
@@ -229,12 +262,10 @@ class ArtifactStore:
             tmp.mkdir()
             entries: dict[str, dict[str, Any]] = {}
             for name, arr in arrays.items():
-                a, buf = np.asarray(arr), io.BytesIO()
-                np.save(buf, a, allow_pickle=False)
-                entries[files[name]] = _write(tmp / files[name], buf.getvalue()) | {
-                    "shape": list(a.shape), "dtype": a.dtype.str}
+                entries[files[name]] = _write_array(tmp / files[name], arr)
             for name, data in blobs.items():
-                entries[name] = _write(tmp / name, bytes(data))
+                entries[name] = _copy_file(Path(data), tmp / name) if isinstance(data, os.PathLike) else \
+                    _write(tmp / name, bytes(data))
             manifest = {"kind": kind, "key": key, "meta": meta_json, "files": entries,
                         "created": datetime.now(timezone.utc).isoformat()}
             _write(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8"))
@@ -299,7 +330,8 @@ def _check_kind(kind: str) -> None:
                          f"and not start with '_' (e.g. 'embeddings', 'index')")
 
 
-def _check_names(arrays: Mapping[str, np.ndarray], blobs: Mapping[str, bytes]) -> dict[str, str]:
+def _check_names(arrays: Mapping[str, np.ndarray | ChunkedArray],
+                 blobs: Mapping[str, bytes | os.PathLike]) -> dict[str, str]:
     """Array name -> file name, after checking every name is a safe, unique file name."""
     files = {name: f"{name}.npy" for name in arrays}
     for name in list(arrays) + list(blobs):
@@ -310,9 +342,48 @@ def _check_names(arrays: Mapping[str, np.ndarray], blobs: Mapping[str, bytes]) -
     if clash:
         raise ValueError(f"blob name(s) {sorted(clash)} clash with array files; rename the blob(s)")
     for name, arr in arrays.items():
-        if np.asarray(arr).dtype.hasobject:
+        if np.dtype(arr.dtype if isinstance(arr, ChunkedArray) else np.asarray(arr).dtype).hasobject:
             raise TypeError(f"array {name!r} holds Python objects; store numeric/str arrays only")
     return files
+
+
+def _write_array(path: Path, arr: np.ndarray | ChunkedArray) -> dict[str, Any]:
+    """Write ``arr`` as ``.npy`` in bounded memory (numpy writes an array in 16 MiB blocks to a non-file
+    object; a :class:`ChunkedArray` goes block by block), hashing on the way: no whole-file copy in memory."""
+    with open(path, "wb") as f:
+        out = _Hashing(f)
+        if isinstance(arr, ChunkedArray):
+            dtype, shape = np.dtype(arr.dtype), tuple(int(n) for n in arr.shape)
+            np.lib.format.write_array_header_2_0(out, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                       "fortran_order": False, "shape": shape})
+            rows = 0
+            for block in arr.chunks:
+                block = np.ascontiguousarray(block, dtype=dtype)
+                if block.shape[1:] != shape[1:]:
+                    raise ValueError(f"a chunk of shape {block.shape} does not fit an array of shape {shape}")
+                if block.size:
+                    out.write(memoryview(block).cast("B"))
+                rows += len(block)
+            if rows != shape[0]:
+                raise ValueError(f"the chunks held {rows} rows, the array's shape says {shape[0]}")
+        else:
+            a = np.asarray(arr)
+            np.lib.format.write_array(out, a, allow_pickle=False)
+            dtype, shape = a.dtype, a.shape
+        f.flush()
+        os.fsync(f.fileno())
+    return {"sha256": out.digest.hexdigest(), "bytes": out.size, "shape": list(shape), "dtype": dtype.str}
+
+
+def _copy_file(src: Path, path: Path) -> dict[str, Any]:
+    """Copy a file in as a blob, 1 MiB at a time, hashing on the way (a large FAISS index, say)."""
+    with open(src, "rb") as fin, open(path, "wb") as f:
+        out = _Hashing(f)
+        while block := fin.read(1 << 20):
+            out.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"sha256": out.digest.hexdigest(), "bytes": out.size}
 
 
 def _write(path: Path, data: bytes) -> dict[str, Any]:

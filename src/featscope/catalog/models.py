@@ -115,6 +115,8 @@ class EmbeddingSet(Base):
     n_failed: Mapped[int] = mapped_column(Integer, default=0)
     artifact_key: Mapped[str] = mapped_column(String(64))
     index_kind: Mapped[str] = mapped_column(String(32), default="")
+    # The index's measured quality and search settings (nlist, nprobe, re-rank depth, recall@10); None before.
+    index_meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=None)
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -147,6 +149,8 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # queue message id (for revoking)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
+    # A shard of a larger job (an extraction split by image range): the job that split it, which waits for it.
+    parent_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Analysis(Base):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect, literal, text
+from contextlib import nullcontext
+
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, literal, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from featscope.catalog.models import Base
@@ -27,18 +29,39 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(postgres_driver(url), pool_pre_ping=True)
+
+
+def postgres_driver(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` URLs name the psycopg (3) driver featscope installs; SQLAlchemy
+    would otherwise look for psycopg2. URLs naming a driver (``postgresql+...://``) are kept as given."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
 
 
 def open_catalog(url: str) -> sessionmaker[Session]:
-    """Create the schema if needed and return a session factory bound to it."""
+    """Create the schema if needed and return a session factory bound to it.
+
+    On PostgreSQL the check-and-create runs under a transaction-scoped advisory lock, so a web server and
+    several workers starting at once against an empty database do not race to create the same tables."""
     engine = make_engine(url)
-    Base.metadata.create_all(engine)
-    add_missing_columns(engine)
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
+            Base.metadata.create_all(conn)
+            add_missing_columns(conn)
+    else:
+        Base.metadata.create_all(engine)
+        add_missing_columns(engine)
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def add_missing_columns(engine: Engine) -> list[str]:
+_SCHEMA_LOCK = 0x66656174  # any constant shared by every featscope process ("feat")
+
+
+def add_missing_columns(engine: Engine | Connection) -> list[str]:
     """Add columns that newer models have and an existing catalog lacks (additive upgrades only).
 
     ``create_all`` creates missing tables but never alters existing ones, so a catalog made by an
@@ -47,7 +70,7 @@ def add_missing_columns(engine: Engine) -> list[str]:
     already stored keep their values. Returns the ``table.column`` names added."""
     insp = inspect(engine)
     added = []
-    with engine.begin() as conn:
+    with (nullcontext(engine) if isinstance(engine, Connection) else engine.begin()) as conn:
         for table in Base.metadata.sorted_tables:
             if not insp.has_table(table.name):
                 continue

@@ -53,7 +53,8 @@ def embeddings_list(backbone: Optional[str] = typer.Option(None, "--backbone", "
                     as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List cached embedding sets."""
     emit(run(ws().embedding_sets, backbone, dataset),
-          ["id", "backbone", "dataset", "tap", "pooling", "precision", "dtype", "n", "dim", "n_failed", "index_kind"],
+          ["id", "backbone", "dataset", "tap", "pooling", "precision", "dtype", "n", "dim", "n_failed", "index_kind",
+           "index_recall"],
           as_json, "embedding sets")
 
 

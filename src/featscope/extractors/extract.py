@@ -1,6 +1,7 @@
 """Batched, resumable feature extraction: images -> pooled tap activations, in shards on disk.
 
-One public entry point, :func:`extract`. Images are decoded and cropped to uint8 in DataLoader
+The entry point is :func:`extract`; :func:`shard_ranges` and :func:`prepare_shards` let several workers
+share one extraction, each computing some shards of the same folder. Images are decoded and cropped to uint8 in DataLoader
 worker processes; normalisation, the network and pooling run batched on the device. Results are
 written shard by shard (``work_dir/shard-00000.npz``...), each atomically, so an interrupted run
 resumes where it stopped. Batches never straddle shards, so a resumed run feeds the network the
@@ -37,7 +38,7 @@ import math
 import platform
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,13 +93,27 @@ class ExtractionResult:
     precision: str
     shards: int = 0
     notes: list[str] = field(default_factory=list)
+    shard_files: list[Path] = field(default_factory=list)  # the shards holding the rows, in order
+    keys: list[tuple[str, str]] = field(default_factory=list)  # (tap, pooling) in shard-file order
+
+    def stream(self, key: tuple[str, str]) -> Iterator[np.ndarray]:
+        """The rows of ``key`` shard by shard, read from the shard files (for results made with
+        ``keep_features=False``: a million-image extraction is assembled without holding it)."""
+        if self.features:
+            yield self.features[key]
+            return
+        index = self.keys.index(key)
+        for path in self.shard_files:
+            with np.load(path, allow_pickle=False) as z:
+                yield z[f"feat{index}"]
 
 
 def extract(backbone: Backbone, paths: Sequence[Path], *, taps: Sequence[str] = ("layer4",),
             poolings: Sequence[str] = ("avg",), work_dir: Path, device: str | torch.device = "auto",
             precision: str = "fp32", batch_size: int = 32, num_workers: int = 2, shard_size: int = 512,
             channels_last: bool = True, progress: Callable[[ExtractProgress], None] | None = None,
-            loader: Loader | None = None, threads: int | None = None) -> ExtractionResult:
+            loader: Loader | None = None, threads: int | None = None,
+            shards: Sequence[int] | None = None, keep_features: bool = True) -> ExtractionResult:
     """Extract pooled activations of ``taps`` for every image in ``paths``, resuming from ``work_dir``.
 
     Images that fail to decode are skipped and reported in ``failures`` (index -> error); the run
@@ -108,12 +123,74 @@ def extract(backbone: Backbone, paths: Sequence[Path], *, taps: Sequence[str] = 
     ``threads``: intra-op threads for the network during the run (default: torch's, all cores);
     restored after. The backbone is not modified: the network runs on a (folded, channels_last) copy.
     A resumed run gives bit-identical features when batch size, device and thread count are the same.
+
+    ``shards``: compute (or resume) only these shard indices (see :func:`shard_ranges`); the result then
+    holds their rows only. Several processes may work on disjoint shards of one ``work_dir`` at once
+    (one extraction shared by many workers); the run that finds every shard on disk assembles the whole.
+
+    ``keep_features=False``: shards are checked (or computed) one at a time and not kept in memory; the
+    result's ``features`` is empty and :meth:`ExtractionResult.stream` reads each key back shard by shard.
     """
     started = time.perf_counter()
+    taps, poolings = list(taps), list(poolings)
+    plan = _make_plan(backbone, paths, taps, poolings, work_dir, device, precision, batch_size, num_workers,
+                      shard_size, channels_last, loader, threads)
+    wanted = list(range(plan.shards)) if shards is None else _check_shards(shards, plan.shards)
+
+    notes = _prepare_work_dir(plan.work_dir, _run_record(backbone, plan, taps, poolings))
+    if notes and progress is not None:
+        progress(ExtractProgress(0, len(plan.paths), 0.0, 0, plan.shards, message=notes[0]))
+    done = {i: _light(s, keep_features) for i in wanted if (s := _load_shard(plan, i)) is not None}
+    resumed = len(done)
+    computed = _run(backbone, plan, wanted, done, progress, keep_features) if resumed < len(wanted) else 0
+
+    seconds = time.perf_counter() - started
+    order = [done[i] for i in wanted]
+    features = {key: np.concatenate([s.feats[j] for s in order]) for j, key in enumerate(plan.keys)} \
+        if keep_features else {}
+    return ExtractionResult(
+        features=features, ok=np.concatenate([s.indices for s in order]).astype(np.int64),
+        failures={i: msg for s in order for i, msg in s.failed.items()},
+        seconds=seconds, images_per_second=computed / seconds if computed else 0.0, resumed_shards=resumed,
+        device=str(plan.device), precision=precision, shards=plan.shards, notes=notes,
+        shard_files=[plan.shard_path(i) for i in wanted], keys=list(plan.keys))
+
+
+def _light(shard: _Shard, keep_features: bool) -> _Shard:
+    """The shard, or (``keep_features=False``) its row indices and failures only."""
+    return shard if keep_features else _Shard(shard.indices, [], shard.failed)
+
+
+def shard_ranges(n_images: int, batch_size: int, shard_size: int) -> list[range]:
+    """The image range of each shard of an extraction of ``n_images`` (shards hold whole batches only)."""
+    if n_images < 0 or batch_size < 1 or shard_size < 1:
+        raise ValueError(f"need n_images >= 0 and batch_size, shard_size >= 1, got {n_images}, {batch_size}, "
+                         f"{shard_size}")
+    step = math.ceil(shard_size / batch_size) * batch_size
+    return [range(lo, min(n_images, lo + step)) for lo in range(0, n_images, step)]
+
+
+def prepare_shards(backbone: Backbone, paths: Sequence[Path], *, taps: Sequence[str], poolings: Sequence[str],
+                   work_dir: Path, precision: str = "fp32", batch_size: int = 32,
+                   shard_size: int = 512) -> list[int]:
+    """Ready ``work_dir`` for workers sharing one extraction; return the shards already on disk.
+
+    Writes the run record (discarding shards of a different run) before any worker starts, so workers
+    that begin at once never see a half-prepared folder. Shards are only listed, not read: the worker
+    that computes or assembles them checks each one."""
+    taps, poolings = list(taps), list(poolings)
+    plan = _make_plan(backbone, paths, taps, poolings, work_dir, "cpu", precision, batch_size, 0, shard_size,
+                      True, None, None)
+    _prepare_work_dir(plan.work_dir, _run_record(backbone, plan, taps, poolings))
+    return [i for i in range(plan.shards) if plan.shard_path(i).exists()]
+
+
+def _make_plan(backbone: Backbone, paths: Sequence[Path], taps: list[str], poolings: list[str], work_dir: Path,
+               device: str | torch.device, precision: str, batch_size: int, num_workers: int, shard_size: int,
+               channels_last: bool, loader: Loader | None, threads: int | None) -> "_Plan":
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no image paths to extract; check the dataset's manifest")
-    taps, poolings = list(taps), list(poolings)
     _check_args(backbone, taps, poolings, precision, batch_size, num_workers, shard_size, threads)
     step = math.ceil(shard_size / batch_size) * batch_size  # whole batches only: no short batch per shard
     plan = _Plan(paths=paths, keys=[(t, p) for t in taps for p in poolings], step=step,
@@ -121,22 +198,14 @@ def extract(backbone: Backbone, paths: Sequence[Path], *, taps: Sequence[str] = 
                  precision=precision, batch_size=batch_size, num_workers=num_workers,
                  channels_last=channels_last, loader=loader or _default_loader, threads=threads)
     plan.work_dir.mkdir(parents=True, exist_ok=True)
+    return plan
 
-    notes = _prepare_work_dir(plan.work_dir, _run_record(backbone, plan, taps, poolings))
-    if notes and progress is not None:
-        progress(ExtractProgress(0, len(paths), 0.0, 0, plan.shards, message=notes[0]))
-    shards = {i: s for i in range(plan.shards) if (s := _load_shard(plan, i)) is not None}
-    resumed = len(shards)
-    computed = _run(backbone, plan, shards, progress) if resumed < plan.shards else 0
 
-    seconds = time.perf_counter() - started
-    order = [shards[i] for i in range(plan.shards)]
-    return ExtractionResult(
-        features={key: np.concatenate([s.feats[j] for s in order]) for j, key in enumerate(plan.keys)},
-        ok=np.concatenate([s.indices for s in order]).astype(np.int64),
-        failures={i: msg for s in order for i, msg in s.failed.items()},
-        seconds=seconds, images_per_second=computed / seconds if computed else 0.0, resumed_shards=resumed,
-        device=str(plan.device), precision=precision, shards=plan.shards, notes=notes)
+def _check_shards(shards: Sequence[int], n_shards: int) -> list[int]:
+    wanted = sorted({int(i) for i in shards})
+    if not wanted or wanted[0] < 0 or wanted[-1] >= n_shards:
+        raise ValueError(f"shards must be a non-empty list of shard indices in [0, {n_shards}), got {list(shards)}")
+    return wanted
 
 
 @dataclass(frozen=True)
@@ -397,12 +466,12 @@ def _exact_fp32(cuda: bool):
             torch.backends.cudnn.allow_tf32 = before
 
 
-def _run(backbone: Backbone, plan: _Plan, shards: dict[int, _Shard],
-         progress: Callable[[ExtractProgress], None] | None) -> int:
-    """Compute the shards missing from ``shards``, saving each; returns the number of images run."""
-    n, cuda = len(plan.paths), plan.device.type == "cuda"
+def _run(backbone: Backbone, plan: _Plan, wanted: list[int], shards: dict[int, _Shard],
+         progress: Callable[[ExtractProgress], None] | None, keep_features: bool = True) -> int:
+    """Compute the ``wanted`` shards missing from ``shards``, saving each; returns the number of images run."""
+    n, cuda = sum(len(range(*plan.bounds(i))) for i in wanted), plan.device.type == "cuda"
     done_before = sum(len(s.indices) + len(s.failed) for s in shards.values())
-    pending = [i for i in range(plan.shards) if i not in shards]
+    pending = [i for i in wanted if i not in shards]
     data = DataLoader(_Images(plan.paths, backbone.preprocess, plan.loader), batch_sampler=_batches(plan, pending),
                       num_workers=plan.num_workers, pin_memory=cuda,
                       prefetch_factor=4 if plan.num_workers else None)
@@ -424,8 +493,9 @@ def _run(backbone: Backbone, plan: _Plan, shards: dict[int, _Shard],
                           {int(i): e for i, e in zip(idx.tolist(), errors) if e})
                 done += len(idx)
                 if int(idx[-1]) == plan.bounds(shard)[1] - 1:
-                    shards[shard] = parts.take()
-                    _save_shard(plan.shard_path(shard), shards[shard])
+                    finished = parts.take()
+                    _save_shard(plan.shard_path(shard), finished)
+                    shards[shard] = _light(finished, keep_features)
                 if progress is not None:
                     rate = done / max(time.perf_counter() - start, 1e-9)
                     progress(ExtractProgress(done_before + done, n, rate, shard, plan.shards))

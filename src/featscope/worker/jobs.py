@@ -41,12 +41,13 @@ class JobInfo:
     started_at: str | None
     finished_at: str | None
     log_tail: str
+    parent_id: int | None = None  # set on a shard of a larger job (one range of a split extraction)
 
     @classmethod
     def of(cls, row: Job) -> "JobInfo":
         return cls(row.id, row.kind, row.state, float(row.progress or 0.0), row.message or "", row.error,
                    dict(row.result or {}), dict(row.params or {}), int(row.attempts or 0), iso(row.created_at),
-                   iso(row.started_at), iso(row.finished_at), tail(row.log or "", LOG_TAIL_LINES))
+                   iso(row.started_at), iso(row.finished_at), tail(row.log or "", LOG_TAIL_LINES), row.parent_id)
 
 
 def iso(t: datetime | None) -> str | None:
@@ -72,11 +73,12 @@ def job_key(kind: str, params: dict[str, Any]) -> str:
     return content_key({"kind": kind, "params": params})
 
 
-def submit(ctx: Context, kind: str, params: dict, *, queue: huey.Huey | None = None) -> JobInfo:
+def submit(ctx: Context, kind: str, params: dict, *, queue: huey.Huey | None = None,
+           parent: int | None = None) -> JobInfo:
     """Queue ``kind`` with ``params``; the same request while an equal one is queued or running returns that job.
 
     Parameters are checked and completed with their defaults here (``ValueError`` says what to fix), so
-    equal requests spelt differently are recognised as equal.
+    equal requests spelt differently are recognised as equal. ``parent``: the job this one is a shard of.
     """
     params = get_kind(kind).normalize(dict(params or {}))
     key = job_key(kind, params)
@@ -84,8 +86,8 @@ def submit(ctx: Context, kind: str, params: dict, *, queue: huey.Huey | None = N
     if existing is not None:
         return JobInfo.of(existing)
     with ctx.session() as s:
-        row = Job(kind=kind, key=key, params=params, state="queued", message="queued",
-                  log=append_log("", f"submitted {kind}"))
+        row = Job(kind=kind, key=key, params=params, state="queued", message="queued", parent_id=parent,
+                  log=append_log("", f"submitted {kind}" + (f" as a shard of job {parent}" if parent else "")))
         s.add(row)
         s.flush()
         job_id = row.id

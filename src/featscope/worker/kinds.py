@@ -86,22 +86,10 @@ def _normalize_extract(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_extract(ctx: Context, params: dict[str, Any], report: Report) -> dict[str, Any]:
-    from featscope.workspace.embeddings import extract
+    """Extract; over more than ``FEATSCOPE_EXTRACT_JOB_IMAGES`` images, split into shard jobs any worker may run."""
+    from featscope.worker.sharding import run_extract
 
-    def progress(p) -> None:  # featscope.extractors.extract.ExtractProgress
-        msg = p.message or f"{p.done}/{p.total} images, shard {p.shard + 1}/{p.shards} ({p.images_per_second:.1f}/s)"
-        if p.message:
-            report.log(p.message)
-        report.progress(p.done / max(p.total, 1), msg)
-
-    def say(line: str) -> None:
-        report.log(line)
-        report.check()
-
-    sets = extract(ctx, params["backbone"], params["dataset"], taps=params["taps"], poolings=params["poolings"],
-                   precision=params.get("precision"), batch_size=params.get("batch_size"), progress=progress,
-                   on_message=say)
-    return {"embedding_sets": [s.id for s in sets], "cached": [s.cached for s in sets]}
+    return run_extract(ctx, params, report)
 
 
 # ---------------------------------------------------------------- analysis
@@ -216,3 +204,4 @@ register_kind("analysis", JobKind(_normalize_analysis, _run_analysis,
 
 from featscope.worker import map_kinds as _map_kinds  # noqa: E402,F401 - registers heatmap and maskout
 from featscope.worker import catalog_kinds as _catalog_kinds  # noqa: E402,F401 - registers dataset-synth, backbone-taps
+from featscope.worker import sharding as _sharding  # noqa: E402,F401 - registers extract-shard

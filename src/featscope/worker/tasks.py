@@ -16,6 +16,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import huey
@@ -87,8 +88,12 @@ def register_tasks(queue: huey.Huey, settings: Settings, options: WorkerOptions)
     queue.featscope_context = context
 
 
-def execute_job(ctx: Context, queue: huey.Huey, job_id: int, options: WorkerOptions) -> None:
-    """Run one job to ``done``, ``failed``, ``cancelled`` or back to ``queued`` (retry); never raises."""
+def execute_job(ctx: Context, queue: huey.Huey, job_id: int, options: WorkerOptions,
+                relay: Callable[[float, str], None] | None = None) -> None:
+    """Run one job to ``done``, ``failed``, ``cancelled`` or back to ``queued`` (retry); never raises.
+
+    ``relay(fraction, message)`` also receives the job's progress: a job running a shard of its own in its
+    thread (a split extraction) passes it on as its own progress. Whatever ``relay`` raises is ignored."""
     token = worker_prefix() + uuid.uuid4().hex[:8]
     now = utcnow()
     with ctx.session() as s:
@@ -100,7 +105,7 @@ def execute_job(ctx: Context, queue: huey.Huey, job_id: int, options: WorkerOpti
     if not claimed:
         log.info("job %s is not queued (missing, cancelled, or another worker has it); skipping", job_id)
         return
-    run = _Run(ctx, row, token, options)
+    run = _Run(ctx, row, token, options, relay)
     run.log(f"attempt {row.attempts} of {options.max_attempts} started on {token}")
     beat = threading.Thread(target=run.heartbeat_loop, name=f"featscope-heartbeat-{job_id}", daemon=True)
     beat.start()
@@ -141,8 +146,9 @@ def _reason(e: BaseException) -> str:
 class _Run:
     """One claimed run: throttled progress and log writes, heartbeats, cancel and ownership checks."""
 
-    def __init__(self, ctx: Context, row: Job, token: str, options: WorkerOptions) -> None:
-        self.ctx, self.job_id, self.token, self.options = ctx, row.id, token, options
+    def __init__(self, ctx: Context, row: Job, token: str, options: WorkerOptions,
+                 relay: Callable[[float, str], None] | None = None) -> None:
+        self.ctx, self.job_id, self.token, self.options, self.relay = ctx, row.id, token, options, relay
         self.stopped = threading.Event()
         self.cancelled = threading.Event()
         self.lost = threading.Event()
@@ -157,6 +163,11 @@ class _Run:
             self._progress = (min(max(float(fraction), 0.0), 1.0), message or "")
         if time.monotonic() - self._last_write >= self.options.progress_interval:
             self.flush()
+        if self.relay is not None:
+            try:
+                self.relay(min(max(float(fraction), 0.0), 1.0), message or "")
+            except Exception:  # noqa: BLE001 - the relay's owner checks its own state after this run
+                log.debug("progress relay of job %s raised", self.job_id, exc_info=True)
         if self.options.step_delay:
             time.sleep(self.options.step_delay)
         self.check()

@@ -93,6 +93,10 @@ class Workspace:
     def load_embeddings(self, embedding_set: int) -> Embeddings:
         return _emb.load_embeddings(self.ctx, embedding_set)
 
+    def import_embeddings(self, backbone: str | int, dataset: str | int, vectors, **params) -> EmbeddingSetInfo:
+        """Register vectors computed elsewhere (one row per readable image, position order) as an embedding set."""
+        return _emb.import_embeddings(self.ctx, backbone, dataset, vectors, **params)
+
     def neighbours(self, embedding_set: int, image: str | int, k: int = 10) -> tuple[Neighbour, list[Neighbour]]:
         """The query image and its ``k`` nearest neighbours (cosine) in an embedding set."""
         return _emb.neighbours(self.ctx, embedding_set, image, k)

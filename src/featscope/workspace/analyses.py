@@ -16,11 +16,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 from sqlalchemy import select
 
+from featscope.analysis.arrays import fits_in_memory
 from featscope.cache.store import CorruptArtifact, content_key
 from featscope.catalog import Analysis, EmbeddingSet, Image
 from featscope.workspace.context import Context
@@ -51,10 +53,15 @@ class AnalysisResult:
     params: dict[str, Any]
     data: dict[str, Any]
     arrays: dict[str, np.ndarray] = field(repr=False)
-    rows: list[dict[str, Any]] = field(repr=False)
+    table: Callable[[], list[dict[str, Any]]] = field(repr=False)  # builds ``rows`` on first use
     artifact_key: str
     seconds: float
     cached: bool
+
+    @cached_property
+    def rows(self) -> list[dict[str, Any]]:
+        """The result's table, one dict per row (built when first asked: a million-point map is large)."""
+        return self.table()
 
     def to_dict(self, arrays: bool = False) -> dict[str, Any]:
         """JSON-ready; ``arrays=True`` adds the arrays as nested lists."""
@@ -106,7 +113,10 @@ def run(ctx: Context, kind: str, set_ids: Sequence[int], params: dict[str, Any],
         data = json.loads(json.dumps(_json_safe(data)))  # the same form a cache hit returns
     analysis_id = _record(ctx, kind, [r.id for r in rows], params, key)
     positions = arrays["positions"]
-    table = _ROWS.get(kind, lambda *_: [])(data, arrays, _images(ctx, rows[0].dataset_id, positions), rows)
+
+    def table() -> list[dict[str, Any]]:
+        return _ROWS.get(kind, lambda *_: [])(data, arrays, _images(ctx, rows[0].dataset_id, positions), rows)
+
     return AnalysisResult(analysis_id, kind, [r.id for r in rows], params, data, arrays, table, key, seconds, cached)
 
 
@@ -133,8 +143,8 @@ def _load(ctx: Context, rows: list[EmbeddingSet], say: Callable[[str], None]) ->
     """Vectors of every set on the images common to all (same data set, so positions are comparable)."""
     mats, poss = [], []
     for r in rows:
-        try:
-            art = ctx.store.get("embeddings", r.artifact_key)
+        try:  # memory-mapped, in the stored dtype: analyses read large sets in chunks (arrays.IN_MEMORY_MAX)
+            art = ctx.store.get("embeddings", r.artifact_key, mmap=True)
         except CorruptArtifact as e:
             e.args = (f"{e.args[0]} Extract again for embedding set {r.id}'s backbone and data set (`featscope "
                       f"extract`, POST /api/v1/embedding-sets/extract): it rebuilds it.",)
@@ -149,11 +159,11 @@ def _load(ctx: Context, rows: list[EmbeddingSet], say: Callable[[str], None]) ->
             f"(failed to decode there); comparing the {len(common)} images all sets embed")
     vectors = []
     for m, p in zip(mats, poss):
-        if len(p) == len(common) and np.array_equal(p, common):
-            vectors.append(np.asarray(m, dtype=np.float32))
-        else:
+        if not (len(p) == len(common) and np.array_equal(p, common)):
             order = np.argsort(p)
-            vectors.append(np.asarray(m[order[np.searchsorted(p[order], common)]], dtype=np.float32))
+            m = m[order[np.searchsorted(p[order], common)]]
+        # float32 in memory when that fits (as always); a larger set stays memory-mapped, read in chunks
+        vectors.append(np.asarray(m, dtype=np.float32) if fits_in_memory(m) else m)
     return _Loaded(rows, vectors, common.astype(np.int64))
 
 
@@ -178,12 +188,12 @@ class _Images:
 
 
 def _images(ctx: Context, dataset_id: int, positions: np.ndarray) -> _Images:
-    with ctx.session() as s:
-        by_pos = {im.position: im for im in s.scalars(
-            select(Image).where(Image.dataset_id == dataset_id, Image.position.is_not(None)))}
+    with ctx.session() as s:  # columns, not ORM objects: cheap for a million images
+        by_pos = {int(p): (i, r, lab) for p, i, r, lab in s.execute(
+            select(Image.position, Image.id, Image.relpath, Image.label).where(
+                Image.dataset_id == dataset_id, Image.position.is_not(None)))}
     ims = [by_pos[int(p)] for p in positions]
-    return _Images(np.array([im.id for im in ims], dtype=np.int64), [im.relpath for im in ims],
-                   [im.label for im in ims])
+    return _Images(np.array([im[0] for im in ims], dtype=np.int64), [im[1] for im in ims], [im[2] for im in ims])
 
 
 def list_analyses(ctx: Context, kind: str | None = None) -> list[dict[str, Any]]:

@@ -125,8 +125,8 @@ def closest(ctx: Context, set_ids: Sequence[int], *, n_pairs: int = 50, k: int =
     params = {"n_pairs": int(n_pairs), "k": int(k)}
 
     def compute(d: _Loaded):
-        spaces = [{"embedding_set": s.id, "pairs": _pairs_dict(closest_pairs(x, n_pairs, k=k))}
-                  for s, x in zip(d.sets, d.vectors)]
+        found = [closest_pairs(x, n_pairs, k=k) for x in d.vectors]
+        spaces = [{"embedding_set": s.id, "pairs": _pairs_dict(pl), "knn": pl.info} for s, pl in zip(d.sets, found)]
         return {"spaces": spaces}, {}
 
     return run(ctx, "closest", list(set_ids), params, compute, force=force, cached_only=cached_only, on_message=on_message)
@@ -160,11 +160,11 @@ def contrast(ctx: Context, a: int, b: int, *, definition: str = "ranks", n_pairs
         xa, xb = d.vectors
         if definition == "ranks":
             pl = close_in_a_distant_in_b_ranks(xa, xb, n_pairs, k=k)
-            return {"pairs": _pairs_dict(pl, ("score_b", "rank_b", "rank_b_ij", "rank_b_ji"))}, {}
+            return {"pairs": _pairs_dict(pl, ("score_b", "rank_b", "rank_b_ij", "rank_b_ji")), "knn": pl.info}, {}
         la = kmeans_labels(xa, k_large, seed=seed).labels
         lb = kmeans_labels(xb, int(k_small), seed=seed).labels
         pl = close_in_a_distant_in_b_clusters(la, lb, xa, n_pairs, k=k)
-        return {"pairs": _pairs_dict(pl, ("cluster_a", "cluster_b_i", "cluster_b_j"))}, {}
+        return {"pairs": _pairs_dict(pl, ("cluster_a", "cluster_b_i", "cluster_b_j")), "knn": pl.info}, {}
 
     return run(ctx, "contrast", [a, b], params, compute, force=force, cached_only=cached_only, on_message=on_message)
 
@@ -181,8 +181,8 @@ def agreement(ctx: Context, a: int, b: int, *, k: int = 10, n_worst: int = 20, f
 
     def compute(d: _Loaded):
         ag = neighbourhood_agreement(d.vectors[0], d.vectors[1], k, n_worst=n_worst)
-        return ({"k": ag.k, "mean": ag.mean, "worst": [{"row": int(r), "overlap": float(ag.per_image[r])}
-                                                         for r in ag.worst]},
+        return ({"k": ag.k, "mean": ag.mean, "knn": ag.info,
+                 "worst": [{"row": int(r), "overlap": float(ag.per_image[r])} for r in ag.worst]},
                 {"per_image": ag.per_image})
 
     return run(ctx, "agreement", [a, b], params, compute, force=force, cached_only=cached_only, on_message=on_message)

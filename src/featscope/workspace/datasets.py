@@ -146,3 +146,11 @@ def readable_images(ctx: Context, dataset_id: int) -> list[Image]:
     with ctx.session() as s:
         q = select(Image).where(Image.dataset_id == dataset_id, Image.position.is_not(None)).order_by(Image.position)
         return list(s.scalars(q))
+
+
+def readable_relpaths(ctx: Context, dataset_id: int) -> list[str]:
+    """Relative paths of the data set's readable images in position order (one column: cheap for millions)."""
+    with ctx.session() as s:
+        q = (select(Image.relpath).where(Image.dataset_id == dataset_id, Image.position.is_not(None))
+             .order_by(Image.position))
+        return list(s.scalars(q))

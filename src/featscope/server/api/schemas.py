@@ -154,6 +154,9 @@ class EmbeddingSetOut(BaseModel):
     n_failed: int
     index_kind: str
     artifact_key: str
+    index_nprobe: int | None = Field(None, description="IVF indexes: inverted lists searched per query.")
+    index_recall: float | None = Field(None, description="IVF indexes: recall@10 against exact search measured "
+                                                         "when the index was built (None: exact flat index).")
 
 
 class ExtractIn(Strict):
@@ -193,6 +196,8 @@ class JobOut(BaseModel):
     started_at: str | None
     finished_at: str | None
     log_tail: str
+    parent_id: int | None = Field(None, description="The job this one is a shard of (a split extraction); its "
+                                                    "progress covers all of its shards.")
 
 
 # ---------------------------------------------------------------- analyses
