@@ -43,7 +43,10 @@ def check_samples(samples: Sequence[Sample], classes: Sequence[str], task: str, 
         if all(s.label is None for s in samples):
             raise ValueError(f"{what} has no image labels; classification needs a labelled data set "
                              f"(ImageFolder, CSV with labels, COCO or VOC)")
-        if len({s.label for s in samples if s.label is not None}) < 2:
+        labels = {s.label for s in samples if s.label is not None and (not classes or s.label in classes)}
+        if not labels:
+            raise ValueError(f"{what} has no images of the chosen classes ({', '.join(classes)})")
+        if len(labels) < 2 and not classes:
             raise ValueError(f"{what} has a single class; classification needs at least two")
     elif task == "det":
         known = set(classes)

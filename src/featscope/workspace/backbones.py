@@ -37,6 +37,10 @@ def add_backbone(ctx: Context, spec: str, *, name: str | None = None, weights: s
                  weights_format: str = "auto", arch: str | None = None, random_init: bool = False, seed: int = 0,
                  preprocess: Preprocess | None = None) -> BackboneInfo:
     """Load ``spec`` once (so a bad checkpoint fails now, not at extraction) and register it under ``name``."""
+    if weights is None and isinstance(spec, str) and spec.startswith("run:"):
+        from featscope.workspace.training import run_weights  # a training run's backbone file
+
+        weights = run_weights(ctx, spec[4:].strip())
     weights = str(Path(weights).expanduser().resolve()) if weights else None
     bb = load_backbone(spec, weights=weights, weights_format=weights_format, arch=arch, random_init=random_init,
                        seed=seed, preprocess=preprocess)
@@ -67,6 +71,8 @@ def _default_name(spec: str, bb: Backbone, random_init: bool, seed: int) -> str:
     base = Path(target).stem if source == "checkpoint" else target
     if source == "torchvision-det":
         base = f"{base}-body"
+    if source == "run":
+        base = f"run-{target}"
     if random_init:
         base = f"{base}-random{seed}"
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", base)
