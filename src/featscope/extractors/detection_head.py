@@ -1,6 +1,6 @@
 """The study's detection head and a detection network as a backbone with head taps.
 
-Public names: :class:`StudyBoxHead`, :class:`DetectionTapModel`, :data:`DETECTION_TAPS`,
+Public names: :class:`StudyBoxHead`, :class:`ProjectedRoIPool`, :class:`DetectionTapModel`, :data:`DETECTION_TAPS`,
 :func:`detection_tap_model`.
 
 The head is the study's: RoIAlign on Conv5 -> **ConvProj** (1x1 conv, 256) -> **FC1** (1024) ->
@@ -16,12 +16,19 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class StudyBoxHead(nn.Module):
     """RoI features (N, C, R, R) -> ConvProj (1x1 conv to ``proj_channels``) -> FC1 -> FC2 (each + ReLU).
 
+    Computed as *project, then pool*: :meth:`project` applies ConvProj's weights to the whole feature
+    map, RoIAlign pools the projected map, and :meth:`forward` adds ConvProj's bias and goes on. This is
+    the same function (a 1x1 conv is linear per pixel and RoIAlign is a weighted average, so they
+    commute; the bias and ReLU come after both), but RoIAlign then moves 256 channels instead of
+    Conv5's 512-2048, and the 1x1 conv runs once per image instead of once per RoI: on a 2-core CPU,
+    ResNet-18 at 128 px, this halved RoIAlign's backward, the largest single cost of a training step.
     The ReLUs are modules so the taps ``convproj``, ``fc1``, ``fc2`` can name their outputs.
     """
 
@@ -36,10 +43,36 @@ class StudyBoxHead(nn.Module):
         self.relu_fc2 = nn.ReLU(inplace=False)
         self.out_channels = fc_dim
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu_convproj(self.convproj(x))
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """ConvProj's weights (no bias) over a whole feature map, before RoIAlign."""
+        return F.conv2d(features, self.convproj.weight)
+
+    def activate(self, pooled: torch.Tensor) -> torch.Tensor:
+        """ConvProj's output from pooled projected features: bias, then ReLU."""
+        return self.relu_convproj(pooled + self.convproj.bias.view(1, -1, 1, 1))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled *projected* RoI features (N, proj_channels, R, R) -> FC2 output (N, fc_dim)."""
+        x = self.activate(pooled)
         x = self.relu_fc1(self.fc1(x.flatten(1)))
         return self.relu_fc2(self.fc2(x))
+
+
+class ProjectedRoIPool(nn.Module):
+    """The detector's RoI pooler for a :class:`StudyBoxHead`: ConvProj's weights over every feature
+    level, then torchvision's ``MultiScaleRoIAlign``. Holds the head without registering it (its
+    parameters belong to the box head, once)."""
+
+    def __init__(self, pool: nn.Module, head: StudyBoxHead) -> None:
+        super().__init__()
+        self.pool = pool
+        self._head = [head]
+
+    def forward(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor],
+                image_shapes: list[tuple[int, int]]) -> torch.Tensor:
+        head = self._head[0]
+        projected = {k: head.project(v) for k, v in features.items()}
+        return self.pool(projected, proposals, image_shapes)
 
 
 @torch.fx.wrap
@@ -88,7 +121,7 @@ class DetectionTapModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c5 = self.layer4(self.layer3(self.layer2(self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x))))))))
-        proj = self.head.relu_convproj(self.head.convproj(self.roi_align(c5, x)))
+        proj = self.head.activate(self.roi_align(self.head.project(c5), x))
         f1 = self.fc1_map(self.head.relu_fc1(self.head.fc1(proj.flatten(1))))
         f2 = self.head.relu_fc2(self.head.fc2(f1.flatten(1)))
         return self.fc2_map(f2)

@@ -86,7 +86,7 @@ def detection_ap(ground_truth: Sequence[dict[str, np.ndarray]], predictions: Seq
     ap, per_class = {}, {}
     for ti, t in enumerate(thresholds):
         valid = per_tk[ti][per_tk[ti] > -1]
-        ap[f"{t:.1f}"] = float(valid.mean()) if valid.size else -1.0
+        ap[f"{round(float(t), 6):g}"] = float(valid.mean()) if valid.size else -1.0
     for ki, cat in enumerate(ev.params.catIds):
         col = per_tk[:, :, ki]
         per_class[int(cat)] = [float(col[ti][col[ti] > -1].mean()) if (col[ti] > -1).any() else -1.0

@@ -76,6 +76,7 @@ class LoopConfig:
     checkpoint_every: int = 200
     log_every: int = 10
     sync_bn: bool = True  # SyncBatchNorm under DDP on CUDA (not available on CPU)
+    threads: int | None = None  # intra-op CPU threads while training (None: torch's default, all cores)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "checkpoint_every", "log_every"):
@@ -89,6 +90,8 @@ class LoopConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.warmup_iters < 0 or self.num_workers < 0:
             raise ValueError("warmup_iters and num_workers must be >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {self.threads}")
         if any(s < 1 for s in self.lr_steps):
             raise ValueError(f"lr_steps are epochs >= 1, got {list(self.lr_steps)}")
 
@@ -314,11 +317,22 @@ def fit(task: Task, cfg: LoopConfig, run_dir: Path, *, identity: str = "",
     checkpoint. ``evaluate(model, iteration)``: run on rank 0 every ``eval_every`` epochs, its
     numbers logged as an ``eval`` row. A non-finite loss raises :class:`TrainingDiverged`.
     """
-    dist = dist or Distributed.from_env()
+    before = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _fit(task, cfg, Path(run_dir), identity, progress, check, dist or Distributed.from_env(), evaluate,
+                    eval_every)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit(task: Task, cfg: LoopConfig, run_dir: Path, identity: str, progress: Callable[[TrainProgress], None] | None,
+         check: Callable[[], None] | None, dist: Distributed,
+         evaluate: Callable[[nn.Module, int], dict[str, Any]] | None, eval_every: int) -> FitResult:
     device = resolve_device(cfg.device, dist)
     dist.init(device)
     precision = resolve_precision(cfg.precision, device)
-    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     st = _setup(task, cfg, device, precision, dist)

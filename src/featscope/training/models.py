@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from featscope.extractors.detection_head import StudyBoxHead
+from featscope.extractors.detection_head import ProjectedRoIPool, StudyBoxHead
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 _BOTTLENECK = ("resnet50", "resnet101")
@@ -84,9 +84,12 @@ def load_trunk(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     target = model.backbone.body if hasattr(model, "backbone") else model
     own = {k: v for k, v in target.state_dict().items() if k.startswith(TRUNK_PREFIXES)}
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    extra = [k for k in state if k.startswith(TRUNK_PREFIXES) and k not in own
+             and not k.endswith("num_batches_tracked")]
     bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or bad:
-        detail = f"missing {missing[:3]}" if missing else f"shape mismatch at {bad[:3]}"
+    if missing or extra or bad:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
+                  else f"shape mismatch at {bad[:3]}")
         raise ValueError(f"the trunk of {source} does not fit this network ({detail}); initialise from a "
                          f"backbone of the same architecture")
     target.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
@@ -163,9 +166,12 @@ def build_detector(arch: str, num_classes: int, *, dilated: bool | None = None, 
         anchors = AnchorGenerator((tuple(anchor_sizes),), (tuple(aspect_ratios),))
         head_in = c5
     head = StudyBoxHead(head_in, roi_size, proj_channels, fc_dim)
-    return FasterRCNN(body, num_classes=None, min_size=min_size, max_size=max_size, rpn_anchor_generator=anchors,
-                      box_roi_pool=MultiScaleRoIAlign(levels, output_size=roi_size, sampling_ratio=2),
-                      box_head=head, box_predictor=FastRCNNPredictor(fc_dim, num_classes + 1), **frcnn)
+    pool = MultiScaleRoIAlign(levels, output_size=roi_size, sampling_ratio=2)
+    model = FasterRCNN(body, num_classes=None, min_size=min_size, max_size=max_size, rpn_anchor_generator=anchors,
+                       box_roi_pool=pool, box_head=head, box_predictor=FastRCNNPredictor(fc_dim, num_classes + 1),
+                       **frcnn)
+    model.roi_heads.box_roi_pool = ProjectedRoIPool(pool, head)  # after FasterRCNN's type check of the pooler
+    return model
 
 
 def detector_to_tap_state(detector: nn.Module) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ is a starting point, never a cage. ``cpu-demo`` makes both backbones useful afte
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, fields
 from typing import Any
@@ -75,6 +76,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 20
     sync_bn: bool = True
+    threads: int | None = None  # CPU threads for the network (None: all); 1 is fastest on a busy shared machine
 
     def __post_init__(self) -> None:
         from featscope.training.models import check_arch
@@ -156,9 +158,9 @@ def resolve_config(task: str, preset: str, overrides: dict[str, Any] | None = No
 def _coerce(key: str, value: Any) -> Any:
     """``value`` as the type of field ``key`` (parsing strings: ``"0.1"``, ``"true"``, ``"8,11"``, ``"none"``)."""
     hint = typing.get_type_hints(TrainConfig)[key]
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if args and hint.__class__ is not type else hint
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    optional = union and type(None) in typing.get_args(hint)
+    base = next(a for a in typing.get_args(hint) if a is not type(None)) if union else hint
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "") and optional):
         if not optional:
             raise ValueError(f"{key} needs a value")

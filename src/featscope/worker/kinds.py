@@ -215,3 +215,4 @@ register_kind("analysis", JobKind(_normalize_analysis, _run_analysis,
                                   "Run an analysis: {analysis, inputs, params}"))
 
 from featscope.worker import map_kinds as _map_kinds  # noqa: E402,F401 - registers heatmap and maskout
+from featscope.worker import train_kinds as _train_kinds  # noqa: E402,F401 - registers train and finetune

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 TRAINING_VERSION = 1  # bump when a change alters what a configuration trains to
 # Fields that change how a run is carried out but not the weights it ends with: not part of its key.
-_BOOKKEEPING = ("num_workers", "checkpoint_every", "log_every", "eval_every", "device")
+_BOOKKEEPING = ("num_workers", "checkpoint_every", "log_every", "eval_every", "device", "threads")
 _HEARTBEAT_SECONDS = 2.0
 Say = Callable[[str], None]
 
