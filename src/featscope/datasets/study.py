@@ -61,7 +61,8 @@ def study_datasets(out_dir: str | os.PathLike[str], *, n_pretrain: int = 1200, n
     """Write every part under ``out_dir``; same arguments give byte-identical files.
 
     ``n_probe`` images per class in each probe set. ``out_dir`` must be new, empty, or this
-    function's own output for the same arguments.
+    function's own output for the same arguments (complete output is left untouched, so registering
+    it again is a no-op; an interrupted one is written again).
     """
     counts = {"pretrain": n_pretrain, "pretrain-val": n_pretrain_val, "target-train": n_target_train,
               "target-test": n_target_test, "single": n_probe, "several": n_probe, "small": n_probe}
@@ -71,18 +72,23 @@ def study_datasets(out_dir: str | os.PathLike[str], *, n_pretrain: int = 1200, n
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     root = Path(out_dir)
     params = {"generator": _GENERATOR, "version": _VERSION, **counts, "size": size, "seed": seed}
-    _claim(root, params)
+    if _claim(root, params):  # already generated: leave the files (and their modification times) alone
+        return _located(root, counts)
     total = sum(counts[p] for p in DETECTION_PARTS) + sum(counts[p] * len(PRETRAIN_CLASSES) for p in PROBE_PARTS)
     tick = _Ticker(total, progress)
-    coco = {}
     for stream, part in enumerate(DETECTION_PARTS):
         target = part.startswith("target")
         classes = TARGET_CLASSES if target else PRETRAIN_CLASSES
-        coco[part] = _detection_part(root, part, counts[part], size, classes, target, [seed, 10 + stream], tick)
-    folders = {}
+        _detection_part(root, part, counts[part], size, classes, target, [seed, 10 + stream], tick)
     for stream, part in enumerate(PROBE_PARTS):
-        folders[part] = _probe_part(root, part, counts[part], size, [seed, 20 + stream], tick)
-    return StudySets(root=root, coco=coco, folders=folders,
+        _probe_part(root, part, counts[part], size, [seed, 20 + stream], tick)
+    (root / _MARKER).write_text(json.dumps({**params, "complete": True}, indent=1) + "\n", encoding="utf-8")
+    return _located(root, counts)
+
+
+def _located(root: Path, counts: dict[str, int]) -> StudySets:
+    return StudySets(root=root, coco={p: root / f"{p}.json" for p in DETECTION_PARTS},
+                     folders={p: root / p for p in PROBE_PARTS},
                      counts={p: counts[p] * (len(PRETRAIN_CLASSES) if p in PROBE_PARTS else 1) for p in counts})
 
 
@@ -140,8 +146,8 @@ def _probe_part(root: Path, part: str, n: int, size: int, stream: list[int], tic
     return folder
 
 
-def _claim(root: Path, params: dict[str, object]) -> None:
-    """Make ``root`` ours: refuse a foreign folder or another run's output, then write the marker."""
+def _claim(root: Path, params: dict[str, object]) -> bool:
+    """Make ``root`` ours: refuse a foreign folder or another run's output; True if it is already complete."""
     if root.exists() and not root.is_dir():
         raise DatasetError(f"{root} is a file; give study_datasets a new or empty directory")
     if root.exists() and any(root.iterdir()):
@@ -151,8 +157,12 @@ def _claim(root: Path, params: dict[str, object]) -> None:
             previous = None
         if not isinstance(previous, dict) or previous.get("generator") != _GENERATOR:
             raise DatasetError(f"{root} is not empty and is not a study_datasets output; choose a new or empty directory")
+        complete = previous.pop("complete", False)
+        if previous == params and complete:
+            return True
         if previous != params:
             raise DatasetError(f"{root} holds study sets made with other arguments ({previous}); use a new directory "
                                f"or delete this one")
     root.mkdir(parents=True, exist_ok=True)
     (root / _MARKER).write_text(json.dumps(params, indent=1) + "\n", encoding="utf-8")
+    return False

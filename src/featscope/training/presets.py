@@ -161,10 +161,10 @@ def _coerce(key: str, value: Any) -> Any:
     union = typing.get_origin(hint) in (typing.Union, types.UnionType)
     optional = union and type(None) in typing.get_args(hint)
     base = next(a for a in typing.get_args(hint) if a is not type(None)) if union else hint
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "") and optional):
-        if not optional:
-            raise ValueError(f"{key} needs a value")
+    if optional and (value is None or (isinstance(value, str) and value.lower() in ("none", "null", ""))):
         return None
+    if value is None:
+        raise ValueError(f"{key} needs a value")
     try:
         if typing.get_origin(base) is tuple:
             item = typing.get_args(base)[0]

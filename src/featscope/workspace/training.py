@@ -189,10 +189,21 @@ def execute(ctx: Context, p: TrainPlan, *, restart: bool = False,
             progress: Callable[[TrainProgress], None] | None = None, check: Callable[[], None] | None = None,
             on_message: Say | None = None, job_id: int | None = None) -> RunInfo:
     """Train a checked plan: claim (or resume) its run, fit, evaluate, register; rank 0 keeps the books."""
+    dist = Distributed.from_env()
+    joined = dist.active and not torch.distributed.is_initialized()
+    dist.init(resolve_device(p.config.device, dist))
+    try:
+        return _execute(ctx, p, dist, restart, progress, check, on_message, job_id)
+    finally:
+        if joined and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _execute(ctx: Context, p: TrainPlan, dist: Distributed, restart: bool,
+             progress: Callable[[TrainProgress], None] | None, check: Callable[[], None] | None,
+             on_message: Say | None, job_id: int | None) -> RunInfo:
     say = on_message or log.info
     store = _store(ctx)
-    dist = Distributed.from_env()
-    dist.init(resolve_device(p.config.device, dist))
     cfg = _resolved(p.config)
     row, finished, problem = None, False, None
     if dist.rank == 0:
