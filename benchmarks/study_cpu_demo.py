@@ -38,6 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/featscope-study"))
     ap.add_argument("--n-pretrain", type=int, default=1200)
+    ap.add_argument("--n-probe", type=int, default=100, help="images per class in each probe set")
     ap.add_argument("--cls-set", action="append", help="KEY=VALUE over the cls preset")
     ap.add_argument("--det-set", action="append", help="KEY=VALUE over the det preset")
     ap.add_argument("--ft-set", action="append", help="KEY=VALUE over the finetune-det preset")
@@ -45,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     ws = Workspace(Settings(data_dir=args.out / "data"))
     t = time.perf_counter()
-    ws.study_datasets(args.out / "images", n_pretrain=args.n_pretrain)
+    ws.study_datasets(args.out / "images", n_pretrain=args.n_pretrain, n_probe=args.n_probe)
     print(f"study sets ready in {time.perf_counter() - t:.0f} s; {_load()}")
 
     report: dict = {"load_before": _load()}

@@ -73,7 +73,7 @@ def dataset_study(out_dir: Path = typer.Argument(..., help="Folder to write the 
                                                          "NAME-several, NAME-small."),
                   pretrain: int = typer.Option(1200, help="Pre-training scenes (one class each, 1-4 instances)."),
                   pretrain_val: int = typer.Option(150, help="Held-out pre-training scenes."),
-                  target_train: int = typer.Option(150, help="Target-set training scenes (other shapes)."),
+                  target_train: int = typer.Option(300, help="Target-set training scenes (other shapes)."),
                   target_test: int = typer.Option(150, help="Target-set test scenes."),
                   probe: int = typer.Option(40, help="Images per class in each probe set (single, several, small)."),
                   size: int = typer.Option(128, help="Image side in pixels."),

@@ -6,7 +6,7 @@ What the study needs to compare a classification-pretrained backbone with a dete
 trained on *the same images* (its Table 7), generated deterministically from one seed:
 
 - ``pretrain`` (COCO): each scene holds one labelled class (:data:`PRETRAIN_CLASSES`) with 1-4
-  instances of varied size and position. The classifier learns the scene's label (the COCO reader
+  instances of varied size and position, in plain or gradient fills on a cluttered background. The classifier learns the scene's label (the COCO reader
   labels an image by its largest box, and all boxes share the class), the detector its boxes.
 - ``pretrain-val`` (COCO): held-out scenes of the same distribution (the detector's mAP@0.5).
 - ``target-train`` / ``target-test`` (COCO): another distribution, the small fine-tuning set of the
@@ -34,8 +34,9 @@ __all__ = ["PRETRAIN_CLASSES", "TARGET_CLASSES", "StudySets", "study_datasets"]
 
 PRETRAIN_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon", "cross")
 TARGET_CLASSES: tuple[str, ...] = ("ring", "diamond", "ellipse", "arrow")
+PRETRAIN_TEXTURES: tuple[str, ...] = ("solid", "gradient")
 TARGET_TEXTURES: tuple[str, ...] = ("stripes", "checker", "dots")
-_GENERATOR, _VERSION, _MARKER = "featscope.study", 1, "study.json"
+_GENERATOR, _VERSION, _MARKER = "featscope.study", 2, "study.json"
 _PRETRAIN_DIAMETER = (0.15, 0.5)
 _TARGET_DIAMETER = (0.15, 0.5)
 _SINGLE_DIAMETER = (0.35, 0.8)
@@ -56,7 +57,7 @@ class StudySets:
 
 
 def study_datasets(out_dir: str | os.PathLike[str], *, n_pretrain: int = 1200, n_pretrain_val: int = 150,
-                   n_target_train: int = 150, n_target_test: int = 150, n_probe: int = 40, size: int = 128,
+                   n_target_train: int = 300, n_target_test: int = 150, n_probe: int = 40, size: int = 128,
                    seed: int = 0, progress: Callable[[int, int], None] | None = None) -> StudySets:
     """Write every part under ``out_dir``; same arguments give byte-identical files.
 
@@ -113,7 +114,7 @@ def _detection_part(root: Path, part: str, n: int, size: int, classes: tuple[str
                                      textures=TARGET_TEXTURES)
         else:  # one class per scene, balanced over the classes
             pixels, objects = _scene(rng, size, fixed=classes[i % len(classes)], count=(1, 5),
-                                     diameter=_PRETRAIN_DIAMETER)
+                                     diameter=_PRETRAIN_DIAMETER, textures=PRETRAIN_TEXTURES)
         name = f"scene_{i:05d}.png"
         _write_png(root / part / name, pixels)
         images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
@@ -136,11 +137,12 @@ def _probe_part(root: Path, part: str, n: int, size: int, stream: list[int], tic
         for j in range(n):
             rng = np.random.default_rng([*stream, k, j])
             if part == "single":
-                pixels = _single(rng, size, cls, _SINGLE_DIAMETER)
+                pixels = _single(rng, size, cls, _SINGLE_DIAMETER, PRETRAIN_TEXTURES)
             elif part == "small":
-                pixels = _single(rng, size, cls, _SMALL_DIAMETER)
+                pixels = _single(rng, size, cls, _SMALL_DIAMETER, PRETRAIN_TEXTURES)
             else:
-                pixels, _ = _scene(rng, size, fixed=cls, count=(2, 5), diameter=_SEVERAL_DIAMETER)
+                pixels, _ = _scene(rng, size, fixed=cls, count=(2, 5), diameter=_SEVERAL_DIAMETER,
+                                   textures=PRETRAIN_TEXTURES)
             _write_png(folder / cls / f"{cls}_{j:04d}.png", pixels)
             tick()
     return folder

@@ -198,10 +198,10 @@ def _scene(rng: np.random.Generator, size: int, *, classes: tuple[str, ...] = SY
 
 
 def _single(rng: np.random.Generator, size: int, shape: str,
-            diameter_range: tuple[float, float] = _SINGLE_DIAMETER) -> np.ndarray:
+            diameter_range: tuple[float, float] = _SINGLE_DIAMETER, textures: tuple[str, ...] = TEXTURES) -> np.ndarray:
     """One object of class ``shape`` on a cluttered background (diameter a uniform fraction of the side)."""
     canvas = background(rng, size)
     diameter = size * float(rng.uniform(*diameter_range))
     centre, radius, angle, mask = _place(rng, size, diameter, shape)
-    _paint(canvas, rng, shape, centre, radius, angle, mask)
+    _paint(canvas, rng, shape, centre, radius, angle, mask, textures)
     return np.rint(canvas).astype(np.uint8)
