@@ -161,3 +161,11 @@ def test_table5_taps_of_a_detection_run(trained):
     assert {(r["tap"], r["pooling"]) for r in rows} == {("layer4", "avg"), ("fc1", "avg"), ("fc2", "avg"),
                                                          ("convproj", "none"), ("convproj", "grid4"),
                                                          ("convproj", "grid2"), ("convproj", "avg")}
+
+
+def test_restart_of_a_finished_run_is_a_new_run(trained):
+    ws, cls, _ = trained
+    again = ws.train("cls", "study-pretrain", val_dataset="study-pretrain-val", restart=True, **TINY)
+    assert again.id != cls.id and again.state == "done" and again.name == f"cls-resnet18-{again.id}"
+    assert ws.load_backbone(cls.name).fingerprint == cls.fingerprint  # the first run's backbone is intact
+    assert ws.train("cls", "study-pretrain", val_dataset="study-pretrain-val", **TINY).id == again.id

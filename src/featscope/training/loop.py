@@ -338,20 +338,17 @@ def _fit(task: Task, cfg: LoopConfig, run_dir: Path, identity: str, progress: Ca
     st = _setup(task, cfg, device, precision, dist)
     ckpt = load_checkpoint(run_dir / CHECKPOINT)
     start, notes = _resume(st, ckpt, identity, dist, run_dir)
-    metrics = MetricsLog(run_dir, dist.rank == 0)
+    meter = _Meter(MetricsLog(run_dir, dist.rank == 0), cfg, st, dist, progress)
     memory_format = torch.channels_last if _channels_last(cfg, device) else torch.contiguous_format
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
                 if precision != "fp32" else nullcontext())
-    step, final_loss, seen, t0 = start, None, 0, time.perf_counter()
-    window = (t0, 0)
-    last_saved = start if ckpt is not None else None
+    step, last_saved = start, (start if ckpt is not None else None)
     while step < st.total:
         epoch, offset = divmod(step, st.iters_per_epoch)
         st.sampler.set_position(epoch, offset * st.per_rank_batch)
         loader = DataLoader(task.train_data(), batch_size=st.per_rank_batch, sampler=st.sampler,
                             collate_fn=task.collate, num_workers=cfg.num_workers, drop_last=True,
-                            pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed),
-                            persistent_workers=False)
+                            pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed))
         for batch in loader:
             stop = _stopping(check, dist)
             st.ddp.train()
@@ -360,43 +357,64 @@ def _fit(task: Task, cfg: LoopConfig, run_dir: Path, identity: str, progress: Ca
             bad = _any_rank(not bool(torch.isfinite(loss.detach())), dist)
             if bad or stop:
                 raise _stop_reason(bad, stop, loss, step, epoch, cfg, last_saved)
-            st.optimizer.zero_grad(set_to_none=True)
-            st.scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                st.scaler.unscale_(st.optimizer)
-                nn.utils.clip_grad_norm_(st.model.parameters(), cfg.grad_clip)
-            st.scaler.step(st.optimizer)
-            st.scaler.update()
-            st.scheduler.step()
+            _update(st, loss, cfg)
             step += 1
-            n = task.batch_size_of(batch) * dist.world
-            seen += n
-            final_loss = float(loss.detach())
-            if dist.rank == 0:
-                rate = seen / max(time.perf_counter() - t0, 1e-9)
-                lr = st.optimizer.param_groups[0]["lr"]
-                if step % cfg.log_every == 0 or step == st.total:
-                    wrate = (seen - window[1]) / max(time.perf_counter() - window[0], 1e-9)
-                    window = (time.perf_counter(), seen)
-                    metrics.write({"kind": "train", "iteration": step, "epoch": epoch, "loss": final_loss,
-                                   **{k: float(v) for k, v in parts.items()}, "lr": lr, "images_per_second": wrate})
-                if progress is not None:
-                    eta = (st.total - step) * st.per_rank_batch * dist.world / max(rate, 1e-9)
-                    progress(TrainProgress(epoch, cfg.epochs, step, st.total, final_loss, lr, rate, eta))
+            meter.after(step, epoch, loss, parts, task.batch_size_of(batch))
             if step % cfg.checkpoint_every == 0 or step == st.total:
                 _checkpoint(st, step, identity, run_dir, dist, cfg)
                 last_saved = step
             if evaluate is not None and eval_every and step % (eval_every * st.iters_per_epoch) == 0 \
                     and step < st.total:
-                _evaluate(evaluate, st, step, epoch, metrics, dist)
+                _evaluate(evaluate, st, step, epoch, meter.metrics, dist)
             if step >= st.total:
                 break
-    seconds = time.perf_counter() - started
     st.model.eval()
-    return FitResult(model=st.model, iterations=step, resumed_from=start, seconds=seconds,
-                     images_per_second=seen / max(time.perf_counter() - t0, 1e-9) if seen else 0.0,
-                     final_loss=final_loss, device=str(device), precision=precision, world_size=dist.world,
-                     notes=notes)
+    return FitResult(model=st.model, iterations=step, resumed_from=start, seconds=time.perf_counter() - started,
+                     images_per_second=meter.rate(), final_loss=meter.loss, device=str(device), precision=precision,
+                     world_size=dist.world, notes=notes)
+
+
+def _update(st: "_State", loss: torch.Tensor, cfg: LoopConfig) -> None:
+    """One optimiser step through the AMP scaler (a no-op scaler unless fp16), then the schedule's."""
+    st.optimizer.zero_grad(set_to_none=True)
+    st.scaler.scale(loss).backward()
+    if cfg.grad_clip:
+        st.scaler.unscale_(st.optimizer)
+        nn.utils.clip_grad_norm_(st.model.parameters(), cfg.grad_clip)
+    st.scaler.step(st.optimizer)
+    st.scaler.update()
+    st.scheduler.step()
+
+
+class _Meter:
+    """Speed, metrics rows (every ``log_every`` iterations) and progress callbacks, on rank 0."""
+
+    def __init__(self, metrics: MetricsLog, cfg: LoopConfig, st: "_State", dist: Distributed,
+                 progress: Callable[[TrainProgress], None] | None) -> None:
+        self.metrics, self.cfg, self.st, self.dist, self.progress = metrics, cfg, st, dist, progress
+        self.t0 = time.perf_counter()
+        self.seen, self.window, self.loss = 0, (self.t0, 0), None
+
+    def rate(self) -> float:
+        return self.seen / max(time.perf_counter() - self.t0, 1e-9) if self.seen else 0.0
+
+    def after(self, step: int, epoch: int, loss: torch.Tensor, parts: dict[str, torch.Tensor], batch: int) -> None:
+        self.seen += batch * self.dist.world
+        self.loss = float(loss.detach())
+        if self.dist.rank != 0:
+            return
+        lr = self.st.optimizer.param_groups[0]["lr"]
+        if step % self.cfg.log_every == 0 or step == self.st.total:
+            now = time.perf_counter()
+            window_rate = (self.seen - self.window[1]) / max(now - self.window[0], 1e-9)
+            self.window = (now, self.seen)
+            self.metrics.write({"kind": "train", "iteration": step, "epoch": epoch, "loss": self.loss,
+                                **{k: float(v) for k, v in parts.items()}, "lr": lr,
+                                "images_per_second": window_rate})
+        if self.progress is not None:
+            rate = self.rate()
+            eta = (self.st.total - step) * self.st.per_rank_batch * self.dist.world / max(rate, 1e-9)
+            self.progress(TrainProgress(epoch, self.cfg.epochs, step, self.st.total, self.loss, lr, rate, eta))
 
 
 def _setup(task: Task, cfg: LoopConfig, device: torch.device, precision: str, dist: Distributed) -> _State:

@@ -62,20 +62,21 @@ def build_trunk(arch: str, *, num_classes: int = 1000, dilated: bool = False, fr
     return torchvision.models.get_model(arch, weights=None, **kwargs)
 
 
-def initial_trunk(arch: str, seed: int) -> dict[str, torch.Tensor]:
+def initial_trunk(arch: str, seed: int, *, zero_init_residual: bool = True) -> dict[str, torch.Tensor]:
     """The seeded random trunk both pre-training runs start from (the same tensors for a classifier
     and a detector: a classifier's ``fc`` draws its random numbers after the trunk's, a detector has none).
 
-    Each residual block's last BatchNorm starts at zero (Goyal et al. 2017, torchvision's
-    ``zero_init_residual``): every block starts as the identity, which kept the first hundred
-    iterations from scratch stable where the default initialisation sent the loss far above chance.
+    ``zero_init_residual``: each residual block's last BatchNorm starts at zero (Goyal et al. 2017), so
+    every block starts as the identity; this kept the first hundred iterations from scratch stable where
+    the default initialisation sent the loss far above chance. Only for trainable BatchNorm: a
+    FrozenBatchNorm's scale never moves, so its blocks would stay switched off.
     """
     import torchvision
 
     check_arch(arch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return trunk_state(torchvision.models.get_model(arch, weights=None, zero_init_residual=True))
+        return trunk_state(torchvision.models.get_model(arch, weights=None, zero_init_residual=zero_init_residual))
 
 
 def trunk_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -135,13 +135,16 @@ class RunStore:
     def claim(self, key: str, fields: dict[str, Any], *, restart: bool = False) -> tuple[Run, bool]:
         """The run for ``key``, marked as trained by this process: (row, already finished).
 
-        A finished run is returned as it is (unless ``restart``); a run another live process trains
-        is refused; a failed, cancelled or orphaned one continues from its checkpoint (``restart``:
-        from scratch). A new key makes a new row and directory.
+        A finished run is returned as it is (``restart``: a new run, so the finished one and the backbone
+        it registered stay intact); a run another live process trains is refused; a failed, cancelled
+        or orphaned one continues from its checkpoint (``restart``: from scratch). A new key makes a new
+        row and directory.
         """
         row = self.find(key)
-        if row is not None and row.state == "done" and not restart:
-            return row, True
+        if row is not None and row.state == "done":
+            if not restart:
+                return row, True
+            row = None
         if row is not None and row.state == "running" and _alive(row.owner, row.heartbeat_at):
             raise ValueError(f"run {row.id} ({row.name}) is being trained by {row.owner}; wait for it, or stop it "
                              f"with `featscope runs cancel {row.id}`")
@@ -154,8 +157,10 @@ class RunStore:
                 s.add(row)
                 s.flush()
                 row.dir = str(self.runs_dir / f"{row.id:05d}")
-                if not row.name:
-                    row.name = f"{row.task}-{row.config.get('arch', 'net')}-{row.id}"
+                taken = s.scalars(select(Run.id).where(Run.name == row.name, Run.id != row.id)).first()
+                if not row.name or taken is not None:
+                    base = row.name or f"{row.task}-{row.config.get('arch', 'net')}"
+                    row.name = f"{base}-{row.id}"
             else:
                 s.execute(update(Run).where(Run.id == row.id).values(
                     **live, job_id=fields.get("job_id"), config=fields["config"]))

@@ -35,7 +35,7 @@ from featscope.workspace.datasets import get_dataset, readable_images
 
 log = logging.getLogger(__name__)
 
-TRAINING_VERSION = 1  # bump when a change alters what a configuration trains to
+TRAINING_VERSION = 2  # bump when a change alters what a configuration trains to
 # Fields that change how a run is carried out but not the weights it ends with: not part of its key.
 _BOOKKEEPING = ("num_workers", "checkpoint_every", "log_every", "eval_every", "device", "threads")
 _HEARTBEAT_SECONDS = 2.0
@@ -265,7 +265,7 @@ def _task(ctx: Context, p: TrainPlan, cfg: TrainConfig):
     from featscope.training.tasks import make_task
 
     if p.init_backbone_id is None:
-        trunk, source = initial_trunk(cfg.arch, cfg.seed), p.init
+        trunk, source = initial_trunk(cfg.arch, cfg.seed, zero_init_residual=cfg.norm == "bn"), p.init
     else:
         from featscope.workspace.backbones import open_backbone
 
@@ -334,7 +334,7 @@ def _finish(ctx: Context, store: RunStore, p: TrainPlan, cfg: TrainConfig, task,
                "device": result.device, "precision": result.precision, "world_size": result.world_size,
                "train_images": len(p.train), "test_images": len(p.test), "eval": evaluation}
     values: dict[str, Any] = {"result": _jsonable(summary), "progress": 1.0, "iteration": result.iterations,
-                              "message": "done"}
+                              "total_iterations": result.iterations, "message": "done"}
     if p.task in ("cls", "det"):
         backbone = _register(ctx, store.get(row_id), p, cfg, task, result.model, run_dir)
         values.update(backbone_id=backbone.id, fingerprint=backbone.fingerprint)
