@@ -60,15 +60,15 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_weights(study_sets, tmp
     run_dir = killed / "runs" / "00001"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        # the row of iteration 5 is logged after the checkpoint of iteration 4 was written
-        if any(r["iteration"] >= 5 for r in read_metrics(run_dir)):
+        # checkpoints are written in the background: wait for one on disk and a few more iterations
+        if (run_dir / "checkpoint.pt").exists() and any(r["iteration"] >= 5 for r in read_metrics(run_dir)):
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.02)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the training finished before it could be killed"
     kept = torch.load(run_dir / "checkpoint.pt", weights_only=True)["iteration"]
-    assert 4 <= kept < 16
+    assert 2 <= kept < 16
 
     assert ws.run(1).state == "running"  # as the killed process left it
     resumed = _cli(killed, *args)

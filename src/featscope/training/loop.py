@@ -1,11 +1,13 @@
 """The one training loop: devices, autocast, DDP, resumable checkpoints, metrics log, progress, cancel.
 
 Public names: :class:`LoopConfig`, :class:`Task`, :class:`TrainProgress`, :class:`FitResult`,
-:class:`TrainingDiverged`, :class:`Distributed`, :func:`fit`, :func:`read_metrics`, :func:`lr_factor`.
+:class:`TrainingDiverged`, :class:`Distributed`, :class:`CheckpointWriter`, :func:`fit`, :func:`read_metrics`,
+:func:`lr_factor`, :func:`load_checkpoint`, :func:`save_checkpoint`.
 
 Written by hand (not a trainer library) because resumability is the product here: a checkpoint holds
 the model, optimizer, scheduler, AMP scaler, every rank's RNG states and the sampler position, and is
-written atomically every ``checkpoint_every`` iterations and at the end; a run started again continues
+written atomically every ``checkpoint_every`` iterations and at the end (from a snapshot, in a
+background thread: the steps go on while the disk writes); a run started again continues
 from it and, on CPU, ends with the same weights as an uninterrupted run. The step itself is what
 torchvision's detection reference does (forward, summed loss, ``zero_grad``, backward through the AMP
 scaler, step, per-iteration LR scheduler), so it costs no more.
@@ -248,6 +250,48 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     _fsync_dir(path.parent)
 
 
+class CheckpointWriter:
+    """Writes checkpoints in a background thread, one at a time, so training does not wait for the disk.
+
+    The caller hands over a snapshot (tensors copied to the CPU at the step boundary), so the weights
+    the next steps change in place are never the ones being written. :meth:`wait` blocks until the
+    last write is on disk (the loop calls it before it returns or raises, so "the last checkpoint" is
+    always one that exists). A kill mid-write leaves the previous file (the write is atomic).
+    """
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featscope-checkpoint")
+        self._pending = None
+
+    def submit(self, path: Path, state: dict[str, Any]) -> None:
+        self.wait()
+        self._pending = self._pool.submit(save_checkpoint, path, state)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()  # re-raises a failed write (disk full...) in the training thread
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def snapshot(obj: Any) -> Any:
+    """A deep copy of a state (nested dicts/lists of tensors) with every tensor copied to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
     """The checkpoint at ``path`` (tensors on the CPU), or None when there is none."""
     if not path.exists():
@@ -338,40 +382,69 @@ def _fit(task: Task, cfg: LoopConfig, run_dir: Path, identity: str, progress: Ca
     st = _setup(task, cfg, device, precision, dist)
     ckpt = load_checkpoint(run_dir / CHECKPOINT)
     start, notes = _resume(st, ckpt, identity, dist, run_dir)
-    meter = _Meter(MetricsLog(run_dir, dist.rank == 0), cfg, st, dist, progress)
-    memory_format = torch.channels_last if _channels_last(cfg, device) else torch.contiguous_format
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-                if precision != "fp32" else nullcontext())
-    step, last_saved = start, (start if ckpt is not None else None)
-    while step < st.total:
-        epoch, offset = divmod(step, st.iters_per_epoch)
-        st.sampler.set_position(epoch, offset * st.per_rank_batch)
-        loader = DataLoader(task.train_data(), batch_size=st.per_rank_batch, sampler=st.sampler,
-                            collate_fn=task.collate, num_workers=cfg.num_workers, drop_last=True,
-                            pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed))
-        for batch in loader:
-            stop = _stopping(check, dist)
-            st.ddp.train()
-            with autocast:
-                loss, parts = task.loss(st.ddp, batch, device, memory_format)
-            bad = _any_rank(not bool(torch.isfinite(loss.detach())), dist)
-            if bad or stop:
-                raise _stop_reason(bad, stop, loss, step, epoch, cfg, last_saved)
-            _update(st, loss, cfg)
-            step += 1
-            meter.after(step, epoch, loss, parts, task.batch_size_of(batch))
-            if step % cfg.checkpoint_every == 0 or step == st.total:
-                _checkpoint(st, step, identity, run_dir, dist, cfg)
-                last_saved = step
-            if evaluate is not None and eval_every and step % (eval_every * st.iters_per_epoch) == 0 \
-                    and step < st.total:
-                _evaluate(evaluate, st, step, epoch, meter.metrics, dist)
-            if step >= st.total:
-                break
+    trainer = _Trainer(task, cfg, st, dist, device, precision, run_dir, identity, check, evaluate, eval_every,
+                       _Meter(MetricsLog(run_dir, dist.rank == 0), cfg, st, dist, progress))
+    try:
+        step = trainer.run(start, start if ckpt is not None else None)
+    finally:
+        trainer.writer.close()
     st.model.eval()
     return FitResult(model=st.model, iterations=step, resumed_from=start, seconds=time.perf_counter() - started,
-                     images_per_second=meter.rate(), final_loss=meter.loss, device=str(device), precision=precision,
-                     world_size=dist.world, notes=notes)
+                     images_per_second=trainer.meter.rate(), final_loss=trainer.meter.loss, device=str(device),
+                     precision=precision, world_size=dist.world, notes=notes)
+
+
+@dataclass
+class _Trainer:
+    """The iterations of one fit: batches, steps, stop checks, checkpoints and evaluations."""
+
+    task: Task
+    cfg: LoopConfig
+    st: "_State"
+    dist: Distributed
+    device: torch.device
+    precision: str
+    run_dir: Path
+    identity: str
+    check: Callable[[], None] | None
+    evaluate: Callable[[nn.Module, int], dict[str, Any]] | None
+    eval_every: int
+    meter: "_Meter"
+    writer: CheckpointWriter = field(default_factory=CheckpointWriter)
+
+    def run(self, step: int, last_saved: int | None) -> int:
+        """Train from iteration ``step`` to the end; returns the last iteration done."""
+        st, cfg = self.st, self.cfg
+        memory_format = torch.channels_last if _channels_last(cfg, self.device) else torch.contiguous_format
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        autocast = torch.autocast(self.device.type, dtype=dtype) if self.precision != "fp32" else nullcontext()
+        while step < st.total:
+            epoch, offset = divmod(step, st.iters_per_epoch)
+            st.sampler.set_position(epoch, offset * st.per_rank_batch)
+            loader = DataLoader(self.task.train_data(), batch_size=st.per_rank_batch, sampler=st.sampler,
+                                collate_fn=self.task.collate, num_workers=cfg.num_workers, drop_last=True,
+                                pin_memory=self.device.type == "cuda",
+                                generator=torch.Generator().manual_seed(cfg.seed))
+            for batch in loader:
+                stop = _stopping(self.check, self.dist)
+                st.ddp.train()
+                with autocast:
+                    loss, parts = self.task.loss(st.ddp, batch, self.device, memory_format)
+                bad = _any_rank(not bool(torch.isfinite(loss.detach())), self.dist)
+                if bad or stop:
+                    raise _stop_reason(bad, stop, loss, step, epoch, cfg, last_saved)
+                _update(st, loss, cfg)
+                step += 1
+                self.meter.after(step, epoch, loss, parts, self.task.batch_size_of(batch))
+                if step % cfg.checkpoint_every == 0 or step == st.total:
+                    _checkpoint(st, step, self.identity, self.run_dir, self.dist, cfg, self.writer)
+                    last_saved = step
+                if self.evaluate is not None and self.eval_every and step < st.total \
+                        and step % (self.eval_every * st.iters_per_epoch) == 0:
+                    _evaluate(self.evaluate, st, step, epoch, self.meter.metrics, self.dist)
+                if step >= st.total:
+                    break
+        return step
 
 
 def _update(st: "_State", loss: torch.Tensor, cfg: LoopConfig) -> None:
@@ -485,7 +558,8 @@ def _resume(st: _State, ckpt: dict[str, Any] | None, identity: str, dist: Distri
     return int(ckpt["iteration"]), notes
 
 
-def _checkpoint(st: _State, step: int, identity: str, run_dir: Path, dist: Distributed, cfg: LoopConfig) -> None:
+def _checkpoint(st: _State, step: int, identity: str, run_dir: Path, dist: Distributed, cfg: LoopConfig,
+                writer: CheckpointWriter) -> None:
     rngs = [_rng_state()]
     if dist.active:
         rngs = [None] * dist.world
@@ -493,14 +567,14 @@ def _checkpoint(st: _State, step: int, identity: str, run_dir: Path, dist: Distr
     if dist.rank != 0:
         return
     epoch, offset = divmod(step, st.iters_per_epoch)
-    save_checkpoint(run_dir / CHECKPOINT, {
+    writer.submit(run_dir / CHECKPOINT, snapshot({
         "version": CHECKPOINT_VERSION, "identity": identity, "iteration": step, "total": st.total,
         "model": st.model.state_dict(), "optimizer": st.optimizer.state_dict(),
         "scheduler": st.scheduler.state_dict(), "scaler": st.scaler.state_dict(), "rng": rngs,
         "sampler": {"epoch": epoch, "position": offset * st.per_rank_batch, "seed": cfg.seed,
                     "num_samples": len(st.sampler.dataset), "world_size": dist.world},
         "config": _plain(asdict(cfg)),
-    })
+    }))
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
