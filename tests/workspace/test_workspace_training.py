@@ -52,6 +52,8 @@ def test_refusals_before_any_work(tmp_path, make_images):
         with pytest.raises((ValueError, LookupError), match=message):
             call()
     ws.add_backbone("torchvision:resnet18", random_init=True, name="r18")
+    with pytest.raises(ValueError, match="backbone 'r18' is a resnet18, the run a resnet50"):
+        ws.finetune("cls", "r18", "labelled", arch="resnet50")
     with pytest.raises(ValueError, match="cannot split 'labelled' into train and test: .*train set will be empty"):
         ws.finetune("cls", "r18", "labelled", test_fraction=0.99)
     with pytest.raises(ValueError, match="test data set 'plain' has no image labels"):

@@ -91,6 +91,9 @@ def plan(ctx: Context, task: str, dataset: str | int, *, preset: str = "cpu-demo
         if "arch" not in params:
             params["arch"] = init_row.arch
     cfg = resolve_config(task, preset, params)
+    if init_row is not None and init_row.arch != cfg.arch:
+        raise ValueError(f"backbone {init_row.name!r} is a {init_row.arch}, the run a {cfg.arch}: leave arch out "
+                         f"(it follows the backbone) or start from a {cfg.arch}")
     ds = get_dataset(ctx, dataset)
     test_ds = get_dataset(ctx, test_dataset) if test_dataset is not None else None
     base = "cls" if task.endswith("cls") else "det"
