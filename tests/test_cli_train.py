@@ -73,3 +73,26 @@ def test_train_then_the_runs_verbs(run, tmp_path, make_images):
     r = run("runs", "params", "--task", "det", "--preset", "paper", "--json")
     params = {p["parameter"]: p["value"] for p in json.loads(r.output)}
     assert params["arch"] == "resnet101" and params["roi_size"] == 14 and params["proj_channels"] == 256
+
+
+def test_a_cancelled_foreground_run_exits_130_and_resumes(run, tmp_path, make_images, monkeypatch):
+    from featscope.training.runs import RunStore
+    from featscope.workspace import training
+
+    folder = make_images(tmp_path / "colours", {"red": 6, "green": 6}, size=48)
+    assert run("dataset", "add", str(folder), "--name", "colours").exit_code == 0
+    monkeypatch.setattr(training, "_HEARTBEAT_SECONDS", 0.0)
+    asked = {"n": 0, "cancel": True}
+    real = RunStore.heartbeat
+
+    def heartbeat(self, run_id, **values):  # `featscope runs cancel 1` from another shell, as seen by the run
+        asked["n"] += 1
+        return real(self, run_id, **values) or (asked["cancel"] and asked["n"] >= 3)
+
+    monkeypatch.setattr(RunStore, "heartbeat", heartbeat)
+    args = ["train", "cls", "-d", "colours", *TINY, "--epochs", "3", "--checkpoint-every", "1"]
+    r = run(*args)
+    assert r.exit_code == 130 and "cancelled: the last checkpoint is kept" in r.output, r.output
+    asked["cancel"] = False
+    r = run(*args)
+    assert r.exit_code == 0 and "resumed from the checkpoint at iteration 2 of 9" in r.output, r.output

@@ -86,11 +86,14 @@ def _start(kind: str, call, job_params: dict[str, Any], devices: int, background
     def update(p) -> None:  # featscope.training.loop.TrainProgress
         progress.update(bar, completed=p.iteration, total=p.iterations, line=p.line())
 
+    from featscope.training.runs import RunCancelled
+
     try:
         with progress:
             info = run(call, progress=update, on_message=(lambda m: err.print(m, highlight=False)) if rank0 else None)
-    except KeyboardInterrupt:
-        err.print("interrupted: the last checkpoint is kept; run the same command again to continue from it")
+    except (KeyboardInterrupt, RunCancelled) as e:
+        what = "cancelled" if isinstance(e, RunCancelled) else "interrupted"
+        err.print(f"{what}: the last checkpoint is kept; run the same command again to continue from it")
         raise typer.Exit(130) from None
     if rank0:
         _print_run(info, as_json)
