@@ -168,6 +168,8 @@ class Distributed:
 
     def init(self, device: torch.device) -> None:
         """Join the process group (NCCL on GPUs, gloo on CPU) if torchrun started several processes."""
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # NCCL collectives and .cuda() use the current device
         if self.active and not torch.distributed.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"
             torch.distributed.init_process_group(backend=backend)
@@ -599,7 +601,7 @@ def _any_rank(flag: bool, dist: Distributed) -> bool:
         return flag
     t = torch.tensor([1.0 if flag else 0.0])
     if torch.distributed.get_backend() == "nccl":
-        t = t.cuda()
+        t = t.cuda(torch.cuda.current_device())
     torch.distributed.all_reduce(t)
     return bool(t.item() > 0)
 
