@@ -28,6 +28,9 @@ from torchvision import transforms
 from featscope.extractors.extract import extract
 from featscope.extractors.types import Backbone, Preprocess
 
+# A featscope-trained ResNet-50 (benchmarks/train_resnet50.py), used by default when present.
+TRAINED = Path(__file__).resolve().parent / ".weights" / "resnet50-featscope.pth"
+
 
 def make_images(root: Path, n: int, seed: int = 0) -> list[Path]:
     """``n`` varied images (gradients, shapes, blur, noise), 300-500 px a side, 3/4 JPEG, 1/4 PNG."""
@@ -157,6 +160,8 @@ def main() -> None:
                     help="a trained torchvision ResNet-50 state dict (e.g. resnet50-11ad3fa6.pth) instead of random "
                          "init; the bf16 accuracy target is meant for trained weights")
     args = ap.parse_args()
+    if args.weights is None and TRAINED.exists():  # made by benchmarks/train_resnet50.py
+        args.weights = TRAINED
 
     with tempfile.TemporaryDirectory(prefix="featscope-bench-") as tmp:
         root = Path(tmp)

@@ -50,6 +50,9 @@ from featscope.extractors.extract import _keep_freed_memory  # noqa: E402
 from featscope.extractors.maskout import maskout_map  # noqa: E402
 from featscope.extractors.types import Preprocess  # noqa: E402
 
+# A featscope-trained ResNet-50 (benchmarks/train_resnet50.py), used by default when present.
+TRAINED = Path(__file__).resolve().parent / ".weights" / "resnet50-featscope.pth"
+
 PRE = Preprocess(resize=256, crop=224)
 # name, precision, reuse, channels_last (None: featscope's default, NCHW in fp32, channels_last in bf16), approx
 VARIANTS = (("featscope fp32 exact", "fp32", "auto", None, False),
@@ -140,6 +143,8 @@ def main() -> None:
                          "(max |dp| <= 0.02) is meant for trained weights: bf16 rounding alone moves this random "
                          "net's features by ~0.3%% (bench_extract.py), which a logit spread of 4 turns into ~0.15")
     args = ap.parse_args()
+    if args.weights is None and TRAINED.exists():  # made by benchmarks/train_resnet50.py
+        args.weights = TRAINED
     dev = torch.device(args.device)
     load0 = os.getloadavg()
 
@@ -150,8 +155,9 @@ def main() -> None:
             model = make_model(paths[1:])
     x = PRE.normalize(image[None])
     if args.weights is not None:
-        model = torchvision.models.resnet50(weights=None)
-        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+        state = torch.load(args.weights, map_location="cpu", weights_only=True)
+        model = torchvision.models.resnet50(weights=None, num_classes=state["fc.weight"].shape[0])
+        model.load_state_dict(state)
         model.eval()
         with torch.no_grad():
             target = int(model(x).argmax())

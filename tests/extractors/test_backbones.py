@@ -36,8 +36,8 @@ def test_bad_spec(spec: str) -> None:
         parse_spec(spec)
 
 
-def test_run_source_is_not_there_yet() -> None:
-    with pytest.raises(ValueError, match="training runs arrive with the training issue"):
+def test_run_source_needs_a_run_number() -> None:  # the run source itself: tests/extractors/test_backbones_run.py
+    with pytest.raises(ValueError, match="write run:ID with the number of a training run"):
         load_backbone("run:abc123")
 
 

@@ -165,3 +165,44 @@ class Analysis(Base):
     inputs: Mapped[list[Any]] = mapped_column(default=list)  # embedding set ids
     artifact_key: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Run(Base):
+    """A training or fine-tuning run: what it trains on and from, its state and progress, its results.
+
+    Checkpoints and the metrics log live in ``dir``; a finished pre-training run is registered as the
+    backbone ``run:<id>`` (``backbone_id``). ``key`` is the content key of everything that determines
+    its weights, so asking for the same run again finds (and resumes) this one.
+    """
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    task: Mapped[str] = mapped_column(String(32), index=True)  # cls, det, finetune-cls, finetune-det
+    preset: Mapped[str] = mapped_column(String(64), default="")
+    key: Mapped[str] = mapped_column(String(64), index=True)
+    state: Mapped[str] = mapped_column(String(16), default="running", index=True)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True)
+    test_dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True)
+    classes: Mapped[list[Any]] = mapped_column(default=list)
+    init: Mapped[str] = mapped_column(Text, default="")  # what the trunk started from
+    init_backbone_id: Mapped[int | None] = mapped_column(ForeignKey("backbones.id", ondelete="SET NULL"), nullable=True)
+    backbone_id: Mapped[int | None] = mapped_column(ForeignKey("backbones.id", ondelete="SET NULL"), nullable=True)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    dir: Mapped[str] = mapped_column(Text, default="")
+    iteration: Mapped[int] = mapped_column(Integer, default=0)
+    total_iterations: Mapped[int] = mapped_column(Integer, default=0)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    message: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)  # weights hash of the result
+    owner: Mapped[str | None] = mapped_column(String(200), nullable=True)  # host:pid training it now
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

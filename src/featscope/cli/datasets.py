@@ -64,3 +64,22 @@ def dataset_synth(out_dir: Path = typer.Argument(..., help="Folder to write the 
     infos = run(ws().synth_dataset, out_dir, name=name, n_scenes=scenes, n_per_class=per_class, size=size, seed=seed)
     for info in infos:
         out.print(f"[bold]{info.name}[/bold] (id {info.id}, {info.format}): {info.summary}")
+
+
+@dataset_app.command("study")
+def dataset_study(out_dir: Path = typer.Argument(..., help="Folder to write the generated images into."),
+                  name: str = typer.Option("study", help="Registered as NAME-pretrain, NAME-pretrain-val, "
+                                                         "NAME-target-train, NAME-target-test, NAME-single, "
+                                                         "NAME-several, NAME-small."),
+                  pretrain: int = typer.Option(1200, help="Pre-training scenes (one class each, 1-4 instances)."),
+                  pretrain_val: int = typer.Option(150, help="Held-out pre-training scenes."),
+                  target_train: int = typer.Option(300, help="Target-set training scenes (other shapes)."),
+                  target_test: int = typer.Option(150, help="Target-set test scenes."),
+                  probe: int = typer.Option(40, help="Images per class in each probe set (single, several, small)."),
+                  size: int = typer.Option(128, help="Image side in pixels."),
+                  seed: int = typer.Option(0, help="Same seed, same bytes.")) -> None:
+    """Generate and register the study's synthetic sets (pre-training, target, probe test sets)."""
+    infos = run(ws().study_datasets, out_dir, name=name, n_pretrain=pretrain, n_pretrain_val=pretrain_val,
+                n_target_train=target_train, n_target_test=target_test, n_probe=probe, size=size, seed=seed)
+    for info in infos:
+        out.print(f"[bold]{info.name}[/bold] (id {info.id}, {info.format}): {info.summary}")

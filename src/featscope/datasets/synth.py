@@ -136,14 +136,14 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
 
 
 def _paint(canvas: np.ndarray, rng: np.random.Generator, shape: str, centre: tuple[float, float],
-           radius: float, angle: float, mask: np.ndarray) -> None:
+           radius: float, angle: float, mask: np.ndarray, textures: tuple[str, ...] = TEXTURES) -> None:
     """Composite one textured object onto ``canvas`` in place, contrasting with what lies beneath."""
     size = canvas.shape[0]
     weights = mask / max(float(mask.sum()), 1e-6)
     beneath = (canvas * weights[..., None]).sum(axis=(0, 1))
     c1 = random_colour(rng, avoid=beneath)
     c2 = random_colour(rng, avoid=c1, min_distance=70.0)
-    kind = TEXTURES[int(rng.integers(len(TEXTURES)))]
+    kind = textures[int(rng.integers(len(textures)))]
     fill = texture(kind, rng, size, centre, radius, c1, c2)
     if kind != "solid":  # keep the fill's mean away from the background too
         fill = 0.5 * fill + 0.5 * c1[None, None, :]
@@ -159,15 +159,22 @@ def _place(rng: np.random.Generator, size: int, diameter: float, shape: str
     return centre, radius, angle, shape_mask(shape, size, centre, radius, angle)
 
 
-def _scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[tuple[str, list[int], int]]]:
-    """Pixels and (class, COCO bbox of visible pixels, visible pixel count) per object, bottom first."""
+def _scene(rng: np.random.Generator, size: int, *, classes: tuple[str, ...] = SYNTH_CLASSES,
+           fixed: str | None = None, count: tuple[int, int] = (1, 5),
+           diameter: tuple[float, float] = _SCENE_DIAMETER, textures: tuple[str, ...] = TEXTURES,
+           ) -> tuple[np.ndarray, list[tuple[str, list[int], int]]]:
+    """Pixels and (class, COCO bbox of visible pixels, visible pixel count) per object, bottom first.
+
+    ``count`` objects (low inclusive, high exclusive) of random ``classes``, or all of class ``fixed``;
+    diameters log-uniform in ``diameter`` (fractions of the side); fills drawn from ``textures``.
+    """
     canvas = background(rng, size)
     owner = np.full((size, size), -1, dtype=np.int16)  # topmost object covering each pixel
     own_pixels: list[int] = []
     shapes: list[str] = []
-    lo, hi = (math.log(f * size) for f in _SCENE_DIAMETER)
-    for _ in range(int(rng.integers(1, 5))):
-        shape = SYNTH_CLASSES[int(rng.integers(len(SYNTH_CLASSES)))]
+    lo, hi = (math.log(f * size) for f in diameter)
+    for _ in range(int(rng.integers(*count))):
+        shape = fixed if fixed is not None else classes[int(rng.integers(len(classes)))]
         diameter = math.exp(rng.uniform(lo, hi))
         for _attempt in range(30):
             centre, radius, angle, mask = _place(rng, size, diameter, shape)
@@ -178,7 +185,7 @@ def _scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[tuple[
                 break
         else:
             continue  # no placement leaves the others visible enough; drop this object
-        _paint(canvas, rng, shape, centre, radius, angle, mask)
+        _paint(canvas, rng, shape, centre, radius, angle, mask, textures)
         owner = trial
         own_pixels.append(int(np.count_nonzero(solid)))
         shapes.append(shape)
@@ -190,10 +197,11 @@ def _scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[tuple[
     return np.rint(canvas).astype(np.uint8), objects
 
 
-def _single(rng: np.random.Generator, size: int, shape: str) -> np.ndarray:
-    """One object of class ``shape`` on a cluttered background."""
+def _single(rng: np.random.Generator, size: int, shape: str,
+            diameter_range: tuple[float, float] = _SINGLE_DIAMETER, textures: tuple[str, ...] = TEXTURES) -> np.ndarray:
+    """One object of class ``shape`` on a cluttered background (diameter a uniform fraction of the side)."""
     canvas = background(rng, size)
-    diameter = size * float(rng.uniform(*_SINGLE_DIAMETER))
+    diameter = size * float(rng.uniform(*diameter_range))
     centre, radius, angle, mask = _place(rng, size, diameter, shape)
-    _paint(canvas, rng, shape, centre, radius, angle, mask)
+    _paint(canvas, rng, shape, centre, radius, angle, mask, textures)
     return np.rint(canvas).astype(np.uint8)

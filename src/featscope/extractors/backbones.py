@@ -6,7 +6,9 @@ Public names: :data:`SOURCES`, :func:`list_sources`, :func:`parse_spec`, :func:`
 A spec is ``source:name``: ``torchvision:resnet50`` (ImageNet weights from the local torch hub
 cache or ``weights=``), ``torchvision-det:fasterrcnn_resnet50_fpn`` (the ResNet body of a
 torchvision detector), ``timm:convnext_tiny`` (with ``weights=``), ``checkpoint:/path/file`` (any
-format :mod:`featscope.extractors.checkpoints` reads) and ``run:<id>`` (training runs, later).
+format :mod:`featscope.extractors.checkpoints` reads) and ``run:<id>`` (a featscope training run's
+backbone file, passed as ``weights=``; a detection run's network also offers the head taps
+``convproj``, ``fc1`` and ``fc2``).
 
 Every tensor of the network comes from the weight file, or the caller asked for ``random_init``:
 a file that leaves any tensor unfilled is a :class:`~featscope.extractors.checkpoints.CheckpointError`.
@@ -80,14 +82,11 @@ def load_backbone(
         raise ValueError("pass either a weights file (--weights FILE, REST: weights) or --random-init (REST: random_init), not both")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
-    if source == "run":
-        raise ValueError(f"backbone {spec!r}: training runs arrive with the training issue; "
-                         f"load its checkpoint file with checkpoint:/path/file.pth for now")
-    if source != "checkpoint" and arch is not None and arch != name:
+    if source not in ("checkpoint", "run") and arch is not None and arch != name:
         raise ValueError(f"{spec} already names the architecture; drop --arch {arch} (REST: arch)")
     weights = Path(weights) if weights is not None else None
     loader = {"torchvision": _torchvision, "torchvision-det": _detector, "timm": _timm,
-              "checkpoint": _checkpoint}[source]
+              "checkpoint": _checkpoint, "run": _run}[source]
     return loader(spec, name, weights=weights, weights_format=weights_format, arch=arch,
                   random_init=random_init, seed=seed, preprocess=preprocess)
 
@@ -253,6 +252,47 @@ def _checkpoint(spec: str, name: str, *, weights: Path | None, weights_format: s
     class_names = meta.get("class_names") or (hub.label_names if hub else None)
     return _assemble(spec, "checkpoint", arch, model, builder, preprocess or default_pre,
                      weights_fingerprint(model, arch_id), class_names, str(path), fmt)
+
+
+def _run(spec: str, name: str, *, weights: Path | None, weights_format: str, arch: str | None,
+         random_init: bool, seed: int, preprocess: Preprocess | None) -> Backbone:
+    """A training run's backbone file (written by :mod:`featscope.training.runs`): a classification run
+    is its ResNet with its classifier; a C5 detection run is :class:`~featscope.extractors.detection_head.
+    DetectionTapModel` (trunk + the study's head over the whole image)."""
+    from featscope.extractors.detection_head import DETECTION_TAPS, detection_tap_model
+
+    if not name.isdigit():
+        raise ValueError(f"bad backbone spec {spec!r}: write run:ID with the number of a training run "
+                         f"(`featscope runs list`)")
+    if random_init:
+        raise ValueError(f"{spec} is a trained run; drop --random-init")
+    if weights is None:
+        raise FileNotFoundError(f"{spec} is loaded from its run's backbone file: register it in the workspace that "
+                                f"trained it (`featscope backbone add {spec}`), or pass the file as --weights")
+    sd, fmt, meta = read_state_dict(weights, "featscope")
+    info = (meta.get("extra") or {}).get("run")
+    if not isinstance(info, dict) or str(info.get("id")) != name:
+        raise CheckpointError(f"{weights} is not the backbone file of training run {name}; "
+                              f"`featscope runs show {name}` names its file")
+    file_arch = str(meta.get("arch"))
+    if arch is not None and arch != file_arch:
+        raise ValueError(f"{spec} is a {file_arch}; drop --arch {arch}")
+    pre = preprocess or Preprocess.from_dict(meta["preprocess"])
+    if info.get("task") == "det" and not info.get("fpn"):
+        model = detection_tap_model(file_arch, dilated=bool(info["dilated"]), roi_size=int(info["roi_size"]),
+                                    proj_channels=int(info["proj_channels"]), fc_dim=int(info["fc_dim"]),
+                                    frozen_bn=info.get("norm") == "frozen")
+        load_exact(model, sd, source=str(weights))
+        model = model.float().eval()
+        arch_id = f"run-det:{file_arch}" + ("+dilated" if info["dilated"] else "")
+        aliases = {f"conv{i + 1}": f"layer{i}" for i in range(1, 5)}
+        return Backbone(spec=spec, source="run", arch=file_arch, model=model, preprocess=pre,
+                        fingerprint=weights_fingerprint(model, arch_id), taps=dict(DETECTION_TAPS), aliases=aliases,
+                        weights=str(weights), weights_format=fmt)
+    model, arch_id = _fill(file_arch, "torchvision", sd, meta, f"{weights} ({fmt})", fmt)
+    return _assemble(spec, "run", file_arch, model, "torchvision", pre,
+                     weights_fingerprint(model, f"run-{info.get('task')}:{arch_id}"), meta.get("class_names"),
+                     str(weights), fmt, classifier=info.get("task") != "det")
 
 
 # --- helpers ----------------------------------------------------------------------------------

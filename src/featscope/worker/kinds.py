@@ -205,3 +205,4 @@ register_kind("analysis", JobKind(_normalize_analysis, _run_analysis,
 from featscope.worker import map_kinds as _map_kinds  # noqa: E402,F401 - registers heatmap and maskout
 from featscope.worker import catalog_kinds as _catalog_kinds  # noqa: E402,F401 - registers dataset-synth, backbone-taps
 from featscope.worker import sharding as _sharding  # noqa: E402,F401 - registers extract-shard
+from featscope.worker import train_kinds as _train_kinds  # noqa: E402,F401 - registers train and finetune

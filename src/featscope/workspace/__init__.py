@@ -16,8 +16,9 @@ from featscope.workspace.backbones import BackboneInfo
 from featscope.workspace.context import Context, NotFound
 from featscope.workspace.datasets import DatasetInfo, ImageInfo
 from featscope.workspace.embeddings import Embeddings, EmbeddingSetInfo, Neighbour
+from featscope.training.runs import RunInfo
 
-__all__ = ["AnalysisResult", "KeptProbe", "MapResult", "BackboneInfo", "DatasetInfo", "ImageInfo", "EmbeddingSetInfo", "Embeddings", "Neighbour", "NotFound", "Workspace"]
+__all__ = ["AnalysisResult", "KeptProbe", "MapResult", "BackboneInfo", "DatasetInfo", "ImageInfo", "EmbeddingSetInfo", "Embeddings", "Neighbour", "NotFound", "RunInfo", "Workspace"]
 
 
 class Workspace:
@@ -49,6 +50,16 @@ class Workspace:
                       size: int = 128, seed: int = 0) -> list[DatasetInfo]:
         """Generate and register the synthetic shapes data set (scenes as COCO, single objects as ImageFolder)."""
         return _ds.synth(self.ctx, out_dir, name=name, n_scenes=n_scenes, n_per_class=n_per_class, size=size, seed=seed)
+
+    def study_datasets(self, out_dir: str | Path, *, name: str = "study", n_pretrain: int = 1200,
+                       n_pretrain_val: int = 150, n_target_train: int = 300, n_target_test: int = 150,
+                       n_probe: int = 40, size: int = 128, seed: int = 0) -> list[DatasetInfo]:
+        """Generate and register the study's synthetic sets: ``<name>-pretrain`` (one class per scene, 1-4
+        instances), ``-pretrain-val``, ``-target-train``/``-target-test`` (other shapes), ``-single``,
+        ``-several``, ``-small`` (probe sets)."""
+        return _ds.study(self.ctx, out_dir, name=name, n_pretrain=n_pretrain, n_pretrain_val=n_pretrain_val,
+                         n_target_train=n_target_train, n_target_test=n_target_test, n_probe=n_probe, size=size,
+                         seed=seed)
 
     def datasets(self, all_versions: bool = False) -> list[DatasetInfo]:
         return _ds.list_datasets(self.ctx, all_versions)
@@ -155,3 +166,55 @@ class Workspace:
     def maskout(self, backbone: str | int, image: str | int | Path, *, target: str | int, **params) -> MapResult:
         """Mask-out probability map of ``target`` for an image (catalog id or file); see :func:`maps.maskout`."""
         return _maps.maskout(self.ctx, backbone, image, target=target, **params)
+
+    # training runs (study Tables 1, 5, 7, 8 and Fig. 1); see featscope.workspace.training
+    def train(self, task: str, dataset: str | int, *, preset: str = "cpu-demo", init: str | int | None = None,
+              val_dataset: str | int | None = None, classes: Sequence[str] | None = None, name: str | None = None,
+              restart: bool = False, progress=None, on_message: Callable[[str], None] | None = None,
+              **params) -> RunInfo:
+        """Pre-train a ``cls`` or ``det`` run (same seeded trunk or ``init`` backbone); registers backbone ``run:<id>``."""
+        from featscope.workspace import training as _tr
+
+        return _tr.train(self.ctx, task, dataset, preset=preset, init=init, val_dataset=val_dataset, classes=classes,
+                         name=name, restart=restart, progress=progress, on_message=on_message, **params)
+
+    def finetune(self, task: str, backbone: str | int, dataset: str | int, *, test_dataset: str | int | None = None,
+                 preset: str = "cpu-demo", classes: Sequence[str] | None = None, name: str | None = None,
+                 restart: bool = False, progress=None, on_message: Callable[[str], None] | None = None,
+                 **params) -> RunInfo:
+        """Fine-tune a backbone for ``det`` (AP at IoU 0.1..0.9) or ``cls`` (top-1 with a Wilson interval)."""
+        from featscope.workspace import training as _tr
+
+        return _tr.finetune(self.ctx, task, backbone, dataset, preset=preset, test_dataset=test_dataset,
+                            classes=classes, name=name, restart=restart, progress=progress, on_message=on_message,
+                            **params)
+
+    def runs(self, task: str | None = None) -> list[RunInfo]:
+        """Training runs, newest first."""
+        from featscope.workspace import training as _tr
+
+        return _tr.list_runs(self.ctx, task)
+
+    def run(self, run: int | str) -> RunInfo:
+        """One training run by id or name."""
+        from featscope.workspace import training as _tr
+
+        return _tr.get_run(self.ctx, run)
+
+    def run_metrics(self, run: int | str, kind: str | None = None) -> list[dict]:
+        """A run's metrics log (``train`` and ``eval`` rows), for curves."""
+        from featscope.workspace import training as _tr
+
+        return _tr.run_metrics(self.ctx, run, kind)
+
+    def cancel_run(self, run: int | str) -> RunInfo:
+        """Ask a running run to stop; it keeps its last checkpoint."""
+        from featscope.workspace import training as _tr
+
+        return _tr.cancel_run(self.ctx, run)
+
+    def export_run(self, run: int | str, out: str | Path, *, format: str = "torchvision") -> Path:
+        """Write a finished run's weights (``torchvision`` state dict or the ``featscope`` backbone file)."""
+        from featscope.workspace import training as _tr
+
+        return _tr.export_run(self.ctx, run, out, format=format)

@@ -58,6 +58,10 @@ def add_backbone(ctx: Context, spec: str, *, name: str | None = None, weights: s
     ``preprocess``: a :class:`Preprocess` replaces the weights' own preprocessing; a dict (e.g.
     ``{"resize": 40, "crop": 32}``) changes only those fields of it, keeping its normalisation, channel
     order and pixel scale (a Caffe-style network keeps its BGR 0..255 input)."""
+    if weights is None and isinstance(spec, str) and spec.startswith("run:"):
+        from featscope.workspace.training import run_weights  # a training run's backbone file
+
+        weights = run_weights(ctx, spec[4:].strip())
     args = {"spec": _absolute_spec(spec), "weights": str(Path(weights).expanduser().resolve()) if weights else None,
             "weights_format": weights_format, "arch": arch, "random_init": random_init, "seed": seed}
     bb = load_backbone(**args, preprocess=None if isinstance(preprocess, dict) else preprocess)
@@ -97,6 +101,8 @@ def _default_name(spec: str, bb: Backbone, random_init: bool, seed: int) -> str:
     base = Path(target).stem if source == "checkpoint" else target
     if source == "torchvision-det":
         base = f"{base}-body"
+    if source == "run":
+        base = f"run-{target}"
     if random_init:
         base = f"{base}-random{seed}"
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", base)

@@ -88,6 +88,19 @@ def synth(ctx: Context, out_dir: str | Path, *, name: str = "synth", n_scenes: i
     ]
 
 
+def study(ctx: Context, out_dir: str | Path, *, name: str = "study", progress: Callable[[int, int], None] | None = None,
+          **counts: int) -> list[DatasetInfo]:
+    """Generate the study's synthetic sets (:func:`featscope.datasets.study.study_datasets`) and register each
+    as ``<name>-<part>``: pretrain, pretrain-val, target-train, target-test (COCO) and single, several, small."""
+    from featscope.datasets.study import study_datasets
+
+    sets = study_datasets(Path(out_dir), progress=progress, **counts)
+    infos = [add_dataset(ctx, path, name=f"{name}-{part}", format="coco", images_root=path.with_suffix(""))
+             for part, path in sets.coco.items()]
+    infos += [add_dataset(ctx, path, name=f"{name}-{part}", format="imagefolder") for part, path in sets.folders.items()]
+    return infos
+
+
 def list_datasets(ctx: Context, all_versions: bool = False) -> list[DatasetInfo]:
     """Registered data sets, newest version of each name (or every version)."""
     with ctx.session() as s:

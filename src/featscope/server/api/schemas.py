@@ -370,3 +370,68 @@ class MaskoutIn(_MapImage):
     scale: MapScale = Field(default="relative", description=(
         "Overlay colours: relative (the map's own probability range), absolute (0..1) or drop (the fall from "
         "the unmasked probability); the overlay's colour bar states the values."))
+
+
+# ---------------------------------------------------------------- training runs
+TrainParam = Annotated[str, StringConstraints(pattern=r"^[a-z_0-9]{1,64}$")]
+TrainValue = str | int | float | bool | list[int] | list[float] | None
+
+
+class TrainIn(Strict):
+    """Pre-train a backbone: ``task`` cls (ResNet + linear classifier) or det (Faster R-CNN, the study's head)."""
+
+    task: Literal["cls", "det"]
+    dataset: Ref
+    val_dataset: Ref | None = None
+    preset: Literal["cpu-demo", "paper"] = "cpu-demo"
+    init: Ref | None = Field(None, description="Registered backbone whose trunk to start from (default: seeded random).")
+    classes: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None = Field(None, max_length=1000)
+    name: Name | None = None
+    restart: bool = False
+    params: dict[TrainParam, TrainValue] = Field(default_factory=dict, max_length=64,
+                                                 description="Any training parameter over the preset's values "
+                                                             "(lr, epochs, batch_size, image_size, seed, ...).")
+
+
+class FinetuneIn(Strict):
+    """Fine-tune a backbone: ``task`` det (new heads; AP at IoU 0.1..0.9) or cls (the whole network; top-1)."""
+
+    task: Literal["cls", "det"]
+    backbone: Ref
+    dataset: Ref
+    test_dataset: Ref | None = None
+    preset: Literal["cpu-demo", "paper"] = "cpu-demo"
+    classes: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None = Field(None, max_length=1000)
+    name: Name | None = None
+    restart: bool = False
+    params: dict[TrainParam, TrainValue] = Field(default_factory=dict, max_length=64)
+
+
+class RunOut(BaseModel):
+    id: int
+    name: str
+    task: Literal["cls", "det", "finetune-cls", "finetune-det"]
+    preset: str
+    state: Literal["running", "done", "failed", "cancelled"]
+    iteration: int
+    total_iterations: int
+    progress: float
+    message: str
+    error: str | None
+    config: dict[str, Any]
+    result: dict[str, Any]
+    classes: list[str]
+    init: str
+    dataset_id: int | None
+    test_dataset_id: int | None
+    backbone_id: int | None
+    job_id: int | None
+    fingerprint: str | None
+    created_at: str | None
+    finished_at: str | None
+
+
+class RunDetailOut(RunOut):
+    """A run with its metrics log: ``train`` rows (thinned to at most ``max_points``) and every ``eval`` row."""
+
+    metrics: list[dict[str, Any]]

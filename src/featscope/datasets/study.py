@@ -1,0 +1,170 @@
+"""The study's synthetic data sets: pre-training scenes, a target detection set, probe test sets.
+
+Public names: :data:`PRETRAIN_CLASSES`, :data:`TARGET_CLASSES`, :class:`StudySets`, :func:`study_datasets`.
+
+What the study needs to compare a classification-pretrained backbone with a detection-pretrained one
+trained on *the same images* (its Table 7), generated deterministically from one seed:
+
+- ``pretrain`` (COCO): each scene holds one labelled class (:data:`PRETRAIN_CLASSES`) with 1-4
+  instances of varied size and position, in plain or gradient fills on a cluttered background. The classifier learns the scene's label (the COCO reader
+  labels an image by its largest box, and all boxes share the class), the detector its boxes.
+- ``pretrain-val`` (COCO): held-out scenes of the same distribution (the detector's mAP@0.5).
+- ``target-train`` / ``target-test`` (COCO): another distribution, the small fine-tuning set of the
+  study's Table 1 / Fig. 1: other shapes (:data:`TARGET_CLASSES`), several classes per scene,
+  patterned fills only (stripes, checks, dots).
+- ``single``, ``several``, ``small`` (ImageFolder, the pre-training classes): one large object; 2-4
+  instances of one class; one small object. The probes on these show the study's failure cases of
+  detection features (several instances, small objects).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from featscope.datasets.scanning import DatasetError
+from featscope.datasets.synth import _scene, _single, _write_png
+
+__all__ = ["PRETRAIN_CLASSES", "TARGET_CLASSES", "StudySets", "study_datasets"]
+
+PRETRAIN_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon", "cross")
+TARGET_CLASSES: tuple[str, ...] = ("ring", "diamond", "ellipse", "arrow")
+PRETRAIN_TEXTURES: tuple[str, ...] = ("solid", "gradient")
+TARGET_TEXTURES: tuple[str, ...] = ("stripes", "checker", "dots")
+_GENERATOR, _VERSION, _MARKER = "featscope.study", 2, "study.json"
+_PRETRAIN_DIAMETER = (0.15, 0.5)
+_TARGET_DIAMETER = (0.15, 0.5)
+_SINGLE_DIAMETER = (0.35, 0.8)
+_SEVERAL_DIAMETER = (0.18, 0.35)
+_SMALL_DIAMETER = (0.08, 0.15)
+DETECTION_PARTS = ("pretrain", "pretrain-val", "target-train", "target-test")
+PROBE_PARTS = ("single", "several", "small")
+
+
+@dataclass
+class StudySets:
+    """Where :func:`study_datasets` wrote each part: ``coco[part]`` JSON files, ``folders[part]`` ImageFolders."""
+
+    root: Path
+    coco: dict[str, Path]
+    folders: dict[str, Path]
+    counts: dict[str, int]
+
+
+def study_datasets(out_dir: str | os.PathLike[str], *, n_pretrain: int = 1200, n_pretrain_val: int = 150,
+                   n_target_train: int = 300, n_target_test: int = 150, n_probe: int = 40, size: int = 128,
+                   seed: int = 0, progress: Callable[[int, int], None] | None = None) -> StudySets:
+    """Write every part under ``out_dir``; same arguments give byte-identical files.
+
+    ``n_probe`` images per class in each probe set. ``out_dir`` must be new, empty, or this
+    function's own output for the same arguments (complete output is left untouched, so registering
+    it again is a no-op; an interrupted one is written again).
+    """
+    counts = {"pretrain": n_pretrain, "pretrain-val": n_pretrain_val, "target-train": n_target_train,
+              "target-test": n_target_test, "single": n_probe, "several": n_probe, "small": n_probe}
+    for name, value in [*counts.items(), ("size", size), ("seed", seed)]:
+        low = 32 if name == "size" else (0 if name == "seed" else 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    root = Path(out_dir)
+    params = {"generator": _GENERATOR, "version": _VERSION, **counts, "size": size, "seed": seed}
+    if _claim(root, params):  # already generated: leave the files (and their modification times) alone
+        return _located(root, counts)
+    total = sum(counts[p] for p in DETECTION_PARTS) + sum(counts[p] * len(PRETRAIN_CLASSES) for p in PROBE_PARTS)
+    tick = _Ticker(total, progress)
+    for stream, part in enumerate(DETECTION_PARTS):
+        target = part.startswith("target")
+        classes = TARGET_CLASSES if target else PRETRAIN_CLASSES
+        _detection_part(root, part, counts[part], size, classes, target, [seed, 10 + stream], tick)
+    for stream, part in enumerate(PROBE_PARTS):
+        _probe_part(root, part, counts[part], size, [seed, 20 + stream], tick)
+    (root / _MARKER).write_text(json.dumps({**params, "complete": True}, indent=1) + "\n", encoding="utf-8")
+    return _located(root, counts)
+
+
+def _located(root: Path, counts: dict[str, int]) -> StudySets:
+    return StudySets(root=root, coco={p: root / f"{p}.json" for p in DETECTION_PARTS},
+                     folders={p: root / p for p in PROBE_PARTS},
+                     counts={p: counts[p] * (len(PRETRAIN_CLASSES) if p in PROBE_PARTS else 1) for p in counts})
+
+
+class _Ticker:
+    def __init__(self, total: int, progress: Callable[[int, int], None] | None) -> None:
+        self.total, self.done, self.progress = total, 0, progress
+
+    def __call__(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+def _detection_part(root: Path, part: str, n: int, size: int, classes: tuple[str, ...], target: bool,
+                    stream: list[int], tick: _Ticker) -> Path:
+    images, annotations = [], []
+    (root / part).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        rng = np.random.default_rng([*stream, i])
+        if target:
+            pixels, objects = _scene(rng, size, classes=classes, count=(1, 4), diameter=_TARGET_DIAMETER,
+                                     textures=TARGET_TEXTURES)
+        else:  # one class per scene, balanced over the classes
+            pixels, objects = _scene(rng, size, fixed=classes[i % len(classes)], count=(1, 5),
+                                     diameter=_PRETRAIN_DIAMETER, textures=PRETRAIN_TEXTURES)
+        name = f"scene_{i:05d}.png"
+        _write_png(root / part / name, pixels)
+        images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
+        for cls, bbox, area in objects:
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": classes.index(cls) + 1,
+                                "bbox": bbox, "area": area, "iscrowd": 0})
+        tick()
+    doc = {"info": {"description": f"featscope study set: {part}", "version": str(_VERSION)}, "licenses": [],
+           "images": images, "annotations": annotations,
+           "categories": [{"id": k + 1, "name": c, "supercategory": "shape"} for k, c in enumerate(classes)]}
+    path = root / f"{part}.json"
+    path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def _probe_part(root: Path, part: str, n: int, size: int, stream: list[int], tick: _Ticker) -> Path:
+    folder = root / part
+    for k, cls in enumerate(PRETRAIN_CLASSES):
+        (folder / cls).mkdir(parents=True, exist_ok=True)
+        for j in range(n):
+            rng = np.random.default_rng([*stream, k, j])
+            if part == "single":
+                pixels = _single(rng, size, cls, _SINGLE_DIAMETER, PRETRAIN_TEXTURES)
+            elif part == "small":
+                pixels = _single(rng, size, cls, _SMALL_DIAMETER, PRETRAIN_TEXTURES)
+            else:
+                pixels, _ = _scene(rng, size, fixed=cls, count=(2, 5), diameter=_SEVERAL_DIAMETER,
+                                   textures=PRETRAIN_TEXTURES)
+            _write_png(folder / cls / f"{cls}_{j:04d}.png", pixels)
+            tick()
+    return folder
+
+
+def _claim(root: Path, params: dict[str, object]) -> bool:
+    """Make ``root`` ours: refuse a foreign folder or another run's output; True if it is already complete."""
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"{root} is a file; give study_datasets a new or empty directory")
+    if root.exists() and any(root.iterdir()):
+        try:
+            previous = json.loads((root / _MARKER).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            previous = None
+        if not isinstance(previous, dict) or previous.get("generator") != _GENERATOR:
+            raise DatasetError(f"{root} is not empty and is not a study_datasets output; choose a new or empty directory")
+        complete = previous.pop("complete", False)
+        if previous == params and complete:
+            return True
+        if previous != params:
+            raise DatasetError(f"{root} holds study sets made with other arguments ({previous}); use a new directory "
+                               f"or delete this one")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / _MARKER).write_text(json.dumps(params, indent=1) + "\n", encoding="utf-8")
+    return False

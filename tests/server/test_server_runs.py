@@ -1,0 +1,54 @@
+"""/api/v1/runs: start a training run (a job) after checking it, list, show with metrics, cancel; errors."""
+
+from __future__ import annotations
+
+from .conftest import run_queued  # noqa: F401 - tests/server is imported as a package under importlib mode
+
+API = "/api/v1"
+TINY = {"arch": "resnet18", "image_size": 32, "batch_size": 4, "epochs": 1, "num_workers": 0, "checkpoint_every": 2,
+        "log_every": 1, "lr": 0.005, "threads": 1}
+
+
+def test_run_errors_before_any_job(client):
+    n_jobs = client.get(f"{API}/jobs").json()["total"]
+    cases = [({"task": "det", "dataset": "shapes"}, 400, "no object boxes"),
+             ({"task": "cls", "dataset": "shapes", "classes": ["a", "zebra"]}, 400, "unknown class"),
+             ({"task": "cls", "dataset": "shapes", "params": {"learning_rate": 1}}, 400, "unknown training parameter"),
+             ({"task": "cls", "dataset": "shapes", "params": {"lr": "fast"}}, 400, "not a valid float"),
+             ({"task": "cls", "dataset": "nope"}, 404, "no data set 'nope'"),
+             ({"task": "cls", "dataset": "shapes", "preset": "huge"}, 422, None),
+             ({"task": "seg", "dataset": "shapes"}, 422, None)]
+    for body, status, detail in cases:
+        r = client.post(f"{API}/runs", json=body)
+        assert r.status_code == status, (body, r.text)
+        if detail:
+            assert detail in r.json()["detail"] and "--" not in r.json()["detail"]  # no CLI flags in REST errors
+    r = client.post(f"{API}/runs/finetune", json={"task": "cls", "backbone": "nope", "dataset": "shapes"})
+    assert r.status_code == 404 and "no backbone 'nope'" in r.json()["detail"]
+    assert client.get(f"{API}/runs/999").status_code == 404
+    assert client.get(f"{API}/jobs").json()["total"] == n_jobs
+
+
+def test_start_list_show_and_cancel(client, world):
+    r = client.post(f"{API}/runs", json={"task": "cls", "dataset": "shapes", "params": TINY})
+    assert r.status_code == 202 and r.json()["kind"] == "train" and r.json()["state"] == "queued"
+    job_id = r.json()["id"]
+    assert run_queued(client) >= 1
+    job = client.get(f"{API}/jobs/{job_id}").json()
+    assert job["state"] == "done", job
+    run_id = job["result"]["run"]
+    listing = client.get(f"{API}/runs").json()
+    assert listing["total"] >= 1 and run_id in [r["id"] for r in listing["items"]]
+    assert client.get(f"{API}/runs", params={"task": "det"}).json()["items"] == []
+    show = client.get(f"{API}/runs/{run_id}").json()
+    assert show["state"] == "done" and show["task"] == "cls" and show["job_id"] == job_id
+    train_rows = [m for m in show["metrics"] if m["kind"] == "train"]
+    assert train_rows and {"loss", "lr", "images_per_second"} <= set(train_rows[0])
+    thin = client.get(f"{API}/runs/{run_id}", params={"max_points": 2}).json()
+    assert len([m for m in thin["metrics"] if m["kind"] == "train"]) <= 3
+    assert client.get(f"{API}/backbones/{show['backbone_id']}").status_code == 200
+    r = client.post(f"{API}/runs/{run_id}/cancel")  # a finished run stays finished
+    assert r.status_code == 200 and r.json()["state"] == "done"
+    r = client.post(f"{API}/runs/finetune", json={"task": "cls", "backbone": show["name"], "dataset": "shapes",
+                                                 "params": TINY})
+    assert r.status_code == 202 and r.json()["kind"] == "finetune"

@@ -1,0 +1,173 @@
+"""Training runs through the workspace: refusals before any work, registration as run:<id>, its outputs
+equal to the checkpoint's network, caching, export, fine-tuning, cancel and resume, Table 5 taps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from featscope.config import Settings
+from featscope.workspace import Workspace
+
+TINY = dict(arch="resnet18", image_size=64, max_size=64, batch_size=4, epochs=1, num_workers=0, roi_size=4,
+            proj_channels=8, fc_dim=16, rois_per_image=8, rpn_batch_size_per_image=16, rpn_pre_nms_top_n_train=50,
+            rpn_post_nms_top_n_train=20, rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20,
+            checkpoint_every=2, log_every=1, warmup_iters=2, lr=0.01, threads=1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A workspace with the study sets at 64 px and one finished cls and det run."""
+    root = tmp_path_factory.mktemp("training")
+    ws = Workspace(Settings(data_dir=root / "data", num_workers=0, batch_size=4))
+    ws.study_datasets(root / "sets", n_pretrain=12, n_pretrain_val=4, n_target_train=8, n_target_test=6, n_probe=2,
+                      size=64)
+    cls = ws.train("cls", "study-pretrain", val_dataset="study-pretrain-val", **TINY)
+    det = ws.train("det", "study-pretrain", val_dataset="study-pretrain-val", **TINY)
+    return ws, cls, det
+
+
+def _no_runs(ws):
+    assert ws.runs() == []
+
+
+def test_refusals_before_any_work(tmp_path, make_images):
+    ws = Workspace(Settings(data_dir=tmp_path / "data", num_workers=0))
+    ws.add_dataset(make_images(tmp_path / "labelled", {"a": 3, "b": 3}), name="labelled")
+    ws.add_dataset(make_images(tmp_path / "plain", {"x": 4}), name="plain", format="folder")
+    cases = [
+        (lambda: ws.train("det", "labelled"), "no object boxes; detection needs a COCO JSON or Pascal VOC"),
+        (lambda: ws.train("cls", "plain"), "no image labels"),
+        (lambda: ws.train("cls", "labelled", classes=["a", "zebra"]), r"unknown class\(es\) 'zebra'.*are a, b"),
+        (lambda: ws.train("cls", "labelled", preset="huge"), "unknown preset 'huge'; choose one of cpu-demo, paper"),
+        (lambda: ws.train("cls", "labelled", learning_rate=0.1), "unknown training parameter 'learning_rate'"),
+        (lambda: ws.train("cls", "labelled", lr="fast"), "lr='fast' is not a valid float"),
+        (lambda: ws.train("seg", "labelled"), "train task must be 'cls' or 'det'"),
+        (lambda: ws.finetune("cls", "nope", "labelled"), "no backbone 'nope'"),
+    ]
+    for call, message in cases:
+        with pytest.raises((ValueError, LookupError), match=message):
+            call()
+    ws.add_backbone("torchvision:resnet18", random_init=True, name="r18")
+    with pytest.raises(ValueError, match="backbone 'r18' is a resnet18, the run a resnet50"):
+        ws.finetune("cls", "r18", "labelled", arch="resnet50")
+    with pytest.raises(ValueError, match="cannot split 'labelled' into train and test: .*train set will be empty"):
+        ws.finetune("cls", "r18", "labelled", test_fraction=0.99)
+    with pytest.raises(ValueError, match="test data set 'plain' has no image labels"):
+        ws.finetune("cls", "r18", "labelled", test_dataset="plain")
+    _no_runs(ws)
+    assert not (tmp_path / "data" / "runs").exists() or not any((tmp_path / "data" / "runs").iterdir())
+
+
+def test_a_run_is_a_backbone_equal_to_its_checkpoint(trained):
+    from featscope.training.loop import load_checkpoint
+    from featscope.training.models import build_classifier, build_detector
+
+    ws, cls, det = trained
+    assert cls.state == det.state == "done" and cls.backbone_id and det.backbone_id
+    assert {b.spec for b in ws.backbones()} >= {f"run:{cls.id}", f"run:{det.id}"}
+    x = torch.rand(2, 3, 64, 64)
+    ckpt = load_checkpoint(Path(cls.dir) / "checkpoint.pt")
+    net = build_classifier("resnet18", len(cls.classes))
+    net.load_state_dict(ckpt["model"])
+    bb = ws.load_backbone(cls.name)
+    assert bb.fingerprint == cls.fingerprint and bb.class_names == cls.classes and bb.classifier is not None
+    with torch.no_grad():
+        torch.testing.assert_close(bb.model(x), net.eval()(x))
+
+    ckpt = load_checkpoint(Path(det.dir) / "checkpoint.pt")
+    detector = build_detector("resnet18", len(det.classes), frozen_bn=False, min_size=64, max_size=64,
+                              roi_size=4, proj_channels=8, fc_dim=16, anchor_sizes=tuple(det.config["anchor_sizes"]))
+    detector.load_state_dict(ckpt["model"])
+    detector.eval()
+    bb = ws.load_backbone(det.name)
+    assert list(bb.taps) == ["layer1", "layer2", "layer3", "layer4", "convproj", "fc1", "fc2"]
+    with torch.no_grad():
+        pixels = x * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        images, _ = detector.transform(list(pixels))
+        whole = [torch.tensor([[0.0, 0.0, 64.0, 64.0]])] * 2
+        rh = detector.roi_heads
+        expected = rh.box_head(rh.box_roi_pool(detector.backbone(images.tensors), whole, images.image_sizes))
+        torch.testing.assert_close(bb.model(x).flatten(1), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_same_request_is_cached_and_metrics_are_logged(trained):
+    ws, cls, _ = trained
+    again = ws.train("cls", "study-pretrain", val_dataset="study-pretrain-val", **{**TINY, "num_workers": 1})
+    assert again.cached and again.id == cls.id  # loader workers do not change what is trained
+    rows = ws.run_metrics(cls.id)
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert [r["iteration"] for r in train_rows] == list(range(1, cls.iteration + 1))
+    assert {"loss", "lr", "images_per_second", "epoch"} <= set(train_rows[0])
+    assert [r for r in rows if r["kind"] == "eval"][0]["top1"] == cls.result["eval"]["top1"]
+
+
+def test_export_torchvision_state_dicts(trained, tmp_path):
+    ws, cls, det = trained
+    sd = torch.load(ws.export_run(cls.id, tmp_path / "cls.pth"), weights_only=True)
+    torchvision.models.resnet18(num_classes=len(cls.classes)).load_state_dict(sd)  # strict: every key
+    sd = torch.load(ws.export_run(det.id, tmp_path / "det.pth"), weights_only=True)
+    missing, unexpected = torchvision.models.resnet18().load_state_dict(sd, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+    with pytest.raises(ValueError, match="unknown export format"):
+        ws.export_run(cls.id, tmp_path / "x", format="onnx")
+    info = ws.add_backbone(f"checkpoint:{tmp_path / 'det.pth'}", name="det-trunk")
+    assert info.arch == "resnet18"
+
+
+def test_finetuning_from_both_backbones(trained):
+    ws, cls, det = trained
+    runs = [ws.finetune("det", b.name, "study-target-train", test_dataset="study-target-test", **TINY)
+            for b in (cls, det)]
+    for r in runs:
+        assert r.task == "finetune-det" and r.state == "done" and r.backbone_id is None
+        assert list(r.result["eval"]["ap"]) == [f"0.{i}" for i in range(1, 10)]
+        assert r.classes == ["arrow", "diamond", "ellipse", "ring"]
+    ft = ws.finetune("cls", det.name, "study-single", **TINY)  # deterministic split of the data set
+    ev = ft.result["eval"]
+    assert ft.result["test_images"] == ev["n"] > 0 and ev["ci_low"] <= ev["top1"] <= ev["ci_high"]
+    assert ws.finetune("cls", det.name, "study-single", **TINY).cached
+
+
+def test_cancel_then_resume(trained, monkeypatch):
+    from featscope.training.runs import RunCancelled
+    from featscope.workspace import training
+
+    ws, _, _ = trained
+    monkeypatch.setattr(training, "_HEARTBEAT_SECONDS", 0.0)
+    params = {**TINY, "epochs": 2, "seed": 5}
+
+    def cancel_at_3(p):
+        if p.iteration == 3:
+            run = [r for r in ws.runs() if r.state == "running"][0]
+            ws.cancel_run(run.id)
+
+    with pytest.raises(RunCancelled):
+        ws.train("cls", "study-pretrain", progress=cancel_at_3, **params)
+    stopped = [r for r in ws.runs() if r.config.get("seed") == 5][0]
+    assert stopped.state == "cancelled" and "run it again" in stopped.message
+    done = ws.train("cls", "study-pretrain", **params)
+    assert done.id == stopped.id and done.state == "done" and done.result["resumed_from"] == 2
+
+
+def test_table5_taps_of_a_detection_run(trained):
+    ws, _, det = trained
+    ws.extract(det.name, "study-single", taps=["conv5", "fc1", "fc2"], poolings=["avg"], num_workers=0)
+    sets = ws.extract(det.name, "study-single", taps=["convproj"], poolings=["none", "grid4", "grid2", "avg"],
+                      num_workers=0)
+    assert [s.dim for s in sets] == [8 * 4 * 4, 8 * 16, 8 * 4, 8]
+    rows = ws.probe_table([det.name], "study-single")
+    assert {(r["tap"], r["pooling"]) for r in rows} == {("layer4", "avg"), ("fc1", "avg"), ("fc2", "avg"),
+                                                         ("convproj", "none"), ("convproj", "grid4"),
+                                                         ("convproj", "grid2"), ("convproj", "avg")}
+
+
+def test_restart_of_a_finished_run_is_a_new_run(trained):
+    ws, cls, _ = trained
+    again = ws.train("cls", "study-pretrain", val_dataset="study-pretrain-val", restart=True, **TINY)
+    assert again.id != cls.id and again.state == "done" and again.name == f"cls-resnet18-{again.id}"
+    assert ws.load_backbone(cls.name).fingerprint == cls.fingerprint  # the first run's backbone is intact
+    assert ws.train("cls", "study-pretrain", val_dataset="study-pretrain-val", **TINY).id == again.id
