@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,10 @@ class NotCached(LookupError):
 @dataclass(frozen=True)
 class AnalysisResult:
     """One analysis: ``data`` is JSON-ready, ``arrays`` holds its large numeric parts, ``rows`` its table
-    (what ``--format csv`` writes), ``images`` the catalog images of the rows it was computed on."""
+    (what ``--format csv`` writes) with the catalog images of the rows it was computed on.
+
+    ``rows`` is built on first use: it reads every image of the data set from the catalog, which a
+    caller showing a million-point projection (the dashboard) or answering REST never needs."""
 
     id: int
     kind: str
@@ -51,10 +55,14 @@ class AnalysisResult:
     params: dict[str, Any]
     data: dict[str, Any]
     arrays: dict[str, np.ndarray] = field(repr=False)
-    rows: list[dict[str, Any]] = field(repr=False)
+    table: Callable[[], list[dict[str, Any]]] = field(repr=False, compare=False)
     artifact_key: str
     seconds: float
     cached: bool
+
+    @cached_property
+    def rows(self) -> list[dict[str, Any]]:
+        return self.table()
 
     def to_dict(self, arrays: bool = False) -> dict[str, Any]:
         """JSON-ready; ``arrays=True`` adds the arrays as nested lists."""
@@ -106,7 +114,10 @@ def run(ctx: Context, kind: str, set_ids: Sequence[int], params: dict[str, Any],
         data = json.loads(json.dumps(_json_safe(data)))  # the same form a cache hit returns
     analysis_id = _record(ctx, kind, [r.id for r in rows], params, key)
     positions = arrays["positions"]
-    table = _ROWS.get(kind, lambda *_: [])(data, arrays, _images(ctx, rows[0].dataset_id, positions), rows)
+
+    def table() -> list[dict[str, Any]]:
+        return _ROWS.get(kind, lambda *_: [])(data, arrays, _images(ctx, rows[0].dataset_id, positions), rows)
+
     return AnalysisResult(analysis_id, kind, [r.id for r in rows], params, data, arrays, table, key, seconds, cached)
 
 
