@@ -103,8 +103,9 @@ def _png_uri(image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def sample_rows(n: int, k: int = SAMPLE, seed: int = 0) -> np.ndarray:
-    """A fixed random sample of row indices (sorted), the same on every request for the same ``n``."""
+def sample_rows(n: int, k: int | None = None, seed: int = 0) -> np.ndarray:
+    """A fixed random sample of ``k`` (default :data:`SAMPLE`) row indices, sorted, the same on every request."""
+    k = SAMPLE if k is None else k
     if n <= k:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))

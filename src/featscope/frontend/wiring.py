@@ -73,3 +73,14 @@ def _bind(fn: Callable, services: Services) -> Callable:
 
     del bound.__wrapped__  # Dash must see the callback's own arguments, not the services parameter
     return bound
+
+
+def triggered_id() -> Any:
+    """The id of the component whose change ran this callback; None on a first call or outside Dash
+    (the tests call callbacks as plain functions)."""
+    from dash import callback_context
+
+    try:
+        return callback_context.triggered_id if callback_context.triggered else None
+    except Exception:  # dash.exceptions.MissingCallbackContextException: not inside a callback
+        return None

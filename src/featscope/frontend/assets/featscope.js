@@ -112,10 +112,11 @@
         const started = performance.now();
         highlight(fromA ? "proj-b" : "proj-a", idx);
         window.fsHighlight = {ms: performance.now() - started, count: idx ? idx.length : 0, at: performance.now()};
+        // Typed arrays do not travel in Dash's event data: read the ids from the drawn trace.
+        const gd = plotDiv(fromA ? "proj-a" : "proj-b");
+        const cd = gd && gd._fullData && gd._fullData[0] ? gd._fullData[0].customdata : null;
         const ids = [];
-        if (sel && sel.points) {
-          for (let i = 0; i < sel.points.length && ids.length < 500; i++) ids.push(sel.points[i].customdata);
-        }
+        if (idx && cd) for (let i = 0; i < idx.length && ids.length < 500; i++) ids.push(Number(cd[idx[i]]));
         return [{indices: idx ? idx.length : 0, image_ids: ids, from: fromA ? "A" : "B"}, ""];
       },
 
@@ -134,9 +135,13 @@
         const hide = [false, NO(), NO(), NO()];
         if (!hover || !hover.points || !hover.points.length) return fromA ? [...hide, NO(), NO(), NO(), NO()] : [NO(), NO(), NO(), NO(), ...hide];
         const p = hover.points[0];
-        const id = Array.isArray(p.customdata) ? p.customdata[0] : p.customdata;
-        if (id === undefined || id === null) return [NO(), NO(), NO(), NO(), NO(), NO(), NO(), NO()];
-        const code = p["marker.color"];
+        const gd = plotDiv(fromA ? "proj-a" : "proj-b");
+        const trace = gd && gd._fullData ? gd._fullData[p.curveNumber || 0] : null;
+        const n = p.pointIndex !== undefined ? p.pointIndex : p.pointNumber;
+        const id = trace && trace.customdata ? Number(trace.customdata[n]) : p.customdata;
+        if (id === undefined || id === null || Number.isNaN(id)) return [NO(), NO(), NO(), NO(), NO(), NO(), NO(), NO()];
+        const colours = trace && trace.marker ? trace.marker.color : null;
+        const code = colours && colours.length !== undefined && typeof colours !== "string" ? Number(colours[n]) : undefined;
         const classes = (meta && meta.classes) || [];
         const label = typeof code === "number" && classes[code] !== undefined ? classes[code] + " · " : "";
         const shown = [true, p.bbox, "/api/v1/images/" + id + "/thumbnail?size=160", label + "image " + id];

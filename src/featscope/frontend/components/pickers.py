@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from dash import ALL, MATCH, Input, Output, State, callback_context, dcc, html
+from dash import ALL, MATCH, Input, Output, State, dcc, html
 
 from featscope.frontend import data
 from featscope.frontend.components.layout import badge
 from featscope.frontend.services import Services
-from featscope.frontend.wiring import callback
+from featscope.frontend.wiring import callback, triggered_id
 
 
 def ab_id(page: Any, role: str) -> dict[str, Any]:
@@ -119,7 +119,7 @@ def sync_pair(svc: Services, a: int | None, b: int | None, swap: int | None, sco
               remembered: dict | None):
     """Options and values of a page's A/B pickers (B limited to A's data set, both to the page's scope),
     and the line describing them."""
-    trig = callback_context.triggered_id if callback_context.triggered else None
+    trig = triggered_id()
     role = trig.get("role") if isinstance(trig, dict) else None
     swapping = isinstance(trig, dict) and trig.get("type") == "fs-ab-swap"
     a, b = choose_pair(svc, a, b, remembered, swap=swapping, changed=role, dataset=scope)

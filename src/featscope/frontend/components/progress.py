@@ -10,9 +10,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from dash import ALL, Input, callback_context, dcc, html
+from dash import ALL, Input, dcc, html
 
 from featscope.frontend.services import Need, Outcome, Services, fetch, forget_failed
+from featscope.frontend.wiring import triggered_id
 from featscope.worker.jobs import JobInfo
 
 POLL_MS = 800
@@ -92,12 +93,5 @@ def retried_now(prefix: str) -> bool:
 
 
 def _retry_clicked(prefix: str) -> bool:
-    trig = callback_context.triggered_id if _in_callback() else None
+    trig = triggered_id()
     return isinstance(trig, dict) and trig.get("type") == "fs-retry" and trig.get("page") == prefix
-
-
-def _in_callback() -> bool:
-    try:
-        return bool(callback_context.triggered)
-    except Exception:  # called outside a Dash request (tests call callbacks as functions)
-        return False

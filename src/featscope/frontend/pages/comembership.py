@@ -62,7 +62,8 @@ def parse_params(k_min: Any, k_max: Any, n_k: Any, seeds: str | None) -> dict:
         raise ValueError("give at least one K-means seed")
     if len(seed_list) > 20:
         raise ValueError("at most 20 seeds")
-    params = {"k_min": int(k_min or 2), "k_max": int(k_max or 1000), "n_k": int(n_k or 20), "seeds": seed_list}
+    given = lambda v, default: default if v in (None, "") else int(v)  # noqa: E731
+    params = {"k_min": given(k_min, 2), "k_max": given(k_max, 1000), "n_k": given(n_k, 20), "seeds": seed_list}
     if params["k_min"] < 2 or params["k_max"] < params["k_min"]:
         raise ValueError("K must start at 2 or more and the largest K must not be below the smallest")
     if not 1 <= params["n_k"] <= 100:

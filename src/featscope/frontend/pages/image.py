@@ -13,7 +13,7 @@ from featscope.frontend.components.pickers import ab_id, comparison_bar
 from featscope.frontend.components.progress import retry_input
 from featscope.frontend.components.thumbs import thumb, thumb_grid
 from featscope.frontend.services import Services
-from featscope.frontend.wiring import callback
+from featscope.frontend.wiring import callback, triggered_id
 from featscope.workspace import NotFound
 
 PAGE = {"path_template": "/image/<image_id>", "path": "/image", "name": "Image", "title": "featscope · image",
@@ -100,10 +100,8 @@ def heatmaps(svc: Services, a, b, method, tap, head, target, _tick, _retry, imag
           State("img-id", "data"), State("img-mo-tracked", "data"))
 def maskouts(svc: Services, go, a, b, head, target, _tick, _retry, size, stride, fill, mode, image_id, tracked):
     """Mask-out maps: queued by the button; finished ones with these parameters are shown at once."""
-    from dash import callback_context
-
     image, path = _image(svc, image_id)
-    clicked = bool(callback_context.triggered) and callback_context.triggered_id == "img-mo-go"
+    clicked = triggered_id() == "img-mo-go"
     return maps.maskout_view(svc, "img", image, path, a, b, size, stride, fill, mode, head, target, tracked,
                              submit=clicked)
 

@@ -10,7 +10,7 @@ from dash import ALL, Input, Output, State, dcc, html, no_update
 from featscope.frontend.components.layout import card, empty_state, error_box, page_header
 from featscope.frontend.components.progress import POLL_MS, elapsed
 from featscope.frontend.services import Services
-from featscope.frontend.wiring import callback
+from featscope.frontend.wiring import callback, triggered_id
 from featscope.worker import jobs
 from featscope.worker.jobs import ACTIVE, JobInfo
 from featscope.workspace import NotFound
@@ -116,11 +116,10 @@ def detail_view(j: JobInfo) -> html.Div:
           prevent_initial_call=True, services=False)
 def pick(clicks: list) -> Any:
     """The clicked job becomes the one shown."""
-    from dash import callback_context
-
-    if not any(clicks or []):
+    trig = triggered_id()
+    if not any(clicks or []) or not isinstance(trig, dict):
         return no_update
-    return callback_context.triggered_id["job"]
+    return trig["job"]
 
 
 @callback(Output("jobs-cancel-msg", "children"), Input("jobs-cancel", "n_clicks"), State("jobs-chosen", "data"),

@@ -14,7 +14,7 @@ from fastapi import HTTPException
 from featscope.frontend import data, standard
 from featscope.frontend.components.layout import badge, card, empty_state, page_header, stat
 from featscope.frontend.components.progress import POLL_MS, elapsed, job_row, progress_view
-from featscope.frontend.services import Need, Services, fetch
+from featscope.frontend.services import Need, Services, check_extract, fetch
 from featscope.frontend.wiring import callback
 from featscope.worker import jobs
 from featscope.worker.jobs import ACTIVE, JobInfo
@@ -145,6 +145,8 @@ def start_compare(svc: Services, _clicks: int, backbones: list | None, dataset: 
         return no_update, _msg("Pick a data set, a tap and a pooling.")
     extract: dict[str, int] = {}
     try:
+        for bb in backbones:  # every request checked before any is queued
+            check_extract(svc.ctx, bb, dataset, [tap])
         for bb in backbones:
             extract[bb] = svc.submit("extract", {"backbone": bb, "dataset": dataset, "taps": [tap],
                                                  "poolings": [pooling]}).id

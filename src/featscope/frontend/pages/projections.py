@@ -21,7 +21,7 @@ from featscope.frontend.components.progress import job_area, resolve, retry_inpu
 from featscope.frontend.components.thumbs import thumb_grid
 from featscope.frontend.scatter import Colouring, legend_items, map_figure, raster_figure
 from featscope.frontend.services import Services
-from featscope.frontend.wiring import callback, clientside
+from featscope.frontend.wiring import callback, clientside, triggered_id
 from featscope.workspace.analyses import AnalysisResult
 
 PAGE = {"path": "/projections", "name": "Projections", "title": "featscope · projections (Fig. 7)", "order": 30,
@@ -230,11 +230,10 @@ def selection_grid(svc: Services, selection: dict | None, meta: dict | None):
           prevent_initial_call=True)
 def download(svc: Services, csv_clicks: int | None, json_clicks: int | None, meta: dict | None):
     """Both maps' coordinates with each image's id, path and label (and agreement when shown)."""
-    from dash import callback_context
-
     if not meta:
         return no_update
-    fmt = callback_context.triggered_id["fmt"] if callback_context.triggered else "csv"
+    trig = triggered_id()
+    fmt = trig["fmt"] if isinstance(trig, dict) else "csv"
     return dcc.send_string(projection_table(svc, meta, fmt), f"projection-{meta['a']}-{meta['b']}.{fmt}")
 
 

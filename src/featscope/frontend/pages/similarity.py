@@ -14,7 +14,7 @@ from featscope.frontend.components.layout import COLOUR_A, card, empty_state, er
 from featscope.frontend.components.pickers import ab_id, comparison_bar
 from featscope.frontend.components.progress import job_area, resolve, retry_input
 from featscope.frontend.components.thumbs import thumb_grid
-from featscope.frontend.services import Services
+from featscope.frontend.services import Services, check_extract
 from featscope.frontend.wiring import callback
 
 PAGE = {"path": "/similarity", "name": "Similarity", "title": "featscope · similarity", "order": 60, "nav": True}
@@ -149,6 +149,8 @@ def extract_taps(svc: Services, _clicks: int, a: int | None, b: int | None):
     if any(i is None for i in infos):
         return html.Span("Pick A and B first.", className="fs-error")
     try:
+        for i in infos:
+            check_extract(svc.ctx, i.backbone, i.dataset, STUDY_TAPS)
         ids = [svc.submit("extract", {"backbone": i.backbone, "dataset": i.dataset, "taps": STUDY_TAPS,
                                       "poolings": [i.pooling]}).id for i in infos]
     except (ValueError, NotFound) as e:

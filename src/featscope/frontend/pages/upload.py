@@ -16,7 +16,7 @@ from featscope.frontend.components.layout import card, error_box, page_header
 from featscope.frontend.components.pickers import ab_id, comparison_bar
 from featscope.frontend.components.progress import retry_input
 from featscope.frontend.services import Services
-from featscope.frontend.wiring import callback, clientside
+from featscope.frontend.wiring import callback, triggered_id, clientside
 
 PAGE = {"path": "/upload", "name": "Upload", "title": "featscope · upload an image", "order": 45, "nav": True}
 
@@ -93,10 +93,8 @@ def heatmaps(svc: Services, a, b, method, tap, head, target, _tick, _retry, uplo
           State("up-mo-mode", "value"), State("up-mo-tracked", "data"))
 def maskouts(svc: Services, go, a, b, head, target, _tick, _retry, upload, size, stride, fill, mode, tracked):
     """Mask-out maps of the upload: queued by the button; finished ones are shown at once."""
-    from dash import callback_context
-
     image, path = _image(svc, upload)
-    clicked = bool(callback_context.triggered) and callback_context.triggered_id == "up-mo-go"
+    clicked = triggered_id() == "up-mo-go"
     return maps.maskout_view(svc, "up", image, path, a, b, size, stride, fill, mode, head, target, tracked,
                              submit=clicked)
 
