@@ -114,9 +114,13 @@ def test_the_pair_defaults_to_two_backbones_of_one_dataset_and_swaps(world):
     assert {a, b} == {world.a, world.b}
     assert pickers.choose_pair(world.svc, world.a, world.b, None, swap=True) == (world.b, world.a)
     assert pickers.choose_pair(world.svc, None, None, {"a": world.b, "b": world.a}) == (world.b, world.a)
-    assert pickers.choose_pair(world.svc, world.a, None, None, changed="a") == (world.a, world.b)
+    assert pickers.choose_pair(world.svc, world.a, None, None) == (world.a, world.b)
     assert pickers.choose_pair(world.svc, None, None, None, dataset="no-such-set") == (None, None)
-    opts_a, opts_b, va, vb, note = pickers.sync_pair(world.svc, world.a, world.b, None, None, None)
+    # a deep link's ?a=&b= wins over the remembered pair when the pickers start empty
+    url = {"a": world.b, "b": world.a}
+    assert pickers.choose_pair(world.svc, None, None, {"a": world.a, "b": world.b}, url=url) == (world.b, world.a)
+    assert pickers.choose_pair(world.svc, None, None, None, url={"a": 999, "b": 998}) == (world.a, world.b)
+    opts_a, opts_b, va, vb, note = pickers.sync_pair(world.svc, world.a, world.b, None, None, None, None)
     assert world.b in [o["value"] for o in opts_b] and world.a not in [o["value"] for o in opts_b]
     assert "r18a" in text_of(note) and "r18b" in text_of(note) and "layer4 (conv5)" in text_of(note)
 

@@ -147,3 +147,9 @@ def test_a_forged_cookie_is_refused(locked):
                                           ("/\\evil", "/"), ("pairs", "/")])
 def test_login_only_returns_to_local_paths(raw, expected):
     assert safe_next(raw) == expected
+
+
+def test_a_deep_link_as_the_first_request_gets_the_assets_and_the_validation_layout(tmp_path):
+    with TestClient(create_app(ServerSettings(data_dir=tmp_path / "d"))) as c:
+        page = c.get("/pairs?a=1&b=2").text  # nothing requested before it
+        assert "/assets/featscope.js" in page and '"validation_layout"' in page

@@ -13,6 +13,7 @@ refuses Dash's own endpoints with 401. The API paths keep their own gate (``serv
 
 from __future__ import annotations
 
+import inspect
 import json
 from urllib.parse import quote, urlsplit
 
@@ -68,11 +69,18 @@ def allowed_methods(api: FastAPI, scope: Scope) -> list[str]:
 
 def _deep_link(dash_app: Dash):
     async def page(request: Request) -> Response:
-        # Dash's index() reads the current request from its FastAPI backend's context (as its own catch-all does).
+        # Dash's index() reads the current request from its FastAPI backend's context, as its own catch-all
+        # does. Unlike that catch-all it first runs Dash's before-request hooks (asset scan, pages router),
+        # which Dash runs only for "/" and "/_dash-*": without them a deep link that is a fresh server's first
+        # request would get a page with no assets and no validation layout (Dash 4.4).
         from dash.backends._fastapi import reset_current_request, set_current_request
 
         ctx = set_current_request(request)
         try:
+            for hook in getattr(dash_app.backend, "_before_request_funcs", ()):
+                result = hook()
+                if inspect.isawaitable(result):
+                    await result
             return HTMLResponse(dash_app.index())
         finally:
             reset_current_request(ctx)

@@ -69,12 +69,12 @@ def controls(prefix: str) -> html.Div:
 
 
 def panels(prefix: str) -> html.Div:
-    heat = [figure_card(f"{prefix}-heat-{r}", [badge(r.upper()), html.Span(id=f"{prefix}-heat-{r}-title")], height=380)
-            for r in ("a", "b")]
+    heat = [figure_card(f"{prefix}-heat-{r}", [badge(r.upper()), html.Span(id=f"{prefix}-heat-{r}-title")], height=380,
+                        caption=f"Where backbone {r.upper()} responds: 1 is its strongest.") for r in ("a", "b")]
     heat.append(figure_card(f"{prefix}-heat-diff", ["Difference ", badge("A"), " − ", badge("B")], height=380,
                             caption="Red: A responds more; blue: B does."))
-    mo = [figure_card(f"{prefix}-mo-{r}", [badge(r.upper()), html.Span(id=f"{prefix}-mo-{r}-title")], height=380)
-          for r in ("a", "b")]
+    mo = [figure_card(f"{prefix}-mo-{r}", [badge(r.upper()), html.Span(id=f"{prefix}-mo-{r}-title")], height=380,
+                      caption=f"The class's probability for {r.upper()} with the mask centred here.") for r in ("a", "b")]
     mo.append(figure_card(f"{prefix}-mo-diff", ["Difference ", badge("A"), " − ", badge("B")], height=380,
                           caption="Red: masking hurts A more; blue: B."))
     return html.Div([
@@ -271,7 +271,7 @@ def maskout_view(svc: Services, prefix: str, image: dict | None, path: Path | No
     tracked = dict(tracked or {})
     ia, ib = _backbones(svc, a, b)
     why = ("Upload an image above" if image is None else "Pick embedding sets A and B above" if ia is None or ib is None
-           else "Pick a target class above, then press Compute mask-out maps")
+           else "Pick a target class above,<br>then press Compute mask-out maps")
     blank = (empty_figure(why), empty_figure(why), empty_figure(why), None, None, None, "", "")
     if image is None or path is None or ia is None or ib is None:
         return (*blank, [], tracked, True)
@@ -285,7 +285,7 @@ def maskout_view(svc: Services, prefix: str, image: dict | None, path: Path | No
                 for role, info in (("a", ia), ("b", ib))}
     found, errors = request_maps(svc, "maskout", requests, tracked, submit=submit)
     figs, stores, titles = three_figures(svc, path, found, "probability", f"maskout-{target}",
-                                         idle="Press Compute mask-out maps to make them")
+                                         idle="Press Compute mask-out maps<br>to make them")
     running = {r: j for r, j in found.items() if j.state != "done"}
     labels = {"a": f"mask-out A ({ia.backbone})", "b": f"mask-out B ({ib.backbone})"}
     progress = progress_view(f"{prefix}-mo", running, labels, errors)

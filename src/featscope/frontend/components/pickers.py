@@ -26,6 +26,7 @@ def comparison_bar(page: str, a: Any = None, b: Any = None) -> html.Div:
     may limit the choice to one data set by setting ``{"type": "fs-ab-scope", "page": page}``'s data."""
     return html.Div(className="fs-abbar", children=[
         dcc.Store(id={"type": "fs-ab-scope", "page": page}),
+        dcc.Store(id={"type": "fs-ab-url", "page": page}, data={"a": _int(a), "b": _int(b)}),
         html.Div([badge("A"), dcc.Dropdown(id=ab_id(page, "a"), value=_int(a), clearable=False,
                                            placeholder="embedding set A", className="fs-dropdown")],
                  className="fs-abbar-pick"),
@@ -46,9 +47,9 @@ def _int(v: Any) -> int | None:
 
 
 def choose_pair(svc: Services, a: int | None, b: int | None, remembered: dict | None, *, swap: bool = False,
-                changed: str | None = None, dataset: str | None = None) -> tuple[int | None, int | None]:
+                dataset: str | None = None, url: dict | None = None) -> tuple[int | None, int | None]:
     """The pair to show: the given one if valid; a changed A keeps B when it fits, else B's best match;
-    nothing given: the remembered pair, else the newest comparable pair (of ``dataset`` when given)."""
+    no A: the URL's pair, the remembered pair, else the newest comparable pair (of ``dataset`` when given)."""
     ctx = svc.ctx
     if swap:
         a, b = b, a
@@ -57,15 +58,17 @@ def choose_pair(svc: Services, a: int | None, b: int | None, remembered: dict | 
         info = data.set_info(ctx, x)
         return info is not None and (dataset is None or info.dataset == dataset)
 
-    if a is None and b is None and remembered:
-        a, b = _int(remembered.get("a")), _int(remembered.get("b"))
+    if a is None:
+        for source in (url, remembered):
+            pa, pb = _int((source or {}).get("a")), _int((source or {}).get("b"))
+            if fits(pa):
+                a, b = pa, pb
+                break
     if data.valid_pair(ctx, a, b) and fits(a):
         return a, b
     if not fits(a):
-        if changed == "a" and a is None:
-            return None, b
         scoped = [s for s in _sets(ctx) if dataset is None or s.dataset == dataset]
-        a = (a if fits(a) else None) or _default_in(ctx, scoped)
+        a = _default_in(ctx, scoped)
         if a is None:
             return None, None
     info_a = data.set_info(ctx, a)
@@ -114,15 +117,15 @@ def describe(svc: Services, a: int | None, b: int | None) -> list:
           Output({"type": "fs-ab-note", "page": MATCH}, "children"),
           Input(ab_id(MATCH, "a"), "value"), Input(ab_id(MATCH, "b"), "value"),
           Input({"type": "fs-ab-swap", "page": MATCH}, "n_clicks"),
-          Input({"type": "fs-ab-scope", "page": MATCH}, "data"), State("fs-comparison", "data"))
-def sync_pair(svc: Services, a: int | None, b: int | None, swap: int | None, scope: str | None,
+          Input({"type": "fs-ab-scope", "page": MATCH}, "data"), State({"type": "fs-ab-url", "page": MATCH}, "data"),
+          State("fs-comparison", "data"))
+def sync_pair(svc: Services, a: int | None, b: int | None, swap: int | None, scope: str | None, url: dict | None,
               remembered: dict | None):
     """Options and values of a page's A/B pickers (B limited to A's data set, both to the page's scope),
     and the line describing them."""
     trig = triggered_id()
-    role = trig.get("role") if isinstance(trig, dict) else None
     swapping = isinstance(trig, dict) and trig.get("type") == "fs-ab-swap"
-    a, b = choose_pair(svc, a, b, remembered, swap=swapping, changed=role, dataset=scope)
+    a, b = choose_pair(svc, a, b, remembered, swap=swapping, dataset=scope, url=url)
     info_a = data.set_info(svc.ctx, a)
     opts_a = data.set_options(svc.ctx, scope)
     opts_b = [o for o in data.set_options(svc.ctx, info_a.dataset) if o["value"] != a] if info_a else []

@@ -63,6 +63,21 @@ def job_row(prefix: str, job: JobInfo, label: str, *, retry: bool = True) -> htm
     return html.Div(parts, className=f"fs-job-row fs-job-{job.state}")
 
 
+def job_title(job: JobInfo) -> str:
+    """What a job does, in a few words (``analysis: comembership [3, 7]``, ``extract: det on coco``)."""
+    p = job.params
+    if job.kind == "analysis":
+        return f"{p.get('analysis')} {p.get('inputs')}"
+    if job.kind == "extract":
+        return f"extract {p.get('backbone')} on {p.get('dataset')}"
+    if job.kind in ("heatmap", "maskout"):
+        what = f"image {p['image_id']}" if p.get("image_id") else "an upload"
+        return f"{job.kind} {p.get('backbone')}, {what}"
+    if job.kind == "dataset-add":
+        return f"scan {str(p.get('path', '')).rsplit('/', 1)[-1]}"
+    return job.kind
+
+
 def elapsed(job: JobInfo) -> str:
     """Run time so far (running) or in total (finished), as ``1m 05s``."""
     start = _parse(job.started_at)

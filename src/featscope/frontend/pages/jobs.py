@@ -8,7 +8,7 @@ from typing import Any
 from dash import ALL, Input, Output, State, dcc, html, no_update
 
 from featscope.frontend.components.layout import card, empty_state, error_box, page_header
-from featscope.frontend.components.progress import POLL_MS, elapsed
+from featscope.frontend.components.progress import POLL_MS, elapsed, job_title
 from featscope.frontend.services import Services
 from featscope.frontend.wiring import callback, triggered_id
 from featscope.worker import jobs
@@ -64,14 +64,14 @@ def show(svc: Services, state: str, chosen: int | None, _tick: Any):
 
 
 def table(listed: list[JobInfo], chosen: int | None) -> html.Table:
-    head = html.Thead(html.Tr([html.Th(h) for h in ("Job", "Kind", "State", "Progress", "Created", "Ran", "Message")]))
+    head = html.Thead(html.Tr([html.Th(h) for h in ("Job", "What", "State", "Progress", "Created", "Ran", "Message")]))
     rows = []
     for j in listed:
         pct = max(0.0, min(1.0, j.progress)) * 100
         rows.append(html.Tr([
             html.Td(html.Button(f"#{j.id}", id={"type": "jobs-pick", "job": j.id}, className="fs-button fs-button-ghost "
                                 "fs-button-small")),
-            html.Td(_kind(j)), html.Td(html.Span(j.state, className=f"fs-state fs-state-{j.state}")),
+            html.Td(job_title(j)), html.Td(html.Span(j.state, className=f"fs-state fs-state-{j.state}")),
             html.Td(html.Div(html.Div(className="fs-bar-fill", style={"width": f"{pct:.0f}%"}),
                              className=f"fs-bar fs-job-{j.state}", style={"minWidth": "90px"}), title=f"{pct:.0f}%"),
             html.Td(_time(j.created_at), className="fs-muted"), html.Td(elapsed(j), className="fs-num"),
@@ -80,23 +80,12 @@ def table(listed: list[JobInfo], chosen: int | None) -> html.Table:
     return html.Table([head, html.Tbody(rows)], className="fs-table", id="jobs-list")
 
 
-def _kind(j: JobInfo) -> str:
-    p = j.params
-    if j.kind == "analysis":
-        return f"analysis: {p.get('analysis')} {p.get('inputs')}"
-    if j.kind == "extract":
-        return f"extract: {p.get('backbone')} on {p.get('dataset')}"
-    if j.kind in ("heatmap", "maskout"):
-        return f"{j.kind}: {p.get('backbone')}"
-    return j.kind
-
-
 def _time(t: str | None) -> str:
     return t[:19].replace("T", " ") if t else "—"
 
 
 def detail_view(j: JobInfo) -> html.Div:
-    facts = [("Kind", _kind(j)), ("State", html.Span(j.state, className=f"fs-state fs-state-{j.state}")),
+    facts = [("Kind", job_title(j)), ("State", html.Span(j.state, className=f"fs-state fs-state-{j.state}")),
              ("Progress", f"{100 * j.progress:.0f}% · {j.message}"), ("Created", _time(j.created_at)),
              ("Started", _time(j.started_at)), ("Finished", _time(j.finished_at)), ("Ran for", elapsed(j)),
              ("Attempts", j.attempts)]

@@ -13,7 +13,7 @@ from fastapi import HTTPException
 
 from featscope.frontend import data, standard
 from featscope.frontend.components.layout import badge, card, empty_state, page_header, stat
-from featscope.frontend.components.progress import POLL_MS, elapsed, job_row, progress_view
+from featscope.frontend.components.progress import POLL_MS, elapsed, job_row, job_title, progress_view
 from featscope.frontend.services import Need, Services, check_extract, fetch
 from featscope.frontend.wiring import callback
 from featscope.worker import jobs
@@ -315,7 +315,7 @@ def sets_view(svc: Services) -> Any:
 def jobs_view(recent: list[JobInfo]) -> Any:
     if not recent:
         return empty_state("No jobs yet", "Jobs appear here when a Compare, an analysis or a map is queued.")
-    return html.Div([html.Div([job_row("ovj", j, f"{j.kind} #{j.id}", retry=False),
+    return html.Div([html.Div([job_row("ovj", j, job_title(j), retry=False),
                                html.Span(elapsed(j), className="fs-job-time")], className="fs-job-line")
                      for j in recent], className="fs-job-list")
 
