@@ -21,12 +21,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages the tests use: redis-server (two workers sharing one Redis queue).
+# Debian packages the tests use: redis-server (two workers sharing one Redis queue); chromium and
+# chromium-driver (the dashboard's end-to-end test drives the system browser; none is downloaded).
 debian-deps:
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  echo "installing redis-server (Debian) for the queue tests"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing chromium and chromium-driver (Debian) for the dashboard's browser test"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 test: install debian-deps
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import io
 
 import numpy as np
 import pytest
@@ -187,23 +188,34 @@ def test_projection_maps_are_webgl_with_every_point(world):
     fig_a, fig_b, status, legend, mode, meta = out[:6]
     proj = world.ws.projection([world.a, world.b], **standard.projection_params(24))
     assert mode == "webgl" and "WebGL" in status and meta["analysis"] == proj.id
-    ta, tb = fig_a["data"][0], fig_b["data"][0]
-    assert ta["type"] == "scattergl" and fig_a["layout"]["dragmode"] == "lasso"
-    np.testing.assert_allclose(decode(ta["x"]), proj.arrays["coords_0"][:, 0], rtol=1e-6)
-    np.testing.assert_allclose(decode(tb["y"]), proj.arrays["coords_1"][:, 1], rtol=1e-6)
-    ids = decode(ta["customdata"])
-    assert (ids == decode(tb["customdata"])).all()  # row i is the same image in A and in B
-    assert (ids == _ids_of(world, proj.arrays["positions"])).all()
-    codes = decode(ta["marker"]["color"])
+    assert fig_a["layout"]["dragmode"] == "lasso" and all(t["type"] == "scattergl" for t in fig_a["data"])
+    # one trace per class; trace k of A and trace k of B hold the same images in the same order
+    assert [t["name"] for t in fig_a["data"]] == [t["name"] for t in fig_b["data"]] == ["blue", "green", "red"]
+    ids = _ids_of(world, proj.arrays["positions"])
     labels = [r["label"] for r in proj.rows[:len(ids)]]
-    assert [meta["classes"][c] for c in codes] == labels
-    assert sorted(text_of(legend).split()) == ["blue", "green", "red"]
+    seen = []
+    for ta, tb in zip(fig_a["data"], fig_b["data"]):
+        got = decode(ta["customdata"])
+        assert (got == decode(tb["customdata"])).all()
+        rows = np.array([int(np.flatnonzero(ids == i)[0]) for i in got])
+        np.testing.assert_allclose(decode(ta["x"]), proj.arrays["coords_0"][rows, 0], rtol=1e-6)
+        np.testing.assert_allclose(decode(tb["y"]), proj.arrays["coords_1"][rows, 1], rtol=1e-6)
+        assert {labels[r] for r in rows} == {ta["name"]}
+        seen += rows.tolist()
+    assert sorted(seen) == list(range(24))  # every image exactly once
+    assert text_of(legend).split() == ["blue", "green", "red"]
 
 
 def test_projection_coloured_by_agreement(world):
     out = projections.show(world.svc, world.a, world.b, "tsne", "agreement", None, None, {})
     ag = world.ws.agreement(world.a, world.b)
-    np.testing.assert_allclose(decode(out[0]["data"][0]["marker"]["color"]), ag.arrays["per_image"], rtol=1e-6)
+    per = dict(zip(_ids_of(world, ag.arrays["positions"]).tolist(), ag.arrays["per_image"].tolist()))
+    names = []
+    for trace in out[0]["data"]:
+        values = {round(per[int(i)], 2) for i in decode(trace["customdata"])}
+        assert values == {float(trace["name"].split()[-1])}  # one agreement level per trace
+        names.append(trace["name"])
+    assert names == sorted(names)
 
 
 def test_projection_not_computed_is_a_job(world):
@@ -230,9 +242,19 @@ def test_large_projections_are_rasters_and_selections_apply_to_every_point(world
     patch_a, patch_b, selection = projections.raster_select(world.svc, request, meta)
     inside = np.flatnonzero((ca[:, 0] >= x0) & (ca[:, 0] <= x1))
     assert selection["count"] == len(inside) and selection["rows"] == inside.tolist()
+    assert fig_b["layout"]["images"][1]["source"] == raster.NOTHING  # the selection's place, empty at first
+    op = patch_b.to_plotly_json()["operations"][0]
+    assert op["location"] == ["layout", "images", 1, "source"] and op["params"]["value"].startswith("data:image/png")
     grid = projections.selection_grid(world.svc, selection, meta)
     assert f"{len(inside)} images" in text_of(grid)
     assert len(find(grid, lambda c: getattr(c, "src", "").startswith("/api/v1/images/"))) == len(inside)
+
+
+def test_the_empty_selection_image_is_a_transparent_pixel():
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(base64.b64decode(raster.NOTHING.split(",", 1)[1])))
+    assert img.size == (1, 1) and img.convert("RGBA").getpixel((0, 0))[3] == 0
 
 
 def test_webgl_selection_grid_shows_the_images_the_browser_sent(world):

@@ -72,7 +72,7 @@ def test_dash_layout_and_callbacks_are_served(client):
         assert needed in outputs, needed
     clientside = [d for d in deps if d.get("clientside_function")]
     assert {d["clientside_function"]["function_name"] for d in clientside} >= {
-        "linkSelection", "rasterSelection", "hoverThumb", "uploadFile", "downloadImage", "downloadData", "navActive"}
+        "linkMaps", "hoverThumb", "uploadFile", "downloadImage", "downloadData", "navActive"}
 
 
 def test_a_callback_runs_through_the_app(client):

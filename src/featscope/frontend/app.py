@@ -37,7 +37,22 @@ def attach_dashboard(api: FastAPI) -> Dash:
     for module in (*SHARED, *modules):
         wiring.register(app, module, services)
     routes.install(api, app)
+    _warm_rasters(services)
     return app
+
+
+def _warm_rasters(services: Services) -> None:
+    """Compile datashader's kernels in the background when the catalog has a set big enough to be drawn as a
+    raster, so its first projection page does not wait for them (numba compiles on first use, about 2 s)."""
+    from sqlalchemy import func, select
+
+    from featscope.catalog import EmbeddingSet
+    from featscope.frontend import raster
+
+    with services.ctx.session() as s:
+        largest = s.scalar(select(func.max(EmbeddingSet.n))) or 0
+    if largest > raster.RASTER_ABOVE:
+        raster.warm_up()
 
 
 def shell(token: bool) -> html.Div:

@@ -20,6 +20,8 @@ RASTER_ABOVE = 100_000
 SAMPLE = 20_000
 WIDTH, HEIGHT = 900, 720
 HIGHLIGHT = "#111827"
+# A 1 x 1 transparent PNG: the selection image's source while nothing is selected.
+NOTHING = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGBgAAAABQABpfZFQAAAAABJRU5ErkJggg=="
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,9 @@ class Frame:
 
     @classmethod
     def of(cls, coords: np.ndarray, pad: float = 0.03) -> "Frame":
-        lo, hi = np.nanmin(coords, axis=0).astype(float), np.nanmax(coords, axis=0).astype(float)
+        lo, hi = coords.min(axis=0).astype(float), coords.max(axis=0).astype(float)
+        if not (np.isfinite(lo).all() and np.isfinite(hi).all()):  # NaN rows: the slower NaN-aware pass
+            lo, hi = np.nanmin(coords, axis=0).astype(float), np.nanmax(coords, axis=0).astype(float)
         span = np.maximum(hi - lo, 1e-9)
         lo, hi = lo - pad * span, hi + pad * span
         return cls(float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
@@ -45,10 +49,15 @@ class Frame:
 
 @functools.lru_cache(maxsize=1)
 def warm_up() -> threading.Thread:
-    """Compile datashader's kernels once per process in the background (numba: about 2 s on first use)."""
-    thread = threading.Thread(target=lambda: render_categories(np.zeros((8, 2), np.float32), np.zeros(8, np.int16),
-                                                               ["#000000"], Frame(-1, 1, -1, 1)),
-                              name="featscope-datashader-warmup", daemon=True)
+    """In the background, once per process: import what a large projection page needs and compile
+    datashader's kernels (numba compiles on first use; together several seconds)."""
+
+    def warm() -> None:
+        import featscope.analysis.projection  # noqa: F401 - faiss, scipy, scikit-learn
+        render_categories(np.zeros((8, 2), np.float32), np.zeros(8, np.int16), ["#000000"], Frame(-1, 1, -1, 1))
+        render_mask(np.zeros((8, 2), np.float32), np.ones(8, bool), Frame(-1, 1, -1, 1))
+
+    thread = threading.Thread(target=warm, name="featscope-datashader-warmup", daemon=True)
     thread.start()
     return thread
 
@@ -99,7 +108,7 @@ def render_mask(coords: np.ndarray, mask: np.ndarray, frame: Frame, colour: str 
 
 def _png_uri(image) -> str:
     buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=False)
+    image.save(buf, format="PNG", compress_level=1)  # encoding time matters more than a few hundred kB
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -36,13 +35,8 @@ def palette(n: int) -> list[str]:
     return [PALETTE[i % len(PALETTE)] for i in range(n)]
 
 
-def discrete_scale(colours: list[str]) -> list[list[Any]]:
-    """A step colour scale so integer codes 0..n-1 (cmin -0.5, cmax n-0.5) map to exactly one colour each."""
-    n = max(1, len(colours))
-    scale: list[list[Any]] = []
-    for i, c in enumerate(colours):
-        scale += [[i / n, c], [(i + 1) / n, c]]
-    return scale or [[0, "#9ca3af"], [1, "#9ca3af"]]
+MAX_GROUPS = len(PALETTE)
+NO_LABEL = "#9ca3af"
 
 
 @dataclass(frozen=True)
@@ -54,33 +48,74 @@ class Colouring:
     classes: tuple[str, ...] = ()
     values: np.ndarray | None = None
 
-    def marker(self, rows: np.ndarray | slice) -> dict[str, Any]:
+    def groups(self, n: int) -> list[tuple[str, str, np.ndarray]]:
+        """(name, colour, rows) of each trace: every row in exactly one, rows ascending within it.
+
+        One uniformly coloured trace per class (the 19 largest, then "other classes") or per agreement
+        level, rather than one trace with a colour per point: Plotly restyles a selection of a
+        per-point-coloured WebGL trace about ten times slower (1.5 s against 0.17 s at 100k points)."""
         if self.mode == "agreement" and self.values is not None:
-            return {"color": typed(self.values[rows].astype(np.float32)), "colorscale": _scale(AGREEMENT_SCALE),
-                    "cmin": 0, "cmax": 1, "colorbar": {"title": {"text": "k-NN<br>overlap"}, "thickness": 12, "len": 0.6}}
+            return self._agreement_groups(n)
         if self.codes is None or not self.classes:
-            return {"color": "#6b7280"}
-        codes = self.codes[rows].astype(np.int16)
-        colours = palette(len(self.classes)) + ["#9ca3af"]
-        codes = np.where(codes < 0, len(colours) - 1, codes).astype(np.int16)
-        return {"color": typed(codes), "colorscale": discrete_scale(colours), "cmin": -0.5, "cmax": len(colours) - 0.5}
+            return [("images", "#4e79a7", np.arange(n))]
+        codes = np.asarray(self.codes[:n], dtype=np.int64)
+        counts = np.bincount(codes[codes >= 0], minlength=len(self.classes))
+        ranked = [int(c) for c in np.argsort(-counts, kind="stable") if counts[c] > 0]
+        own = sorted(ranked[:MAX_GROUPS - 1])
+        colours = palette(len(self.classes))
+        groups = [(self.classes[c], colours[c], np.flatnonzero(codes == c)) for c in own]
+        rest = np.flatnonzero((codes >= 0) & ~np.isin(codes, own))
+        if len(rest):
+            groups.append((f"{len(ranked) - len(own)} other classes", "#7f7f7f", rest))
+        unlabelled = np.flatnonzero(codes < 0)
+        if len(unlabelled):
+            groups.append(("no label", NO_LABEL, unlabelled))
+        return groups
+
+    def _agreement_groups(self, n: int) -> list[tuple[str, str, np.ndarray]]:
+        values = np.asarray(self.values[:n], dtype=np.float64)
+        levels = np.unique(np.round(values[np.isfinite(values)], 4))
+        if len(levels) > 11:  # a k above 10: 11 equal bins
+            edges = np.linspace(0, 1, 12)
+            bins = np.clip(np.digitize(values, edges[1:-1]), 0, 10)
+            names = [f"overlap {edges[i]:.2f}–{edges[i + 1]:.2f}" for i in range(11)]
+            centres = (edges[:-1] + edges[1:]) / 2
+        else:
+            bins = np.searchsorted(levels, np.round(values, 4))
+            names, centres = [f"overlap {v:.2f}" for v in levels], levels
+        groups = [(names[i], _interpolate(AGREEMENT_SCALE, float(centres[i])), np.flatnonzero(bins == i))
+                  for i in range(len(names))]
+        missing = np.flatnonzero(~np.isfinite(values))
+        if len(missing):
+            groups.append(("no value", NO_LABEL, missing))
+        return [g for g in groups if len(g[2])]
 
 
-def _scale(colours: list[str]) -> list[list[Any]]:
-    return [[i / (len(colours) - 1), c] for i, c in enumerate(colours)]
+def _interpolate(colours: list[str], t: float) -> str:
+    """The colour at ``t`` in [0, 1] along ``colours`` (hex), linearly in RGB."""
+    pos = min(max(t, 0.0), 1.0) * (len(colours) - 1)
+    i = min(int(pos), len(colours) - 2)
+    f = pos - i
+    a, b = (np.array([int(c[k:k + 2], 16) for k in (1, 3, 5)], dtype=float) for c in colours[i:i + 2])
+    r, g, bl = np.rint(a + (b - a) * f).astype(int)
+    return f"#{r:02x}{g:02x}{bl:02x}"
 
 
 def map_figure(coords: np.ndarray, ids: np.ndarray, colouring: Colouring, role: str, colour: str, *,
                marker_size: float | None = None) -> dict:
-    """The WebGL map: every point, lasso by default, the other map's selection shown with ``selectedpoints``."""
+    """The WebGL map: every point in one trace per colour group, lasso by default; maps A and B of one
+    projection have the same groups in the same order, so (trace, point) is the same image in both."""
     n = len(coords)
     size = marker_size or (7 if n <= 2_000 else 5 if n <= 20_000 else 3 if n <= 100_000 else 2)
-    marker = {"size": size, "opacity": 0.85 if n > 20_000 else 0.9, **colouring.marker(slice(None))}
-    trace = {"type": "scattergl", "mode": "markers", "x": typed(coords[:, 0].astype(np.float32)),
-             "y": typed(coords[:, 1].astype(np.float32)), "customdata": typed(ids.astype(np.int32)),
-             "marker": marker, "hoverinfo": "none", "name": role,
-             "selected": {"marker": {"opacity": 1.0}}, "unselected": {"marker": {"opacity": 0.07}}}
-    return {"data": [trace], "layout": _map_layout(role, colour)}
+    opacity = 0.85 if n > 20_000 else 0.9
+    traces = []
+    for name, col, rows in colouring.groups(n):
+        traces.append({"type": "scattergl", "mode": "markers", "name": name,
+                       "x": typed(coords[rows, 0].astype(np.float32)), "y": typed(coords[rows, 1].astype(np.float32)),
+                       "customdata": typed(ids[rows].astype(np.int32)), "hoverinfo": "none",
+                       "marker": {"size": size, "color": col, "opacity": opacity},
+                       "selected": {"marker": {"opacity": 1.0}}, "unselected": {"marker": {"opacity": 0.06}}})
+    return {"data": traces, "layout": _map_layout(role, colour)}
 
 
 def raster_figure(coords: np.ndarray, ids: np.ndarray, colouring: Colouring, role: str, colour: str,
@@ -96,7 +131,9 @@ def raster_figure(coords: np.ndarray, ids: np.ndarray, colouring: Colouring, rol
                "marker": {"size": 4, "opacity": 0.0, "color": "#111827"}, "hoverinfo": "none", "name": f"{role} sample",
                "selected": {"marker": {"opacity": 0.0}}, "unselected": {"marker": {"opacity": 0.0}}}
     layout = _map_layout(role, colour)
-    layout["images"] = [frame.layout_image(uri, "points")]
+    # images[1] holds the selection (drawn on the server over every point); empty until something is selected
+    layout["images"] = [frame.layout_image(uri, "points"), {**frame.layout_image(raster.NOTHING, "selection"),
+                                                             "layer": "above"}]
     layout["xaxis"] = {**layout["xaxis"], "range": [frame.x0, frame.x1]}
     layout["yaxis"] = {**layout["yaxis"], "range": [frame.y0, frame.y1]}
     return {"data": [overlay], "layout": layout}
@@ -110,8 +147,7 @@ def _map_layout(role: str, colour: str) -> dict:
                        uirevision=role, meta={"role": role})
 
 
-def legend_items(colouring: Colouring) -> list[tuple[str, str]]:
-    """(colour, name) per class for the HTML legend under the maps."""
-    if colouring.mode != "class" or not colouring.classes:
-        return []
-    return list(zip(palette(len(colouring.classes)), colouring.classes))
+def legend_items(colouring: Colouring, n: int) -> list[tuple[str, str]]:
+    """(colour, name) per colour group, for the HTML legend under the maps."""
+    groups = colouring.groups(n)
+    return [] if len(groups) == 1 and groups[0][0] == "images" else [(col, name) for name, col, _ in groups]

@@ -49,22 +49,50 @@
     return [cols.join(","), ...rows.map((r) => cols.map((c) => csvCell(r[c])).join(","))].join("\n") + "\n";
   }
 
-  // The linked selection: indices picked in one map, highlighted in the other (same row order in both).
-  function selectedIndices(selected) {
-    if (!selected || !selected.points) return null;
-    const idx = new Array(selected.points.length);
-    for (let i = 0; i < selected.points.length; i++) {
-      const p = selected.points[i];
-      idx[i] = p.pointIndex !== undefined ? p.pointIndex : p.pointNumber;
+  // The linked selection. Maps A and B hold the same images in the same traces and order, so a selected
+  // (trace, point) in one map is the same image in the other: per-trace point lists carry over unchanged.
+  function selectedByTrace(ev, nTraces) {
+    const lists = Array.from({length: nTraces}, () => []);
+    for (const p of (ev && ev.points) || []) {
+      const i = p.pointIndex !== undefined ? p.pointIndex : p.pointNumber;
+      if (lists[p.curveNumber]) lists[p.curveNumber].push(i);
     }
-    return idx;
+    return lists;
   }
 
-  function highlight(figId, indices) {
+  function highlight(figId, lists) {
     const gd = plotDiv(figId);
     if (!gd || !gd.data || !gd.data.length || !window.Plotly) return false;
-    window.Plotly.restyle(gd, {selectedpoints: [indices]}, [0]);
+    const traces = gd.data.map((_, i) => i);
+    const value = lists ? traces.map((i) => lists[i] || []) : traces.map(() => null);
+    window.Plotly.restyle(gd, {selectedpoints: value}, traces);
     return true;
+  }
+
+  function selectedIds(gd, lists, limit) {
+    const ids = [];
+    lists.forEach((rows, t) => {
+      const cd = gd._fullData[t] && gd._fullData[t].customdata;
+      for (let k = 0; cd && k < rows.length && ids.length < limit; k++) ids.push(Number(cd[rows[k]]));
+    });
+    return ids;
+  }
+
+  // One selection event, handled where it happens: the other map is restyled in the same event (no round
+  // through Dash's state, which would copy every selected point), then the page's stores are set for the
+  // thumbnail grid (WebGL) or for the server, which applies a raster map's lasso to every point.
+  function onSelected(from, toId, role, ev) {
+    const mode = from.__fsMode;
+    const set = window.dash_clientside.set_props;
+    if (mode === "webgl") {
+      const lists = ev ? selectedByTrace(ev, from.data.length) : null;
+      highlight(toId, lists);
+      const count = lists ? lists.reduce((n, l) => n + l.length, 0) : 0;
+      set("proj-selection", {data: {indices: count, image_ids: lists ? selectedIds(from, lists, 500) : [], from: role}});
+    } else if (mode === "raster") {
+      const shape = ev ? {range: ev.range || null, lassoPoints: ev.lassoPoints || null} : null;
+      set("proj-raster-select", {data: {from: role, selected: shape, at: Date.now()}});
+    }
   }
 
   window.dash_clientside = Object.assign({}, window.dash_clientside, {
@@ -103,48 +131,40 @@
         return "downloaded " + name + "." + t.fmt;
       },
 
-      // Projections: a selection in one map highlights the same images in the other, in the browser.
-      linkSelection: function (selA, selB, mode) {
-        if (mode !== "webgl") return [NO(), NO()];
-        const fromA = triggeredProp().startsWith("proj-a.");
-        const sel = fromA ? selA : selB;
-        const idx = selectedIndices(sel);
-        const started = performance.now();
-        highlight(fromA ? "proj-b" : "proj-a", idx);
-        window.fsHighlight = {ms: performance.now() - started, count: idx ? idx.length : 0, at: performance.now()};
-        // Typed arrays do not travel in Dash's event data: read the ids from the drawn trace.
-        const gd = plotDiv(fromA ? "proj-a" : "proj-b");
-        const cd = gd && gd._fullData && gd._fullData[0] ? gd._fullData[0].customdata : null;
-        const ids = [];
-        if (idx && cd) for (let i = 0; i < idx.length && ids.length < 500; i++) ids.push(Number(cd[idx[i]]));
-        return [{indices: idx ? idx.length : 0, image_ids: ids, from: fromA ? "A" : "B"}, ""];
+      // Called when the maps are (re)built: links them through Plotly listeners (attached once per map).
+      linkMaps: function (mode) {
+        const attach = (tries) => {
+          const a = plotDiv("proj-a"), b = plotDiv("proj-b");
+          if (!a || !b || !a.on || !b.on) {
+            if (tries > 0) setTimeout(() => attach(tries - 1), 100);
+            return;
+          }
+          for (const [from, to, role] of [[a, "proj-b", "A"], [b, "proj-a", "B"]]) {
+            from.__fsMode = mode;
+            if (from.__fsLinked) continue;
+            from.__fsLinked = true;
+            from.on("plotly_selected", (ev) => onSelected(from, to, role, ev));
+            from.on("plotly_deselect", () => onSelected(from, to, role, null));
+          }
+        };
+        attach(30);
+        return NO();
       },
 
-      // Raster maps: the lasso polygon or box goes to the server, which applies it to every point.
-      rasterSelection: function (selA, selB, mode) {
-        if (mode !== "raster") return NO();
-        const fromA = triggeredProp().startsWith("proj-a.");
-        const sel = fromA ? selA : selB;
-        const shape = sel ? {range: sel.range || null, lassoPoints: sel.lassoPoints || null} : null;
-        return {from: fromA ? "A" : "B", selected: shape, at: Date.now()};
-      },
-
-      hoverThumb: function (hoverA, hoverB, meta) {
+      hoverThumb: function (hoverA, hoverB) {
         const fromA = triggeredProp().startsWith("proj-a.");
         const hover = fromA ? hoverA : hoverB;
-        const hide = [false, NO(), NO(), NO()];
-        if (!hover || !hover.points || !hover.points.length) return fromA ? [...hide, NO(), NO(), NO(), NO()] : [NO(), NO(), NO(), NO(), ...hide];
+        const none = [NO(), NO(), NO(), NO()];
+        const hidden = [false, NO(), NO(), NO()];
+        if (!hover || !hover.points || !hover.points.length) return fromA ? [...hidden, ...none] : [...none, ...hidden];
         const p = hover.points[0];
         const gd = plotDiv(fromA ? "proj-a" : "proj-b");
         const trace = gd && gd._fullData ? gd._fullData[p.curveNumber || 0] : null;
         const n = p.pointIndex !== undefined ? p.pointIndex : p.pointNumber;
-        const id = trace && trace.customdata ? Number(trace.customdata[n]) : p.customdata;
-        if (id === undefined || id === null || Number.isNaN(id)) return [NO(), NO(), NO(), NO(), NO(), NO(), NO(), NO()];
-        const colours = trace && trace.marker ? trace.marker.color : null;
-        const code = colours && colours.length !== undefined && typeof colours !== "string" ? Number(colours[n]) : undefined;
-        const classes = (meta && meta.classes) || [];
-        const label = typeof code === "number" && classes[code] !== undefined ? classes[code] + " · " : "";
-        const shown = [true, p.bbox, "/api/v1/images/" + id + "/thumbnail?size=160", label + "image " + id];
+        const id = trace && trace.customdata ? Number(trace.customdata[n]) : Number(p.customdata);
+        if (!Number.isFinite(id)) return [...none, ...none];
+        const group = trace && trace.name && !/ sample$/.test(trace.name) ? trace.name + " · " : "";
+        const shown = [true, p.bbox, "/api/v1/images/" + id + "/thumbnail?size=160", group + "image " + id];
         return fromA ? [...shown, false, NO(), NO(), NO()] : [false, NO(), NO(), NO(), ...shown];
       },
 

@@ -100,7 +100,6 @@ def show(svc: Services, a: int | None, b: int | None, method: str, colour: str, 
         msg = empty_state("Pick two embedding sets of one data set", "Choose A and B above, or run a Compare on the "
                           "overview.", links=[("Overview", "/")])
         return (empty_figure(), empty_figure(), msg, None, None, None, *titles, [], tracked or {}, True)
-    raster.warm_up()
     labels = {"projection": f"{method} projection of A and B", "agreement": "neighbourhood agreement"}
     out, progress, idle = resolve(svc, "proj", needs_for(svc, a, b, method, colour), tracked, labels)
     if "projection" not in out.results or (colour == "agreement" and "agreement" not in out.results):
@@ -108,10 +107,9 @@ def show(svc: Services, a: int | None, b: int | None, method: str, colour: str, 
             html.Span("Computing the maps in the background; they appear here when the job is done.")
         return (empty_figure(), empty_figure(), msg, None, None, None, *titles, progress, out.tracked, idle)
     proj = out.results["projection"]
-    figs, status, legend, mode, classes = build_maps(svc, proj, out.results.get("agreement"), colour)
+    figs, status, legend, mode = build_maps(svc, proj, out.results.get("agreement"), colour)
     ia, ib = data.set_info(svc.ctx, a), data.set_info(svc.ctx, b)
-    meta = {"analysis": proj.id, "a": a, "b": b, "colour": colour, "n": len(proj.arrays["coords_0"]),
-            "classes": list(classes) if colour == "class" else []}
+    meta = {"analysis": proj.id, "a": a, "b": b, "colour": colour, "n": len(proj.arrays["coords_0"])}
     return (*figs, status, legend, mode, meta, f" {ia.backbone} · {data.tap_label(ia.tap)}/{ia.pooling}",
             f" {ib.backbone} · {data.tap_label(ib.tap)}/{ib.pooling}", progress, out.tracked, idle)
 
@@ -144,34 +142,34 @@ def build_maps(svc: Services, proj: AnalysisResult, agreement: AnalysisResult | 
         status = f"{n:,} images · {method} · WebGL: every point drawn in the browser"
         mode = "webgl"
     else:
+        from concurrent.futures import ThreadPoolExecutor
+
         sample = raster.sample_rows(n)
-        figs = (raster_figure(ca, table.ids, colouring, "A", COLOUR_A, raster.Frame.of(ca), sample),
-                raster_figure(cb, table.ids, colouring, "B", COLOUR_B, raster.Frame.of(cb), sample))
+        with ThreadPoolExecutor(2) as pool:  # datashader, numpy and PNG encoding release the GIL
+            futures = [pool.submit(raster_figure, c, table.ids, colouring, role, col, raster.Frame.of(c), sample)
+                       for c, role, col in ((ca, "A", COLOUR_A), (cb, "B", COLOUR_B))]
+            figs = tuple(f.result() for f in futures)
         status = (f"{n:,} images · {method} · drawn on the server (datashader); hover and lasso use a "
                   f"{len(sample):,}-point sample, and a selection is applied to all {n:,} points")
         mode = "raster"
     legend = [html.Span([html.Span(className="fs-legend-swatch", style={"background": c}), name],
-                        className="fs-legend-item") for c, name in legend_items(colouring)]
-    return figs, status, legend, mode, colouring.classes
+                        className="fs-legend-item") for c, name in legend_items(colouring, n)]
+    return figs, status, legend, mode
 
 
 CLIENTSIDE = [
-    clientside("linkSelection", Output("proj-selection", "data"), Output("proj-link-sink", "children"),
-               Input("proj-a", "selectedData"), Input("proj-b", "selectedData"), State("proj-mode", "data"),
-               prevent_initial_call=True),
-    clientside("rasterSelection", Output("proj-raster-select", "data"), Input("proj-a", "selectedData"),
-               Input("proj-b", "selectedData"), State("proj-mode", "data"), prevent_initial_call=True),
+    # links the maps (Plotly listeners); they set proj-selection (WebGL) or proj-raster-select (raster)
+    clientside("linkMaps", Output("proj-link-sink", "title"), Input("proj-mode", "data")),
     clientside("hoverThumb", Output("proj-a-tip", "show"), Output("proj-a-tip", "bbox"),
                Output("proj-a-tip-img", "src"), Output("proj-a-tip-caption", "children"),
                Output("proj-b-tip", "show"), Output("proj-b-tip", "bbox"),
                Output("proj-b-tip-img", "src"), Output("proj-b-tip-caption", "children"),
-               Input("proj-a", "hoverData"), Input("proj-b", "hoverData"), State("proj-meta", "data"),
-               prevent_initial_call=True),
+               Input("proj-a", "hoverData"), Input("proj-b", "hoverData"), prevent_initial_call=True),
 ]
 
 
 @callback(Output("proj-a", "figure", allow_duplicate=True), Output("proj-b", "figure", allow_duplicate=True),
-          Output("proj-selection", "data", allow_duplicate=True), Input("proj-raster-select", "data"),
+          Output("proj-selection", "data"), Input("proj-raster-select", "data"),
           State("proj-meta", "data"), prevent_initial_call=True)
 def raster_select(svc: Services, request: dict | None, meta: dict | None):
     """Raster maps: apply a lasso or box to every point and draw the selection over both maps."""
@@ -183,9 +181,8 @@ def raster_select(svc: Services, request: dict | None, meta: dict | None):
     patches = []
     for coords in (ca, cb):
         p = Patch()
-        frame = raster.Frame.of(coords)
-        p["layout"]["images"] = [] if mask is None else [frame.layout_image(
-            raster.render_mask(coords, mask, frame), "selection") | {"layer": "above"}]
+        p["layout"]["images"][1]["source"] = raster.NOTHING if mask is None or not mask.any() else \
+            raster.render_mask(coords, mask, raster.Frame.of(coords))
         patches.append(p)
     if mask is None:
         return patches[0], patches[1], {"count": 0, "rows": [], "from": request.get("from")}
