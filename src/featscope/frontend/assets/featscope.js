@@ -38,7 +38,9 @@
 
   function csvCell(v) {
     if (v === null || v === undefined) return "";
-    const s = typeof v === "object" ? JSON.stringify(v) : String(v);
+    let s = typeof v === "object" ? JSON.stringify(v) : String(v);
+    // a text cell a spreadsheet would run as a formula (file names come from users) is kept as text
+    if (typeof v === "string" && /^[=+\-@\t\r]/.test(s)) s = "'" + s;
     return /[",\n\r]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
   }
 
@@ -143,6 +145,11 @@
             from.__fsMode = mode;
             if (from.__fsLinked) continue;
             from.__fsLinked = true;
+            // dcc.Graph copies every selected point (selectedData) and every restyle - here the highlight's
+            // per-trace point lists (restyleData) - into Dash's state; nothing reads them and the copies
+            // cost more than the highlight itself, so these events of the maps are ours alone.
+            ["plotly_selected", "plotly_selecting", "plotly_deselect", "plotly_restyle"]
+              .forEach((e) => from.removeAllListeners(e));
             from.on("plotly_selected", (ev) => onSelected(from, to, role, ev));
             from.on("plotly_deselect", () => onSelected(from, to, role, null));
           }
