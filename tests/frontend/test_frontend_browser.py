@@ -89,7 +89,8 @@ def browser_page(server):
     errors: list[str] = []
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(tempfile.mkdtemp(prefix="fs-chromium-"), executable_path=CHROMIUM,
-                                                   headless=True, args=ARGS, viewport={"width": 1400, "height": 1000})
+                                                   headless=True, args=ARGS, viewport={"width": 1400, "height": 1000},
+                                                   accept_downloads=True)
         page = ctx.new_page()
         page.set_default_timeout(30_000)
         page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
@@ -157,6 +158,14 @@ def test_the_dashboard_end_to_end(server, browser_page):
                            "return gd && gd.data && gd.data.length === 6; }")
     assert page.evaluate("() => document.querySelector('#cm-fig .js-plotly-plot')._fullLayout.xaxis.type") == "log"
     assert "P(B | A) at K=" in page.text_content("#cm-stats")
+    # every figure downloads as PNG/SVG and its data as CSV/JSON
+    with page.expect_download() as got:
+        page.click('[id*="fs-dl-data"][id*="cm-fig"][id*="csv"]')
+    assert got.value.suggested_filename == "comembership.csv"
+    assert Path(got.value.path()).read_text().startswith("k,a_to_b_mean,a_to_b_std")
+    with page.expect_download() as got:
+        page.click('[id*="fs-dl-img"][id*="cm-fig"][id*="svg"]')
+    assert got.value.suggested_filename.endswith(".svg") and "<svg" in Path(got.value.path()).read_text()[:500]
     _no_errors(errors, "/comembership")
     _shot(page, root, "comembership")
 

@@ -153,3 +153,9 @@ def test_a_deep_link_as_the_first_request_gets_the_assets_and_the_validation_lay
     with TestClient(create_app(ServerSettings(data_dir=tmp_path / "d"))) as c:
         page = c.get("/pairs?a=1&b=2").text  # nothing requested before it
         assert "/assets/featscope.js" in page and '"validation_layout"' in page
+
+
+def test_with_a_token_the_docs_keep_their_own_401(locked):
+    for path in ("/openapi.json", "/docs"):
+        r = locked.get(path)
+        assert r.status_code == 401 and "API token" in r.json()["detail"]

@@ -38,8 +38,9 @@ def install(api: FastAPI, dash_app: Dash) -> None:
     api.add_api_route(LOGIN_PATH, _login_page(api), methods=["GET"], include_in_schema=False)
     api.add_api_route("/{path:path}", _deep_link(dash_app), methods=["GET"], include_in_schema=False)
     token = api.state.settings.token
-    if token:
-        api.add_middleware(DashboardGate, token=token)
+    if token:  # the API's paths and its docs keep their own guards (401 JSON, not the login page)
+        own = tuple(p for p in (api.docs_url, api.openapi_url, api.redoc_url) if p)
+        api.add_middleware(DashboardGate, token=token, passthrough=(API_ROOT + "/", *own))
 
 
 def _api_fallback(api: FastAPI):
@@ -110,17 +111,18 @@ def _login_page(api: FastAPI):
 
 class DashboardGate:
     """ASGI middleware: without the token or login cookie, pages redirect to ``/login`` and Dash's
-    endpoints (layout, callbacks, websocket) answer 401; ``/api`` paths are left to the API's own gate."""
+    endpoints (layout, callbacks, websocket) answer 401; ``passthrough`` paths (``/api``, the OpenAPI docs)
+    are left to the API's own guards."""
 
-    def __init__(self, app: ASGIApp, *, token: str) -> None:
-        self.app, self.token = app, token
+    def __init__(self, app: ASGIApp, *, token: str, passthrough: tuple[str, ...] = (API_ROOT + "/",)) -> None:
+        self.app, self.token, self.passthrough = app, token, passthrough
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        if (path.startswith(API_ROOT + "/") or path.startswith(OPEN_PREFIXES)
+        if (path.startswith(self.passthrough) or path.startswith(OPEN_PREFIXES)
                 or authorized(Request(scope), self.token)):
             await self.app(scope, receive, send)
             return
