@@ -54,6 +54,15 @@ def test_maskout_writes_the_probability_map(cli):
     assert "unmasked p(5)" in r.stdout and (out / "photo-maskout.png").exists()
     probs = np.load(out / "photo-maskout.npz")["probs"]
     assert probs.shape == (4, 4) and ((0 <= probs) & (probs <= 1)).all()
+    assert f"drawn on the relative scale {probs.min():.4g}..{probs.max():.4g}" in r.stdout
+    legend = json.loads((out / "photo-maskout.json").read_text())["legend"]
+    assert (legend["scale"], legend["low"], legend["high"]) == ("relative", probs.min(), probs.max())
+    r = invoke("maskout", str(root / "photo.jpg"), "-b", "a", "--target", "5", "--size", "8", "--stride", "8",
+               "--scale", "drop", "-o", str(root / "mo-drop"), "--json")
+    assert r.exit_code == 0, r.output
+    drop = json.loads(r.stdout)[0]
+    assert drop["cached"] and drop["legend"]["scale"] == "drop" and "drop in p(5)" in drop["legend"]["label"]
+    assert Image.open(root / "mo-drop" / "photo-maskout.png").size[1] > 40  # the colour bar under the image
     r = invoke("maskout", str(root / "photo.jpg"), "-b", "a", "--target", "5", "--size", "8", "--stride", "8",
                "--approx-margin", "1000", "-o", str(root / "mo-approx"), "--json")
     assert r.exit_code == 0, r.output
@@ -69,6 +78,8 @@ def test_map_errors_exit_2(cli):
     assert r.exit_code == 2 and "unknown class" in r.output
     r = invoke("heatmap", str(root / "nope.jpg"), "-b", "a")
     assert r.exit_code == 2 and "image file" in r.output
+    r = invoke("maskout", str(root / "photo.jpg"), "-b", "a", "--target", "5", "--size", "8", "--scale", "log")
+    assert r.exit_code == 2 and "scale must be one of relative, absolute, drop" in r.output
     r = invoke("maskout", str(root / "photo.jpg"), "-b", "a", "--target", "5", "--size", "8", "--fill", "mean")
     assert r.exit_code == 2 and "needs mean_pixel" in r.output
     r = invoke("maskout", str(root / "photo.jpg"), "-b", "a", "--target", "5", "--size", "8", "--fill", "mean",

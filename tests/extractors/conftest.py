@@ -135,13 +135,31 @@ def write_pickle(path: Path, obj: object) -> Path:
     return path
 
 
+def write_timm_folder(folder: Path, model: nn.Module, architecture: str, pretrained_cfg: dict,
+                      label_names: list[str] | None = None) -> Path:
+    """A timm model as timm's ``push_to_hf_hub`` lays it out: ``model.safetensors`` + ``config.json``
+    (``architecture``, ``num_classes``, ``num_features``, ``pretrained_cfg``, ``label_names``)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    cfg = {"architecture": architecture, "num_classes": model.num_classes, "num_features": model.num_features,
+           "pretrained_cfg": pretrained_cfg}
+    if label_names is not None:
+        cfg["label_names"] = label_names
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder / "model.safetensors"
+
+
 @pytest.fixture(scope="session")
 def tiny() -> SimpleNamespace:
     """The helpers above, as a fixture: test modules must not import conftest (two exist)."""
     return SimpleNamespace(randomize_bn=randomize_bn, make_resnet=make_resnet, frozen_copy=frozen_copy,
                            resnet_layer4=resnet_layer4, body_state=body_state,
                            to_detectron2_names=to_detectron2_names, to_caffe2_names=to_caffe2_names,
-                           write_pickle=write_pickle)
+                           write_pickle=write_pickle, write_timm_folder=write_timm_folder)
 
 
 @pytest.fixture(scope="session")

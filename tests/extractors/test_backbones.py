@@ -44,7 +44,7 @@ def test_run_source_is_not_there_yet() -> None:
 def test_argument_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown weights format"):
         load_backbone("torchvision:resnet18", weights_format="onnx")
-    with pytest.raises(ValueError, match="either --weights FILE or --random-init"):
+    with pytest.raises(ValueError, match=r"either a weights file \(--weights FILE.*or --random-init"):
         load_backbone("torchvision:resnet18", weights=tmp_path / "w.pth", random_init=True)
     with pytest.raises(ValueError, match="already names the architecture; drop --arch resnet50"):
         load_backbone("torchvision:resnet18", arch="resnet50", random_init=True)
@@ -302,6 +302,77 @@ def test_timm_weights_file(tmp_path: Path, x64: torch.Tensor, tiny: SimpleNamesp
     st.save_file(model.state_dict(), str(tmp_path / "timm_r18.safetensors"))
     again = load_backbone("timm:resnet18", weights=tmp_path / "timm_r18.safetensors")
     assert again.fingerprint == b.fingerprint
+
+
+# A pretrained_cfg unlike timm's resnet18 default (a1_in1k: bicubic, crop_pct 0.95), so it shows where it came from.
+_TIMM_CFG = {"input_size": [3, 64, 64], "interpolation": "bilinear", "crop_pct": 0.8, "crop_mode": "center",
+             "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "num_classes": 5, "classifier": "fc", "tag": "toy"}
+
+
+def test_checkpoint_of_a_timm_folder_uses_its_pretrained_cfg(tmp_path: Path, x64: torch.Tensor,
+                                                             tiny: SimpleNamespace) -> None:
+    """timm's hub layout (weights + config.json): `checkpoint:` builds the timm model with the config's
+    pretrained_cfg and preprocesses as it says, exactly as `timm:NAME --weights FILE` does."""
+    torch.manual_seed(0)
+    model = tiny.randomize_bn(timm.create_model("resnet18", pretrained=False, num_classes=5)).eval()
+    path = tiny.write_timm_folder(tmp_path / "hub", model, "resnet18", _TIMM_CFG, list("abcde"))
+    want = Preprocess(resize=80, crop=64, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), interpolation="bilinear")
+    ck = load_backbone(f"checkpoint:{path}")
+    named = load_backbone("timm:resnet18", weights=path)
+    for b in (ck, named):
+        assert b.preprocess == want and b.class_names == list("abcde") and b.weights_format == "timm"
+        assert b.model.__class__.__module__.startswith("timm.") and b.model.pretrained_cfg["tag"] == "toy"
+        with torch.no_grad():
+            assert torch.equal(layer4(b, x64), model.forward_features(x64))
+            assert torch.allclose(b.classifier(pool(layer4(b, x64), "avg")), model(x64), rtol=1e-5, atol=1e-5)
+    assert ck.fingerprint == named.fingerprint and ck.arch == "resnet18"
+
+
+def test_checkpoint_of_a_timm_file_gets_timm_preprocessing(tmp_path: Path, tiny: SimpleNamespace) -> None:
+    """A timm state dict without config: named as timm's (--weights-format timm), or with keys only timm's
+    variant of a name both zoos know has, it is built by timm and preprocessed by its pretrained_cfg."""
+    torch.manual_seed(0)
+    r18 = tiny.randomize_bn(timm.create_model("resnet18", pretrained=False)).eval()
+    torch.save(r18.state_dict(), tmp_path / "timm_r18.pth")
+    forced = load_backbone(f"checkpoint:{tmp_path / 'timm_r18.pth'}", weights_format="timm")
+    named = load_backbone("timm:resnet18", weights=tmp_path / "timm_r18.pth")
+    assert forced.preprocess == named.preprocess and forced.preprocess.interpolation == "bicubic"
+    assert forced.model.__class__.__module__.startswith("timm.") and forced.fingerprint == named.fingerprint
+    # same keys as torchvision's ResNet-18: without a hint it stays torchvision's (documented)
+    assert load_backbone(f"checkpoint:{tmp_path / 'timm_r18.pth'}").preprocess == Preprocess()
+
+    eff = timm.create_model("efficientnet_b0", pretrained=False).eval()  # torchvision has efficientnet_b0 too
+    torch.save(eff.state_dict(), tmp_path / "timm_eff.pth")
+    b = load_backbone(f"checkpoint:{tmp_path / 'timm_eff.pth'}", arch="efficientnet_b0")
+    assert b.model.__class__.__module__.startswith("timm.") and b.weights_format == "timm"
+    assert b.preprocess == load_backbone("timm:efficientnet_b0", weights=tmp_path / "timm_eff.pth").preprocess
+    tv = torchvision.models.efficientnet_b0().eval()
+    torch.save(tv.state_dict(), tmp_path / "tv_eff.pth")
+    assert load_backbone(f"checkpoint:{tmp_path / 'tv_eff.pth'}", arch="efficientnet_b0").model.__class__.__module__ \
+        .startswith("torchvision.")
+
+
+def test_an_official_file_passed_by_hand_brings_its_classes_and_transform(empty_hub: Path, monkeypatch, r18: nn.Module,
+                                                                        tmp_path: Path) -> None:
+    """`--weights resnet18-<hash>.pth` (the official file, anywhere) loads as it does from the hub cache."""
+    staging = tmp_path / "staging.pth"
+    torch.save(r18.state_dict(), staging)
+    digest = hashlib.sha256(staging.read_bytes()).hexdigest()[:8]
+    official = tmp_path / f"resnet18-{digest}.pth"
+    staging.rename(official)
+    entry = SimpleNamespace(url=f"https://download.pytorch.org/models/{official.name}",
+                            meta={"categories": [f"class{i}" for i in range(1000)]},
+                            transforms=functools.partial(ImageClassification, crop_size=64, resize_size=72))
+    monkeypatch.setattr(backbones, "_official_entries", lambda name: [entry])
+    b = load_backbone("torchvision:resnet18", weights=official)
+    assert b.class_names[5] == "class5" and b.preprocess == Preprocess(resize=72, crop=64)
+    renamed = tmp_path / "mine.pth"
+    official.rename(renamed)
+    plain = load_backbone("torchvision:resnet18", weights=renamed)
+    assert plain.class_names is None and plain.preprocess == Preprocess() and plain.fingerprint == b.fingerprint
+    (tmp_path / official.name).write_bytes(renamed.read_bytes()[:-1] + b"x")  # official name, other bytes
+    with pytest.raises(CheckpointError, match="does not match the checksum"):
+        load_backbone("torchvision:resnet18", weights=tmp_path / official.name)
 
 
 def test_random_init_is_seeded_and_fingerprinted() -> None:

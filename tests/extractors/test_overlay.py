@@ -151,3 +151,48 @@ def test_save_helpers_round_trip(tmp_path: Path):
         np.testing.assert_array_equal(z["heat"], arrays["heat"])
         np.testing.assert_array_equal(z["channels"], np.arange(3))
     np.testing.assert_array_equal(np.load(save_arrays(tmp_path / "heat.npy", ramp())), ramp())
+
+
+# --- scales and colour bars ---------------------------------------------------------------------
+
+def test_rescale_spreads_a_narrow_map_over_the_colour_map():
+    """A probability map spanning 0.008..0.012 is nearly one colour on 0..1 and every colour on its own range."""
+    p = 0.008 + 0.004 * ramp()
+    on_01 = colormap(p, "jet")
+    assert np.abs(on_01.astype(int) - on_01[0, 0].astype(int)).max() <= 4  # of 255: one colour
+    own = ov.rescale(p, 0.008, 0.012)
+    np.testing.assert_allclose(own, ramp(), atol=1e-6)
+    assert (colormap(own, "jet")[0, 0] == colormap([0.0], "jet")[0]).all()
+    assert (colormap(own, "jet")[0, -1] == colormap([1.0], "jet")[0]).all()
+    with_nan = p.copy()
+    with_nan[0, 0] = np.nan
+    assert np.isnan(ov.rescale(with_nan, 0.008, 0.012)[0, 0])
+    assert (ov.rescale(p, 0.5, 0.5) == 0).all() and (ov.rescale(p, 0.0, 0.001) == 1).all()
+
+
+def test_tick_labels_tell_close_values_apart():
+    assert ov.tick_labels(0.008, 0.012) == ["0.008", "0.01", "0.012"]
+    assert ov.tick_labels(0.0, 1.0) == ["0", "0.5", "1"]
+    assert ov.tick_labels(0.30001, 0.30003) == ["0.30001", "0.30002", "0.30003"]
+    assert ov.tick_labels(0.2, 0.2) == ["0.2", "0.2", "0.2"]
+
+
+def test_colorbar_runs_from_low_to_high_under_the_image():
+    img = picture(60, 40)
+    out = ov.with_colorbar(img, 0.008, 0.012, cmap="jet", label="p(camel)", min_width=120)
+    arr = np.asarray(out)
+    assert out.size[0] == 120 and out.size[1] > 40 + 12
+    assert np.array_equal(arr[:40, :60], np.asarray(img)) and (arr[:40, 60:] == 255).all()
+    bar = np.asarray(ov.colorbar(0.008, 0.012, cmap="jet", width=120, label="p(camel)"))
+    row = next(y for y in range(bar.shape[0]) if (bar[y, 6:114] != 255).any(axis=-1).all())  # the colour strip
+    assert (bar[row, 6] == colormap([0.0], "jet")[0]).all() and (bar[row, 113] == colormap([1.0], "jet")[0]).all()
+    assert np.array_equal(arr[40:], bar)
+
+
+def test_difference_panel_limit_stretches_small_differences():
+    a, b = np.full((4, 4), 0.010, np.float32), np.full((4, 4), 0.008, np.float32)
+    faint, full = difference_panel(a, b), difference_panel(a, b, limit=0.002)
+    assert (np.asarray(full)[0, 0] == colormap([1.0], "RdBu_r")[0]).all()
+    assert np.abs(np.asarray(faint)[0, 0].astype(int) - colormap([0.5], "RdBu_r")[0].astype(int)).max() <= 2
+    with pytest.raises(ValueError, match="limit must be positive"):
+        difference_panel(a, b, limit=0)

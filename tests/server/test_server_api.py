@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import re
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -93,11 +95,24 @@ def test_dataset_scan_is_a_job_with_progress_and_the_same_paths_rules(client, wo
     assert r.status_code == 404
 
 
-def test_synth_dataset(client):
-    r = client.post(f"{API}/datasets/synth", json={"name": "tiny", "n_scenes": 3, "n_per_class": 2, "size": 32})
-    assert r.status_code == 201, r.text
-    assert sorted(d["name"] for d in r.json()) == ["tiny-objects", "tiny-scenes"]
+def test_synth_dataset_is_a_job_with_progress(client, world):
+    body = {"name": "tiny", "n_scenes": 3, "n_per_class": 2, "size": 32}
+    r = client.post(f"{API}/datasets/synth", json=body)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["kind"] == "dataset-synth" and job["state"] == "queued"
+    assert client.post(f"{API}/datasets/synth", json=body).json()["id"] == job["id"]
+    assert client.get(f"{API}/datasets/tiny-scenes").status_code == 404  # nothing generated in the request
+    assert not (world.settings.data_dir / "synth" / "tiny").exists()
+    run_queued(client)
+    done = client.get(f"{API}/jobs/{job['id']}").json()
+    assert done["state"] == "done" and done["progress"] == 1.0, done
+    assert sorted(done["result"]["names"]) == ["tiny-objects", "tiny-scenes"]
+    assert "images generated" in done["log_tail"] or "registered: tiny-scenes@1" in done["log_tail"]
+    for ds_id, n in zip(done["result"]["datasets"], done["result"]["n_images"]):
+        assert client.get(f"{API}/datasets/{ds_id}").json()["n_images"] == n > 0
     assert client.post(f"{API}/datasets/synth", json={"name": "../x"}).status_code == 422
+    assert client.post(f"{API}/datasets/synth", json={"n_scenes": 5000}).status_code == 422
 
 
 # ---------------------------------------------------------------- images
@@ -293,3 +308,168 @@ def test_map_errors(client):
     not_map = [j for j in extract_job if j["kind"] != "heatmap" and j["kind"] != "maskout"]
     if not_map:
         assert client.get(f"{API}/maps/{not_map[0]['id']}/overlay.png").status_code == 400
+
+
+# ---------------------------------------------------------------- one size convention
+def test_an_exif_rotated_jpeg_has_its_displayed_size_everywhere(client, world):
+    """Stored 320x240 with orientation 6 (rotate 90): the upload route, the folder scanner and a map of it all
+    say 240x320, the size a viewer shows."""
+    stored = Image.fromarray(np.tile(np.arange(320, dtype=np.uint8)[None, :, None], (240, 1, 3)))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    stored.save(buf, format="JPEG", exif=exif.tobytes())
+    folder = world.root / "allowed" / "rotated" / "x"
+    folder.mkdir(parents=True)
+    (folder / "turned.jpg").write_bytes(buf.getvalue())
+
+    up = client.post(f"{API}/uploads", files={"file": ("turned.jpg", buf.getvalue(), "image/jpeg")}).json()
+    assert (up["width"], up["height"]) == (240, 320)
+    ds = client.post(f"{API}/datasets", json={"path": str(folder.parent), "name": "rotated"}).json()
+    image = client.get(f"{API}/images", params={"dataset": ds["id"]}).json()["items"][0]
+    assert (image["width"], image["height"]) == (240, 320)
+    job = client.post(f"{API}/maps/heatmap", json={"backbone": "r18a", "upload_id": up["id"]}).json()
+    run_queued(client)
+    done = client.get(f"{API}/jobs/{job['id']}").json()
+    assert done["state"] == "done", done
+    assert done["result"]["data"]["geometry"]["original_size"] == [240, 320]
+    assert Image.open(io.BytesIO(client.get(f"{API}/maps/{job['id']}/overlay.png").content)).size == (240, 320)
+
+
+def test_taps_are_answered_from_the_registration_record(client, world, monkeypatch):
+    """GET /taps never loads the network; its shapes are the loaded network's. A row registered by an older
+    featscope (no record) gets a job that records them, then the same answer."""
+    from sqlalchemy import update
+
+    from featscope.catalog import Backbone as Row
+    from featscope.extractors import backbones as loader
+    from featscope.extractors.backbones import list_taps
+
+    want = list_taps(world.ws.load_backbone("r18b"))
+    monkeypatch.setattr(loader, "load_backbone", lambda *a, **k: pytest.fail("the request loaded the network"))
+    r = client.get(f"{API}/backbones/r18b/taps")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["input_size"] == 32 and body["aliases"]["conv5"] == "layer4"
+    assert [(t["name"], t["channels"], t["height"], t["width"], t["dims"]) for t in body["layers"]] == \
+        [(t.name, t.channels, t.height, t.width, t.dims) for t in want]
+    monkeypatch.undo()
+    with world.ws.ctx.session() as s:
+        s.execute(update(Row).where(Row.name == "r18b").values(network=None))
+    world.ws.ctx.networks.clear()
+    client.app.state.workspace.ctx.networks.clear()
+    r = client.get(f"{API}/backbones/r18b/taps")
+    assert r.status_code == 202 and r.json()["kind"] == "backbone-taps"
+    run_queued(client)
+    again = client.get(f"{API}/backbones/r18b/taps")
+    assert again.status_code == 200 and again.json() == body
+
+
+# ---------------------------------------------------------------- map requests checked at submit
+def _phrased_for_rest(detail: str) -> bool:
+    """A REST error may name a CLI flag or command only beside its REST spelling."""
+    flags_ok = all("REST" in detail[m.end():m.end() + 60] for m in re.finditer(r"(?<![\w-])--[a-z][a-z-]*", detail))
+    commands_ok = "`featscope " not in detail or "/api/v1/" in detail
+    return flags_ok and commands_ok
+
+
+def _upload(client, size=(50, 40)) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (20, 120, 200)).save(buf, format="PNG")
+    return client.post(f"{API}/uploads", files={"file": ("x.png", buf.getvalue(), "image/png")}).json()["id"]
+
+
+@pytest.fixture(scope="module")
+def body_only(client, world):
+    """A registered ResNet-18 body without a classifier (a detection backbone's situation)."""
+    import torch
+    import torchvision
+
+    path = world.root / "allowed" / "body.pth"
+    torch.save({k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")}, path)
+    r = client.post(f"{API}/backbones", json={"spec": f"checkpoint:{path}", "name": "body"})
+    assert r.status_code == 201, r.text
+    return "body"
+
+
+def test_map_requests_are_checked_before_a_job_is_queued(client, world, body_only):
+    up = _upload(client)
+    image_id = client.get(f"{API}/images", params={"dataset": "shapes", "limit": 1}).json()["items"][0]["id"]
+    before = client.get(f"{API}/jobs").json()["total"]
+    cases = [
+        ("heatmap", {"backbone": "r18a", "upload_id": up, "tap": "fc9"}, 400, "has no tap 'fc9'"),
+        ("heatmap", {"backbone": "r18a", "upload_id": up, "top_channels": 4000}, 400, "exceeds the 512 channels"),
+        ("heatmap", {"backbone": "r18a", "upload_id": up, "method": "gradcam", "target": "1000"}, 400, "unknown class"),
+        ("maskout", {"backbone": "r18a", "upload_id": up, "target": "3", "size": 40}, 400, "larger than the network"),
+        ("maskout", {"backbone": "r18a", "upload_id": up, "target": "3", "size": 8, "fill": "mean"}, 400, "mean_pixel"),
+        ("maskout", {"backbone": "r18a", "upload_id": up, "target": "camel", "size": 8}, 400, "unknown class"),
+        ("maskout", {"backbone": "r18a", "upload_id": up, "target": "0", "size": 8, "probe_dataset": "nope"}, 404,
+         "no data set 'nope'"),
+        ("maskout", {"backbone": body_only, "upload_id": up, "target": "a", "size": 8}, 400, "probe_dataset"),
+        ("maskout", {"backbone": body_only, "upload_id": up, "target": "a", "size": 8, "probe_dataset": "shapes"}, 404,
+         "POST /api/v1/embedding-sets/extract"),
+        ("heatmap", {"backbone": body_only, "image_id": image_id, "method": "gradcam"}, 404, "layer4/avg embeddings"),
+        ("heatmap", {"backbone": "nope", "upload_id": up}, 404, "no backbone 'nope'"),
+    ]
+    for kind, body, status, words in cases:
+        r = client.post(f"{API}/maps/{kind}", json=body)
+        assert r.status_code == status and words in r.json()["detail"], (body, r.text)
+        assert _phrased_for_rest(r.json()["detail"]), r.json()["detail"]
+    assert client.get(f"{API}/jobs").json()["total"] == before  # nothing was queued
+
+
+def test_gradcam_without_a_target_explains_the_top_class(client, world):
+    up = _upload(client)
+    r = client.post(f"{API}/maps/heatmap", json={"backbone": "r18a", "upload_id": up, "method": "gradcam"})
+    assert r.status_code == 202, r.text
+    run_queued(client)
+    done = client.get(f"{API}/jobs/{r.json()['id']}").json()
+    assert done["state"] == "done", done
+    data = done["result"]["data"]
+    assert data["target_chosen"] == "top-scoring" and data["class_name"] == str(data["target"])
+
+
+def test_maskout_overlay_scales(client, world):
+    up = _upload(client)
+    r = client.post(f"{API}/maps/maskout", json={"backbone": "r18a", "upload_id": up, "target": "4", "size": 8,
+                                                 "stride": 8})
+    run_queued(client)
+    done = client.get(f"{API}/jobs/{r.json()['id']}").json()
+    assert done["state"] == "done", done
+    legend = done["result"]["legend"]
+    assert legend["scale"] == "relative" and legend["low"] == done["result"]["data"]["min_probability"]
+    default = client.get(f"{API}/maps/{done['id']}/overlay.png").content
+    absolute = client.get(f"{API}/maps/{done['id']}/overlay.png", params={"scale": "absolute"}).content
+    drop = client.get(f"{API}/maps/{done['id']}/overlay.png", params={"scale": "drop"}).content
+    assert len({default, absolute, drop}) == 3
+    img = Image.open(io.BytesIO(default))
+    assert img.size[0] == 200 and img.size[1] > 40  # the image with a colour bar below it
+    assert client.get(f"{API}/maps/{done['id']}/overlay.png", params={"scale": "log"}).status_code == 422
+    heat = client.post(f"{API}/maps/heatmap", json={"backbone": "r18a", "upload_id": up}).json()
+    run_queued(client)
+    assert client.get(f"{API}/maps/{heat['id']}/overlay.png", params={"scale": "drop"}).status_code == 400
+
+
+def test_analysis_requests_are_checked_before_a_job_is_queued(client, world, make_images):
+    """Parameters the computation would refuse (k >= N, perplexity >= N/3, a sample smaller than K, a probe on
+    unlabelled images) are a 400 at once, never a job that fails in the worker."""
+    a, b = world.sets[0].id, world.sets[1].id  # 18 images each
+    plain = make_images(world.root / "allowed" / "plain" / "only", {"x": 4}, size=32).parent
+    ds = client.post(f"{API}/datasets", json={"path": str(plain / "only"), "format": "folder", "name": "plain"}).json()
+    [unlabelled] = world.ws.extract("r18a", ds["id"])
+    before = client.get(f"{API}/jobs").json()["total"]
+    cases = [
+        ("similarity", {"a": a, "b": b, "k": 18}, "k must be an integer from 1 to 17"),
+        ("agreement", {"a": a, "b": b, "k": 40}, "k must be"),
+        ("closest", {"embedding_sets": [a], "k": 18}, "k must be"),
+        ("contrast", {"a": a, "b": b, "definition": "clusters", "k_large": 100}, "k_large must be"),
+        ("comembership", {"a": a, "b": b, "ks": [2, 10], "sample": 3}, "sample must be"),
+        ("projection", {"embedding_sets": [a], "perplexity": 10}, "perplexity must be in (0, N/3)"),
+        ("projection", {"embedding_sets": [a], "method": "umap", "n_neighbors": 30}, "n_neighbors must be"),
+        ("probe", {"embedding_set": unlabelled.id}, "no class label"),
+    ]
+    for kind, body, words in cases:
+        r = client.post(f"{API}/analyses/{kind}", json=body)
+        assert r.status_code == 400 and words in r.json()["detail"], (kind, r.text)
+        assert _phrased_for_rest(r.json()["detail"])
+    assert client.get(f"{API}/jobs").json()["total"] == before

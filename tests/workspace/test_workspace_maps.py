@@ -77,11 +77,30 @@ def test_gradcam_uses_the_backbones_classifier(mapped):
     bb = ws.load_backbone("cls")
     ref = gradcam_map(classifier_for(bb), bb, root / "wide.png", 7)
     np.testing.assert_allclose(res.arrays["raw"], ref.raw, rtol=1e-4, atol=1e-6)
-    assert res.data["head"] == "classifier" and res.data["target"] == 7
-    with pytest.raises(ValueError, match="--target"):
-        ws.heatmap("cls", root / "wide.png", method="gradcam")
+    assert res.data["head"] == "classifier" and res.data["target"] == 7 and res.data["target_chosen"] == "given"
     with pytest.raises(ValueError, match="unknown method"):
         ws.heatmap("cls", root / "wide.png", method="occlusion")
+
+
+def test_gradcam_without_a_target_explains_the_top_scoring_class(mapped):
+    """As pytorch-grad-cam does without targets: the arg-max class, named in the result."""
+    import torch
+
+    from featscope.datasets.images import load_rgb
+    from featscope.extractors.activations import gradcam_map
+    from featscope.extractors.heads import classifier_for
+
+    ws, root = mapped
+    bb = ws.load_backbone("cls")
+    clf = classifier_for(bb)
+    with torch.no_grad():
+        top = int(clf.net(bb.preprocess.normalize(bb.preprocess.to_uint8(load_rgb(root / "wide.png"))[None])).argmax())
+    res = ws.heatmap("cls", root / "wide.png", method="gradcam")
+    assert res.data["target"] == top and res.data["target_chosen"] == "top-scoring"
+    assert res.data["class_name"] == str(top) and res.params["target"] is None
+    ref = gradcam_map(clf, bb, root / "wide.png", top)
+    np.testing.assert_allclose(res.arrays["raw"], ref.raw, rtol=1e-4, atol=1e-6)
+    assert ws.heatmap("cls", root / "wide.png", method="gradcam").cached
 
 
 def test_maskout_equals_the_extractor_and_draws_on_the_original(mapped):
@@ -96,12 +115,41 @@ def test_maskout_equals_the_extractor_and_draws_on_the_original(mapped):
                       preprocess=bb.preprocess, size=8, stride=8)
     np.testing.assert_allclose(res.arrays["probs"], ref.probs, atol=1e-6)
     assert res.data["unmasked_probability"] == pytest.approx(ref.unmasked, abs=1e-6)
-    assert res.heat.shape == (50, 80) and res.overlay().size == (80, 50)
+    assert res.heat.shape == (50, 80)
     inside = ~np.isnan(res.heat)
     assert inside.any() and (~inside).any()  # the crop of a wide image leaves its sides out
     assert ws.maskout("cls", root / "wide.png", target=3, size=8, stride=8).cached
     approx = ws.maskout("cls", root / "wide.png", target=3, size=8, stride=8, approx_margin=0)
     assert not approx.cached and approx.params["approx_margin"] == 0 and "approximate" in approx.data["engine"]
+
+
+def test_maskout_scales_are_drawn_with_a_colour_bar_that_states_them(mapped, monkeypatch):
+    """relative (default): the map's own probability range uses every colour; absolute: 0..1; drop: the fall
+    from the unmasked probability. One stored map, redrawn per scale without the network."""
+    from featscope.datasets.images import load_rgb
+    from featscope.extractors.overlay import overlay, rescale
+    from featscope.workspace import maps
+
+    ws, root = mapped
+    res = ws.maskout("cls", root / "wide.png", target=2, size=8, stride=8)
+    probs, heat, u = res.arrays["probs"], res.heat, res.data["unmasked_probability"]
+    assert res.params["scale"] == "relative" and np.ptp(probs) > 0
+    assert (res.legend["low"], res.legend["high"]) == (float(probs.min()), float(probs.max()))
+    drawn = np.asarray(res.overlay())
+    assert drawn.shape[1] == 200 and drawn.shape[0] > 50 + 20  # the image, a colour bar below it
+    want = overlay(load_rgb(root / "wide.png"), rescale(heat, probs.min(), probs.max()))
+    assert np.array_equal(drawn[:50, :80], np.asarray(want))
+    monkeypatch.setattr(maps, "open_backbone", lambda *a, **k: pytest.fail("a redraw must not load the network"))
+    absolute = ws.maskout("cls", root / "wide.png", target=2, size=8, stride=8, scale="absolute")
+    assert absolute.cached and absolute.artifact_key == res.artifact_key
+    assert (absolute.legend["low"], absolute.legend["high"]) == (0.0, 1.0)
+    assert np.array_equal(np.asarray(absolute.overlay())[:50, :80],
+                          np.asarray(overlay(load_rgb(root / "wide.png"), heat)))
+    drop = ws.maskout("cls", root / "wide.png", target=2, size=8, stride=8, scale="drop")
+    assert drop.legend["low"] == pytest.approx(u - probs.max()) and drop.legend["high"] == pytest.approx(u - probs.min())
+    assert "drop" in drop.legend["label"] and drop.overlay_png not in (res.overlay_png, absolute.overlay_png)
+    with pytest.raises(ValueError, match="scale must be one of relative, absolute, drop"):
+        ws.maskout("cls", root / "wide.png", target=2, size=8, stride=8, scale="log")
 
 
 def test_mean_fill_uses_the_given_mean_pixel_through_a_caffe_preprocess(mapped):

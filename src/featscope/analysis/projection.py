@@ -69,6 +69,42 @@ def _resolve_n_jobs(n_jobs: int, n: int | None = None) -> int:
     return int(n_jobs)
 
 
+def check_params(n: int, d: int, method: str, *, n_components: int = 2, perplexity: float = 30.0,
+                 n_neighbors: int = 15, min_dist: float = 0.1, pca_dims: int | None = 50, metric: str = "cosine",
+                 n_iter: int = 500, early_exaggeration_iter: int = 250, fft_ints_in_interval: float = 1.5,
+                 fft_min_intervals: int = 30) -> None:
+    """Refuse parameters :func:`project` cannot use on ``n`` points of ``d`` dimensions (ValueError saying
+    why); cheap, so a caller can check a request before it loads any vectors."""
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if metric not in _METRICS:
+        raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
+    if not isinstance(n_components, (int, np.integer)) or n_components < 1:
+        raise ValueError(f"n_components must be a positive int, got {n_components!r}")
+    if n <= n_components + 1:
+        raise ValueError(f"need more than n_components + 1 = {n_components + 1} rows to project, got N={n}")
+    if method == "pca" and n_components > min(n, d):
+        raise ValueError(f"PCA gives at most min(N, D) = {min(n, d)} components; lower n_components")
+    if pca_dims is not None and (not isinstance(pca_dims, (int, np.integer)) or pca_dims < n_components):
+        raise ValueError(f"pca_dims must be None or an int >= n_components ({n_components}), "
+                         f"got {pca_dims!r}")
+    if method == "tsne":
+        if not perplexity > 0 or not perplexity < n / 3:
+            raise ValueError(f"perplexity must be in (0, N/3) = (0, {n / 3:.1f}) for N={n} points, "
+                             f"got {perplexity}; lower perplexity (5-50 is usual) or project more points")
+        if n_iter < 1 or early_exaggeration_iter < 0:
+            raise ValueError("n_iter must be >= 1 and early_exaggeration_iter >= 0")
+        if not fft_ints_in_interval > 0 or not isinstance(fft_min_intervals, (int, np.integer)) \
+                or fft_min_intervals < 1:
+            raise ValueError(f"fft_ints_in_interval must be > 0 and fft_min_intervals a positive int, got "
+                             f"{fft_ints_in_interval!r} and {fft_min_intervals!r}")
+    if method == "umap":
+        if not 2 <= n_neighbors < n:
+            raise ValueError(f"n_neighbors must be in [2, N) = [2, {n}), got {n_neighbors}")
+        if min_dist < 0:
+            raise ValueError(f"min_dist must be >= 0, got {min_dist}")
+
+
 def project(x: np.ndarray, method: Method = "tsne", *, n_components: int = 2, perplexity: float = 30.0,
             n_neighbors: int = 15, min_dist: float = 0.1, pca_dims: int | None = 50, seed: int | None = 0,
             n_jobs: int = -1, metric: Metric = "cosine", n_iter: int = 500,
@@ -101,34 +137,10 @@ def project(x: np.ndarray, method: Method = "tsne", *, n_components: int = 2, pe
     """
     arr = as_embeddings(x)
     n, d = arr.shape
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    if metric not in _METRICS:
-        raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
-    if not isinstance(n_components, (int, np.integer)) or n_components < 1:
-        raise ValueError(f"n_components must be a positive int, got {n_components!r}")
-    if n <= n_components + 1:
-        raise ValueError(f"need more than n_components + 1 = {n_components + 1} rows to project, got N={n}")
-    if method == "pca" and n_components > min(n, d):
-        raise ValueError(f"PCA gives at most min(N, D) = {min(n, d)} components; lower n_components")
-    if pca_dims is not None and (not isinstance(pca_dims, (int, np.integer)) or pca_dims < n_components):
-        raise ValueError(f"pca_dims must be None or an int >= n_components ({n_components}), "
-                         f"got {pca_dims!r}")
-    if method == "tsne":
-        if not perplexity > 0 or not perplexity < n / 3:
-            raise ValueError(f"perplexity must be in (0, N/3) = (0, {n / 3:.1f}) for N={n} points, "
-                             f"got {perplexity}; lower perplexity (5-50 is usual) or project more points")
-        if n_iter < 1 or early_exaggeration_iter < 0:
-            raise ValueError("n_iter must be >= 1 and early_exaggeration_iter >= 0")
-        if not fft_ints_in_interval > 0 or not isinstance(fft_min_intervals, (int, np.integer)) \
-                or fft_min_intervals < 1:
-            raise ValueError(f"fft_ints_in_interval must be > 0 and fft_min_intervals a positive int, got "
-                             f"{fft_ints_in_interval!r} and {fft_min_intervals!r}")
-    if method == "umap":
-        if not 2 <= n_neighbors < n:
-            raise ValueError(f"n_neighbors must be in [2, N) = [2, {n}), got {n_neighbors}")
-        if min_dist < 0:
-            raise ValueError(f"min_dist must be >= 0, got {min_dist}")
+    check_params(n, d, method, n_components=n_components, perplexity=perplexity, n_neighbors=n_neighbors,
+                 min_dist=min_dist, pca_dims=pca_dims, metric=metric, n_iter=n_iter,
+                 early_exaggeration_iter=early_exaggeration_iter, fft_ints_in_interval=fft_ints_in_interval,
+                 fft_min_intervals=fft_min_intervals)
     threads = _resolve_n_jobs(n_jobs, n)
 
     if metric == "cosine":

@@ -87,6 +87,12 @@ class Backbone(Base):
     taps: Mapped[list[Any]] = mapped_column(default=list)
     has_classifier: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The arguments the loader was called with (spec, weights, weights_format, arch, random_init, seed),
+    # so any process loads it again as it was registered; None: an older row (see workspace.backbones).
+    load_args: Mapped[dict[str, Any] | None] = mapped_column(nullable=True, default=None)
+    # What the loaded network offers, recorded so requests need not load it: {"input_size", "taps":
+    # [{name, aliases, channels, height, width, dims}], "n_classes", "class_names"}; None until recorded.
+    network: Mapped[dict[str, Any] | None] = mapped_column(nullable=True, default=None)
 
 
 class EmbeddingSet(Base):

@@ -21,16 +21,15 @@ def backbone_add(spec: str = typer.Argument(..., help="torchvision:NAME, torchvi
                  arch: Optional[str] = typer.Option(None, help="Architecture, when it cannot be inferred (e.g. resnet50)."),
                  random_init: bool = typer.Option(False, help="Untrained network with --seed (for tests and baselines)."),
                  seed: int = typer.Option(0, help="Seed for --random-init."),
-                 resize: Optional[int] = typer.Option(None, help="Override preprocessing: short side resized to this."),
+                 resize: Optional[int] = typer.Option(None, help="Override preprocessing: short side resized to this "
+                                                      "(normalisation stays the weights' own)."),
                  crop: Optional[int] = typer.Option(None, help="Override preprocessing: centre crop size."),
                  as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Register a backbone; the weights are loaded and checked now."""
     preprocess = None
-    if resize is not None or crop is not None:
-        from featscope.extractors.types import Preprocess
-
+    if resize is not None or crop is not None:  # only the sizes change: the weights' normalisation stays
         crop = crop or (resize * 7 // 8 if resize else 224)
-        preprocess = run(Preprocess, resize=resize or max(crop, round(crop * 8 / 7)), crop=crop)
+        preprocess = {"resize": resize or max(crop, round(crop * 8 / 7)), "crop": crop}
     info = run(ws().add_backbone, spec, name=name, weights=weights, weights_format=weights_format, arch=arch,
                 random_init=random_init, seed=seed, preprocess=preprocess)
     if as_json:

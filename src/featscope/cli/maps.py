@@ -24,16 +24,21 @@ def _write_maps(results: list, out_dir: Path, stem: str, as_json: bool) -> None:
         written.append(panel)
     if as_json:
         sys.stdout.write(json.dumps([{"backbone": r.backbone, "image": r.image, "params": r.params, **r.data,
-                                      "cached": r.cached} for r in results] + [{"files": [str(p) for p in written]}],
-                                    indent=2, default=str) + "\n")
+                                      "legend": r.legend, "cached": r.cached} for r in results]
+                                    + [{"files": [str(p) for p in written]}], indent=2, default=str) + "\n")
         return
     for r in results:
         state = "cached" if r.cached else "computed"
-        detail = (f"unmasked p({r.data['class_name']}) = {r.data['unmasked_probability']:.4f}, "
-                  f"min over positions {r.data['min_probability']:.4f}, {r.data['positions']} positions"
-                  if r.kind == "maskout" else
-                  f"{r.params['method']} at {r.params['tap']}" + (f" for {r.data.get('class_name')}"
-                                                                 if r.data.get("class_name") else ""))
+        if r.kind == "maskout":
+            lg = r.legend
+            detail = (f"unmasked p({r.data['class_name']}) = {r.data['unmasked_probability']:.4f}, "
+                      f"{r.data['min_probability']:.4g}..{r.data.get('max_probability', float('nan')):.4g} over "
+                      f"{r.data['positions']} positions; drawn on the {lg['scale']} scale "
+                      f"{lg['low']:.4g}..{lg['high']:.4g}")
+        else:
+            chosen = " (top-scoring: no --target given)" if r.data.get("target_chosen") == "top-scoring" else ""
+            detail = f"{r.params['method']} at {r.params['tap']}" + (f" for {r.data.get('class_name')}{chosen}"
+                                                                     if r.data.get("class_name") else "")
         out.print(f"{r.backbone}: {detail} ({state})", highlight=False)
     for p in written:
         out.print(f"wrote {p}", highlight=False)
@@ -49,7 +54,8 @@ def heatmap(image: str = typer.Argument(..., help="Image file, or a catalog imag
             backbone: str = typer.Option(..., "--backbone", "-b", help="Registered backbone."),
             tap: str = typer.Option("conv5", "--tap", "-t", help="Tap (conv2..conv5 or layer names)."),
             method: str = typer.Option("mean", help="mean (channel-mean activation), gradcam, gradcam++, hirescam, ..."),
-            target: Optional[str] = typer.Option(None, help="Class (name or index) for Grad-CAM methods."),
+            target: Optional[str] = typer.Option(None, help="Class (name or index) for Grad-CAM methods "
+                                                 "(default: the top-scoring class)."),
             top_channels: int = typer.Option(0, help="Also keep the N strongest channels' maps (mean only)."),
             compare: Optional[str] = typer.Option(None, "--compare", help="Second backbone: side by side + difference."),
             probe_dataset: Optional[str] = typer.Option(None, help="Grad-CAM on a network without a classifier: "
@@ -90,6 +96,9 @@ def maskout(image: str = typer.Argument(..., help="Image file, or a catalog imag
             approx_margin: Optional[int] = typer.Option(None, "--approx-margin", help="Faster, approximate: drop the "
                                                         "mask's effect beyond N cells of its footprint at every layer "
                                                         "(default: exact). Check it against an exact map first."),
+            scale: str = typer.Option("relative", help="Colours of the overlay: relative (the map's own range), "
+                                      "absolute (0..1) or drop (the fall from the unmasked probability); a colour "
+                                      "bar states the values."),
             compare: Optional[str] = typer.Option(None, "--compare", help="Second backbone: side by side + difference."),
             probe_dataset: Optional[str] = typer.Option(None, help="For networks without a classifier: the labelled "
                                                         "data set whose linear probe is the head (trained if needed)."),
@@ -103,6 +112,6 @@ def maskout(image: str = typer.Argument(..., help="Image file, or a catalog imag
         with progress:
             results.append(run(ws().maskout, b, image, target=target, size=size, stride=stride, fill=fill,
                                 mean_pixel=_rgb(mean_pixel), precision=precision, approx_margin=approx_margin,
-                                probe_dataset=probe_dataset, device=device, progress=update,
+                                probe_dataset=probe_dataset, scale=scale, device=device, progress=update,
                                 on_message=say))
     _write_maps(results, out_dir, _map_stem(image, "maskout"), as_json)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageDecodeError", "load_rgb", "probe_image"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageDecodeError", "displayed_size", "load_rgb", "probe_image"]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".tif", ".tiff",
@@ -92,17 +92,23 @@ def probe_image(path: str | os.PathLike[str], full: bool = False) -> tuple[int, 
     try:
         with Image.open(path) as img:
             _check_pixel_count(path, img.size)
-            # PngImageFile.getexif() decodes the whole image to look for a late eXIf chunk; the
-            # base implementation reads only what the header parse already collected.
-            exif = Image.Image.getexif(img)
-            width, height = img.size
-            if exif.get(_ORIENTATION_TAG) in _SWAPS_AXES:
-                width, height = height, width
-            return width, height
+            return displayed_size(img)
     except ImageDecodeError:
         raise
     except Exception as exc:
         raise _classify(path, exc) from exc
+
+
+def displayed_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image as a viewer shows it: swapped when its EXIF orientation turns it a
+    quarter (featscope's one convention for image sizes: catalog rows, uploads, maps)."""
+    # PngImageFile.getexif() decodes the whole image to look for a late eXIf chunk; the
+    # base implementation reads only what the header parse already collected.
+    exif = Image.Image.getexif(img)
+    width, height = img.size
+    if exif.get(_ORIENTATION_TAG) in _SWAPS_AXES:
+        width, height = height, width
+    return width, height
 
 
 def _check_file(path: Path) -> None:

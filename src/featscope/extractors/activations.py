@@ -162,6 +162,7 @@ class GradCamMap(HeatMap):
     head: str = ""  # "classifier" or "probe"
     score: float = 0.0
     probability: float = 0.0
+    target_chosen: str = "given"  # "given" (the caller's target) or "top-scoring" (none was given)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return super().arrays() | {"target": np.asarray(self.target), "score": np.asarray(self.score),
@@ -208,10 +209,11 @@ def activation_map(backbone: Backbone, image: Image.Image | str | os.PathLike[st
 
 
 def gradcam_map(classifier: Classifier, backbone: Backbone, image: Image.Image | str | os.PathLike[str],
-                target: str | int, *, method: str = "gradcam", eigen_smooth: bool = False,
+                target: str | int | None = None, *, method: str = "gradcam", eigen_smooth: bool = False,
                 device: str | torch.device | None = None) -> GradCamMap:
     """A Grad-CAM-family map (``method``, one of :data:`CAM_METHODS`) of class ``target`` at the
-    classifier's tap (the backbone's last tap, Conv5 for ResNets).
+    classifier's tap (the backbone's last tap, Conv5 for ResNets). ``target`` None explains the
+    top-scoring class, as pytorch-grad-cam does without targets; ``target_chosen`` then says so.
 
     ``classifier`` comes from :func:`featscope.extractors.heads.classifier_for` (the backbone's own
     classifier or a probe head). The network runs with gradients on but its parameters frozen; its
@@ -219,7 +221,7 @@ def gradcam_map(classifier: Classifier, backbone: Backbone, image: Image.Image |
     None runs where the classifier lives; another device runs on a copy moved there."""
     if method not in CAM_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(CAM_METHODS)}")
-    index = classifier.class_index(target)
+    index = None if target is None else classifier.class_index(target)
     net = classifier.net
     here = next(net.parameters()).device
     dev = here if device is None else _device(device)
@@ -237,19 +239,23 @@ def gradcam_map(classifier: Classifier, backbone: Backbone, image: Image.Image |
         cam = cls(model=cam_net, target_layers=[cam_net.at_tap])
         try:
             # The input carries the gradient so the tap does even when every parameter is frozen.
-            cam(input_tensor=x.clone().requires_grad_(True), targets=[ClassifierOutputTarget(index)],
-                eigen_smooth=eigen_smooth)
+            cam(input_tensor=x.clone().requires_grad_(True),
+                targets=None if index is None else [ClassifierOutputTarget(index)], eigen_smooth=eigen_smooth)
             logits = cam.outputs.detach()[0].double().cpu()
         finally:
             cam.activations_and_grads.release()
     if not cam.raw_cams:
         raise RuntimeError(f"{method} produced no map: the tap {net.tap!r} was not reached")
+    chosen = "given"
+    if index is None:  # what pytorch-grad-cam explained without targets: the arg-max of the same logits
+        index, chosen = int(torch.argmax(logits)), "top-scoring"
     raw = np.maximum(np.asarray(cam.raw_cams[-1], dtype=np.float64)[0], 0).astype(np.float32)
     upsampled = _upsample(raw, geometry.crop)
     return GradCamMap(
         backbone=backbone.spec, tap=net.tap, raw=raw, upsampled=upsampled, normalized=_normalise(upsampled, raw),
         geometry=geometry, image=rgb, method=method, target=index, class_name=classifier.class_names[index],
-        head=classifier.source, score=float(logits[index]), probability=float(torch.softmax(logits, 0)[index]))
+        head=classifier.source, score=float(logits[index]), probability=float(torch.softmax(logits, 0)[index]),
+        target_chosen=chosen)
 
 
 # --- helpers ------------------------------------------------------------------------------------

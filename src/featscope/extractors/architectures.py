@@ -53,22 +53,32 @@ def torchvision_names() -> tuple[str, ...]:
     return tuple(torchvision.models.list_models(module=torchvision.models))
 
 
-def builder_for(arch: str, prefer: str | None = None) -> str:
-    """'torchvision' or 'timm': which zoo builds ``arch`` (``prefer`` wins when both can)."""
+def builder_for(arch: str, prefer: str | None = None,
+                state_dict: Mapping[str, torch.Tensor] | None = None) -> str:
+    """'torchvision' or 'timm': which zoo builds ``arch`` (``prefer`` wins when both can).
+
+    Without a preference, a name both zoos know (``efficientnet_b0``, ``convnext_tiny``) goes to the
+    zoo whose module names ``state_dict`` has; torchvision when both fit (ResNets: same names)."""
     import timm
 
     in_tv, in_timm = arch in torchvision_names(), timm.is_model(arch)
     if in_timm and (prefer == "timm" or not in_tv):
         return "timm"
     if in_tv:
+        if in_timm and prefer is None and state_dict is not None and not _keys_fit(arch, "torchvision", state_dict) \
+                and _keys_fit(arch, "timm", state_dict):
+            return "timm"
         return "torchvision"
-    raise ValueError(f"unknown architecture {arch!r}: pass --arch with a torchvision classification name "
+    raise ValueError(f"unknown architecture {arch!r}: pass --arch (REST: arch) with a torchvision classification name "
                      f"(torchvision.models.list_models()) or a timm name (timm.list_models())")
 
 
-def build(arch: str, builder: str, *, frozen_bn: bool = False, stride_in_1x1: bool = False) -> nn.Module:
+def build(arch: str, builder: str, *, frozen_bn: bool = False, stride_in_1x1: bool = False,
+          timm_name: str | None = None) -> nn.Module:
     """A randomly initialised ``arch`` from ``builder``; optionally FrozenBatchNorm / Caffe strides.
 
+    ``timm_name`` builds a timm model by another name timm understands (``local-dir:FOLDER`` for a
+    folder with timm's config.json, so the model carries that folder's pretrained_cfg).
     Seed torch first for a reproducible initialisation.
     """
     if builder == "timm":
@@ -76,7 +86,7 @@ def build(arch: str, builder: str, *, frozen_bn: bool = False, stride_in_1x1: bo
 
         if frozen_bn or stride_in_1x1:
             raise ValueError("frozen BN / stride-in-1x1 variants are only built for torchvision ResNets")
-        model = timm.create_model(arch, pretrained=False)
+        model = timm.create_model(timm_name or arch, pretrained=False)
     else:
         import torchvision
         from torchvision.ops import FrozenBatchNorm2d
@@ -88,6 +98,21 @@ def build(arch: str, builder: str, *, frozen_bn: bool = False, stride_in_1x1: bo
         if stride_in_1x1:
             _move_stride_to_1x1(model)
     return model.eval()
+
+
+def _keys_fit(arch: str, builder: str, state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``state_dict`` names exactly ``arch``'s tensors as ``builder`` builds it (its classifier may be
+    absent). Built on the meta device: no memory, no initialisation cost."""
+    try:
+        with torch.device("meta"):
+            model = build(arch, builder)
+    except Exception:  # noqa: BLE001 - a zoo that cannot build the name does not fit
+        return False
+    head = find_classifier(model, arch)
+    expected = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
+    have = {k for k in state_dict if not k.endswith("num_batches_tracked")}
+    body = {k for k in expected if not (head and k.startswith(f"{head[0]}."))}
+    return have <= expected and body <= have
 
 
 def is_resnet_name(arch: str) -> bool:

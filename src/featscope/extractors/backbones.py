@@ -31,6 +31,7 @@ from torch import nn
 from featscope.extractors import architectures as archs
 from featscope.extractors.checkpoints import WEIGHTS_FORMATS, CheckpointError, load_exact, read_state_dict
 from featscope.extractors.taps import POOLINGS, pool, pooled_dim, tap_model
+from featscope.extractors.timm_files import timm_folder
 from featscope.extractors.types import Backbone, Preprocess
 
 SOURCES = ("torchvision", "torchvision-det", "timm", "checkpoint", "run")
@@ -76,14 +77,14 @@ def load_backbone(
     if preprocess is not None and not isinstance(preprocess, Preprocess):
         raise TypeError("preprocess must be a featscope Preprocess")
     if random_init and weights is not None:
-        raise ValueError("pass either --weights FILE or --random-init, not both")
+        raise ValueError("pass either a weights file (--weights FILE, REST: weights) or --random-init (REST: random_init), not both")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
     if source == "run":
         raise ValueError(f"backbone {spec!r}: training runs arrive with the training issue; "
                          f"load its checkpoint file with checkpoint:/path/file.pth for now")
     if source != "checkpoint" and arch is not None and arch != name:
-        raise ValueError(f"{spec} already names the architecture; drop --arch {arch}")
+        raise ValueError(f"{spec} already names the architecture; drop --arch {arch} (REST: arch)")
     weights = Path(weights) if weights is not None else None
     loader = {"torchvision": _torchvision, "torchvision-det": _detector, "timm": _timm,
               "checkpoint": _checkpoint}[source]
@@ -153,14 +154,18 @@ def _torchvision(spec: str, name: str, *, weights: Path | None, weights_format: 
             model = archs.build(name, "torchvision")
         return _assemble(spec, "torchvision", name, model, "torchvision", preprocess or Preprocess(),
                          _random_fingerprint(seed, name))
-    class_names = None
     if weights is None:
         weights, entry = _cached_official(spec, name)
-        default_pre = _official_preprocess(entry)
-        class_names = list(entry.meta.get("categories") or []) or None
         sd, fmt, meta = read_state_dict(weights, "torchvision")
     else:
+        # An official file passed by hand (e.g. `--weights resnet50-11ad3fa6.pth`) brings its own
+        # transform and class names, as it does from the hub cache.
+        entry = _official_entry(name, weights)
         sd, fmt, meta = read_state_dict(weights, weights_format)
+    if entry is not None:
+        default_pre = _official_preprocess(entry)
+        class_names = list(entry.meta.get("categories") or []) or None
+    else:
         default_pre = Preprocess.from_dict(meta["preprocess"]) if "preprocess" in meta else Preprocess()
         class_names = meta.get("class_names")
     model, arch_id = _fill(name, "torchvision", sd, meta, f"{weights} ({fmt})", fmt)
@@ -176,7 +181,7 @@ def _detector(spec: str, name: str, *, weights: Path | None, weights_format: str
         raise ValueError(f"torchvision-det supports the ResNet-50 detectors {', '.join(archs.DETECTORS)}; "
                          f"got {name!r}")
     if weights_format not in ("auto", "torchvision-det"):
-        raise ValueError(f"{spec} reads the detector's own state dict; drop --weights-format "
+        raise ValueError(f"{spec} reads the detector's own state dict; drop --weights-format (REST: weights_format) "
                          f"{weights_format} or use checkpoint:FILE for other formats")
     with _seeded(seed):  # only matters for random_init; loaded weights overwrite every tensor
         detector = torchvision.models.get_model(name, weights=None, weights_backbone=None)
@@ -209,54 +214,64 @@ def _timm(spec: str, name: str, *, weights: Path | None, weights_format: str, ar
         return _assemble(spec, "timm", name, model, "timm", preprocess or _timm_preprocess(model),
                          _random_fingerprint(seed, name))
     if weights is None:
-        raise FileNotFoundError(f"{spec} needs a local weights file: pass --weights FILE (a timm state dict "
-                                f".pth/.bin/.safetensors) or --random-init for an untrained network; "
+        raise FileNotFoundError(f"{spec} needs a local weights file: pass --weights FILE (REST: weights; a timm state dict "
+                                f".pth/.bin/.safetensors) or --random-init (REST: random_init) for an untrained "
+                                f"network; "
                                 f"featscope never downloads weights")
     sd, fmt, meta = read_state_dict(weights, weights_format)
     fmt = "timm" if fmt == "torchvision" else fmt  # same container; the names are timm's own
-    model, arch_id = _fill(name, "timm", sd, meta, f"{weights} ({fmt})", fmt)
+    hub = timm_folder(weights)
+    hub = hub if hub is not None and hub.fits(name) else None
+    model, arch_id = _fill(name, "timm", sd, meta, f"{weights} ({fmt})", fmt, hub.model_name if hub else None)
     pre = Preprocess.from_dict(meta["preprocess"]) if "preprocess" in meta else _timm_preprocess(model)
     return _assemble(spec, "timm", name, model, "timm", preprocess or pre, weights_fingerprint(model, arch_id),
-                     meta.get("class_names"), str(weights), fmt)
+                     meta.get("class_names") or (hub.label_names if hub else None), str(weights), fmt)
 
 
 def _checkpoint(spec: str, name: str, *, weights: Path | None, weights_format: str, arch: str | None,
                 random_init: bool, seed: int, preprocess: Preprocess | None) -> Backbone:
     if weights is not None or random_init:
-        raise ValueError(f"{spec} already names the weights file; drop --weights / --random-init")
+        raise ValueError(f"{spec} already names the weights file; drop --weights / --random-init (REST: weights, random_init)")
     path = Path(name).expanduser()
     sd, fmt, meta = read_state_dict(path, weights_format)
-    arch = arch or meta.get("arch") or archs.infer_arch(sd)
+    # a plain state dict with timm's config.json beside it (the hub's layout) is a timm network
+    hub = timm_folder(path) if fmt in ("torchvision", "timm") else None
+    arch = arch or meta.get("arch") or (hub.architecture if hub else None) or archs.infer_arch(sd)
     if not arch:
         raise ValueError(f"could not infer the architecture of {path} from its keys; pass --arch NAME "
-                         f"(e.g. --arch resnet50)")
-    prefer = "timm" if fmt == "timm" or meta.get("builder") == "timm" else None
-    builder = archs.builder_for(arch, prefer)
-    model, arch_id = _fill(arch, builder, sd, meta, f"{path} ({fmt})", fmt)
+                         f"(REST: arch), e.g. resnet50")
+    hub = hub if hub is not None and hub.fits(arch) else None
+    prefer = "timm" if fmt == "timm" or meta.get("builder") == "timm" or hub else None
+    builder = archs.builder_for(arch, prefer, sd)
+    if builder == "timm" and fmt == "torchvision":
+        fmt = "timm"  # same container; the names are timm's own
+    model, arch_id = _fill(arch, builder, sd, meta, f"{path} ({fmt})", fmt, hub.model_name if hub else None)
     if "preprocess" in meta:
         default_pre = Preprocess.from_dict(meta["preprocess"])
-    else:
+    else:  # timm networks: their pretrained_cfg, as for timm:NAME
         default_pre = _timm_preprocess(model) if builder == "timm" else Preprocess()
+    class_names = meta.get("class_names") or (hub.label_names if hub else None)
     return _assemble(spec, "checkpoint", arch, model, builder, preprocess or default_pre,
-                     weights_fingerprint(model, arch_id), meta.get("class_names"), str(path), fmt)
+                     weights_fingerprint(model, arch_id), class_names, str(path), fmt)
 
 
 # --- helpers ----------------------------------------------------------------------------------
 
 def _fill(arch: str, builder: str, sd: dict[str, torch.Tensor], meta: dict[str, Any], source: str,
-          fmt: str) -> tuple[nn.Module, str]:
-    """Build ``arch`` as the weights' framework ran it and load ``sd`` exactly; (model, fingerprint id)."""
+          fmt: str, timm_name: str | None = None) -> tuple[nn.Module, str]:
+    """Build ``arch`` as the weights' framework ran it and load ``sd`` exactly; (model, fingerprint id).
+    ``timm_name``: build the timm model by that name instead (``local-dir:FOLDER``, see timm_files)."""
     frozen = bool(meta.get("frozen_bn")) and builder == "torchvision" and archs.is_resnet_name(arch)
     stride = bool(meta.get("stride_in_1x1")) and builder == "torchvision" and "layer1.0.conv3.weight" in sd
-    model = archs.build(arch, builder, frozen_bn=frozen, stride_in_1x1=stride)
+    model = archs.build(arch, builder, frozen_bn=frozen, stride_in_1x1=stride, timm_name=timm_name)
     head = archs.find_classifier(model, arch)
     if head:
         _fit_head(model, head[0], head[1], sd)
         head = archs.find_classifier(model, arch)
     inferred = archs.infer_arch(sd)
-    hint = (f"the file holds {inferred} weights: pass --arch {inferred}" if inferred and inferred != arch else
-            f"pass --arch NAME for the network the file was saved from (it was read as format {fmt}; "
-            f"pass --weights-format NAME if that is wrong)")
+    hint = (f"the file holds {inferred} weights: pass --arch {inferred} (REST: arch)" if inferred and inferred != arch
+            else f"pass the network the file was saved from (--arch NAME, REST: arch); it was read as format {fmt}, "
+                 f"so if that is wrong name the format (--weights-format NAME, REST: weights_format)")
     absent = load_exact(model, sd, optional=(f"{head[0]}.",) if head else (), source=source, hint=hint)
     if absent:
         _drop_classifier(model, head[0])
@@ -352,6 +367,19 @@ def _official_entries(name: str) -> list[Any]:
     return [enum.DEFAULT] + [w for w in enum if w is not enum.DEFAULT]
 
 
+def _official_entry(name: str, path: Path) -> Any | None:
+    """The official weights entry whose file ``path`` is (same file name, checksum verified), or None."""
+    try:
+        entries = _official_entries(name)
+    except (ValueError, KeyError, AttributeError):  # a model without published weights
+        return None
+    for entry in entries:
+        if path.name == entry.url.rsplit("/", 1)[-1]:
+            _verify_hash_in_name(path, entry.url)
+            return entry
+    return None
+
+
 def _cached_official(spec: str, name: str) -> tuple[Path, Any]:
     """(path, weights entry) of an official weights file already in the local torch hub cache."""
     folder = Path(torch.hub.get_dir()) / "checkpoints"
@@ -364,8 +392,8 @@ def _cached_official(spec: str, name: str) -> tuple[Path, Any]:
     url = entries[0].url
     raise FileNotFoundError(
         f"no local weights for {spec}: featscope never downloads. On a machine with internet fetch\n"
-        f"  {url}\nand put it in {folder}/ (keep its file name); or pass --weights FILE; "
-        f"or pass --random-init for an untrained network")
+        f"  {url}\nand put it in {folder}/ (keep its file name); or pass --weights FILE (REST: weights); "
+        f"or pass --random-init (REST: random_init) for an untrained network")
 
 
 def _verify_hash_in_name(path: Path, url: str) -> None:

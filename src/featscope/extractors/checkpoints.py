@@ -68,7 +68,7 @@ def read_state_dict(
     if fmt == "featscope":
         if not isinstance(raw, Mapping) or not isinstance(raw.get("featscope"), Mapping):
             raise CheckpointError(f"{path} is not a featscope checkpoint (no 'featscope' entry); "
-                                  f"pass --weights-format auto to detect its format")
+                                  f"pass --weights-format auto (REST: weights_format) to detect its format")
         info = dict(raw["featscope"])
         meta.update({k: info[k] for k in ("arch", "builder", "preprocess", "class_names", "extra") if k in info})
         sd = _as_state_dict(raw.get("state_dict"), path)
@@ -93,7 +93,7 @@ def read_state_dict(
                 meta["notes"].append("MMDetection config says style='caffe': stride in the 1x1 convs, "
                                      "BGR 0-255 input")
     if not sd:
-        raise CheckpointError(f"{path} holds no weights in {fmt} naming; pass --weights-format NAME "
+        raise CheckpointError(f"{path} holds no weights in {fmt} naming; pass --weights-format NAME (REST: weights_format) "
                               f"(one of {', '.join(FORMATS)}) if auto-detection chose wrong")
     from featscope.extractors.detectron2 import to_tensor
 
@@ -127,8 +127,9 @@ def load_exact(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, opti
             if keys:
                 more = f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
                 lines.append(f"  {label} ({len(keys)}): {', '.join(keys[:_SHOW])}{more}")
-        lines.append("Likely fix: " + (hint or "pass --arch NAME for the network the file was saved from, "
-                                               "or --weights-format NAME if its format was mis-detected"))
+        lines.append("Likely fix: " + (hint or "pass --arch NAME (REST: arch) for the network the file was saved "
+                                               "from, or --weights-format NAME (REST: weights_format) if its "
+                                               "format was mis-detected"))
         raise CheckpointError("\n".join(lines))
     loadable = {k: v for k, v in state_dict.items() if k in expected}
     with torch.no_grad():

@@ -143,7 +143,7 @@ def to_torchvision(raw: Mapping[str, Any], fmt: str,
         if new is not None:
             if new in sd:
                 raise CheckpointError(f"two entries map to {new!r} (second: {key!r}); the file mixes "
-                                      f"backbones — pass --weights-format explicitly or re-export it")
+                                      f"backbones — pass --weights-format (REST: weights_format) explicitly or re-export it")
             sd[new] = to_tensor(key, value)
     if "fc.weight" in sd and sd["fc.weight"].ndim == 4:  # Caffe2 may store the classifier as 1x1 conv
         sd["fc.weight"] = sd["fc.weight"].flatten(1)

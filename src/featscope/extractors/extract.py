@@ -177,7 +177,7 @@ class _Shard:
 def _check_args(backbone: Backbone, taps: list[str], poolings: list[str], precision: str, batch_size: int,
                 num_workers: int, shard_size: int, threads: int | None) -> None:
     if not taps:
-        raise ValueError("ask for at least one tap; use `featscope backbone layers NAME` to list them")
+        raise ValueError("ask for at least one tap; `featscope backbone layers NAME` (GET /api/v1/backbones/NAME/taps) lists them")
     for t in taps:
         backbone.resolve_tap(t)  # raises with the list of choices
     if not poolings or len(set(poolings)) != len(poolings):

@@ -97,7 +97,7 @@ def classifier_for(backbone: Backbone, probe: nn.Linear | None = None,
     else:
         raise ValueError(
             f"backbone {backbone.spec!r} has no classifier; train a linear probe on its {tap}/avg features first "
-            f"(`featscope analyze probe EMBEDDING_SET`) and use it as the head")
+            f"(`featscope analyze probe EMBEDDING_SET`, POST /api/v1/analyses/probe) and use it as the head")
     import copy
 
     net = ClassifierNet(tap_model(backbone, [tap]), tap, copy.deepcopy(head).eval()).eval()

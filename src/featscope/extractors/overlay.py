@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["colormap", "difference", "difference_panel", "overlay", "save_arrays", "save_png", "side_by_side"]
+__all__ = ["colorbar", "colormap", "difference", "difference_panel", "overlay", "rescale", "save_arrays", "save_png",
+           "side_by_side", "tick_labels", "with_colorbar"]
 
 
 def colormap(values: np.ndarray, cmap: str = "jet") -> np.ndarray:
@@ -55,11 +56,14 @@ def difference(heat_a: np.ndarray, heat_b: np.ndarray) -> np.ndarray:
 
 
 def difference_panel(heat_a: np.ndarray, heat_b: np.ndarray, *, image: Image.Image | None = None,
-                     cmap: str = "RdBu_r", alpha: float = 0.7) -> Image.Image:
+                     cmap: str = "RdBu_r", alpha: float = 0.7, limit: float = 1.0) -> Image.Image:
     """The signed difference coloured by a diverging map (0 at its centre: with ``RdBu_r`` red where
-    ``heat_a`` is hotter, blue where ``heat_b`` is), blended onto ``image`` when given; no heat is grey."""
+    ``heat_a`` is hotter, blue where ``heat_b`` is), blended onto ``image`` when given; no heat is grey.
+    ``limit``: the difference drawn at the map's ends (smaller values stretch small differences)."""
+    if not limit > 0:
+        raise ValueError(f"limit must be positive, got {limit}")
     d = difference(heat_a, heat_b)
-    colour = colormap((d + 1.0) / 2.0, cmap).astype(np.float64)
+    colour = colormap(np.clip((d / limit + 1.0) / 2.0, 0.0, 1.0), cmap).astype(np.float64)
     nan = np.isnan(d)
     if image is None:
         colour[nan] = 128
@@ -69,6 +73,63 @@ def difference_panel(heat_a: np.ndarray, heat_b: np.ndarray, *, image: Image.Ima
     out = (1.0 - alpha) * img + alpha * colour
     out[nan] = img[nan] * 0.5
     return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+
+
+def rescale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``values`` mapped linearly from [lo, hi] to [0, 1] and clipped (NaN kept); a range with no width maps to 0."""
+    v = np.asarray(values, dtype=np.float64)
+    span = float(hi) - float(lo)
+    if not np.isfinite(span) or span <= 0:
+        return np.where(np.isnan(v), np.nan, 0.0)
+    return np.clip((v - lo) / span, 0.0, 1.0)
+
+
+def tick_labels(lo: float, hi: float, n: int = 3) -> list[str]:
+    """``n`` evenly spaced values from ``lo`` to ``hi`` as short strings with enough digits to tell them apart
+    (0.008, 0.01, 0.012 rather than 0.01, 0.01, 0.01)."""
+    values = np.linspace(float(lo), float(hi), n)
+    for digits in range(2, 8):
+        labels = [f"{v:.{digits}g}" for v in values]
+        if len(set(labels)) == len(labels) or lo == hi:
+            return labels
+    return labels
+
+
+def colorbar(lo: float, hi: float, *, cmap: str = "jet", width: int = 256, label: str = "",
+             pad: int = 6, bar_height: int = 12) -> Image.Image:
+    """A horizontal colour bar: ``label`` above, the colours of ``cmap`` from ``lo`` (left) to ``hi``
+    (right), and tick values below at its ends and centre."""
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_h = probe.textbbox((0, 0), "0.0123456789-e", font=font)[3]
+    bar_w = max(16, width - 2 * pad)
+    height = pad + (text_h + 2 if label else 0) + bar_height + 2 + text_h + pad
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    y = pad
+    if label:
+        draw.text((pad, y), label, fill=(0, 0, 0), font=font)
+        y += text_h + 2
+    strip = colormap(np.linspace(0.0, 1.0, bar_w)[None, :].repeat(bar_height, 0), cmap)
+    canvas.paste(Image.fromarray(strip), (pad, y))
+    y += bar_height + 2
+    ticks = tick_labels(lo, hi, 3)
+    for i, text in enumerate(ticks):
+        w = probe.textbbox((0, 0), text, font=font)[2]
+        x = pad + round(i * (bar_w - 1) / (len(ticks) - 1)) - (0 if i == 0 else w if i == len(ticks) - 1 else w // 2)
+        draw.text((x, y), text, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def with_colorbar(image: Image.Image, lo: float, hi: float, *, cmap: str = "jet", label: str = "",
+                  min_width: int = 200) -> Image.Image:
+    """``image`` with a :func:`colorbar` stating the values of its colours below it."""
+    image = image.convert("RGB")
+    bar = colorbar(lo, hi, cmap=cmap, width=max(image.width, min_width), label=label)
+    canvas = Image.new("RGB", (bar.width, image.height + bar.height), (255, 255, 255))
+    canvas.paste(image, (0, 0))
+    canvas.paste(bar, (0, image.height))
+    return canvas
 
 
 def side_by_side(images: Sequence[Image.Image], titles: Sequence[str] | None = None, *, height: int | None = None,

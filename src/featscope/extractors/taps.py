@@ -91,7 +91,7 @@ def tap_model(backbone: Backbone, taps: Sequence[str]) -> nn.Module:
     the traced model), so it is in eval mode while the backbone's model keeps its state.
     """
     if not taps:
-        raise ValueError("ask for at least one tap; use `featscope backbone layers NAME` to list them")
+        raise ValueError("ask for at least one tap; `featscope backbone layers NAME` (GET /api/v1/backbones/NAME/taps) lists them")
     nodes: dict[str, str] = {}
     for name in taps:
         nodes[backbone.taps[backbone.resolve_tap(name)]] = name

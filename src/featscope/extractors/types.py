@@ -114,5 +114,5 @@ class Backbone:
         choices = ", ".join(list(self.taps) + [f"{a} (={t})" for a, t in self.aliases.items()])
         raise ValueError(
             f"backbone {self.spec!r} has no tap {name!r}; it offers: {choices}. "
-            f"Use `featscope backbone layers NAME` to list taps."
+            f"`featscope backbone layers NAME` (GET /api/v1/backbones/NAME/taps) lists them."
         )

@@ -15,6 +15,8 @@ from typing import BinaryIO
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from featscope.datasets.images import displayed_size
+
 # Formats accepted: Pillow decoders for ordinary raster images (no PDF/EPS/PSD, which need external tools
 # or carry scripts).
 ALLOWED_FORMATS: dict[str, str] = {
@@ -79,7 +81,7 @@ def _check_image(path: Path, max_pixels: int) -> tuple[str, int, int]:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 fmt = img.format or ""
-                width, height = img.size
+                width, height = displayed_size(img)  # as the catalog reports sizes: after EXIF orientation
                 if fmt not in ALLOWED_FORMATS:
                     raise UploadError(415, f"{fmt or 'this'} images are not accepted; send one of "
                                            f"{', '.join(sorted(ALLOWED_FORMATS))}")

@@ -215,3 +215,4 @@ register_kind("analysis", JobKind(_normalize_analysis, _run_analysis,
                                   "Run an analysis: {analysis, inputs, params}"))
 
 from featscope.worker import map_kinds as _map_kinds  # noqa: E402,F401 - registers heatmap and maskout
+from featscope.worker import catalog_kinds as _catalog_kinds  # noqa: E402,F401 - registers dataset-synth, backbone-taps

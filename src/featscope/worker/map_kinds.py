@@ -28,7 +28,7 @@ def upload_path(uploads_dir: Path, upload_id: str) -> Path:
     return hits[0]
 _COMMON = {"backbone", "image_id", "upload_id", "probe_dataset"}
 _HEATMAP = _COMMON | {"tap", "method", "target", "top_channels"}
-_MASKOUT = _COMMON | {"target", "size", "stride", "fill", "mean_pixel", "precision", "approx_margin"}
+_MASKOUT = _COMMON | {"target", "size", "stride", "fill", "mean_pixel", "precision", "approx_margin", "scale"}
 
 
 def _normalize(allowed: set[str], defaults: dict[str, Any], required: tuple[str, ...]):
@@ -48,7 +48,8 @@ def _normalize(allowed: set[str], defaults: dict[str, Any], required: tuple[str,
     return normalize
 
 
-def _image(ctx: Context, params: dict[str, Any]):
+def map_image(ctx: Context, params: dict[str, Any]) -> Path | int:
+    """The image a map job's parameters name: an upload's stored file, or a catalog image id."""
     if params.get("upload_id") is not None:
         return upload_path(ctx.settings.data_dir / "uploads", str(params["upload_id"]))
     return int(params["image_id"])
@@ -56,14 +57,14 @@ def _image(ctx: Context, params: dict[str, Any]):
 
 def _result(res) -> dict[str, Any]:
     return {"map": res.kind, "artifact_key": res.artifact_key, "cached": res.cached, "backbone": res.backbone,
-            "image": res.image, "params": res.params, "data": res.data}
+            "image": res.image, "params": res.params, "data": res.data, "legend": res.legend}
 
 
 def _run_heatmap(ctx: Context, params: dict[str, Any], report: Report) -> dict[str, Any]:
     from featscope.workspace.maps import heatmap
 
     report.progress(0.0, "computing the activation map")
-    res = heatmap(ctx, params["backbone"], _image(ctx, params), tap=params["tap"], method=params["method"],
+    res = heatmap(ctx, params["backbone"], map_image(ctx, params), tap=params["tap"], method=params["method"],
                   target=params.get("target"), top_channels=params["top_channels"],
                   probe_dataset=params.get("probe_dataset"), on_message=report.log)
     return _result(res)
@@ -72,9 +73,10 @@ def _run_heatmap(ctx: Context, params: dict[str, Any], report: Report) -> dict[s
 def _run_maskout(ctx: Context, params: dict[str, Any], report: Report) -> dict[str, Any]:
     from featscope.workspace.maps import maskout
 
-    res = maskout(ctx, params["backbone"], _image(ctx, params), target=params["target"], size=params["size"],
+    res = maskout(ctx, params["backbone"], map_image(ctx, params), target=params["target"], size=params["size"],
                   stride=params["stride"], fill=params["fill"], mean_pixel=params.get("mean_pixel"), precision=params["precision"],
                   approx_margin=params.get("approx_margin"), probe_dataset=params.get("probe_dataset"),
+                  scale=params.get("scale", "relative"),
                   progress=lambda done, total: report.progress(done / max(total, 1), f"{done}/{total} mask positions"),
                   on_message=report.log)
     return _result(res)
@@ -84,5 +86,7 @@ register_kind("heatmap", JobKind(
     _normalize(_HEATMAP, {"tap": "conv5", "method": "mean", "top_channels": 0}, ("backbone",)), _run_heatmap,
     "Activation or Grad-CAM map: {backbone, image_id | upload_id, tap, method, target?, top_channels?}"))
 register_kind("maskout", JobKind(
-    _normalize(_MASKOUT, {"size": 60, "stride": 8, "fill": "zero", "precision": "fp32"}, ("backbone", "target")), _run_maskout,
-    "Mask-out map: {backbone, image_id | upload_id, target, size, stride, fill, mean_pixel?, precision, approx_margin?}"))
+    _normalize(_MASKOUT, {"size": 60, "stride": 8, "fill": "zero", "precision": "fp32", "scale": "relative"},
+               ("backbone", "target")), _run_maskout,
+    "Mask-out map: {backbone, image_id | upload_id, target, size, stride, fill, mean_pixel?, precision, approx_margin?, "
+    "scale?}"))

@@ -61,7 +61,7 @@ class Workspace:
     # backbones
     def add_backbone(self, spec: str, *, name: str | None = None, weights: str | Path | None = None,
                      weights_format: str = "auto", arch: str | None = None, random_init: bool = False,
-                     seed: int = 0, preprocess: Preprocess | None = None) -> BackboneInfo:
+                     seed: int = 0, preprocess: Preprocess | dict | None = None) -> BackboneInfo:
         """Register a backbone (``torchvision:resnet50``, ``torchvision-det:...``, ``timm:...``, ``checkpoint:PATH``)."""
         return _bb.add_backbone(self.ctx, spec, name=name, weights=weights, weights_format=weights_format, arch=arch,
                                 random_init=random_init, seed=seed, preprocess=preprocess)

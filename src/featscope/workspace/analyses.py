@@ -125,7 +125,8 @@ def _check_same_dataset(rows: list[EmbeddingSet]) -> None:
     if len({r.dataset_id for r in rows}) > 1:
         desc = ", ".join(f"set {r.id} (data set id {r.dataset_id})" for r in rows)
         raise ValueError(f"embedding sets must embed the same data set to be compared, got {desc}; "
-                         f"`featscope embeddings list --dataset NAME` shows the sets of one data set")
+                         f"`featscope embeddings list --dataset NAME` (GET /api/v1/embedding-sets?dataset=NAME) shows the "
+                         f"sets of one data set")
 
 
 def _usable(ctx: Context, key: str, say: Callable[[str], None]) -> bool:
@@ -146,8 +147,8 @@ def _load(ctx: Context, rows: list[EmbeddingSet], say: Callable[[str], None]) ->
         try:
             art = ctx.store.get("embeddings", r.artifact_key)
         except CorruptArtifact as e:
-            e.args = (f"{e.args[0]} Run `featscope extract` again for embedding set {r.id}'s backbone and data "
-                      f"set: it rebuilds it.",)
+            e.args = (f"{e.args[0]} Extract again for embedding set {r.id}'s backbone and data set (`featscope "
+                      f"extract`, POST /api/v1/embedding-sets/extract): it rebuilds it.",)
             raise
         mats.append(art.array("embeddings"))
         poss.append(art.array("positions"))
@@ -207,7 +208,7 @@ def list_analyses(ctx: Context, kind: str | None = None) -> list[dict[str, Any]]
 
 
 def get_analysis(ctx: Context, analysis_id: int) -> Analysis:
-    return ctx.get_row(Analysis, analysis_id, f"no analysis {analysis_id}; `featscope analyze list` shows them")
+    return ctx.get_row(Analysis, analysis_id, f"no analysis {analysis_id}; `featscope analyze list` (GET /api/v1/analyses) shows them")
 
 
 # ---------------------------------------------------------------- tables (CSV rows) per kind

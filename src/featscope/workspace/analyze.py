@@ -14,7 +14,7 @@ import numpy as np
 from sqlalchemy import select
 
 from featscope.catalog import Backbone as BackboneRow, EmbeddingSet
-from featscope.workspace.analyses import AnalysisResult, NotCached, _Loaded, run
+from featscope.workspace.analyses import AnalysisResult, NotCached, _check_same_dataset, _Loaded, run
 from featscope.workspace.backbones import get_backbone_row
 from featscope.workspace.context import Context, NotFound
 from featscope.workspace.datasets import get_dataset
@@ -24,8 +24,15 @@ Progress = Callable[[int, int], None]
 Say = Callable[[str], None]
 
 
+def _rows(ctx: Context, set_ids: Sequence[int]) -> list[EmbeddingSet]:
+    """The embedding sets' rows, refused unless they embed one data set (so their rows can be compared)."""
+    rows = [_embedding_row(ctx, i) for i in set_ids]
+    _check_same_dataset(rows)
+    return rows
+
+
 def _n_common(ctx: Context, set_ids: Sequence[int]) -> int:
-    return min(_embedding_row(ctx, i).n for i in set_ids)
+    return min(r.n for r in _rows(ctx, set_ids))
 
 
 def _resolve_tap(ctx: Context, bb: BackboneRow, name: str) -> str:
@@ -35,6 +42,18 @@ def _resolve_tap(ctx: Context, bb: BackboneRow, name: str) -> str:
     from featscope.workspace.backbones import open_backbone
 
     return open_backbone(ctx, bb.id).resolve_tap(name)
+
+
+# Checks of the parameters against the embedding sets' sizes, made before the cache is consulted: a request the
+# computation would refuse is refused at once (a 4xx from the REST API), never queued to fail in a worker.
+def _int_in(value: Any, lo: int, hi: int, what: str, why: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise ValueError(f"{what} must be an integer from {lo} to {hi}{why}, got {value!r}")
+    return int(value)
+
+
+def _check_k(k: Any, n: int) -> int:
+    return _int_in(k, 1, n - 1, "k", f" (an image's neighbours among the N={n} images, itself excluded)")
 
 
 def _two(set_ids: Sequence[int], what: str) -> None:
@@ -61,6 +80,14 @@ def comembership(ctx: Context, a: int, b: int, *, ks: Sequence[int] | None = Non
     grid = np.unique(np.asarray(ks, dtype=np.int64)) if ks is not None else clip_k_grid(k_grid(k_min, k_max, n_k), n)
     if ks is not None and grid.size and grid[-1] > n:
         raise ValueError(f"k={int(grid[-1])} exceeds N={n}, the images both sets share; drop the K values above {n}")
+    if ks is not None and (grid.size == 0 or grid[0] < 2):
+        raise ValueError(f"every K must be >= 2 (K=1 puts every image in one cluster), got {list(ks)}")
+    if not list(seeds):
+        raise ValueError("seeds is empty; give at least one seed, e.g. [0]")
+    _int_in(niter, 1, 10**6, "niter")
+    if sample is not None:
+        _int_in(sample, int(grid[-1]), 10**9, "sample", " (at least the largest K: each centroid needs a training "
+                                                        "image)")
     params = {"ks": [int(k) for k in grid], "seeds": [int(s) for s in seeds], "niter": int(niter),
               "sample": None if sample is None else int(sample)}
     if sample is not None and on_message:
@@ -93,6 +120,8 @@ def closest(ctx: Context, set_ids: Sequence[int], *, n_pairs: int = 50, k: int =
 
     if not set_ids or len(set(set_ids)) != len(set_ids):
         raise ValueError(f"give one or more different embedding sets, got {list(set_ids)}")
+    _check_k(k, _n_common(ctx, set_ids))
+    _int_in(n_pairs, 1, 10**7, "n_pairs")
     params = {"n_pairs": int(n_pairs), "k": int(k)}
 
     def compute(d: _Loaded):
@@ -117,10 +146,14 @@ def contrast(ctx: Context, a: int, b: int, *, definition: str = "ranks", n_pairs
     _two([a, b], "close-in-A/distant-in-B")
     if definition not in ("ranks", "clusters"):
         raise ValueError(f"definition must be 'ranks' or 'clusters', got {definition!r}")
+    n = _n_common(ctx, [a, b])
+    _check_k(k, n)
+    _int_in(n_pairs, 1, 10**7, "n_pairs")
     params: dict[str, Any] = {"definition": definition, "n_pairs": int(n_pairs), "k": int(k)}
     if definition == "clusters":
-        n = _n_common(ctx, [a, b])
         k_large = int(k_large) if k_large is not None else max(2, min(1000, n // 4))
+        for name, value in (("k_large", k_large), ("k_small", k_small)):
+            _int_in(value, 2, n, name, f" (clusters of the N={n} images both sets share)")
         params.update(k_large=k_large, k_small=int(k_small), seed=int(seed))
 
     def compute(d: _Loaded):
@@ -142,6 +175,8 @@ def agreement(ctx: Context, a: int, b: int, *, k: int = 10, n_worst: int = 20, f
     from featscope.analysis.pairs import neighbourhood_agreement
 
     _two([a, b], "neighbourhood agreement")
+    _check_k(k, _n_common(ctx, [a, b]))
+    _int_in(n_worst, 0, 10**7, "n_worst")
     params = {"k": int(k), "n_worst": int(n_worst)}
 
     def compute(d: _Loaded):
@@ -164,6 +199,12 @@ def projection(ctx: Context, set_ids: Sequence[int], *, method: str = "tsne", pe
 
     if not set_ids or len(set(set_ids)) != len(set_ids):
         raise ValueError(f"give one or more different embedding sets, got {list(set_ids)}")
+    from featscope.analysis.projection import check_params
+
+    rows = _rows(ctx, set_ids)
+    check_params(min(r.n for r in rows), min(r.dim for r in rows), method, perplexity=perplexity,
+                 n_neighbors=n_neighbors, min_dist=min_dist, pca_dims=pca_dims, metric=metric, n_iter=n_iter,
+                 early_exaggeration_iter=early_exaggeration_iter)
     params = {"method": method, "perplexity": float(perplexity), "n_neighbors": int(n_neighbors),
               "min_dist": float(min_dist), "pca_dims": pca_dims, "seed": seed, "metric": metric,
               "n_iter": int(n_iter), "early_exaggeration_iter": int(early_exaggeration_iter)}
@@ -199,6 +240,8 @@ def probe(ctx: Context, embedding_set: int, *, val_fraction: float = 0.15, test_
     params = {"val_fraction": float(val_fraction), "test_fraction": float(test_fraction), "seed": int(seed),
               "c_grid": grid, "max_iter": int(max_iter), "knn_k": int(knn_k)}
     row = _embedding_row(ctx, embedding_set)
+    _check_probe(ctx, row, grid, max_iter=max_iter, knn_k=knn_k, val_fraction=val_fraction,
+                 test_fraction=test_fraction, seed=seed)
 
     def compute(d: _Loaded):
         from featscope.workspace.analyses import _images
@@ -222,6 +265,36 @@ def probe(ctx: Context, embedding_set: int, *, val_fraction: float = 0.15, test_
         return data, arrays
 
     return run(ctx, "probe", [embedding_set], params, compute, force=force, cached_only=cached_only, on_message=on_message)
+
+
+def _check_probe(ctx: Context, row: EmbeddingSet, grid: list[float], *, max_iter: int, knn_k: int,
+                 val_fraction: float, test_fraction: float, seed: int) -> None:
+    """What the probe needs of its data set's labels and parameters, from the catalog (no vectors loaded)."""
+    import warnings
+
+    from featscope.analysis.probes import make_splits
+    from featscope.workspace.datasets import readable_images
+
+    if not grid or not all(np.isfinite(c) and c > 0 for c in grid):
+        raise ValueError(f"c_grid must hold positive values, e.g. [0.0001, 0.001, ..., 100]; got {grid}")
+    _int_in(max_iter, 1, 10**7, "max_iter")
+    _int_in(knn_k, 1, 10**6, "knn_k")
+    labels = [im.label for im in readable_images(ctx, row.dataset_id)]
+    missing = sum(lab is None for lab in labels)
+    if missing:
+        raise ValueError(f"{missing} of {len(labels)} images of this data set have no class label; a probe needs "
+                         f"labelled images (an ImageFolder, a CSV with labels, or COCO/VOC)")
+    if len(set(labels)) < 2:
+        raise ValueError(f"the data set's images are all of one class ({labels[0] if labels else 'none'}); a probe "
+                         f"tells classes apart, so it needs at least two")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        splits = make_splits(labels, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    if len(grid) > 1 and len(splits.val) == 0:
+        raise ValueError("choosing C needs a validation part: give val_fraction > 0 or a single-value c_grid")
+    if len({labels[i] for i in splits.train}) < 2:
+        raise ValueError(f"the training part of {len(labels)} images holds a single class; a probe needs at least "
+                         f"two: use more images per class or a smaller test_fraction")
 
 
 @dataclass(frozen=True)
@@ -251,8 +324,9 @@ def load_probe(ctx: Context, backbone: str | int, dataset: str | int, *, tap: st
                                                   EmbeddingSet.tap == tap, EmbeddingSet.pooling == pooling)
                        .order_by(EmbeddingSet.id.desc())).first()
     if es is None:
-        raise NotFound(f"backbone {bb.name!r} has no {tap}/{pooling} embeddings of {ds.name!r}; run "
-                       f"`featscope extract -b {bb.name} -d {ds.name} -t {tap} -p {pooling}` first")
+        raise NotFound(f"backbone {bb.name!r} has no {tap}/{pooling} embeddings of {ds.name!r}; extract them first "
+                       f"(`featscope extract -b {bb.name} -d {ds.name} -t {tap} -p {pooling}`, or POST "
+                       f"/api/v1/embedding-sets/extract)")
     res = probe(ctx, es.id, on_message=on_message) if train else _cached_probe(ctx, es.id)
     a = res.arrays
     return KeptProbe(es.id, tap, pooling, a["coef"], a["intercept"], a["scaler_mean"], a["scaler_scale"],
@@ -266,13 +340,13 @@ def _cached_probe(ctx: Context, embedding_set: int) -> AnalysisResult:
         rows = [r for r in s.scalars(select(Analysis).where(Analysis.kind == "probe").order_by(Analysis.id.desc()))
                 if list(r.inputs) == [embedding_set]]
     if not rows:
-        raise NotFound(f"no probe trained on embedding set {embedding_set}; run `featscope analyze probe "
-                       f"{embedding_set}`")
+        raise NotFound(f"no probe trained on embedding set {embedding_set}; train one (`featscope analyze probe "
+                       f"{embedding_set}`, POST /api/v1/analyses/probe)")
     try:
         return probe(ctx, embedding_set, cached_only=True, **{k: v for k, v in rows[0].params.items()})
     except NotCached:
         raise NotFound(f"the probe trained on embedding set {embedding_set} is no longer in the artifact store; "
-                       f"run `featscope analyze probe {embedding_set}` again") from None
+                       f"train it again (`featscope analyze probe {embedding_set}`, POST /api/v1/analyses/probe)") from None
 
 
 def probe_table(ctx: Context, backbones: Sequence[str | int], dataset: str | int, *,
@@ -295,7 +369,8 @@ def probe_table(ctx: Context, backbones: Sequence[str | int], dataset: str | int
                 chosen[(es.tap, es.pooling)] = es  # newest set of each tap x pooling
         if not chosen:
             raise NotFound(f"backbone {bb.name!r} has no embedding sets of {ds.name!r} matching taps={taps} "
-                           f"poolings={poolings}; run `featscope extract -b {bb.name} -d {ds.name}` first")
+                           f"poolings={poolings}; extract them first (`featscope extract -b {bb.name} -d {ds.name}`, "
+                           f"POST /api/v1/embedding-sets/extract)")
         for (tap, pooling), es in sorted(chosen.items()):
             if on_message:
                 on_message(f"probe: {bb.name} {tap}/{pooling} (embedding set {es.id}, dim {es.dim})")
@@ -315,6 +390,7 @@ def similarity(ctx: Context, a: int, b: int, *, k: int = 10, force: bool = False
     from featscope.analysis.similarity import linear_cka, mutual_knn_alignment
 
     _two([a, b], "similarity")
+    _check_k(k, _n_common(ctx, [a, b]))
     params = {"k": int(k)}
 
     def compute(d: _Loaded):
@@ -343,8 +419,9 @@ def cka_matrix(ctx: Context, backbone_a: str | int, backbone_b: str | int, datas
                                   .order_by(EmbeddingSet.id)))
         by_tap = {es.tap: es.id for es in sets}
         if not by_tap:
-            raise NotFound(f"backbone {bb.name!r} has no {pooling} embedding sets of {ds.name!r}; run `featscope "
-                           f"extract -b {bb.name} -d {ds.name} -p {pooling} -t conv2 -t conv3 -t conv4 -t conv5`")
+            raise NotFound(f"backbone {bb.name!r} has no {pooling} embedding sets of {ds.name!r}; extract its taps "
+                           f"first (`featscope extract -b {bb.name} -d {ds.name} -p {pooling} -t conv2 -t conv3 -t conv4 "
+                           f"-t conv5`, or POST /api/v1/embedding-sets/extract)")
         per_backbone.append(dict(sorted(by_tap.items())))
     taps_a, taps_b = list(per_backbone[0]), list(per_backbone[1])
     ids = list(per_backbone[0].values()) + list(per_backbone[1].values())

@@ -28,6 +28,9 @@ class Context:
     store: ArtifactStore
     # Loaded embedding sets and FAISS indexes for queries, per workspace (image ids are catalog-specific).
     query_cache: dict[tuple[str, int, str], Any] = field(default_factory=dict)
+    # Loaded networks by (backbone id, fingerprint), per workspace: loading and hashing weights costs
+    # seconds. Never relied on for correctness: every process loads a backbone from its catalog row.
+    networks: dict[tuple[int, str], Any] = field(default_factory=dict)
 
     @classmethod
     def open(cls, settings: Settings) -> "Context":

@@ -38,6 +38,8 @@ def add_dataset(ctx: Context, path: str | Path, *, name: str | None = None, form
                 progress: Callable[[int, int], None] | None = None) -> DatasetInfo:
     """Scan ``path`` and register it. Same name and same content: the existing row. Changed content: a new version."""
     path = Path(path).expanduser().resolve()
+    if images_root is not None:  # absolute, so a worker or server in another folder finds the images
+        images_root = Path(images_root).expanduser().resolve()
     scan = read_dataset(path, format, images_root=images_root, split=split, verify=verify, progress=progress)
     name = name or _default_name(path)
     with ctx.session() as s:
@@ -109,7 +111,8 @@ def get_dataset(ctx: Context, ref: str | int) -> Dataset:
             row = s.scalars(q).first()
         if row is None:
             known = ", ".join(sorted({d.name for d in s.scalars(select(Dataset))})) or "none yet"
-            raise NotFound(f"no data set {ref!r} (known: {known}); add one with `featscope dataset add PATH`")
+            raise NotFound(f"no data set {ref!r} (known: {known}); add one with `featscope dataset add PATH` "
+                           f"(POST /api/v1/datasets)")
         return row
 
 

@@ -208,7 +208,8 @@ def get_embedding_set(ctx: Context, embedding_set: int) -> EmbeddingSetInfo:
 
 def _embedding_row(ctx: Context, embedding_set: int) -> EmbeddingSet:
     return ctx.get_row(EmbeddingSet, embedding_set,
-                       f"no embedding set {embedding_set}; `featscope embeddings list` shows them")
+                       f"no embedding set {embedding_set}; `featscope embeddings list` (GET /api/v1/embedding-sets) "
+                       f"shows them")
 
 
 def load_embeddings(ctx: Context, embedding_set: int) -> Embeddings:
@@ -217,7 +218,8 @@ def load_embeddings(ctx: Context, embedding_set: int) -> Embeddings:
     try:
         art = ctx.store.get("embeddings", row.artifact_key)
     except CorruptArtifact as e:
-        e.args = (f"{e.args[0]} Or run `featscope extract` again for this backbone and data set: it rebuilds it.",)
+        e.args = (f"{e.args[0]} Or extract again for this backbone and data set (`featscope extract`, "
+                  f"POST /api/v1/embedding-sets/extract): it rebuilds it.",)
         raise
     positions = art.array("positions")
     with ctx.session() as s:

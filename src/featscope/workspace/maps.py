@@ -21,15 +21,15 @@ import numpy as np
 from PIL import Image as PILImage
 
 from featscope.cache.store import content_key
-from featscope.catalog import Dataset, Image
-from featscope.workspace.backbones import get_backbone_row, open_backbone
-from featscope.workspace.context import Context, NotFound
+from featscope.workspace.backbones import open_backbone
+from featscope.workspace.context import Context
+from featscope.workspace.map_requests import (FILLS, METHODS, SCALES, MapRequest, check_heatmap,  # noqa: F401
+                                              check_maskout, probe_dataset_for, resolve_image)  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 MAP_VERSION = 2  # 2: fp32 mask-out runs NCHW (closer to the plain network than channels_last)
-METHODS = ("mean", "gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam")
-FILLS = ("zero", "mean", "blur")
+_DRAWING = ("cmap", "scale")  # how a map is drawn, not what it is: never part of its key
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class MapResult:
     overlay_png: bytes = field(repr=False)
     artifact_key: str = ""
     cached: bool = False
+    legend: dict[str, Any] = field(default_factory=dict)  # what the overlay's colours mean (mask-out: its scale)
 
     @property
     def heat(self) -> np.ndarray:
@@ -62,27 +63,9 @@ class MapResult:
         paths[0].write_bytes(self.overlay_png)
         np.savez_compressed(paths[1], **self.arrays)
         paths[2].write_text(json.dumps({"kind": self.kind, "backbone": self.backbone, "image": self.image,
-                                        "params": self.params, **self.data}, indent=2, default=str))
+                                        "params": self.params, **self.data, "legend": self.legend}, indent=2,
+                                       default=str))
         return paths
-
-
-def resolve_image(ctx: Context, image: str | int | Path) -> tuple[Path, str, int | None]:
-    """(file, display name, catalog dataset id or None) for a catalog image id or a file path."""
-    if isinstance(image, int) or (isinstance(image, str) and image.isdigit()):
-        with ctx.session() as s:
-            row = s.get(Image, int(image))
-            if row is None:
-                raise NotFound(f"no image {image} in the catalog; `featscope dataset images NAME` lists ids, or "
-                               f"pass a path to an image file")
-            if row.error is not None:
-                raise ValueError(f"image {image} ({row.relpath}) could not be decoded when it was registered: "
-                                 f"{row.error}")
-            ds = s.get(Dataset, row.dataset_id)
-            return Path(ds.root) / row.relpath, row.relpath, ds.id
-    path = Path(image).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is not a file; pass an image file or a catalog image id")
-    return path, path.name, None
 
 
 def _head(ctx: Context, row, probe_dataset: str | int | None, image_dataset: int | None,
@@ -91,13 +74,9 @@ def _head(ctx: Context, row, probe_dataset: str | int | None, image_dataset: int
     classifier), without loading the network: a cached map needs neither."""
     from featscope.workspace.analyze import load_probe
 
-    if probe_dataset is None and row.has_classifier:
-        return "classifier", None
-    ds = probe_dataset if probe_dataset is not None else image_dataset
+    ds = probe_dataset_for(row, probe_dataset, image_dataset)
     if ds is None:
-        raise ValueError(f"backbone {row.name!r} has no classifier of its own; pass --probe-dataset NAME (a "
-                         f"labelled data set it has {list(row.taps)[-1]}/avg embeddings of) so a linear probe "
-                         f"trained on its features serves as the classification layer, as the study does")
+        return "classifier", None
     probe = load_probe(ctx, row.id, ds, on_message=on_message)
     h = hashlib.sha256("\n".join(probe.classes).encode())
     for a in (probe.coef, probe.intercept, probe.scaler_mean, probe.scaler_scale):
@@ -124,27 +103,82 @@ def _image_sha(path: Path) -> str:
     return h.hexdigest()
 
 
-def _cached(ctx: Context, kind: str, row, image_path: Path, name: str, head_id: str,
-            params: dict[str, Any]) -> tuple[str, MapResult | None]:
+def _cached(ctx: Context, kind: str, req: MapRequest, head_id: str) -> tuple[str, MapResult | None]:
     """The content key of a ``kind`` map and, when a sound copy is stored, its result (a corrupt one is dropped).
-    The colour map is not part of the key: a stored map drawn in another one is redrawn from its arrays."""
-    keyed = {k: v for k, v in params.items() if k != "cmap"}
-    key = content_key({"kind": "map", "map": kind, "backbone": row.fingerprint, "image": _image_sha(image_path),
-                       "head": head_id, "params": keyed, "preprocess": row.preprocess, "version": MAP_VERSION})
+    How it is drawn (colour map, scale) is not part of the key: a stored map drawn another way is redrawn
+    from its arrays."""
+    keyed = {k: v for k, v in req.params.items() if k not in _DRAWING}
+    key = content_key({"kind": "map", "map": kind, "backbone": req.row.fingerprint, "image": _image_sha(req.path),
+                       "head": head_id, "params": keyed, "preprocess": req.row.preprocess, "version": MAP_VERSION})
     if not ctx.store.has("map", key):
         return key, None
     if ctx.store.verify("map", key):
         ctx.store.delete("map", key)
         return key, None
-    art = ctx.store.get("map", key, verify=False)
-    arrays = {n: art.array(n) for n in art.array_names}
-    png = art.blob("overlay.png")
-    if art.meta["params"].get("cmap") != params.get("cmap"):
-        from featscope.datasets.images import load_rgb
-        from featscope.extractors.overlay import overlay
+    png, legend, arrays, data = _drawn(ctx, key, req.path, req.params)
+    return key, MapResult(kind, req.row.name, req.name, req.params, data, arrays, png, key, True, legend)
 
-        png = _png(overlay(load_rgb(image_path), arrays["heat"], cmap=params["cmap"]))
-    return key, MapResult(kind, row.name, name, params, art.meta["data"], arrays, png, key, True)
+
+def _drawn(ctx: Context, key: str, image: Path, params: dict[str, Any],
+           verify: bool = False) -> tuple[bytes, dict, dict, dict]:
+    """(overlay PNG, legend, arrays, data) of the stored map ``key`` drawn as ``params`` say; the stored PNG
+    when it was drawn that way already."""
+    from featscope.datasets.images import load_rgb
+
+    art = ctx.store.get("map", key, verify=verify)
+    arrays = {n: art.array(n) for n in art.array_names}
+    data, stored = art.meta["data"], art.meta["params"]
+    kind = "maskout" if "probs" in arrays else "activation"
+    params = {**stored, **{k: v for k, v in params.items() if v is not None}}
+    drawing = {k: params.get(k) for k in _DRAWING}
+    if kind == "maskout" and drawing["scale"] is None:
+        drawing["scale"] = "relative"
+    if all(stored.get(k) == v for k, v in drawing.items()):  # maps stored before scales existed are redrawn
+        return art.blob("overlay.png"), _legend(kind, arrays, data, drawing), arrays, data
+    png, legend = _draw(kind, load_rgb(image), arrays, data, drawing)
+    return png, legend, arrays, data
+
+
+def redraw(ctx: Context, key: str, image: Path, *, cmap: str | None = None, scale: str | None = None) -> bytes:
+    """The overlay PNG of the stored map ``key`` over ``image``, in another colour map or scale if asked."""
+    return _drawn(ctx, key, image, {"cmap": cmap, "scale": scale}, verify=True)[0]
+
+
+def _legend(kind: str, arrays: dict[str, np.ndarray], data: dict[str, Any], drawing: dict[str, Any]) -> dict[str, Any]:
+    if kind != "maskout":
+        return {}
+    _, lo, hi, label = _maskout_values(arrays, data, drawing["scale"])
+    return {"scale": drawing["scale"], "low": lo, "high": hi, "label": label, "cmap": drawing["cmap"]}
+
+
+def _maskout_values(arrays: dict[str, np.ndarray], data: dict[str, Any],
+                    scale: str) -> tuple[np.ndarray, float, float, str]:
+    """(values over the original image, value at the colour map's low end, at its high end, legend label).
+
+    ``absolute``: the probability on 0..1. ``relative``: the probability on this map's own range, so a map
+    spanning 0.008..0.012 uses every colour. ``drop``: the unmasked probability minus the masked one (how much
+    hiding each place costs the class), on its own range."""
+    probs, heat = arrays["probs"], arrays["heat"]
+    cls, unmasked = data["class_name"], float(data["unmasked_probability"])
+    if scale == "absolute":
+        return heat, 0.0, 1.0, f"p({cls}) with the mask there"
+    if scale == "relative":
+        return heat, float(probs.min()), float(probs.max()), f"p({cls}) with the mask there (this map's range)"
+    return unmasked - heat, unmasked - float(probs.max()), unmasked - float(probs.min()), \
+        f"drop in p({cls}) from {unmasked:.4g} unmasked"
+
+
+def _draw(kind: str, rgb: PILImage.Image, arrays: dict[str, np.ndarray], data: dict[str, Any],
+          drawing: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """(overlay PNG, legend): activation maps as they are normalised; mask-out maps on their scale with a
+    colour bar that states its values."""
+    from featscope.extractors.overlay import overlay, rescale, with_colorbar
+
+    if kind != "maskout":
+        return _png(overlay(rgb, arrays["heat"], cmap=drawing["cmap"])), {}
+    values, lo, hi, label = _maskout_values(arrays, data, drawing["scale"])
+    img = overlay(rgb, rescale(values, lo, hi), cmap=drawing["cmap"])
+    return _png(with_colorbar(img, lo, hi, cmap=drawing["cmap"], label=label)), _legend(kind, arrays, data, drawing)
 
 
 def _png(img: PILImage.Image) -> bytes:
@@ -158,83 +192,61 @@ def heatmap(ctx: Context, backbone: str | int, image: str | int | Path, *, tap: 
             probe_dataset: str | int | None = None, cmap: str = "jet", device: str | None = None,
             on_message: Callable[[str], None] | None = None) -> MapResult:
     """The tap's channel-mean activation (``method="mean"``) or a Grad-CAM-family map of ``target``
-    (the backbone's classifier, or a probe for networks without one) over ``image``."""
+    (the backbone's classifier, or a probe for networks without one) over ``image``. Without a
+    ``target`` a Grad-CAM map explains the top-scoring class; ``data["target_chosen"]`` says so."""
     from featscope.extractors.activations import activation_map, gradcam_map
-    from featscope.extractors.overlay import overlay
 
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if method != "mean" and target is None:
-        raise ValueError(f"method {method!r} explains one class: pass --target CLASS (a class name or index)")
-    path, name, ds_id = resolve_image(ctx, image)
-    row = get_backbone_row(ctx, backbone)
-    params = {"tap": tap, "method": method, "target": None if target is None else str(target),
-              "top_channels": int(top_channels), "cmap": cmap}
-    head_id, probe = ("none", None) if method == "mean" else _head(ctx, row, probe_dataset, ds_id, on_message)
-    key, hit = _cached(ctx, "activation", row, path, name, head_id, params)
+    req = check_heatmap(ctx, backbone, image, tap=tap, method=method, target=target, top_channels=top_channels,
+                        probe_dataset=probe_dataset, cmap=cmap)
+    row = req.row
+    head_id, probe = ("none", None) if method == "mean" else _head(ctx, row, probe_dataset, req.dataset_id,
+                                                                  on_message)
+    key, hit = _cached(ctx, "activation", req, head_id)
     if hit is not None:  # the network is only loaded on a miss
         return hit
     if method == "mean":
-        m = activation_map(open_backbone(ctx, row.id), path, tap=tap, top_channels=top_channels,
+        m = activation_map(open_backbone(ctx, row.id), req.path, tap=tap, top_channels=top_channels,
                            device=device or ctx.settings.device)
         data: dict[str, Any] = {"channels": m.channels.tolist(), "geometry": m.geometry.to_dict()}
     else:
         bb, classifier = _classifier(ctx, row, probe)
-        m = gradcam_map(classifier, bb, path, target, method=method, device=device or ctx.settings.device)
-        data = {"target": m.target, "class_name": m.class_name, "head": m.head, "score": m.score,
-                "probability": m.probability, "geometry": m.geometry.to_dict()}
-    arrays = m.arrays()
-    png = _png(overlay(m.image, arrays["heat"], cmap=cmap))
-    ctx.store.put("map", key, arrays, {"data": data, "params": params}, blobs={"overlay.png": png})
-    return MapResult("activation", row.name, name, params, json.loads(json.dumps(data)), arrays, png, key, False)
+        m = gradcam_map(classifier, bb, req.path, target, method=method, device=device or ctx.settings.device)
+        data = {"target": m.target, "class_name": m.class_name, "target_chosen": m.target_chosen, "head": m.head,
+                "score": m.score, "probability": m.probability, "geometry": m.geometry.to_dict()}
+    return _store(ctx, "activation", req, key, m.image, m.arrays(), data)
 
 
 def maskout(ctx: Context, backbone: str | int, image: str | int | Path, *, target: str | int, size: int = 60,
             stride: int = 8, fill: str = "zero", mean_pixel: tuple[float, float, float] | None = None,
             precision: str = "fp32", approx_margin: int | None = None, probe_dataset: str | int | None = None,
-            cmap: str = "jet", device: str | None = None, batch_size: int = 32,
+            cmap: str = "jet", scale: str = "relative", device: str | None = None, batch_size: int = 32,
             progress: Callable[[int, int], None] | None = None,
             on_message: Callable[[str], None] | None = None) -> MapResult:
     """Probability of ``target`` as a ``size`` x ``size`` blank mask slides over ``image`` with ``stride``
     (study Fig. 5), each position's value drawn at the mask centre. The head is the backbone's own
-    classifier, or a linear probe trained on its pooled last-tap features for networks without one."""
+    classifier, or a linear probe trained on its pooled last-tap features for networks without one.
+    ``scale`` (how the overlay is drawn, with a colour bar stating it): ``relative`` (the map's own range),
+    ``absolute`` (0..1) or ``drop`` (the fall from the unmasked probability)."""
     from featscope.datasets.images import load_rgb
     from featscope.extractors.activations import CropGeometry
     from featscope.extractors.maskout import maskout_map
-    from featscope.extractors.overlay import overlay
 
-    if fill not in FILLS:
-        raise ValueError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
-    if fill == "mean":
-        if mean_pixel is None or len(mean_pixel) != 3 or not all(0 <= float(v) <= 255 for v in mean_pixel):
-            raise ValueError(f"fill='mean' needs mean_pixel=(R, G, B), the data set's mean pixel in 0..255 (got "
-                             f"{mean_pixel!r}); fill='zero' already fills with the network's normalisation mean colour")
-        mean_pixel = tuple(float(v) for v in mean_pixel)
-    else:
-        mean_pixel = None
-    path, name, ds_id = resolve_image(ctx, image)
-    row = get_backbone_row(ctx, backbone)
-    head_id, probe = _head(ctx, row, probe_dataset, ds_id, on_message)
-    params = {"target": str(target), "size": int(size), "stride": int(stride), "fill": fill, "precision": precision,
-              "cmap": cmap}
-    if mean_pixel is not None:
-        params["mean_pixel"] = list(mean_pixel)
-    if approx_margin is not None:
-        params["approx_margin"] = approx_margin
-    key, hit = _cached(ctx, "maskout", row, path, name, head_id, params)
+    req = check_maskout(ctx, backbone, image, target=target, size=size, stride=stride, fill=fill,
+                        mean_pixel=mean_pixel, precision=precision, approx_margin=approx_margin,
+                        probe_dataset=probe_dataset, cmap=cmap, scale=scale)
+    row = req.row
+    head_id, probe = _head(ctx, row, probe_dataset, req.dataset_id, on_message)
+    key, hit = _cached(ctx, "maskout", req, head_id)
     if hit is not None:  # the network is only loaded on a miss
         return hit
     bb, classifier = _classifier(ctx, row, probe)
     target_index = classifier.class_index(target)
-    rgb = load_rgb(path)
-    crop = bb.preprocess.crop
-    if size > crop:
-        raise ValueError(f"the mask ({size} px) is larger than the network's {crop} x {crop} input; "
-                         f"use --size {crop // 4} or smaller")
+    rgb = load_rgb(req.path)
+    pixel = req.params.get("mean_pixel")
     res = maskout_map(classifier, bb.preprocess.to_uint8(rgb), target_index, preprocess=bb.preprocess, size=size,
-                      stride=stride, fill=fill, mean_pixel=mean_pixel, precision=precision, approx_margin=approx_margin,
-                      device=device or ctx.settings.device,
-                      batch_size=batch_size, progress=progress)
+                      stride=stride, fill=fill, mean_pixel=tuple(pixel) if pixel else None, precision=precision,
+                      approx_margin=approx_margin, device=device or ctx.settings.device, batch_size=batch_size,
+                      progress=progress)
     geometry = CropGeometry.of(bb.preprocess, rgb.size)
     heat = np.clip(geometry.to_original(res.full), 0.0, 1.0)
     arrays = {"probs": res.probs, "tops_y": res.tops_y, "tops_x": res.tops_x, "centres_y": res.centres_y,
@@ -242,19 +254,34 @@ def maskout(ctx: Context, backbone: str | int, image: str | int | Path, *, targe
               "box": np.asarray(geometry.box, dtype=np.float64)}
     data = {"target": res.target, "class_name": classifier.class_names[res.target], "head": classifier.source,
             "unmasked_probability": res.unmasked, "min_probability": float(res.probs.min()),
-            "positions": int(res.probs.size), "engine": res.engine, "seconds": res.seconds,
-            "geometry": geometry.to_dict()}
-    png = _png(overlay(rgb, heat, cmap=cmap))
-    ctx.store.put("map", key, arrays, {"data": data, "params": params}, blobs={"overlay.png": png})
-    return MapResult("maskout", row.name, name, params, json.loads(json.dumps(data)), arrays, png, key, False)
+            "max_probability": float(res.probs.max()), "positions": int(res.probs.size), "engine": res.engine,
+            "seconds": res.seconds, "geometry": geometry.to_dict()}
+    return _store(ctx, "maskout", req, key, rgb, arrays, data)
+
+
+def _store(ctx: Context, kind: str, req: MapRequest, key: str, rgb: PILImage.Image, arrays: dict[str, np.ndarray],
+           data: dict[str, Any]) -> MapResult:
+    data = json.loads(json.dumps(data))  # the form a cache hit returns
+    png, legend = _draw(kind, rgb, arrays, data, {k: req.params.get(k) for k in _DRAWING})
+    ctx.store.put("map", key, arrays, {"data": data, "params": req.params}, blobs={"overlay.png": png})
+    return MapResult(kind, req.row.name, req.name, req.params, data, arrays, png, key, False, legend)
 
 
 def compare_panel(a: MapResult, b: MapResult) -> PILImage.Image:
-    """Two backbones' maps of one image side by side, with their signed difference (red: A higher)."""
-    from featscope.extractors.overlay import difference_panel, side_by_side
+    """Two backbones' maps of one image side by side, with their signed difference (red: A higher).
+
+    Mask-out maps are compared in probability; unless both are drawn on the absolute scale the difference
+    is stretched to its own largest magnitude, with a colour bar stating it."""
+    from featscope.extractors.overlay import difference, difference_panel, side_by_side, with_colorbar
 
     if a.heat.shape != b.heat.shape:
         raise ValueError("the two maps cover different images; compare maps of the same image")
-    img = a.overlay()
-    diff = difference_panel(a.heat, b.heat)
-    return side_by_side([img, b.overlay(), diff], [a.backbone, b.backbone, f"{a.backbone} - {b.backbone}"])
+    limit = 1.0
+    if a.kind == "maskout" and "absolute" not in (a.legend.get("scale"), b.legend.get("scale")):
+        d = difference(a.heat, b.heat)
+        limit = float(np.nanmax(np.abs(d))) if np.isfinite(d).any() else 1.0
+        limit = limit if limit > 0 else 1.0
+    diff = difference_panel(a.heat, b.heat, limit=limit)
+    if a.kind == "maskout":
+        diff = with_colorbar(diff, -limit, limit, cmap="RdBu_r", label=f"p({a.backbone}) - p({b.backbone})")
+    return side_by_side([a.overlay(), b.overlay(), diff], [a.backbone, b.backbone, f"{a.backbone} - {b.backbone}"])

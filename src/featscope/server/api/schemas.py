@@ -123,10 +123,21 @@ class BackboneAdd(Strict):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
 
+class TapLayerOut(BaseModel):
+    name: str
+    aliases: list[str]
+    channels: int
+    height: int
+    width: int
+    dims: dict[str, int] = Field(description="Vector length per pooling (avg, max, grid2, grid4, none).")
+
+
 class TapsOut(BaseModel):
     backbone: str
     taps: list[str]
     aliases: dict[str, str] = Field(description="Study alias (conv2..conv5) -> tap name, where the backbone has them.")
+    input_size: int | None = Field(default=None, description="The input side the shapes below are for (its crop).")
+    layers: list[TapLayerOut] | None = Field(default=None, description="Each tap's shape and pooled lengths.")
 
 
 # ---------------------------------------------------------------- embeddings
@@ -330,8 +341,13 @@ class _MapImage(Strict):
 class HeatmapIn(_MapImage):
     tap: TapName = "conv5"
     method: Literal["mean", "gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam"] = "mean"
-    target: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")] | None = None
+    target: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")] | None = \
+        Field(default=None, description="Class name or index to explain (Grad-CAM methods); default: the "
+                                        "top-scoring class, named in the job's result.")
     top_channels: int = Field(default=0, ge=0, le=4096)
+
+
+MapScale = Literal["relative", "absolute", "drop"]
 
 
 class MaskoutIn(_MapImage):
@@ -346,3 +362,6 @@ class MaskoutIn(_MapImage):
     approx_margin: int | None = Field(default=None, ge=0, le=64, description=(
         "Faster, approximate: drop the mask's effect beyond this many cells of its footprint at every layer. "
         "Omit for the exact map."))
+    scale: MapScale = Field(default="relative", description=(
+        "Overlay colours: relative (the map's own probability range), absolute (0..1) or drop (the fall from "
+        "the unmasked probability); the overlay's colour bar states the values."))

@@ -6,11 +6,16 @@ import dataclasses
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, status
+from typing import Any
 
-from featscope.server.api.schemas import BackboneAdd, BackboneOut, Page, Ref, TapsOut
-from featscope.server.deps import Limit, Offset, SettingsDep, WorkspaceDep, allowed_path
-from featscope.workspace.backbones import BackboneInfo, get_backbone_row, open_backbone
+from fastapi import APIRouter, Path, status
+from fastapi.responses import JSONResponse
+
+from featscope.server.api.routes.jobs import job_out
+from featscope.server.api.schemas import BackboneAdd, BackboneOut, JobOut, Page, Ref, TapLayerOut, TapsOut
+from featscope.server.deps import Limit, Offset, QueueDep, SettingsDep, WorkspaceDep, allowed_path
+from featscope.worker import jobs
+from featscope.workspace.backbones import BackboneInfo, get_backbone_row, recorded_taps
 
 router = APIRouter(prefix="/backbones", tags=["backbones"])
 
@@ -45,9 +50,17 @@ def add(body: BackboneAdd, ws: WorkspaceDep, settings: SettingsDep) -> BackboneO
     return _out(info)
 
 
-@router.get("/{backbone}/taps", response_model=TapsOut)
-def taps(ws: WorkspaceDep, backbone: Annotated[Ref, Path(description="Name or id.")]) -> TapsOut:
-    """The layer taps a backbone offers and the study's aliases for them."""
+@router.get("/{backbone}/taps", response_model=TapsOut,
+            responses={202: {"model": JobOut, "description": "Registered by an older featscope, so its taps' "
+                                                             "shapes are not recorded yet: the job recording them."}})
+def taps(ws: WorkspaceDep, queue: QueueDep, backbone: Annotated[Ref, Path(description="Name or id.")]) -> Any:
+    """The layer taps a backbone offers, the study's aliases and each tap's shape and pooled lengths, as
+    recorded at registration (the network is not loaded here)."""
     row = get_backbone_row(ws.ctx, backbone)
-    bb = open_backbone(ws.ctx, row.id)
-    return TapsOut(backbone=row.name, taps=list(bb.taps), aliases=dict(bb.aliases))
+    infos = recorded_taps(row)
+    if infos is None:
+        job = jobs.submit(ws.ctx, "backbone-taps", {"backbone": row.id}, queue=queue)
+        return JSONResponse(job_out(job).model_dump(), status_code=status.HTTP_202_ACCEPTED)
+    return TapsOut(backbone=row.name, taps=[t.name for t in infos],
+                   aliases={a: t.name for t in infos for a in t.aliases}, input_size=row.network["input_size"],
+                   layers=[TapLayerOut(**dataclasses.asdict(t)) for t in infos])

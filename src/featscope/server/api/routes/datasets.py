@@ -54,10 +54,8 @@ def scan(body: DatasetAdd, ws: WorkspaceDep, settings: SettingsDep, queue: Queue
     return job_out(jobs.submit(ws.ctx, "dataset-add", params, queue=queue))
 
 
-@router.post("/synth", response_model=list[DatasetOut], status_code=status.HTTP_201_CREATED)
-def synth(body: SynthIn, ws: WorkspaceDep, settings: SettingsDep) -> list[DatasetOut]:
-    """Generate the synthetic shapes data set in the data dir and register both halves."""
-    out_dir = settings.data_dir / "synth" / body.name
-    infos = ws.synth_dataset(out_dir, name=body.name, n_scenes=body.n_scenes, n_per_class=body.n_per_class,
-                             size=body.size, seed=body.seed)
-    return [dataset_out(d) for d in infos]
+@router.post("/synth", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED)
+def synth(body: SynthIn, ws: WorkspaceDep, queue: QueueDep) -> JobOut:
+    """Generate the synthetic shapes data set in the data dir and register both halves, in a worker: the job's
+    progress counts images, its result names the two data sets."""
+    return job_out(jobs.submit(ws.ctx, "dataset-synth", body.model_dump(), queue=queue))

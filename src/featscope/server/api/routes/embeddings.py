@@ -13,7 +13,7 @@ from featscope.server.api.schemas import EmbeddingSetOut, ExtractIn, Id, JobOut,
 from featscope.server.deps import Limit, Offset, QueueDep, WorkspaceDep
 from featscope.worker import jobs
 from featscope.workspace.embeddings import get_embedding_set
-from featscope.workspace.backbones import get_backbone_row
+from featscope.workspace.backbones import get_backbone_row, tap_choices
 from featscope.workspace.datasets import get_dataset
 
 router = APIRouter(prefix="/embedding-sets", tags=["embeddings"])
@@ -42,11 +42,11 @@ def extract(body: ExtractIn, ws: WorkspaceDep, queue: QueueDep) -> JobOut:
     """Queue an extraction job (the same request while one runs returns that job)."""
     row = get_backbone_row(ws.ctx, body.backbone)  # 404 now, not a failed job later
     get_dataset(ws.ctx, body.dataset)
-    known = set(row.taps) | {"conv2", "conv3", "conv4", "conv5"}  # the study's aliases exist on every backbone
-    unknown = [t for t in (body.taps or []) if t not in known]
+    names, aliases = tap_choices(row)  # as recorded at registration
+    unknown = [t for t in (body.taps or []) if t not in names and t not in aliases]
     if unknown:
-        raise ValueError(f"backbone {row.name!r} has no tap {unknown[0]!r}; it offers {', '.join(row.taps)} "
-                         f"and the aliases conv2..conv5 (GET /api/v1/backbones/{row.name}/taps)")
+        raise ValueError(f"backbone {row.name!r} has no tap {unknown[0]!r}; it offers {', '.join(names)} "
+                         f"and the aliases {', '.join(aliases)} (GET /api/v1/backbones/{row.name}/taps)")
     params = body.model_dump(exclude_none=True)
     return job_out(jobs.submit(ws.ctx, "extract", params, queue=queue))
 
