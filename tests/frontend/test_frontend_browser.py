@@ -126,7 +126,8 @@ def test_the_dashboard_end_to_end(server, browser_page):
     page.fill("#ov-synth-scenes", "2")
     page.fill("#ov-synth-size", "64")
     page.click("#ov-synth-go")
-    page.wait_for_selector("text=synth-objects: 40 images (new)", timeout=60_000)
+    page.wait_for_selector("text=Generating synth-objects and synth-scenes in job")
+    page.wait_for_selector("#ov-datasets-table >> text=synth-objects", timeout=90_000)  # the job's result
 
     # --- Compare: A = r18a, B = r18b on the 40 objects, conv5 / avg; wait for every job
     page.wait_for_function("() => document.querySelector('#ov-cmp-dataset').innerText.includes('synth-objects')")

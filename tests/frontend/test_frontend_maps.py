@@ -52,9 +52,23 @@ def test_heatmaps_are_jobs_then_figures_with_their_difference(world, image_id):
     assert st_a["rows"] and set(st_a["rows"][0]) == {"x", "y", "activation"}
 
 
-def test_gradcam_needs_a_target(world, image_id):
+def test_gradcam_without_a_target_explains_the_top_class(world, image_id):
     out = image_page.heatmaps(world.svc, world.a, world.b, "gradcam", "conv5", "probe", None, None, None, image_id, {})
-    assert "target class" in text_of(out[8]) and out[9] == {}
+    tracked = out[9]
+    params = [jobs.get_job(world.ws.ctx, j).params for j in tracked.values()]
+    assert len(params) == 2 and all(p["method"] == "gradcam" and "target" not in p for p in params)
+    assert all(p["probe_dataset"] == "shapes" for p in params)
+    run_queued(world.svc)
+    out = image_page.heatmaps(world.svc, world.a, world.b, "gradcam", "conv5", "probe", None, None, None, image_id,
+                              tracked)
+    assert out[0]["data"][0]["type"] == "heatmap" and any(c in out[6] for c in ("red", "green", "blue"))
+
+
+def test_a_request_the_api_would_refuse_is_explained_not_queued(world, image_id):
+    before = len(jobs.list_jobs(world.ws.ctx, limit=1000))
+    out = image_page.heatmaps(world.svc, world.a, world.b, "mean", "conv9", "probe", None, None, None, image_id, {})
+    assert "conv9" in text_of(out[8]) and out[9] == {}
+    assert len(jobs.list_jobs(world.ws.ctx, limit=1000)) == before
 
 
 def test_maskout_is_queued_only_by_the_button_and_shown_when_done(world, image_id):

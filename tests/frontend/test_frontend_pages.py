@@ -41,7 +41,7 @@ def test_overview_on_a_fresh_data_dir_says_what_to_do(empty):
     assert "No backbones yet" in text_of(backbones) and "featscope backbone add" in text_of(backbones)
     assert "Run a Compare" in text_of(sets) and "No jobs yet" in text_of(recent)
     assert plan_view is None and poll_off is True
-    bb_opts, ds_opts, taps, dataset = overview.form_options(empty, 0, None, None)
+    bb_opts, ds_opts, taps, dataset = overview.form_options(empty, 0, None, None, None)
     assert bb_opts == [] and ds_opts == [] and dataset is None
 
 
@@ -56,7 +56,7 @@ def test_overview_lists_datasets_with_their_skipped_files(world, make_images, tm
 
 
 def test_compare_form_choices_and_validation(world):
-    bb_opts, ds_opts, taps, dataset = overview.form_options(world.svc, 0, ["r18a", "r18b"], None)
+    bb_opts, ds_opts, taps, dataset = overview.form_options(world.svc, 0, ["r18a", "r18b"], None, None)
     assert [o["value"] for o in bb_opts] == ["r18a", "r18b"]
     assert dataset == "shapes" and "conv5" in [t["value"] for t in taps] and "layer4" in [t["value"] for t in taps]
     plan, msg = overview.start_compare(world.svc, 1, ["r18a"], "shapes", "conv5", "avg")
@@ -102,9 +102,14 @@ def test_register_a_dataset_only_from_allowed_roots(world, make_images, tmp_path
     assert "more" in [d.name for d in world.ws.datasets()]
 
 
-def test_generate_the_synthetic_set(empty):
+def test_generate_the_synthetic_set_is_a_job(empty):
     msg, refresh = overview.generate_synth(empty, 1, "tiny", 1, 2, 32, 0)
-    assert "tiny-objects: 10 images (new)" in text_of(msg) and refresh == 1
+    assert "in job" in text_of(msg) and refresh == 1
+    [job] = jobs.list_jobs(empty.ctx)
+    assert job.kind == "dataset-synth" and job.params["n_per_class"] == 1
+    run_queued(empty)
+    assert sorted(d.name for d in empty.ws.datasets()) == ["tiny-objects", "tiny-scenes"]
+    assert "tiny-objects" in text_of(overview.datasets_view(empty))
     msg, _ = overview.generate_synth(empty, 1, "bad name!", 1, 2, 32, 0)
     assert "name" in text_of(msg) and "pattern" in text_of(msg)
 

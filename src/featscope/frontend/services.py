@@ -61,16 +61,16 @@ class Services:
 def check_extract(ctx: Context, backbone: str, dataset: str, taps: list[str]) -> None:
     """What ``POST /embedding-sets/extract`` checks before queueing: the backbone, the data set and the taps
     exist (:class:`NotFound` / ``ValueError`` now, not a failed job later)."""
-    from featscope.workspace.backbones import get_backbone_row
+    from featscope.workspace.backbones import get_backbone_row, tap_choices
     from featscope.workspace.datasets import get_dataset
 
     row = get_backbone_row(ctx, backbone)
     get_dataset(ctx, dataset)
-    known = set(row.taps) | {"conv2", "conv3", "conv4", "conv5"}
-    unknown = [t for t in taps if t not in known]
+    names, aliases = tap_choices(row)  # as recorded at registration
+    unknown = [t for t in taps if t not in names and t not in aliases]
     if unknown:
-        raise ValueError(f"backbone {row.name!r} has no tap {unknown[0]!r}; it offers {', '.join(row.taps)} "
-                         f"and the aliases conv2..conv5")
+        raise ValueError(f"backbone {row.name!r} has no tap {unknown[0]!r}; it offers {', '.join(names)} "
+                         f"and the aliases {', '.join(aliases)}")
 
 
 @dataclass(frozen=True)

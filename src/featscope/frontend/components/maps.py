@@ -97,7 +97,8 @@ def heat_params(backbone: str, image: dict, method: str, tap: str, head: str, ta
                 probe_dataset: str | None) -> dict[str, Any]:
     params: dict[str, Any] = {"backbone": backbone, **image, "tap": tap or "conv5", "method": method or "mean"}
     if params["method"] != "mean":
-        params["target"] = target
+        if target:  # none: Grad-CAM explains each backbone's top-scoring class
+            params["target"] = target
         if head == "probe" and probe_dataset:
             params["probe_dataset"] = probe_dataset
     return params
@@ -119,9 +120,18 @@ def request_maps(svc: Services, kind: str, requests: dict[str, dict], tracked: d
 
     from featscope.workspace import NotFound
 
+    from featscope.worker.map_kinds import upload_path
+    from featscope.workspace.map_requests import check_heatmap, check_maskout
+
+    check = {"heatmap": check_heatmap, "maskout": check_maskout}[kind]
     found, errors = {}, {}
     for role, params in requests.items():
         try:
+            if submit:  # what the REST route checks before queueing: a reason now, not a failed job later
+                image = upload_path(svc.settings.uploads_dir, params["upload_id"]) if params.get("upload_id") \
+                    else params["image_id"]
+                check(svc.ctx, params["backbone"], image,
+                      **{k: v for k, v in params.items() if k not in ("backbone", "image_id", "upload_id")})
             job = map_job(svc, kind, params, tracked, submit=submit)
         except (ValueError, NotFound, FileNotFoundError) as e:
             errors[role] = str(e.args[0]) if e.args else str(e)
@@ -242,14 +252,10 @@ def heat_view(svc: Services, prefix: str, image: dict | None, path: Path | None,
     """Outputs of a page's heatmap callback: 3 figures, 3 data stores, 2 titles, progress, tracked, poll off."""
     tracked = dict(tracked or {})
     ia, ib = _backbones(svc, a, b)
-    why = ("Upload an image above" if image is None else "Pick embedding sets A and B above" if ia is None or ib is None
-           else "Type or pick a target class above")
+    why = "Upload an image above" if image is None else "Pick embedding sets A and B above"
     blank = (empty_figure(why), empty_figure(why), empty_figure(why), None, None, None, "", "")
     if image is None or path is None or ia is None or ib is None:
         return (*blank, [], tracked, True)
-    if method != "mean" and not target:
-        hint = html.Div("Grad-CAM explains one class: type or pick a target class above.", className="fs-note")
-        return (*blank, [hint], tracked, True)
     if retried_now(f"{prefix}-heat"):
         tracked = forget_failed(tracked, svc)
     requests = {role: heat_params(info.backbone, image, method, tap, head, target, ia.dataset)

@@ -75,6 +75,8 @@ def job_title(job: JobInfo) -> str:
         return f"{job.kind} {p.get('backbone')}, {what}"
     if job.kind == "dataset-add":
         return f"scan {str(p.get('path', '')).rsplit('/', 1)[-1]}"
+    if job.kind == "dataset-synth":
+        return f"generate {p.get('name', 'synth')}"
     return job.kind
 
 

@@ -111,16 +111,22 @@ def _synth_form() -> html.Div:
 # ---------------------------------------------------------------- the form's choices
 @callback(Output("ov-cmp-backbones", "options"), Output("ov-cmp-dataset", "options"), Output("ov-cmp-tap", "options"),
           Output("ov-cmp-dataset", "value"), Input("ov-refresh", "data"), Input("ov-cmp-backbones", "value"),
-          State("ov-cmp-dataset", "value"))
-def form_options(svc: Services, _refresh: int, chosen: list | None, dataset: str | None):
+          Input("ov-poll", "n_intervals"), State("ov-cmp-dataset", "value"))
+def form_options(svc: Services, _refresh: int, chosen: list | None, _tick: int | None, dataset: str | None):
     """Backbones, data sets (newest version of each) and the taps every chosen backbone has."""
     backbones = svc.ws.backbones()
     datasets = svc.ws.datasets()
     taps: list[str] = list(STUDY_TAPS)
     picked = [b for b in backbones if b.name in (chosen or [])]
     if picked:
-        common = set(picked[0].taps).intersection(*(b.taps for b in picked[1:]))
-        taps += [t for t in picked[0].taps if t in common and t not in taps]
+        from featscope.workspace.backbones import get_backbone_row, tap_choices
+
+        offered = []
+        for b in picked:
+            names, aliases = tap_choices(get_backbone_row(svc.ctx, b.name))
+            offered.append(set(names) | set(aliases))
+        common = set.intersection(*offered)
+        taps = [t for t in STUDY_TAPS if t in common] + [t for t in sorted(common) if t not in STUDY_TAPS]
     bb_opts = [{"label": f"{b.name}  ({b.spec}{', random init' if b.random_init else ''})", "value": b.name}
                for b in backbones]
     ds_opts = [{"label": f"{d.name}{'@' + str(d.version) if d.version > 1 else ''} ({d.n_images:,} images)",
@@ -352,7 +358,8 @@ def register_dataset(svc: Services, _clicks: int, path: str | None, name: str | 
           prevent_initial_call=True)
 def generate_synth(svc: Services, _clicks: int, name: str | None, per_class: int | None, scenes: int | None,
                    size: int | None, refresh: int):
-    """Generate and register the synthetic set in the data dir (the REST ``POST /datasets/synth``)."""
+    """Generate and register the synthetic set in a worker (the REST ``POST /datasets/synth``: a
+    ``dataset-synth`` job, whose progress the jobs list shows)."""
     from pydantic import ValidationError
 
     from featscope.server.api.schemas import SynthIn
@@ -360,11 +367,11 @@ def generate_synth(svc: Services, _clicks: int, name: str | None, per_class: int
     try:
         body = SynthIn(name=(name or "synth").strip(), n_per_class=per_class or 30, n_scenes=scenes or 200,
                        size=size or 128)
+        job = svc.submit("dataset-synth", body.model_dump())
     except ValidationError as e:
         return _msg("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())), no_update
-    infos = svc.ws.synth_dataset(svc.settings.data_dir / "synth" / body.name, name=body.name,
-                                 n_scenes=body.n_scenes, n_per_class=body.n_per_class, size=body.size, seed=body.seed)
-    text = "; ".join(f"{d.name}: {d.n_images:,} images{' (new)' if d.created else ' (already registered)'}"
-                     for d in infos)
-    return _msg(text, ok=True), (refresh or 0) + 1
+    except ValueError as e:
+        return _msg(str(e)), no_update
+    return (_msg(f"Generating {body.name}-objects and {body.name}-scenes in job {job.id}; they appear under Data "
+                 f"sets when it finishes.", ok=True), (refresh or 0) + 1)
 
