@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages the tests use: redis-server (two workers sharing one Redis queue) and postgresql (the catalog
-# tests start a throwaway cluster with its initdb/pg_ctl; the service itself is not needed).
+# Debian packages the tests use: redis-server (two workers sharing one Redis queue), postgresql (the catalog
+# tests start a throwaway cluster with its initdb/pg_ctl; the service itself is not needed), chromium and
+# chromium-driver (the dashboard's end-to-end test drives the system browser; none is downloaded).
 debian-deps:
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -32,6 +33,10 @@ debian-deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  echo "installing postgresql (Debian) for the catalog tests"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing chromium and chromium-driver (Debian) for the dashboard's browser test"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 test: install debian-deps
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

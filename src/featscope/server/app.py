@@ -27,8 +27,9 @@ API_PREFIX = "/api/v1"
 ERRORS = {"4XX": {"model": ErrorOut, "description": "What is wrong with the request and how to fix it."}}
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The API app over the data dir of ``settings`` (``FEATSCOPE_*`` environment when omitted)."""
+def create_app(settings: Settings | None = None, *, dashboard: bool = True) -> FastAPI:
+    """The API app over the data dir of ``settings`` (``FEATSCOPE_*`` environment when omitted), with the
+    Dash dashboard attached at ``/`` unless ``dashboard`` is False."""
     st = server_settings(settings)
     app = FastAPI(title="featscope", version="1", description="Compare the feature spaces of CNN backbones.",
                   docs_url="/docs", openapi_url="/openapi.json")
@@ -40,6 +41,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, prefix=API_PREFIX, dependencies=[Depends(require_auth)], responses=ERRORS)
     _error_handlers(app)
     _protect_docs(app, st.token)
+    if dashboard:  # the one upward import: the dashboard is the API's face, on the same app and port
+        from featscope.frontend.app import attach_dashboard
+
+        attach_dashboard(app)
     # outermost: the token and the body's size are checked before any body is read
     app.add_middleware(RequestGate, max_body=st.max_upload_bytes + 64 * 1024, token=st.token, prefix=API_PREFIX,
                        open_paths=frozenset({f"{API_PREFIX}/login", f"{API_PREFIX}/logout"}))

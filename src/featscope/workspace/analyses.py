@@ -45,7 +45,10 @@ class NotCached(LookupError):
 @dataclass(frozen=True)
 class AnalysisResult:
     """One analysis: ``data`` is JSON-ready, ``arrays`` holds its large numeric parts, ``rows`` its table
-    (what ``--format csv`` writes), ``images`` the catalog images of the rows it was computed on."""
+    (what ``--format csv`` writes) with the catalog images of the rows it was computed on.
+
+    ``rows`` is built on first use: it reads every image of the data set from the catalog, which a
+    caller showing a million-point projection (the dashboard) or answering REST never needs."""
 
     id: int
     kind: str
@@ -53,7 +56,7 @@ class AnalysisResult:
     params: dict[str, Any]
     data: dict[str, Any]
     arrays: dict[str, np.ndarray] = field(repr=False)
-    table: Callable[[], list[dict[str, Any]]] = field(repr=False)  # builds ``rows`` on first use
+    table: Callable[[], list[dict[str, Any]]] = field(repr=False, compare=False)  # builds ``rows`` on first use
     artifact_key: str
     seconds: float
     cached: bool

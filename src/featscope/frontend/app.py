@@ -1,0 +1,69 @@
+"""The dashboard: a Dash multi-page app attached to the API's FastAPI app with ``Dash(server=app)``.
+
+Same server, same port, same workspace and job queue as the REST API. Pages live in :mod:`.pages` (one
+module each: ``PAGE``, ``layout``, callbacks), shared widgets in :mod:`.components`, CSS and clientside
+JavaScript in ``assets/``. Pages are registered here rather than at import so a page module can be
+imported (and its callbacks tested) without an app.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import dash
+from dash import Dash, dcc, html
+from fastapi import FastAPI
+
+from featscope.frontend import routes, wiring
+from featscope.frontend.components import figures, layout as furniture, pickers
+from featscope.frontend.pages import PAGES
+from featscope.frontend.services import Services
+
+ASSETS = Path(__file__).parent / "assets"
+SHARED = (furniture, figures, pickers)  # component modules that own callbacks
+
+
+def attach_dashboard(api: FastAPI) -> Dash:
+    """Attach the dashboard to ``api`` (built by ``server.app.create_app``) and return the Dash app."""
+    app = Dash(__name__, server=api, use_pages=True, pages_folder="", assets_folder=str(ASSETS),
+               title="featscope", update_title=None, serve_locally=True)
+    modules = [importlib.import_module(f"{__package__}.pages.{name}") for name in PAGES]
+    for module in modules:
+        dash.register_page(module.__name__, layout=module.layout, **module.PAGE)
+    token = bool(api.state.settings.token)
+    app.layout = lambda: shell(token)
+    services = Services(api.state)
+    for module in (*SHARED, *modules):
+        wiring.register(app, module, services)
+    routes.install(api, app)
+    _warm_rasters(services)
+    return app
+
+
+def _warm_rasters(services: Services) -> None:
+    """Compile datashader's kernels in the background when the catalog has a set big enough to be drawn as a
+    raster, so its first projection page does not wait for them (numba compiles on first use, about 2 s)."""
+    from sqlalchemy import func, select
+
+    from featscope.catalog import EmbeddingSet
+    from featscope.frontend import raster
+
+    with services.ctx.session() as s:
+        largest = s.scalar(select(func.max(EmbeddingSet.n))) or 0
+    if largest > raster.RASTER_ABOVE:
+        raster.warm_up()
+
+
+def shell(token: bool) -> html.Div:
+    """What every page sits in: the nav bar, the page, the stores shared across pages."""
+    return html.Div(className="fs-app", children=[
+        dcc.Store(id="fs-comparison", storage_type="local"),
+        html.Div(id="fs-dl-img-sink", hidden=True),
+        html.Div(id="fs-dl-data-sink", hidden=True),
+        furniture.navbar(token),
+        html.Main(dash.page_container, className="fs-main"),
+        html.Footer([html.Span("featscope · compare the feature spaces of CNN backbones · analyses after "),
+                     html.Em("An Analysis of Pre-Training on Object Detection"), html.Span(" (Li et al., 2019)")],
+                    className="fs-footer"),
+    ])
