@@ -238,3 +238,19 @@ def test_imported_vectors_become_an_embedding_set_with_an_index(ws, image_folder
         ws.import_embeddings("r18", "imgs", vectors[:5])
     with pytest.raises(ValueError, match="NaN or inf"):
         ws.import_embeddings("r18", "imgs", np.full((16, 12), np.inf))
+
+
+def test_an_index_below_its_recall_target_is_stored_flagged_and_said(ws, image_folder, monkeypatch, caplog):
+    from featscope.cache.index import Tuning
+    from featscope.workspace import indexes
+
+    ws.ctx.settings.flat_index_max = 0  # 16 images: an IVF index of one list
+    monkeypatch.setattr(indexes, "tune_nprobe", lambda index, vectors, target: Tuning(1, 0, 0.8, 10, target, 16))
+    ws.add_dataset(image_folder, name="imgs")
+    ws.add_backbone("torchvision:resnet18", random_init=True, name="r18", preprocess=SMALL)
+    said: list[str] = []
+    es = ws.import_embeddings("r18", "imgs", np.random.default_rng(0).normal(size=(16, 12)), on_message=said.append)
+    meta = ws.ctx.store.get("index", es.artifact_key).meta
+    assert es.index_kind == "ivf" and es.index_recall == 0.8 and meta["recall_below_target"] is True
+    assert any("WARNING" in m and "recall@10 0.800" in m and "0.95" in m for m in said)
+    assert "below the 0.95" in caplog.text

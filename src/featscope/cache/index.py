@@ -35,8 +35,8 @@ import numpy as np
 _MIN_POINTS_PER_LIST = 39  # FAISS warns below this many training points per centroid
 _TRAIN_POINTS_PER_LIST = 64  # training sample per list: enough for stable lists, cheap at a million vectors
 _CHUNK = 65536
-DEFAULT_RERANK = 4  # IVF-PQ: exact re-ranking of this many candidates per wanted neighbour ...
-_MAX_RERANK = 256  # ... raised up to this many when the codes cannot separate the neighbours otherwise
+DEFAULT_RERANK = 4  # IVF-PQ: exact re-ranking of this many candidates per wanted neighbour (tune_nprobe measures
+# the depth a set needs, up to every vector of the probed lists)
 # PQ: 16 dims per byte (a 2048-d vector in 128 bytes); coarser codes only mean a deeper re-rank, which
 # tune_nprobe chooses, while FAISS's PQ training grows with the number of sub-quantizers (256 of them took
 # minutes on a 2-core machine). Each sub-quantizer trains on 64 points per centroid, 10 k-means iterations.
@@ -237,13 +237,25 @@ def exact_neighbours(vectors: np.ndarray, rows: np.ndarray, k: int, *, chunk: in
 
 def tune_nprobe(index: faiss.Index, vectors: np.ndarray, *, k: int = 10, target: float = 0.95,
                 queries: int = 500, seed: int = 0, chunk: int = _CHUNK) -> Tuning:
-    """Choose the smallest ``nprobe`` whose recall@``k`` against exact search reaches ``target``; set it on
-    ``index`` and return the measurement (with the IVF-PQ re-rank depth to pass to :func:`search`).
+    """Choose ``nprobe`` (and the IVF-PQ re-rank depth) whose recall@``k`` against exact search reaches
+    ``target``; set it on ``index`` and return the measurement (with the re-rank depth to pass to :func:`search`).
 
     Queries are ``queries`` rows of the set itself (seeded), searched as :func:`neighbours` does (own row
-    excluded). ``nprobe`` doubles until the target is met, then is narrowed by bisection. An IVF-PQ index whose
-    recall stops rising with ``nprobe`` gets a deeper re-rank (up to 256 candidates per neighbour) instead.
-    A flat index is exact: recall 1 without measuring."""
+    excluded). Recall has two limits, measured separately:
+
+    - the lists probed: a true neighbour in a list that is not probed is lost whatever else is done. Which
+      list holds each true neighbour and the order a query visits lists in give, without searching, the best
+      recall every ``nprobe`` allows (its *coverage*); the smallest ``nprobe`` whose coverage reaches the target
+      is the least that can work.
+    - IVF-PQ only, the codes: approximate scores rank true neighbours below others; re-ranking ``rerank * k``
+      candidates with exact cosines recovers them. The depth doubles until the target is met, then is narrowed
+      by bisection. It is never capped below the size of the probed lists: there every probed vector is
+      re-scored exactly, so recall equals the coverage, which reaches the target (an exhaustive re-rank is
+      slow per query but correct). IVF-PQ tries the least ``nprobe`` and one whose coverage leaves half the
+      remaining loss to the codes, and keeps the cheaper passing pair.
+
+    The target is missed only where exact search itself is ambiguous (many tied scores); then the best pair is
+    returned and ``Tuning.recall < target`` says so. A flat index is exact: recall 1 without measuring."""
     if not 0 < target <= 1:
         raise ValueError(f"target must be in (0, 1], got {target}")
     kind = index_kind(index)
@@ -256,6 +268,8 @@ def tune_nprobe(index: faiss.Index, vectors: np.ndarray, *, k: int = 10, target:
     rows = np.sort(np.random.default_rng(seed).choice(n, size=min(queries, n), replace=False))
     truth = exact_neighbours(vectors, rows, k, chunk=chunk)
     ivf = faiss.extract_index_ivf(index)
+    ranks, sizes = _list_ranks(ivf, vectors, rows, truth)
+    coverage = np.bincount(ranks.ravel(), minlength=ivf.nlist).cumsum() / ranks.size  # [p - 1]: probing p lists
     tried: list[tuple[int, int, float]] = []
 
     def recall(nprobe: int, rerank: int) -> float:
@@ -265,27 +279,68 @@ def tune_nprobe(index: faiss.Index, vectors: np.ndarray, *, k: int = 10, target:
         tried.append((nprobe, rerank, r))
         return r
 
-    rerank = DEFAULT_RERANK if kind == "ivfpq" else 0
-    lo, nprobe, previous = 0, 1, -1.0
-    while True:
-        r = recall(nprobe, rerank)
-        if r >= target:
-            while nprobe - lo > max(1, nprobe // 8):  # narrow down to about 12% of the passing value
-                mid = (lo + nprobe) // 2
-                lo, nprobe = (lo, mid) if recall(mid, rerank) >= target else (mid, nprobe)
-            break
-        # IVF-PQ recall levels off where the quantisation, not the lists probed, loses neighbours: re-rank deeper
-        stalled = kind == "ivfpq" and nprobe > 1 and r - previous < 0.005
-        if nprobe >= ivf.nlist or stalled:
-            if kind != "ivfpq" or rerank >= _MAX_RERANK:
-                break  # best effort: the recall says how far from the target it is
-            rerank, previous, lo = rerank * 2, -1.0, 0
-            continue
-        lo, nprobe, previous = nprobe, min(ivf.nlist, nprobe * 2), r
-    best = next(((p, r, v) for p, r, v in sorted(tried, key=lambda t: (t[1], t[0])) if v >= target),
-                max(tried, key=lambda t: (t[2], -t[0])))
-    ivf.nprobe = best[0]
-    return Tuning(best[0], best[1], best[2], k, target, len(rows), tried)
+    def least_nprobe(share: float) -> int:
+        return int(min(ivf.nlist, np.searchsorted(coverage, share - 1e-9) + 1))
+
+    if kind == "ivf":
+        passing = next(([(p, 0)] for p in _rising(least_nprobe(target), ivf.nlist) if recall(p, 0) >= target), [])
+    else:
+        passing = []
+        for nprobe in sorted({least_nprobe(target), least_nprobe((1 + target) / 2)}):
+            probed = int(sizes[nprobe - 1])  # the most candidates nprobe lists hold for any query
+            rerank = _least_rerank(lambda r, p=nprobe: recall(p, r) >= target, -(-probed // (k + 1)))
+            if rerank:
+                passing.append((nprobe, rerank))
+    if passing:  # the cheapest: PQ codes scanned plus float32 rows re-scored per query
+        mean_list = n / ivf.nlist
+        code = faiss.downcast_index(index).code_size if kind == "ivfpq" else 4 * index.d
+        nprobe, rerank = min(passing, key=lambda t: t[0] * mean_list * code + t[1] * (k + 1) * index.d * 4)
+        r = next(v for p, d, v in reversed(tried) if (p, d) == (nprobe, rerank))
+    else:  # best effort: the recall says how far from the target it is
+        nprobe, rerank, r = max(tried, key=lambda t: (t[2], -t[0], -t[1]))
+    ivf.nprobe = nprobe
+    return Tuning(nprobe, rerank, r, k, target, len(rows), tried)
+
+
+def _list_ranks(ivf: faiss.IndexIVF, vectors: np.ndarray, rows: np.ndarray,
+                truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each query row, the visiting rank (0 = probed first) of the list holding each of its true
+    neighbours, and ``sizes[p - 1]``: the most vectors the first ``p`` lists of any query hold."""
+    lists = np.empty(ivf.ntotal, dtype=np.int64)  # the list each vector was added to
+    invlists = ivf.invlists
+    for lst in range(ivf.nlist):
+        size = invlists.list_size(lst)
+        if size:
+            lists[faiss.rev_swig_ptr(invlists.get_ids(lst), size)] = lst
+    q = normalize(np.asarray(vectors[rows]))  # rows are sorted
+    _, order = ivf.quantizer.search(q, ivf.nlist)  # each query's lists, in the order it probes them
+    rank_of = np.empty_like(order)
+    np.put_along_axis(rank_of, order, np.arange(ivf.nlist)[None, :], axis=1)
+    ranks = np.take_along_axis(rank_of, lists[truth], axis=1)
+    list_sizes = np.array([invlists.list_size(lst) for lst in range(ivf.nlist)], dtype=np.int64)
+    return ranks, list_sizes[order].cumsum(axis=1).max(axis=0)
+
+
+def _rising(first: int, last: int) -> list[int]:
+    """``first``, then doublings up to ``last`` (IVF-Flat: only tied scores make recall miss the coverage)."""
+    out = [first]
+    while out[-1] < last:
+        out.append(min(last, out[-1] * 2))
+    return out
+
+
+def _least_rerank(passes, exhaustive: int) -> int | None:
+    """The least re-rank depth (to about 12%) for which ``passes(depth)``: doubling from ``DEFAULT_RERANK``
+    up to ``exhaustive`` (every probed vector re-scored), then bisection; None if even that fails."""
+    lo, depth = 0, min(DEFAULT_RERANK, max(1, exhaustive))
+    while not passes(depth):
+        if depth >= exhaustive:
+            return None
+        lo, depth = depth, min(exhaustive, depth * 2)
+    while depth - lo > max(1, depth // 8):
+        mid = (lo + depth) // 2
+        lo, depth = (lo, mid) if passes(mid) else (mid, depth)
+    return depth
 
 
 # -- queries ---------------------------------------------------------------------------------------
@@ -348,7 +403,11 @@ def _rerank(q: np.ndarray, cand: np.ndarray, vectors: np.ndarray, k: int,
         where = np.searchsorted(rows, np.maximum(c, 0))
         sims = np.einsum("qd,qcd->qc", q[s:s + block], unit[where])
         sims[c < 0] = -np.inf
-        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        if sims.shape[1] > k:  # the best k of each row, then only those sorted (candidates may be thousands)
+            part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+            top = np.take_along_axis(part, np.argsort(-np.take_along_axis(sims, part, 1), axis=1, kind="stable"), 1)
+        else:
+            top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
         scores[s:s + block] = np.take_along_axis(sims, top, 1)
         positions[s:s + block] = np.where(np.isfinite(scores[s:s + block]), np.take_along_axis(c, top, 1), -1)
     return scores, positions
