@@ -129,6 +129,7 @@ def test_ivfpq_whose_codes_barely_rank_neighbours_still_reaches_the_target_by_a_
     tuning = tune_nprobe(index, x, k=1, queries=200)
     assert tuning.recall >= 0.95 and tuning.rerank > 256 and tuning.nprobe < index.nlist
     assert (tuning.nprobe, tuning.rerank, tuning.recall) in tuning.tried and index.nprobe == tuning.nprobe
+    assert len(tuning.tried) <= 4  # the depth was predicted from one search per nprobe, then measured
     # the chosen pair holds on queries the tuning did not measure (every 7th row; its sample is seeded)
     rows = np.arange(3, 4000, 7)
     truth = np.argsort(-np.where(np.eye(4000, dtype=bool), -np.inf, _cosine(x, x))[rows], axis=1)[:, :1]

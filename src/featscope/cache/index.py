@@ -248,11 +248,12 @@ def tune_nprobe(index: faiss.Index, vectors: np.ndarray, *, k: int = 10, target:
       recall every ``nprobe`` allows (its *coverage*); the smallest ``nprobe`` whose coverage reaches the target
       is the least that can work.
     - IVF-PQ only, the codes: approximate scores rank true neighbours below others; re-ranking ``rerank * k``
-      candidates with exact cosines recovers them. The depth doubles until the target is met, then is narrowed
-      by bisection. It is never capped below the size of the probed lists: there every probed vector is
-      re-scored exactly, so recall equals the coverage, which reaches the target (an exhaustive re-rank is
-      slow per query but correct). IVF-PQ tries the least ``nprobe`` and one whose coverage leaves half the
-      remaining loss to the codes, and keeps the cheaper passing pair.
+      candidates with exact cosines recovers them. One search for all the candidates the probed lists hold
+      predicts the least depth that works (:func:`_predicted_rerank`); it is measured, and doubled (then
+      narrowed) if ties make it fall short. It is never capped below the size of the probed lists: there
+      every probed vector is re-scored exactly, so recall equals the coverage, which reaches the target (an
+      exhaustive re-rank is slow per query but correct). IVF-PQ tries the least ``nprobe`` and one whose
+      coverage leaves half the remaining loss to the codes, and keeps the cheaper passing pair.
 
     The target is missed only where exact search itself is ambiguous (many tied scores); then the best pair is
     returned and ``Tuning.recall < target`` says so. A flat index is exact: recall 1 without measuring."""
@@ -287,8 +288,10 @@ def tune_nprobe(index: faiss.Index, vectors: np.ndarray, *, k: int = 10, target:
     else:
         passing = []
         for nprobe in sorted({least_nprobe(target), least_nprobe((1 + target) / 2)}):
-            probed = int(sizes[nprobe - 1])  # the most candidates nprobe lists hold for any query
-            rerank = _least_rerank(lambda r, p=nprobe: recall(p, r) >= target, -(-probed // (k + 1)))
+            exhaustive = -(-int(sizes[nprobe - 1]) // (k + 1))  # every vector nprobe lists hold, for any query
+            ivf.nprobe = nprobe
+            guess = _predicted_rerank(index, vectors, rows, truth, target, exhaustive)
+            rerank = _least_rerank(lambda r, p=nprobe: recall(p, r) >= target, exhaustive, guess)
             if rerank:
                 passing.append((nprobe, rerank))
     if passing:  # the cheapest: PQ codes scanned plus float32 rows re-scored per query
@@ -329,10 +332,30 @@ def _rising(first: int, last: int) -> list[int]:
     return out
 
 
-def _least_rerank(passes, exhaustive: int) -> int | None:
-    """The least re-rank depth (to about 12%) for which ``passes(depth)``: doubling from ``DEFAULT_RERANK``
-    up to ``exhaustive`` (every probed vector re-scored), then bisection; None if even that fails."""
-    lo, depth = 0, min(DEFAULT_RERANK, max(1, exhaustive))
+def _predicted_rerank(index: faiss.Index, vectors: np.ndarray, rows: np.ndarray, truth: np.ndarray,
+                      target: float, exhaustive: int) -> int:
+    """The least re-rank depth that reaches ``target`` at the index's current ``nprobe``, from one search.
+
+    Re-ranking ``depth * (k + 1)`` candidates (as :func:`neighbours` asks for) with exact cosines keeps every true
+    neighbour among them (only better true neighbours and the query's own row can outscore it), so a true
+    neighbour found at candidate ``c`` (0-based, in code-score order) is kept from depth ``c // (k + 1) + 1``
+    on; one search for every candidate gives the recall of every depth. Ties can make the real search differ:
+    the caller measures the depth this returns."""
+    k = truth.shape[1]
+    _, cand = index.search(normalize(np.asarray(vectors[rows])), min(index.ntotal, exhaustive * (k + 1)))
+    need = np.full(truth.shape, exhaustive + 1, dtype=np.int64)  # not among them: deeper than any depth
+    for i in range(len(rows)):
+        match = cand[i][:, None] == truth[i][None, :]
+        found = match.any(axis=0)
+        need[i, found] = match.argmax(axis=0)[found] // (k + 1) + 1
+    return int(np.sort(need.ravel())[max(0, math.ceil(target * need.size) - 1)])
+
+
+def _least_rerank(passes, exhaustive: int, guess: int) -> int | None:
+    """The least re-rank depth (to about 12%) for which ``passes(depth)``, starting from ``guess`` (a depth below
+    it is taken to fail): doubling up to ``exhaustive`` (every probed vector re-scored), then bisection; None if
+    even that fails."""
+    lo, depth = guess - 1, min(max(1, guess), exhaustive)
     while not passes(depth):
         if depth >= exhaustive:
             return None
