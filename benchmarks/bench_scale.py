@@ -160,7 +160,7 @@ def step_register(data: Path, n: int, dim: int, images: bool) -> dict:
         vectors = _vectors(src, n, dim, space)
         es = ws.import_embeddings(f"synthetic-{space}", "scale", vectors, tap="conv5", dtype="float16")
         meta = ws.ctx.store.get("index", es.artifact_key, verify=False).meta
-        notes[space] = {k: meta.get(k) for k in ("kind", "nlist", "nprobe", "rerank", "recall_at_10", "code_bytes",
+        notes[space] = {k: meta.get(k) for k in ("kind", "nlist", "nprobe", "rerank", "recall_at_10", "recall_below_target", "code_bytes",
                                                   "build_seconds", "tune_seconds")}
         del vectors
         src.unlink()
@@ -283,7 +283,9 @@ def run_step(args) -> None:
     else:
         notes = step_analysis(data, args.run_step)
     seconds = time.perf_counter() - t0
-    print("RESULT " + json.dumps({"seconds": seconds, **mem.result(), "notes": notes}, default=str), flush=True)
+    cpu = os.times()  # CPU time of this step's process (all threads): wall time on a shared machine is not its cost
+    print("RESULT " + json.dumps({"seconds": seconds, "cpu_seconds": round(cpu.user + cpu.system, 1), **mem.result(),
+                                  "notes": notes}, default=str), flush=True)
 
 
 # ---------------------------------------------------------------- driver
@@ -345,6 +347,11 @@ def main() -> None:
 
 
 def _child(args, step: str, n: int) -> dict:
+    """One step in its own process, with the machine's 1/5/15-minute load averages when it ended."""
+    return {**_run_child(args, step, n), "load_avg": [round(v, 2) for v in os.getloadavg()]}
+
+
+def _run_child(args, step: str, n: int) -> dict:
     cmd = [sys.executable, __file__, "--run-step", step, "--n", str(n), "--dim", str(args.dim), "--workdir",
            args.workdir, "--queries", str(args.queries)] + (["--images"] if args.images else [])
     print(f"[{time.strftime('%H:%M:%S')}] {step} at N={n:,} ...", file=sys.stderr, flush=True)
@@ -394,18 +401,20 @@ def _print_table(results: list[dict], sizes: list[int]) -> None:
     print("\n| step | N | time | peak RSS (GiB) | peak anon (GiB) | notes |")
     print("|---|---:|---:|---:|---:|---|")
     for r in results:
+        load = f"; load avg {'/'.join(str(v) for v in r['load_avg'])}" if r.get("load_avg") else ""
         if r["status"] != "ok":
-            print(f"| {r['step']} | {r['n']:,} | {r['status']} | | | |")
+            print(f"| {r['step']} | {r['n']:,} | {r['status']} | | | {load[2:]} |")
             continue
         notes = r["notes"]
         if r["step"] == "query":
             rss = max(r["peak_rss"], notes["server_peak_rss"])
             t = f"p50 {notes['p50_ms']} ms, p95 {notes['p95_ms']} ms"
-            extra = f"first query {notes['first_query_s']} s; server peak RSS {_gib(notes['server_peak_rss'])} GiB"
+            extra = f"first query {notes['first_query_s']} s; server peak RSS {_gib(notes['server_peak_rss'])} GiB{load}"
             print(f"| query | {r['n']:,} | {t} | {_gib(rss)} | {_gib(notes['server_anon'])} | {extra} |")
             continue
-        print(f"| {r['step']} | {r['n']:,} | {_duration(r['seconds'])} | {_gib(r['peak_rss'])} | "
-              f"{_gib(r['peak_anon'])} | {json.dumps(notes, default=str)} |")
+        cpu = f" (CPU {_duration(r['cpu_seconds'])})" if "cpu_seconds" in r else ""
+        print(f"| {r['step']} | {r['n']:,} | {_duration(r['seconds'])}{cpu} | {_gib(r['peak_rss'])} | "
+              f"{_gib(r['peak_anon'])} | {json.dumps(notes, default=str)}{load} |")
     print("\nGrowth (time ~ N^e between the two largest sizes each step ran at) and the extrapolation to 1,000,000:")
     steps = list(dict.fromkeys(r["step"] for r in results))
     for step in steps:
