@@ -415,15 +415,18 @@ def _print_table(results: list[dict], sizes: list[int]) -> None:
         cpu = f" (CPU {_duration(r['cpu_seconds'])})" if "cpu_seconds" in r else ""
         print(f"| {r['step']} | {r['n']:,} | {_duration(r['seconds'])}{cpu} | {_gib(r['peak_rss'])} | "
               f"{_gib(r['peak_anon'])} | {json.dumps(notes, default=str)}{load} |")
-    print("\nGrowth (time ~ N^e between the two largest sizes each step ran at) and the extrapolation to 1,000,000:")
+    print("\nGrowth (time ~ N^e between the two largest sizes each step ran at; CPU time where both runs recorded it,"
+          " as wall time on a shared machine follows its load) and the extrapolation to 1,000,000:")
     steps = list(dict.fromkeys(r["step"] for r in results))
     for step in steps:
-        ran = sorted((r["n"], r["seconds"]) for r in results if r["step"] == step and r["status"] == "ok")
+        done = [r for r in results if r["step"] == step and r["status"] == "ok"]
+        key = "cpu_seconds" if len(done) >= 2 and all("cpu_seconds" in r for r in done) else "seconds"
+        ran = sorted((r["n"], r[key]) for r in done)
         if len(ran) < 2 or ran[-1][0] >= 1_000_000:
             continue
         (n1, t1), (n2, t2) = ran[-2], ran[-1]
         e = math.log(t2 / t1) / math.log(n2 / n1) if t1 > 0 and t2 > 0 else float("nan")
-        print(f"  {step}: {_duration(t1)} at {n1:,}, {_duration(t2)} at {n2:,}: e = {e:.2f}; "
+        print(f"  {step}{' (CPU)' if key == 'cpu_seconds' else ''}: {_duration(t1)} at {n1:,}, {_duration(t2)} at {n2:,}: e = {e:.2f}; "
               f"at 1,000,000 about {_duration(t2 * (1_000_000 / n2) ** e)}")
 
 
