@@ -147,7 +147,8 @@ def _analyses(ws: Workspace, p: Profile, m: Manifest) -> list[Step]:
         return []
     m.data["sets"] = {"a": a.id, "b": b.id, "dataset": single, "n": a.n}
     needs = standard.compare_needs(a.id, b.id, a.n, bbs["cls"], bbs["det"], single, "avg", labelled=True)
-    needs.append(standard.projection_need(a.id, b.id, a.n, "umap"))
+    if p.umap:
+        needs.append(standard.projection_need(a.id, b.id, a.n, "umap"))
     needs.append(standard.Need("contrast-clusters", "contrast", [a.id, b.id], {"definition": "clusters"}))
     probed = {a.id, b.id}
     for role in ROLES:
@@ -209,7 +210,7 @@ def _maps(ws: Workspace, p: Profile, m: Manifest) -> list[Step]:
                               record("heatmap", role, im["image_id"])))
         for role in ROLES:
             params = {"backbone": bbs[role], "image_id": im["image_id"], "target": im["label"],
-                      "size": mask_size(ws, bbs[role]), "stride": 4 if p.name == "tiny" else 8}
+                      "size": mask_size(ws, bbs[role]), "stride": 8}
             if role == "det":  # no classifier: a linear probe on its Conv5 features of the single-object set
                 params["probe_dataset"] = _ds(m, "single")
             steps.append(Step(f"mask-out {role} image {im['image_id']}", "maskout", params,

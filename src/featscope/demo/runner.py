@@ -246,7 +246,7 @@ def run_demo(settings: Settings, profile: Profile, *, serve: bool = True, host: 
     say(f"featscope demo, profile {profile.name!r}: {profile.description} ({profile.expected}); "
         f"state in {Path(settings.data_dir).resolve()}")
     svc = start_services(settings, serve, host, port)
-    pipeline = None
+    pipeline, finished = None, False
     try:
         if serve:
             wait_until_up(svc)
@@ -261,6 +261,7 @@ def run_demo(settings: Settings, profile: Profile, *, serve: bool = True, host: 
         say(f"\nall stages {'done' if ok else 'finished, some with failures'} in {time.monotonic() - t0:.0f} s; "
             f"{hits} of {len(jobs_all)} jobs were cache hits")
         _summary(ws, manifest, say)
+        finished = True
         if not serve:
             return 0 if ok else 1
         say(f"\nfeatscope is serving the dashboard at {svc.base}/ (Ctrl-C stops it). Look at:")
@@ -271,6 +272,9 @@ def run_demo(settings: Settings, profile: Profile, *, serve: bool = True, host: 
         say(f"the server stopped (exit status {svc.proc.returncode}); its log: {svc.log}")
         return 0 if ok else 1
     except KeyboardInterrupt:
+        if finished:  # Ctrl-C while serving: the way to stop the dashboard
+            say("\nstopping the dashboard")
+            return 0 if manifest.data.get("state") == "done" else 1
         say("\ninterrupted: cancelling the demo's unfinished jobs (training keeps its checkpoints) and stopping")
         if manifest.data.get("state") == "running":
             manifest.data.update(state="stopped", finished_at=_now())
