@@ -13,7 +13,7 @@ Pure functions on numbers (no catalog, no network), so the verdict logic is test
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 REPRODUCED, NOT_REPRODUCED, NOT_MEASURED = "reproduced", "not reproduced", "not measured"
@@ -85,6 +85,7 @@ STUDY: dict[str, tuple[str, str, str, str]] = {
                "top-1 CALTECH-256 / SUN-397 / FLOWERS: IMAGENET-CLS 86.3/61.5/95.0; OPENIMAGES 82.2/59.5/92.6; "
                "COCO 79.8/57.8/91.4", "/runs"),
 }
+PAIR_PAGES = ("/pairs", "/comembership", "/projections")
 ORDER = ("fig1", "table1", "fig3", "fig4", "fig5", "fig6", "fig7", "table5", "table6", "table7", "table8")
 
 
@@ -254,7 +255,7 @@ def judge(m: Mapping[str, Any]) -> list[Finding]:
     ft = m.get("finetune_det") or {}
     ftc = m.get("finetune_cls") or {}
     top1 = {k: (v or {}).get("top1") for k, v in ftc.items()}
-    return [
+    out = [
         fig1(ft.get("cls"), ft.get("det")),
         table1(ft.get("cls"), ft.get("det")),
         fig3(*(m.get("same_class") or (None, None, 0))),
@@ -268,3 +269,5 @@ def judge(m: Mapping[str, Any]) -> list[Finding]:
         table8(top1.get("cls"), top1.get("det"), (ftc.get("cls") or {}).get("interval"),
                (ftc.get("det") or {}).get("interval")),
     ]
+    query = m.get("pair_query") or ""  # the pages that compare a pair open on the measured one
+    return [replace(f, link=f.link + query) if f.link in PAIR_PAGES else f for f in out]

@@ -117,6 +117,10 @@ def _extract(ws: Workspace, p: Profile, m: Manifest) -> list[Step]:
             steps.append(Step(f"extract {role} {part} conv4/conv5", "extract",
                               {"backbone": bbs[role], "dataset": _ds(m, part), "taps": ["conv4", "conv5"],
                                "poolings": ["avg"]}))
+        # the mapped images' own set, so their image pages open with A and B (and their neighbours)
+        steps.append(Step(f"extract {role} pretrain-val conv5", "extract",
+                          {"backbone": bbs[role], "dataset": _ds(m, "pretrain-val"), "taps": ["conv5"],
+                           "poolings": ["avg"]}))
     if "det" in bbs:  # Table 5: the detection head's taps, the whole image as the RoI
         steps.append(Step("extract det single ConvProj", "extract",
                           {"backbone": bbs["det"], "dataset": _ds(m, "single"), "taps": ["convproj"],
@@ -194,7 +198,9 @@ def _maps(ws: Workspace, p: Profile, m: Manifest) -> list[Step]:
     if set(bbs) != set(ROLES):
         return []
     images = map_images(ws, _ds(m, "pretrain-val"), p.n_map_images)
-    m.data["maps"] = {"images": images, "heatmap": {}, "maskout": {}}
+    a, b = (embedding_set(ws, bbs[r], _ds(m, "pretrain-val"), "conv5") for r in ROLES)
+    m.data["maps"] = {"images": images, "heatmap": {}, "maskout": {},
+                      "sets": {"a": a.id, "b": b.id} if a is not None and b is not None else None}
 
     def record(kind: str, role: str, image_id: int):
         def rec(man: Manifest, result: dict[str, Any]) -> None:

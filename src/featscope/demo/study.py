@@ -129,7 +129,9 @@ def _maps(ws: Workspace, maps: dict[str, Any]) -> dict[str, Any]:
     if all(len(drop[r]) == len(images) for r in ROLES) and images:
         out["maskout_drop"] = (drop["cls"], drop["det"])
     if images:
-        out["maps_link"] = f"/image/{images[0]['image_id']}"
+        pair = maps.get("sets") or {}
+        query = f"?a={pair['a']}&b={pair['b']}" if pair else ""
+        out["maps_link"] = f"/image/{images[0]['image_id']}{query}"
     return out
 
 
@@ -147,6 +149,7 @@ def measure(ws: Workspace, manifest: dict[str, Any] | None) -> dict[str, Any]:
         a, b = (embedding_set(ws, bbs[r], f"{ds}-single", "conv5") for r in ROLES)
         if a is not None and b is not None:
             m.update(_pairs_and_maps(ws, a.id, b.id))
+            m["pair_query"] = f"?a={a.id}&b={b.id}"
     m.update(_maps(ws, manifest.get("maps") or {}))
     return m
 
