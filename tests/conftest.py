@@ -170,13 +170,17 @@ def settings_for(tmp_path, request):
 def tiny_demo(tmp_path_factory):
     """``featscope demo --profile tiny`` on a fresh data dir, serving the dashboard on a free port once every stage
     is done: yields ``(base_url, data_dir, first_run_output)``; Ctrl-C (SIGINT) stops it at the end, which must
-    exit 0. Shared by the demo's tests and the dashboard's browser test (one pipeline run for both)."""
+    exit 0. Shared by the demo's tests and the dashboard's browser test (one pipeline run for both).
+
+    ``FEATSCOPE_TEST_DEMO_DIR`` (with ``FEATSCOPE_TEST_DEMO_PROFILE``) runs it on a data dir a full ``make demo``
+    filled instead (a cache hit from end to end): how the README's screenshots show the ``cpu`` demo's data."""
     import signal
     import sys
     import time
 
     root = tmp_path_factory.mktemp("demo")
-    data_dir = root / "data"
+    data_dir = Path(os.environ.get("FEATSCOPE_TEST_DEMO_DIR") or root / "data")
+    profile = os.environ.get("FEATSCOPE_TEST_DEMO_PROFILE") or "tiny"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -185,7 +189,7 @@ def tiny_demo(tmp_path_factory):
     env.pop("DEMO_SERVE", None)
     log = root / "demo.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "featscope", "demo", "--profile", "tiny", "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "featscope", "demo", "--profile", profile, "--port", str(port)],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 600
     while "is serving the dashboard" not in log.read_text(errors="replace"):
