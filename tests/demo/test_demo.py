@@ -93,3 +93,33 @@ def test_a_second_run_is_all_cache_hits(tiny_demo):
     assert "is serving" not in done.stdout  # DEMO_SERVE=0 does the work and exits
     print(f"second run: {seconds:.1f} s for {len(entries)} jobs")
     json.dumps(m)  # the manifest stays plain JSON
+
+
+def test_ctrl_c_during_the_work_cancels_the_demos_jobs(tmp_path):
+    import signal
+
+    from featscope.config import Settings
+    from featscope.worker.jobs import get_job
+    from featscope.workspace.context import Context
+
+    data_dir = tmp_path / "data"
+    env = {**os.environ, "FEATSCOPE_DATA_DIR": str(data_dir), "DEMO_SERVE": "0", "OMP_NUM_THREADS": "1",
+           "FEATSCOPE_NUM_WORKERS": "0"}
+    log = tmp_path / "demo.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "featscope", "demo", "--profile", "tiny"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    while "pre-train cls (job" not in log.read_text():  # pre-training has started
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=90) == 130, log.read_text()[-3000:]
+    assert "interrupted: cancelling the demo's unfinished jobs" in log.read_text()
+    m = read_manifest(data_dir)
+    assert m["state"] == "stopped"
+    ctx = Context.open(Settings(data_dir=data_dir))
+    states = {j["label"]: get_job(ctx, j["job"]).state for s in m["stages"] for j in s["jobs"] if j.get("job")}
+    assert states["study sets"] == "done"
+    assert not [k for k, v in states.items() if v == "queued"], states  # nothing left waiting in the queue
+    assert "cancelled" in states.values(), states
