@@ -82,6 +82,15 @@ def test_the_demo_dashboard_in_a_browser(tiny_demo, tmp_path):
         page.goto(f"{base}/image/{image}?a={pair['a']}&b={pair['b']}")
         for fig in ("img-heat-a", "img-heat-b"):
             page.wait_for_function(TRACE_JS, arg=[fig, "heatmap"])
+        # ... and its mask-out maps, asked for as the demo did (its own classifier for A, a probe on the image's set
+        # for B): a cache hit
+        page.get_by_text("the backbone's own classifier").click()
+        page.fill("#img-mo-size", str(m["maps"]["mask_size"]))
+        page.fill("#img-target", m["maps"]["images"][0]["label"])
+        page.press("#img-target", "Enter")
+        page.click("#img-mo-go")
+        for fig in ("img-mo-a", "img-mo-b"):
+            page.wait_for_function(TRACE_JS, arg=[fig, "heatmap"])
         assert not errors, "\n".join(errors)
         _shot(page, tmp_path, "demo-image")
         ctx.close()

@@ -208,6 +208,9 @@ def _maps(ws: Workspace, p: Profile, m: Manifest) -> list[Step]:
                 "artifact_key": result.get("artifact_key"), "data": result.get("data")}
         return rec
 
+    # One mask size for both (the image page asks with one): the study's 60 px at 224, scaled to the smaller input.
+    size = min(mask_size(ws, bbs[r]) for r in ROLES)
+    m.data["maps"]["mask_size"] = size
     steps = []
     for im in images:
         for role in ROLES:
@@ -215,10 +218,10 @@ def _maps(ws: Workspace, p: Profile, m: Manifest) -> list[Step]:
                               {"backbone": bbs[role], "image_id": im["image_id"], "tap": "conv5", "method": "mean"},
                               record("heatmap", role, im["image_id"])))
         for role in ROLES:
-            params = {"backbone": bbs[role], "image_id": im["image_id"], "target": im["label"],
-                      "size": mask_size(ws, bbs[role]), "stride": 8}
-            if role == "det":  # no classifier: a linear probe on its Conv5 features of the single-object set
-                params["probe_dataset"] = _ds(m, "single")
+            # The detector has no classifier: its head is a linear probe on its Conv5 features of the image's own
+            # (labelled) set, as the study trains a linear classification layer on the detection features.
+            params = {"backbone": bbs[role], "image_id": im["image_id"], "target": im["label"], "size": size,
+                      "stride": 8}
             steps.append(Step(f"mask-out {role} image {im['image_id']}", "maskout", params,
                               record("maskout", role, im["image_id"])))
     return steps
