@@ -117,10 +117,11 @@ def _extract(ws: Workspace, p: Profile, m: Manifest) -> list[Step]:
             steps.append(Step(f"extract {role} {part} conv4/conv5", "extract",
                               {"backbone": bbs[role], "dataset": _ds(m, part), "taps": ["conv4", "conv5"],
                                "poolings": ["avg"]}))
-        # the mapped images' own set, so their image pages open with A and B (and their neighbours)
+        # the mapped images' own set, so their image pages open with A and B (and their neighbours); the detector's
+        # last tap (FC2) too: a probe on it is the detector's classification head in its mask-out maps
         steps.append(Step(f"extract {role} pretrain-val conv5", "extract",
-                          {"backbone": bbs[role], "dataset": _ds(m, "pretrain-val"), "taps": ["conv5"],
-                           "poolings": ["avg"]}))
+                          {"backbone": bbs[role], "dataset": _ds(m, "pretrain-val"),
+                           "taps": ["conv5", "fc2"] if role == "det" else ["conv5"], "poolings": ["avg"]}))
     if "det" in bbs:  # Table 5: the detection head's taps, the whole image as the RoI
         steps.append(Step("extract det single ConvProj", "extract",
                           {"backbone": bbs["det"], "dataset": _ds(m, "single"), "taps": ["convproj"],
