@@ -71,3 +71,24 @@ def test_runs_page_curves_ap_and_tables(tiny_demo):
     assert {r["metric"] for r in ev_data["rows"]} == {"top-1", "mAP@0.5"}
     only = runs.curves(svc, [m["runs"]["finetune-det-det"]], None)[0]
     assert len(only["data"]) == 1
+
+
+def test_study_page_follows_a_running_demo(tmp_path):
+    import json
+
+    from featscope.worker import jobs
+
+    svc = _svc(tmp_path / "data")
+    job = jobs.submit(svc.ctx, "dataset-study", {"n_pretrain": 10}, queue=svc.queue)  # queued: no worker runs here
+    manifest = {"version": 1, "profile": "tiny", "state": "running", "study_name": "study", "stages": [
+        {"name": "sets", "title": "generate the study sets", "state": "running",
+         "jobs": [{"label": "study sets", "kind": "dataset-study", "job": job.id, "state": "queued"}]}]}
+    (tmp_path / "data" / "demo.json").write_text(json.dumps(manifest))
+    summary, table, pipeline, poll_off = study.show(svc, None)
+    assert not poll_off  # keeps polling while the demo runs
+    text = text_of(pipeline)
+    assert "generate the study sets running · 0/1 jobs finished" in text and f"job {job.id}" in text
+    assert "queued" in text
+    assert "Not measured 11 waiting for the pipeline" in text_of(summary)
+    jobs.cancel_job(svc.ctx, job.id, queue=svc.queue)
+    assert study.show(svc, None)[3] is False  # the manifest still says running: the page keeps following it
