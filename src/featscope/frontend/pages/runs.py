@@ -86,6 +86,7 @@ def curves(svc: Services, chosen: list | None, _tick: Any):
     """Loss, learning rate and evaluations of the chosen runs (default: the pre-training runs)."""
     runs = _runs(svc)
     picked = [r for r in runs if r.id in (chosen or [])] or [r for r in runs if r.task in ("cls", "det")]
+    picked.sort(key=lambda r: r.id)  # oldest first: the demo's classification run gets A's colour
     series = {f"{r.id} · {r.name}": svc.ws.run_metrics(r.id) for r in picked}
     loss = [{"run": n, "iteration": m["iteration"], "loss": m.get("loss")} for n, ms in series.items()
             for m in ms if m.get("kind") == "train"]
@@ -115,7 +116,7 @@ def line_figure(rows: list[dict], key: str, title: str, *, markers: bool = False
 def ap_rows(runs: list) -> list[dict]:
     """One row per IoU threshold and detection fine-tuning run that finished."""
     out = []
-    for r in runs:
+    for r in sorted(runs, key=lambda r: r.id):  # oldest first: the demo's run from the classifier gets A's colour
         ap = ((r.result or {}).get("eval") or {}).get("ap") if r.task == "finetune-det" and r.state == "done" else None
         for t in IOUS if ap else ():
             if ap.get(t) is not None:
@@ -136,7 +137,7 @@ def ap_figure(rows: list[dict]) -> dict:
                "x": [r["iou"] for r in rows if r["run"] == n], "y": [r["ap"] for r in rows if r["run"] == n],
                "hovertemplate": "IoU %{x}<br>AP %{y:.1%}<extra>" + n + "</extra>"} for n in names]
     return {"data": traces, "layout": base_layout(xaxis={"title": {"text": "IoU threshold"}, "dtick": 0.1},
-                                                  yaxis={"title": {"text": "AP"}, "tickformat": ".0%",
+                                                  yaxis={"title": {"text": "AP"}, "tickformat": ".1%",
                                                          "rangemode": "tozero"})}
 
 
