@@ -230,6 +230,20 @@ def _summary(ws: Workspace, manifest: Manifest, say: Say) -> None:
     say("  " + ", ".join(f"{n} {v}" for v, n in counts.items()))
 
 
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM both stop the demo in order (a shell starting it in the background ignores SIGINT, and
+    a service manager sends SIGTERM): its jobs are cancelled and the server it started is stopped."""
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupt)
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
 def run_demo(settings: Settings, profile: Profile, *, serve: bool = True, host: str = "127.0.0.1", port: int = 8050,
              say: Say = print) -> int:
     """The whole demo; returns the exit status (0: every job finished; 1: some failed; 130: interrupted)."""
@@ -237,6 +251,7 @@ def run_demo(settings: Settings, profile: Profile, *, serve: bool = True, host: 
         say(f"error: port {port} on {host} is in use (another featscope serve?); stop it, or choose another port: "
             f"DEMO_PORT={port + 1} make demo")
         return 2
+    _stop_on_signals()
     t0 = time.monotonic()
     ws = Workspace(settings)
     manifest = Manifest(manifest_path(Path(settings.data_dir)))
