@@ -48,7 +48,7 @@ PROFILES: dict[str, Profile] = {
         sets={"n_pretrain": 1200, "n_pretrain_val": 150, "n_target_train": 300, "n_target_test": 150, "n_probe": 40,
               "size": 128},
         cls={"eval_every": 2}, det={"eval_every": 2},
-        expected="about 15 minutes on 2 CPU cores"),
+        expected="15 minutes on an idle 2-core CPU at the preset's throughput; longer on a busy one"),
     "cuda": Profile(
         "cuda", "the cpu-demo networks on four times the images, trained three times longer (for a GPU)",
         sets={"n_pretrain": 4800, "n_pretrain_val": 300, "n_target_train": 1200, "n_target_test": 300, "n_probe": 100,
