@@ -44,9 +44,11 @@ test: install debian-deps
 test-slow: install
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
-# The most complete end-to-end path so far: synthetic data -> backbones -> extraction -> cache -> neighbours.
+# The main job: the study reproduced on generated data (pre-training, extraction, every analysis, maps,
+# fine-tuning) as worker jobs, then the dashboard at http://127.0.0.1:8050/ until Ctrl-C. A second run is all
+# cache hits. DEMO_SERVE=0 does the work and exits; DEMO_PROFILE=tiny|cpu|cuda; DEMO_PORT=8050.
 demo: install
-	FEATSCOPE_DATA_DIR=$(DEMO_DIR)/featscope bash scripts/demo.sh $(DEMO_DIR)
+	FEATSCOPE_DATA_DIR=$(DEMO_DIR)/featscope bash scripts/demo.sh
 
 bench: install
 	$(PY) benchmarks/bench_extract.py

@@ -163,3 +163,45 @@ def settings_for(tmp_path, request):
         return Settings(data_dir=tmp_path / "data", database_url=url, num_workers=0, batch_size=4, shard_size=8)
 
     return make
+
+
+# ---------------------------------------------------------------- the demo, tiny
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """``featscope demo --profile tiny`` on a fresh data dir, serving the dashboard on a free port once every stage
+    is done: yields ``(base_url, data_dir, first_run_output)``; Ctrl-C (SIGINT) stops it at the end, which must
+    exit 0. Shared by the demo's tests and the dashboard's browser test (one pipeline run for both).
+
+    ``FEATSCOPE_TEST_DEMO_DIR`` (with ``FEATSCOPE_TEST_DEMO_PROFILE``) runs it on a data dir a full ``make demo``
+    filled instead (a cache hit from end to end): how the README's screenshots show the ``cpu`` demo's data."""
+    import signal
+    import sys
+    import time
+
+    root = tmp_path_factory.mktemp("demo")
+    data_dir = Path(os.environ.get("FEATSCOPE_TEST_DEMO_DIR") or root / "data")
+    profile = os.environ.get("FEATSCOPE_TEST_DEMO_PROFILE") or "tiny"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "FEATSCOPE_DATA_DIR": str(data_dir), "FEATSCOPE_NUM_WORKERS": "0", "OMP_NUM_THREADS": "1",
+           "FEATSCOPE_BATCH_SIZE": "16"}
+    env.pop("DEMO_SERVE", None)
+    log = root / "demo.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "featscope", "demo", "--profile", profile, "--port", str(port)],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    while "is serving the dashboard" not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"featscope demo did not finish (exit {proc.poll()}):\n{log.read_text()[-6000:]}")
+        time.sleep(0.5)
+    yield f"http://127.0.0.1:{port}", data_dir, log.read_text()
+    proc.send_signal(signal.SIGINT)
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"featscope demo did not stop on Ctrl-C:\n{log.read_text()[-3000:]}") from None
+    assert code == 0, f"Ctrl-C while serving should exit 0, got {code}:\n{log.read_text()[-3000:]}"

@@ -33,10 +33,11 @@ def test_every_page_module_is_registered_with_its_path(client):
     import dash
 
     paths = {p["path"] for p in dash.page_registry.values()}
-    assert {"/", "/pairs", "/comembership", "/projections", "/upload", "/probes", "/similarity", "/jobs"} <= paths
+    assert {"/", "/pairs", "/comembership", "/projections", "/upload", "/probes", "/similarity", "/jobs", "/study",
+            "/runs"} <= paths
     templates = {p.get("path_template") for p in dash.page_registry.values()}
     assert "/image/<image_id>" in templates
-    assert len(PAGES) == 9
+    assert len(PAGES) == 11
 
 
 @pytest.mark.parametrize("path", ["/api/v1/nope", "/api/v1/datasets/x/y/z", "/api/v2/datasets", "/api/"])

@@ -10,6 +10,7 @@ from featscope.cli.common import _state, app
 # Importing a verb group registers its commands; this order is the order of `featscope --help`.
 from featscope.cli import datasets, backbones, extract, maps, analyze, serve  # noqa: F401,I001
 from featscope.cli import train, runs  # noqa: F401,I001
+from featscope.cli import demo  # noqa: F401,I001
 from featscope.worker.cli import jobs_app, worker_command  # light: huey and typer only
 
 app.add_typer(jobs_app, name="jobs")

@@ -206,3 +206,4 @@ from featscope.worker import map_kinds as _map_kinds  # noqa: E402,F401 - regist
 from featscope.worker import catalog_kinds as _catalog_kinds  # noqa: E402,F401 - registers dataset-synth, backbone-taps
 from featscope.worker import sharding as _sharding  # noqa: E402,F401 - registers extract-shard
 from featscope.worker import train_kinds as _train_kinds  # noqa: E402,F401 - registers train and finetune
+from featscope.worker import study_kinds as _study_kinds  # noqa: E402,F401 - registers dataset-study

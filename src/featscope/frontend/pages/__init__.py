@@ -4,4 +4,5 @@ The order of :data:`PAGES` is the order of the nav bar; a new page (``/runs``, `
 module here with a ``PAGE`` dict.
 """
 
-PAGES = ("overview", "pairs", "comembership", "projections", "image", "upload", "probes", "similarity", "jobs")
+PAGES = ("overview", "pairs", "comembership", "projections", "image", "upload", "probes", "similarity", "jobs",
+         "study", "runs")

@@ -1,0 +1,159 @@
+"""The demo's measured counterpart of each of the study's findings, read from the catalog and the cache.
+
+Public names: :func:`measure`, :func:`study_findings`.
+
+Reads only: cached analyses (``cached_only=True``), finished runs' evaluations, stored maps. Nothing is
+computed here (the dashboard calls this in a request), so a finding whose inputs are not ready yet is
+``not measured``. Backbone A is the classification run, B the detection run, as on every page.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from featscope.analysis import findings as F
+from featscope.analysis.study_measures import box_coverage, knn_purity, largest_drop, same_class_share
+from featscope.demo.pipeline import HEAD_POOLINGS, PROBE_PARTS, ROLES, embedding_set
+from featscope.workspace import NotFound, Workspace
+from featscope.workspace.analyses import NotCached
+
+log = logging.getLogger(__name__)
+PURITY_K = 10
+
+
+def _cached(fn, *args, **kwargs):
+    try:
+        return fn(*args, cached_only=True, **kwargs)
+    except (NotCached, NotFound, ValueError):
+        return None
+
+
+def _run_eval(ws: Workspace, manifest: dict[str, Any], key: str) -> dict[str, Any] | None:
+    run_id = (manifest.get("runs") or {}).get(key)
+    if run_id is None:
+        return None
+    try:
+        run = ws.run(run_id)
+    except NotFound:
+        return None
+    return (run.result or {}).get("eval") if run.state == "done" else None
+
+
+def _finetune(ws: Workspace, manifest: dict[str, Any]) -> tuple[dict, dict]:
+    det, cls = {}, {}
+    for role in ROLES:
+        ev = _run_eval(ws, manifest, f"finetune-det-{role}")
+        if ev and ev.get("ap"):
+            det[role] = {t: (v if v is not None and v >= 0 else None) for t, v in ev["ap"].items()}
+        ev = _run_eval(ws, manifest, f"finetune-cls-{role}")
+        if ev and ev.get("top1") is not None:
+            cls[role] = {"top1": ev["top1"], "interval": (ev.get("ci_low"), ev.get("ci_high"))}
+    return det, cls
+
+
+def _probe(ws: Workspace, set_info) -> dict[str, Any] | None:
+    if set_info is None:
+        return None
+    res = _cached(ws.probe, set_info.id)
+    return res.data if res is not None else None
+
+
+def _probes(ws: Workspace, bbs: dict[str, str], ds: str) -> dict[str, tuple]:
+    out = {}
+    for part in PROBE_PARTS:
+        c, d = (_probe(ws, embedding_set(ws, bbs[r], f"{ds}-{part}", "conv5")) for r in ROLES)
+        if c and d:
+            out[part] = (c["accuracy"], c["ci_low"], c["ci_high"], d["accuracy"], d["ci_low"], d["ci_high"])
+    return out
+
+
+def _head_probes(ws: Workspace, det: str, single: str) -> dict[str, float]:
+    wanted = [("conv5", "avg"), *(("convproj", p) for p in HEAD_POOLINGS), ("fc1", "avg"), ("fc2", "avg")]
+    out = {}
+    for tap, pooling in wanted:
+        d = _probe(ws, embedding_set(ws, det, single, tap, pooling))
+        if d:
+            out[f"{tap}/{pooling}"] = d["accuracy"]
+    return out
+
+
+def _pairs_and_maps(ws: Workspace, a: int, b: int) -> dict[str, Any]:
+    """Fig. 3 (closest pairs), Fig. 6 (co-membership) and Fig. 7 (t-SNE) from the pair (A, B)'s cached analyses."""
+    from featscope.frontend import standard
+
+    out: dict[str, Any] = {}
+    labels = None
+    closest = _cached(ws.closest_pairs, [a, b])
+    if closest is not None:
+        labels = ws.load_embeddings(a).labels
+        shares = [same_class_share([p["i"] for p in sp["pairs"]], [p["j"] for p in sp["pairs"]], labels)
+                  for sp in closest.data["spaces"]]
+        out["same_class"] = (shares[0], shares[1], len(closest.data["spaces"][0]["pairs"]))
+    cm = _cached(ws.comembership, a, b)
+    if cm is not None:  # A = cls, B = det: b_to_a = P(same in cls | same in det)
+        out["comembership"] = (cm.data["ks"], cm.data["mean"]["b_to_a"], cm.data["mean"]["a_to_b"])
+    n = len(labels) if labels is not None else ws.load_embeddings(a).vectors.shape[0]
+    proj = _cached(ws.projection, [a, b], **standard.projection_params(n, "tsne"))
+    if proj is not None:
+        labels = labels if labels is not None else ws.load_embeddings(a).labels
+        k = min(PURITY_K, len(labels) - 1)
+        out["tsne_purity"] = (knn_purity(proj.arrays["coords_0"], labels, k),
+                              knn_purity(proj.arrays["coords_1"], labels, k))
+    return out
+
+
+def _maps(ws: Workspace, maps: dict[str, Any]) -> dict[str, Any]:
+    """Fig. 4: object coverage of each activation map; Fig. 5: the largest fall of each mask-out map."""
+    out: dict[str, Any] = {}
+    images = maps.get("images") or []
+    cover: dict[str, list[float]] = {r: [] for r in ROLES}
+    drop: dict[str, list[float]] = {r: [] for r in ROLES}
+    for im in images:
+        key = str(im["image_id"])
+        heat = {r: (maps.get("heatmap", {}).get(r) or {}).get(key) for r in ROLES}
+        if all(heat.values()) and im.get("boxes"):
+            try:
+                for r in ROLES:
+                    art = ws.ctx.store.get("map", heat[r]["artifact_key"])
+                    cover[r].append(box_coverage(art.array("heat"), im["boxes"]))
+            except (KeyError, FileNotFoundError, ValueError) as e:
+                log.warning("activation map of image %s unreadable: %s", key, e)
+        mo = {r: (maps.get("maskout", {}).get(r) or {}).get(key) for r in ROLES}
+        if all(mo.values()):
+            for r in ROLES:
+                d = mo[r]["data"]
+                drop[r].append(largest_drop(d["min_probability"], d["unmasked_probability"]))
+    if all(len(cover[r]) == len(images) for r in ROLES) and images:
+        out["coverage"] = (cover["cls"], cover["det"])
+    if all(len(drop[r]) == len(images) for r in ROLES) and images:
+        out["maskout_drop"] = (drop["cls"], drop["det"])
+    if images:
+        pair = maps.get("sets") or {}
+        query = f"?a={pair['a']}&b={pair['b']}" if pair else ""
+        out["maps_link"] = f"/image/{images[0]['image_id']}{query}"
+    return out
+
+
+def measure(ws: Workspace, manifest: dict[str, Any] | None) -> dict[str, Any]:
+    """Every measurement :func:`featscope.analysis.findings.judge` takes, from a demo manifest (``demo.json``)."""
+    if not manifest:
+        return {}
+    m: dict[str, Any] = {}
+    m["finetune_det"], m["finetune_cls"] = _finetune(ws, manifest)
+    bbs = manifest.get("backbones") or {}
+    ds = manifest.get("study_name", "study")
+    if set(bbs) == set(ROLES):
+        m["probes"] = _probes(ws, bbs, ds)
+        m["head_probes"] = _head_probes(ws, bbs["det"], f"{ds}-single")
+        a, b = (embedding_set(ws, bbs[r], f"{ds}-single", "conv5") for r in ROLES)
+        if a is not None and b is not None:
+            m.update(_pairs_and_maps(ws, a.id, b.id))
+            m["pair_query"] = f"?a={a.id}&b={b.id}"
+    m.update(_maps(ws, manifest.get("maps") or {}))
+    return m
+
+
+def study_findings(ws: Workspace, manifest: dict[str, Any] | None) -> list[F.Finding]:
+    """The study's findings, each with the demo's number and its computed verdict."""
+    return F.judge(measure(ws, manifest))

@@ -1,0 +1,125 @@
+"""``featscope demo`` end to end on the tiny profile: every stage done as worker jobs, a second run all cache hits,
+the findings printed as the study page computes them; and the pieces' checks (profiles, the dataset-study kind)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from featscope.demo.pipeline import STAGES, read_manifest
+
+
+def test_profiles_and_their_errors(monkeypatch):
+    from featscope.demo.profiles import PROFILES, choose_profile
+
+    assert choose_profile("tiny") is PROFILES["tiny"]
+    monkeypatch.setenv("DEMO_PROFILE", "cpu")
+    assert choose_profile().name == "cpu"
+    with pytest.raises(ValueError, match="unknown demo profile 'huge'; choose one of tiny, cpu, cuda"):
+        choose_profile("huge")
+    from featscope.training.presets import resolve_config
+
+    for p in PROFILES.values():  # every profile's parameters are valid training parameters of its preset
+        for task, params in (("cls", p.cls), ("det", p.det), ("finetune-det", p.finetune_det),
+                             ("finetune-cls", p.finetune_cls)):
+            resolve_config(task, p.preset, params)
+
+
+def test_dataset_study_kind_checks_its_parameters():
+    from featscope.worker.kinds import get_kind
+
+    kind = get_kind("dataset-study")
+    assert kind.normalize({})["n_pretrain"] == 1200
+    with pytest.raises(ValueError, match="does not take path"):
+        kind.normalize({"path": "/etc"})
+    with pytest.raises(ValueError, match="names a folder"):
+        kind.normalize({"name": "../x"})
+    with pytest.raises(ValueError, match="n_probe must be an integer from 2"):
+        kind.normalize({"n_probe": 1})
+
+
+def test_the_demo_runs_every_stage_as_jobs(tiny_demo):
+    base, data_dir, output = tiny_demo
+    m = read_manifest(data_dir)
+    assert m["state"] == "done" and m["profile"] == (os.environ.get("FEATSCOPE_TEST_DEMO_PROFILE") or "tiny")
+    assert [s["name"] for s in m["stages"]] == [s.name for s in STAGES]
+    assert all(s["state"] == "done" and s["jobs"] for s in m["stages"]), m["stages"]
+    kinds = {j["kind"] for s in m["stages"] for j in s["jobs"]}
+    assert kinds == {"dataset-study", "train", "extract", "analysis", "heatmap", "maskout", "finetune"}
+    assert set(m["runs"]) == {"cls", "det", "finetune-det-cls", "finetune-det-det", "finetune-cls-cls",
+                              "finetune-cls-det"}
+    assert "featscope is serving the dashboard at " + base in output
+    assert "jobs were cache hits" in output and "The study's findings on the demo's data" in output
+    analyses = [j["label"].split()[0] for s in m["stages"] if s["name"] == "analyses" for j in s["jobs"]]
+    for name in ("closest", "contrast", "comembership", "projection", "agreement", "similarity", "cka-matrix",
+                 "probe"):
+        assert name in analyses
+
+
+def test_every_finding_is_measured_and_printed_as_computed(tiny_demo):
+    from featscope.config import Settings
+    from featscope.demo.study import study_findings
+    from featscope.workspace import Workspace
+
+    _, data_dir, output = tiny_demo
+    findings = study_findings(Workspace(Settings(data_dir=data_dir)), read_manifest(data_dir))
+    assert len(findings) == 11
+    assert [f.verdict for f in findings if f.verdict == "not measured"] == []
+    for f in findings:  # the terminal shows what the page computes
+        assert f"{f.verdict.upper():>15}  {f.title}" in output
+        assert f.measured in output
+
+
+def test_a_second_run_is_all_cache_hits(tiny_demo):
+    base, data_dir, _ = tiny_demo
+    env = {**os.environ, "FEATSCOPE_DATA_DIR": str(data_dir), "DEMO_SERVE": "0", "OMP_NUM_THREADS": "1",
+           "FEATSCOPE_NUM_WORKERS": "0"}
+    t0 = time.monotonic()
+    profile = os.environ.get("FEATSCOPE_TEST_DEMO_PROFILE") or "tiny"
+    done = subprocess.run([sys.executable, "-m", "featscope", "demo", "--profile", profile], env=env,
+                          capture_output=True, text=True, timeout=300)
+    seconds = time.monotonic() - t0
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    m = read_manifest(data_dir)
+    entries = [j for s in m["stages"] for j in s["jobs"]]
+    missed = [j["label"] for j in entries if not j.get("cached")]
+    assert entries and not missed, f"not cache hits on the second run: {missed}"
+    assert f"{len(entries)} of {len(entries)} jobs were cache hits" in done.stdout
+    assert "is serving" not in done.stdout  # DEMO_SERVE=0 does the work and exits
+    print(f"second run: {seconds:.1f} s for {len(entries)} jobs")
+    json.dumps(m)  # the manifest stays plain JSON
+
+
+def test_ctrl_c_during_the_work_cancels_the_demos_jobs(tmp_path):
+    import signal
+
+    from featscope.config import Settings
+    from featscope.worker.jobs import get_job
+    from featscope.workspace.context import Context
+
+    data_dir = tmp_path / "data"
+    env = {**os.environ, "FEATSCOPE_DATA_DIR": str(data_dir), "DEMO_SERVE": "0", "OMP_NUM_THREADS": "1",
+           "FEATSCOPE_NUM_WORKERS": "0"}
+    log = tmp_path / "demo.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "featscope", "demo", "--profile", "tiny"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    while "pre-train cls (job" not in log.read_text():  # pre-training has started
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=90) == 130, log.read_text()[-3000:]
+    assert "interrupted: cancelling the demo's unfinished jobs" in log.read_text()
+    m = read_manifest(data_dir)
+    assert m["state"] == "stopped"
+    ctx = Context.open(Settings(data_dir=data_dir))
+    states = {j["label"]: get_job(ctx, j["job"]).state for s in m["stages"] for j in s["jobs"] if j.get("job")}
+    assert states["study sets"] == "done"
+    assert not [k for k, v in states.items() if v == "queued"], states  # nothing left waiting in the queue
+    assert "cancelled" in states.values(), states
