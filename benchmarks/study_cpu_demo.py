@@ -42,6 +42,9 @@ def main() -> None:
     ap.add_argument("--cls-set", action="append", help="KEY=VALUE over the cls preset")
     ap.add_argument("--det-set", action="append", help="KEY=VALUE over the det preset")
     ap.add_argument("--ft-set", action="append", help="KEY=VALUE over the finetune-det preset")
+    ap.add_argument("--det-init", choices=("random", "cls"), default="random",
+                    help="the detector's start: the same seeded random trunk as the classifier (the study's Table 7), "
+                         "or the trained classifier (the study's detectors start from its classification network)")
     ap.add_argument("--skip-finetune", action="store_true")
     args = ap.parse_args()
     ws = Workspace(Settings(data_dir=args.out / "data"))
@@ -49,11 +52,13 @@ def main() -> None:
     ws.study_datasets(args.out / "images", n_pretrain=args.n_pretrain, n_probe=args.n_probe)
     print(f"study sets ready in {time.perf_counter() - t:.0f} s; {_load()}")
 
-    report: dict = {"load_before": _load()}
+    report: dict = {"load_before": _load(), "det_init": args.det_init}
     runs = {}
     for task, extra in (("cls", args.cls_set), ("det", args.det_set)):
         t = time.perf_counter()
-        run = ws.train(task, "study-pretrain", val_dataset="study-pretrain-val", on_message=print, **_sets(extra))
+        init = runs["cls"].name if task == "det" and args.det_init == "cls" else None
+        run = ws.train(task, "study-pretrain", val_dataset="study-pretrain-val", init=init, on_message=print,
+                       **_sets(extra))
         seconds = run.result.get("seconds", time.perf_counter() - t)
         runs[task] = run
         ev = run.result["eval"]
