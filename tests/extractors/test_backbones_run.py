@@ -65,3 +65,22 @@ def test_detection_run_offers_head_taps(files):
     body = {k: v for k, v in bb.model.state_dict().items() if not k.startswith("head.")}
     ref = det.backbone.body.state_dict()
     assert all(torch.equal(v, ref[k]) for k, v in body.items())
+
+
+@pytest.mark.parametrize("spec, file", [("run:7", "cls.pt"), ("run:8", "det.pt")])
+def test_a_registered_run_reopens_in_a_fresh_workspace(files, tmp_path, spec, file):
+    """Registered in one workspace, opened in another on the same data dir (no shared network cache, as in
+    another process): it reloads from the stored load arguments, same fingerprint, same outputs."""
+    from featscope.config import Settings
+    from featscope.workspace import Workspace
+
+    root = files[0]
+    first = Workspace(Settings(data_dir=tmp_path / "data"))
+    info = first.add_backbone(spec, name="r", weights=root / file)
+    original = first.load_backbone("r")
+    again = Workspace(Settings(data_dir=tmp_path / "data")).load_backbone("r")
+    assert again is not original and again.fingerprint == original.fingerprint == info.fingerprint
+    assert again.source == "run" and list(again.taps) == list(original.taps)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(x), original.model(x))

@@ -92,11 +92,20 @@ def _sets(ws: Workspace, p: Profile, m: Manifest) -> list[Step]:
 
 
 # ------------------------------------------------------------------------------------------ 2. pre-training
+def _registered_name(ws: Workspace, result: dict[str, Any]) -> str:
+    """The name of the backbone a finished training run registered (the run's own name if it registered none)."""
+    from featscope.workspace.backbones import get_backbone_row
+
+    bid = result.get("backbone_id")
+    return get_backbone_row(ws.ctx, int(bid)).name if bid is not None else result["name"]
+
+
 def _pretrain(ws: Workspace, p: Profile, m: Manifest) -> list[Step]:
     def record(role: str):
         def rec(man: Manifest, result: dict[str, Any]) -> None:
             man.setdefault("runs", {})[role] = result["run"]
-            man.setdefault("backbones", {})[role] = result["name"]
+            # The backbone the run registered: its name differs from the run's when that name was taken.
+            man.setdefault("backbones", {})[role] = _registered_name(ws, result)
             man.setdefault("pretrain_eval", {})[role] = result.get("eval")
         return rec
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import urlencode
+
+import numpy as np
 
 from featscope.analysis import findings as F
 from featscope.analysis.study_measures import box_coverage, knn_purity, largest_drop, same_class_share
@@ -65,7 +68,8 @@ def _probes(ws: Workspace, bbs: dict[str, str], ds: str) -> dict[str, tuple]:
         c, d = (_probe(ws, embedding_set(ws, bbs[r], f"{ds}-{part}", "conv5")) for r in ROLES)
         if c and d:
             out[part] = (c["accuracy"], c["ci_low"], c["ci_high"], d["accuracy"], d["ci_low"], d["ci_high"])
-    return out
+    # Table 6 is judged on every probe set or not at all: a verdict on some of them would overstate it.
+    return out if len(out) == len(PROBE_PARTS) else {}
 
 
 def _head_probes(ws: Workspace, det: str, single: str) -> dict[str, float]:
@@ -83,20 +87,26 @@ def _pairs_and_maps(ws: Workspace, a: int, b: int) -> dict[str, Any]:
     from featscope.frontend import standard
 
     out: dict[str, Any] = {}
+    ea, eb = ws.load_embeddings(a), ws.load_embeddings(b)
+    if not np.array_equal(ea.image_ids, eb.image_ids):
+        # The analyses index the images both sets embed; A's own labels line up with them only when the two
+        # sets hold the same rows (the demo extracts both over the whole set, so they do unless one is partial).
+        log.warning("embedding sets %s and %s hold different images: Figs. 3, 6 and 7 not measured", a, b)
+        return out
     labels = None
     closest = _cached(ws.closest_pairs, [a, b])
     if closest is not None:
-        labels = ws.load_embeddings(a).labels
+        labels = ea.labels
         shares = [same_class_share([p["i"] for p in sp["pairs"]], [p["j"] for p in sp["pairs"]], labels)
                   for sp in closest.data["spaces"]]
         out["same_class"] = (shares[0], shares[1], len(closest.data["spaces"][0]["pairs"]))
     cm = _cached(ws.comembership, a, b)
     if cm is not None:  # A = cls, B = det: b_to_a = P(same in cls | same in det)
         out["comembership"] = (cm.data["ks"], cm.data["mean"]["b_to_a"], cm.data["mean"]["a_to_b"])
-    n = len(labels) if labels is not None else ws.load_embeddings(a).vectors.shape[0]
+    n = len(ea.labels)
     proj = _cached(ws.projection, [a, b], **standard.projection_params(n, "tsne"))
     if proj is not None:
-        labels = labels if labels is not None else ws.load_embeddings(a).labels
+        labels = ea.labels
         k = min(PURITY_K, len(labels) - 1)
         out["tsne_purity"] = (knn_purity(proj.arrays["coords_0"], labels, k),
                               knn_purity(proj.arrays["coords_1"], labels, k))
@@ -121,17 +131,22 @@ def _maps(ws: Workspace, maps: dict[str, Any]) -> dict[str, Any]:
                 log.warning("activation map of image %s unreadable: %s", key, e)
         mo = {r: (maps.get("maskout", {}).get(r) or {}).get(key) for r in ROLES}
         if all(mo.values()):
-            for r in ROLES:
-                d = mo[r]["data"]
-                drop[r].append(largest_drop(d["min_probability"], d["unmasked_probability"]))
+            try:
+                for r in ROLES:
+                    d = mo[r]["data"]
+                    drop[r].append(largest_drop(d["min_probability"], d["unmasked_probability"]))
+            except (KeyError, TypeError, ValueError) as e:
+                log.warning("mask-out map of image %s unusable: %s", key, e)
     if all(len(cover[r]) == len(images) for r in ROLES) and images:
         out["coverage"] = (cover["cls"], cover["det"])
     if all(len(drop[r]) == len(images) for r in ROLES) and images:
         out["maskout_drop"] = (drop["cls"], drop["det"])
     if images:
         pair = maps.get("sets") or {}
-        query = f"?a={pair['a']}&b={pair['b']}" if pair else ""
-        out["maps_link"] = f"/image/{images[0]['image_id']}{query}"
+        query = {"a": pair["a"], "b": pair["b"]} if pair else {}
+        if maps.get("mask_size"):  # the settings the demo made its mask-out maps with: they open from the cache
+            query.update(head="classifier", target=images[0].get("label") or "", size=maps["mask_size"])
+        out["maps_link"] = f"/image/{images[0]['image_id']}" + (f"?{urlencode(query)}" if query else "")
     return out
 
 

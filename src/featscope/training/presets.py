@@ -106,9 +106,10 @@ class TrainConfig:
 # RoIAlign and a 512-wide head. Measured on this project's 2-core CPU without other load: ~65 img/s
 # (classifier) and ~16 img/s (detector), so each pre-training takes about 3 and 5 minutes.
 # Known limit (measured on the study sets, benchmarks/study_cpu_demo.py): that budget (~12k images) is not
-# enough for a ResNet-18 from a random start to learn the study's shapes; the classifier ends at chance on
-# held-out scenes (0.10 for 6 classes) and runs of up to 800 iterations at lr 0.003-0.05, with or without
-# zero-init residuals, on clean backgrounds or large solid shapes, stayed within a few points of chance.
+# enough for a ResNet-18 from a random start to learn the study's shapes; the classifier ends no better than
+# chance on held-out scenes (0.10 and 0.12 measured for 6 classes, where chance is 0.17), and runs of up to 800
+# iterations at lr 0.003-0.05, with or without zero-init residuals, on clean backgrounds or large solid shapes,
+# stayed within a few points of chance.
 _CPU_DET = dict(arch="resnet18", norm="bn", image_size=128, max_size=128, roi_size=7, proj_channels=256, fc_dim=512,
                 anchor_sizes=(16, 32, 64, 128), rpn_batch_size_per_image=64, rpn_pre_nms_top_n_train=300,
                 rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,

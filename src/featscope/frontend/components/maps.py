@@ -29,8 +29,11 @@ MASKOUT_MODES = {"exact": {"precision": "fp32"}, "bf16": {"precision": "bf16"},
                  "approx": {"precision": "fp32", "approx_margin": 2}}
 
 
-def controls(prefix: str) -> html.Div:
-    """Heatmap method, tap, head and target; mask-out size, stride, fill, mode and a button (mask-out is slow)."""
+def controls(prefix: str, *, head: str = "probe", target: str | None = None, size: int = 60) -> html.Div:
+    """Heatmap method, tap, head and target; mask-out size, stride, fill, mode and a button (mask-out is slow).
+
+    ``head``, ``target`` and ``size`` are the first values (a link may set them, e.g. to open the maps the
+    demo made)."""
     return html.Div([
         html.Div(className="fs-controls", children=[
             html.Div([html.Label("Heatmap", className="fs-label"),
@@ -40,17 +43,17 @@ def controls(prefix: str) -> html.Div:
                       dcc.Dropdown(id=f"{prefix}-tap", value="conv5", clearable=False, style={"width": "130px"},
                                    options=[{"label": t, "value": t} for t in ("conv2", "conv3", "conv4", "conv5")])]),
             html.Div([html.Label("Classification head (Grad-CAM, mask-out)", className="fs-label"),
-                      dcc.RadioItems(id=f"{prefix}-head", value="probe", inline=True, className="fs-radio", options=[
+                      dcc.RadioItems(id=f"{prefix}-head", value=head, inline=True, className="fs-radio", options=[
                           {"label": "linear probe on A's data set", "value": "probe"},
                           {"label": "the backbone's own classifier", "value": "classifier"}])]),
             html.Div([html.Label("Target class", className="fs-label"),
-                      dcc.Input(id=f"{prefix}-target", type="text", list=f"{prefix}-classes", debounce=True,
+                      dcc.Input(id=f"{prefix}-target", type="text", value=target, list=f"{prefix}-classes", debounce=True,
                                 placeholder="class name or index", className="fs-input", style={"width": "200px"}),
                       html.Datalist(id=f"{prefix}-classes")]),
         ]),
         html.Div(className="fs-controls", children=[
             html.Div([html.Label("Mask-out: mask size (px)", className="fs-label"),
-                      dcc.Input(id=f"{prefix}-mo-size", type="number", value=60, min=4, max=1024, className="fs-input",
+                      dcc.Input(id=f"{prefix}-mo-size", type="number", value=size, min=4, max=1024, className="fs-input",
                                 style={"width": "110px"})]),
             html.Div([html.Label("stride (px)", className="fs-label"),
                       dcc.Input(id=f"{prefix}-mo-stride", type="number", value=8, min=1, max=1024,

@@ -21,8 +21,13 @@ PAGE = {"path_template": "/image/<image_id>", "path": "/image", "name": "Image",
 K_NEIGHBOURS = 12
 
 
-def layout(image_id: str | None = None, a: str | None = None, b: str | None = None, **_query: Any) -> html.Div:
+def layout(image_id: str | None = None, a: str | None = None, b: str | None = None, head: str | None = None,
+           target: str | None = None, size: str | None = None, **_query: Any) -> html.Div:
+    """``?a=&b=`` pick the embedding sets; ``head``, ``target``, ``size`` the first map settings (bad values are
+    ignored)."""
     ident = int(image_id) if image_id and str(image_id).isdigit() else None
+    first = {"head": head if head in ("probe", "classifier") else "probe", "target": (target or None),
+             "size": int(size) if size and str(size).isdigit() and 4 <= int(size) <= 1024 else 60}
     return html.Div([
         page_header(f"Image {ident}" if ident else "Image", "What each backbone looks at in this image, what hiding "
                     "parts of it does to a class's probability, and which images each backbone finds closest.",
@@ -30,7 +35,7 @@ def layout(image_id: str | None = None, a: str | None = None, b: str | None = No
         dcc.Store(id="img-id", data=ident),
         html.Div(id="img-hero"),
         comparison_bar("img", a, b),
-        maps.controls("img"),
+        maps.controls("img", **first),
         maps.panels("img"),
         html.H2("Nearest neighbours", className="fs-section-title"),
         html.Div(className="fs-grid-2", children=[

@@ -119,7 +119,7 @@ def ap_rows(runs: list) -> list[dict]:
     for r in sorted(runs, key=lambda r: r.id):  # oldest first: the demo's run from the classifier gets A's colour
         ap = ((r.result or {}).get("eval") or {}).get("ap") if r.task == "finetune-det" and r.state == "done" else None
         for t in IOUS if ap else ():
-            if ap.get(t) is not None:
+            if ap.get(t) is not None and ap[t] >= 0:  # pycocotools' -1: no ground truth at this threshold
                 out.append({"run": f"{r.id} · from {_init_name(r)}", "iou": float(t), "ap": ap[t]})
     return out
 
