@@ -86,7 +86,8 @@ def panels(prefix: str) -> html.Div:
         html.Div(heat, className="fs-grid-3"),
         html.H2("Mask-out maps", className="fs-section-title"),
         html.P("The probability of the target class as a blank square slides over the image, drawn at the square's "
-               "centre: dark where hiding that area hurts the prediction.", className="fs-muted"),
+               "centre, each map coloured over its own range (the colour bar gives the values): dark blue where "
+               "hiding that area hurts the prediction most.", className="fs-muted"),
         html.Div(id=f"{prefix}-mo-progress", className="fs-progress-area"),
         html.Div(mo, className="fs-grid-3"),
         dcc.Store(id=f"{prefix}-heat-tracked", data={}), dcc.Store(id=f"{prefix}-mo-tracked", data={}),
@@ -177,18 +178,31 @@ def coarse(heat: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def map_figure(uri: str, size: tuple[int, int], heat: np.ndarray, *, diverging: bool = False,
-               label: str = "activation") -> dict:
-    """The image with ``heat`` (original-image resolution, NaN = no map) drawn over it."""
+               label: str = "activation", relative: bool = False) -> dict:
+    """The image with ``heat`` (original-image resolution, NaN = no map) drawn over it.
+
+    ``relative``: the colours span the map's own range (symmetric around 0 when ``diverging``) instead of
+    0..1 / -1..1, and the colour bar states those values: a mask-out map whose probabilities lie within
+    0.146..0.153 is otherwise one flat colour (the same choice as the API overlay's ``scale=relative``)."""
     w, h = size
     z, step = coarse(heat)
     zf = np.where(np.isnan(z), None, np.round(z.astype(float), 4)).tolist()
     trace = {"type": "heatmap", "z": zf, "x0": step / 2, "dx": step, "y0": step / 2, "dy": step, "opacity": 0.55,
              "zsmooth": "best", "hovertemplate": f"x %{{x:.0f}}, y %{{y:.0f}}<br>{label} %{{z:.3f}}<extra></extra>",
              "colorbar": {"thickness": 10, "len": 0.8}}
+    lo, hi = (0.0, 1.0) if not diverging else (-1.0, 1.0)
+    finite = heat[np.isfinite(heat)]
+    if relative and finite.size:
+        if diverging:
+            hi = float(np.abs(finite).max()) or 1e-6
+            lo = -hi
+        else:
+            lo, hi = float(finite.min()), float(finite.max())
+            hi = hi if hi > lo else lo + 1e-6
     if diverging:
-        trace.update(colorscale="RdBu", zmin=-1, zmax=1, zmid=0)  # plotly.js RdBu: blue low, red high
+        trace.update(colorscale="RdBu", zmin=lo, zmax=hi, zmid=0)  # plotly.js RdBu: blue low, red high
     else:
-        trace.update(colorscale="Jet", zmin=0, zmax=1)
+        trace.update(colorscale="Jet", zmin=lo, zmax=hi)
     layout = base_layout(margin={"l": 4, "r": 4, "t": 4, "b": 4},
                          xaxis={"visible": False, "range": [0, w], "constrain": "domain"},
                          yaxis={"visible": False, "range": [h, 0], "scaleanchor": "x", "constrain": "domain"},
@@ -205,7 +219,7 @@ def heat_rows(heat: np.ndarray, label: str) -> list[dict]:
 
 
 def three_figures(svc: Services, image_path: Path, jobs: dict[str, JobInfo], label: str, name: str,
-                  idle: str = ""):
+                  idle: str = "", relative: bool = False):
     """(fig A, fig B, fig A-B, data A, data B, data A-B, titles) for the finished jobs among ``jobs``;
     ``idle`` is the message of a panel with no job."""
     figs: list[Any] = [empty_figure("computing…" if role in jobs else idle) for role in ("a", "b")]
@@ -220,13 +234,13 @@ def three_figures(svc: Services, image_path: Path, jobs: dict[str, JobInfo], lab
     for i, role in enumerate(("a", "b")):
         if role in done:
             heats[role] = load_heat(svc, done[role])
-            figs[i] = map_figure(uri, size, heats[role], label=label)
+            figs[i] = map_figure(uri, size, heats[role], label=label, relative=relative)
             stores[i] = figure_data(f"{name}-{role.upper()}", heat_rows(heats[role], label),
                                     backbone=done[role].result.get("backbone"), params=done[role].result.get("params"))
             titles[i] = _title(done[role])
     if len(heats) == 2 and heats["a"].shape == heats["b"].shape:
         diff = heats["a"] - heats["b"]
-        figs[2] = map_figure(uri, size, diff, diverging=True, label=f"{label} A − B")
+        figs[2] = map_figure(uri, size, diff, diverging=True, label=f"{label} A − B", relative=relative)
         stores[2] = figure_data(f"{name}-difference", heat_rows(diff, "difference"))
     return figs, stores, titles
 
@@ -293,7 +307,7 @@ def maskout_view(svc: Services, prefix: str, image: dict | None, path: Path | No
     requests = {role: maskout_params(info.backbone, image, size, stride, fill, mode, head, target, ia.dataset)
                 for role, info in (("a", ia), ("b", ib))}
     found, errors = request_maps(svc, "maskout", requests, tracked, submit=submit)
-    figs, stores, titles = three_figures(svc, path, found, "probability", f"maskout-{target}",
+    figs, stores, titles = three_figures(svc, path, found, "probability", f"maskout-{target}", relative=True,
                                          idle="Press Compute mask-out maps<br>to make them")
     running = {r: j for r, j in found.items() if j.state != "done"}
     labels = {"a": f"mask-out A ({ia.backbone})", "b": f"mask-out B ({ib.backbone})"}
