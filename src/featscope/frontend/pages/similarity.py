@@ -100,7 +100,7 @@ def cka_figure(d: dict) -> dict:
              "text": text, "texttemplate": "%{text}", "hovertemplate": "A %{y} vs B %{x}: CKA %{z:.3f}<extra></extra>",
              "colorbar": {"thickness": 12}}
     return {"data": [trace], "layout": base_layout(xaxis={"title": {"text": "B tap"}, "type": "category"},
-                                                   yaxis={"title": {"text": "A tap"}, "type": "category",
+                                                   yaxis={"title": {"text": "A tap", "standoff": 12}, "automargin": True, "type": "category",
                                                           "autorange": "reversed"})}
 
 
@@ -115,8 +115,10 @@ def agreement_histogram(ag) -> dict:
                          yaxis={"title": {"text": "images"}}, bargap=0.05,
                          shapes=[{"type": "line", "x0": mean, "x1": mean, "y0": 0, "y1": 1, "yref": "paper",
                                   "line": {"color": "#111827", "dash": "dot"}}],
-                         annotations=[{"x": mean, "y": 1, "yref": "paper", "text": f"mean {mean:.2f}",
-                                       "showarrow": False, "yanchor": "bottom", "font": {"size": 12}}])
+                         annotations=[{"x": mean, "y": 0.98, "yref": "paper", "text": f"mean {mean:.2f}", "showarrow": False,
+                                       # inside the plot, beside the line: above it the label ran into the toolbar
+                                       "yanchor": "top", "xanchor": "right" if mean > 0.5 else "left",
+                                       "bgcolor": "rgba(255,255,255,0.85)", "font": {"size": 12}}])
     return {"data": [trace], "layout": layout}
 
 
