@@ -37,12 +37,12 @@ def _sets(items: list[str] | None) -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/featscope-study"))
-    ap.add_argument("--n-pretrain", type=int, default=1200)
+    ap.add_argument("--n-pretrain", type=int, default=4800)
     ap.add_argument("--n-probe", type=int, default=100, help="images per class in each probe set")
     ap.add_argument("--cls-set", action="append", help="KEY=VALUE over the cls preset")
     ap.add_argument("--det-set", action="append", help="KEY=VALUE over the det preset")
     ap.add_argument("--ft-set", action="append", help="KEY=VALUE over the finetune-det preset")
-    ap.add_argument("--det-init", choices=("random", "cls"), default="random",
+    ap.add_argument("--det-init", choices=("random", "cls"), default="cls",
                     help="the detector's start: the same seeded random trunk as the classifier (the study's Table 7), "
                          "or the trained classifier (the study's detectors start from its classification network)")
     ap.add_argument("--skip-finetune", action="store_true")

@@ -69,3 +69,25 @@ def test_probe_sets(sets):
         scan = read_dataset(sets.folders[part])
         assert scan.format == "imagefolder" and scan.classes == sorted(PRETRAIN_CLASSES) and len(scan.images) == 12
     assert sets.counts["single"] == 12
+
+
+def _background_roughness(root, record) -> float:
+    """Mean absolute difference of horizontally adjacent pixels outside every box (the background's texture)."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(root / record.relpath).convert("RGB"), dtype=np.float64)
+    outside = np.ones(pixels.shape[:2], bool)
+    for b in record.boxes:
+        outside[int(b.y0):int(np.ceil(b.y1)), int(b.x0):int(np.ceil(b.x1))] = False
+    steps = np.abs(np.diff(pixels, axis=1)).mean(axis=2)
+    return float(steps[outside[:, 1:] & outside[:, :-1]].mean())
+
+
+def test_pretraining_backgrounds_are_smooth_and_the_targets_cluttered(sets):
+    # pre-training scenes: a colour field with faint noise (a ResNet learns their shapes from scratch in minutes);
+    # the target set: textured clutter, another distribution
+    pretrain, target = read_dataset(sets.coco["pretrain"]), read_dataset(sets.coco["target-train"])
+    smooth = [_background_roughness(pretrain.root, r) for r in pretrain.images]
+    cluttered = [_background_roughness(target.root, r) for r in target.images]
+    assert max(smooth) < 8 and sum(cluttered) / len(cluttered) > 1.5 * sum(smooth) / len(smooth), (smooth, cluttered)

@@ -43,6 +43,8 @@ def test_config_errors():
         LoopConfig(schedule="linear")
     with pytest.raises(ValueError, match="precision"):
         LoopConfig(precision="int8")
+    with pytest.raises(ValueError, match="optimizer must be one of sgd, adamw, got 'lamb'"):
+        LoopConfig(optimizer="lamb")
 
 
 def test_schedule_warmup_steps_and_cosine():
@@ -78,13 +80,14 @@ def test_loss_falls_on_a_toy_set(kind, pretrain_samples, tiny, tmp_path, make_im
 
 @pytest.mark.parametrize("kind", ["cls", "det"])
 def test_resumed_run_equals_uninterrupted_run(kind, pretrain_samples, tiny, tmp_path):
-    task, cfg = _task(kind, pretrain_samples, tiny, checkpoint_every=3)
+    over = dict(checkpoint_every=3, optimizer={"cls": "adamw", "det": "sgd"}[kind])  # both optimisers resume exactly
+    task, cfg = _task(kind, pretrain_samples, tiny, **over)
     whole = fit(task, cfg.loop(), tmp_path / "whole", identity="same").model.state_dict()
-    task, _ = _task(kind, pretrain_samples, tiny, checkpoint_every=3)
+    task, _ = _task(kind, pretrain_samples, tiny, **over)
     with pytest.raises(_Stop):
         fit(task, cfg.loop(), tmp_path / "cut", identity="same", check=_stop_after(5))
     assert load_checkpoint(tmp_path / "cut" / CHECKPOINT)["iteration"] == 3
-    task, _ = _task(kind, pretrain_samples, tiny, checkpoint_every=3)
+    task, _ = _task(kind, pretrain_samples, tiny, **over)
     resumed = fit(task, cfg.loop(), tmp_path / "cut", identity="same")
     assert resumed.resumed_from == 3 and resumed.iterations == 8
     state = resumed.model.state_dict()
@@ -93,6 +96,16 @@ def test_resumed_run_equals_uninterrupted_run(kind, pretrain_samples, tiny, tmp_
     assert worst <= 1e-6
     iterations = [r["iteration"] for r in read_metrics(tmp_path / "cut") if r["kind"] == "train"]
     assert iterations == list(range(1, 9)), "rows after the checkpoint are written once, not twice"
+    moments = next(iter(load_checkpoint(tmp_path / "cut" / CHECKPOINT)["optimizer"]["state"].values()))
+    assert ("exp_avg_sq" in moments) == (cfg.optimizer == "adamw")  # AdamW's moments travel in the checkpoint
+
+
+def test_zero_init_residual_is_a_parameter():
+    from featscope.training.models import initial_trunk
+
+    assert float(initial_trunk("resnet18", 0)["layer1.0.bn2.weight"].abs().max()) == 0
+    assert float(initial_trunk("resnet18", 0, zero_init_residual=False)["layer1.0.bn2.weight"].abs().min()) == 1
+    assert not resolve_config("cls", "cpu-demo").zero_init_residual and resolve_config("cls", "paper").zero_init_residual
 
 
 def test_checkpoint_of_another_run_is_refused(pretrain_samples, tiny, tmp_path):

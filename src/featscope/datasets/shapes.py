@@ -112,12 +112,16 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return np.asarray(grid.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
 
 
-def background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A (size, size, 3) float32 clutter background: a smooth colour field, a faint random texture
-    and pixel noise, so objects are never on a flat colour."""
-    field = rng.uniform(20, 235, (3, 3, 3)).astype(np.uint8)
+def background(rng: np.random.Generator, size: int, clutter: bool = True) -> np.ndarray:
+    """A (size, size, 3) float32 background. ``clutter``: a smooth colour field, a faint random texture
+    and pixel noise, so objects are never on a flat colour; otherwise a gentler colour field and faint
+    pixel noise only (the study's pre-training scenes: shape learnable from scratch in minutes)."""
+    low, high = (20, 235) if clutter else (40, 215)
+    field = rng.uniform(low, high, (3, 3, 3)).astype(np.uint8)
     base = np.asarray(Image.fromarray(field).resize((size, size), Image.Resampling.BILINEAR),
                       dtype=np.float32)
+    if not clutter:
+        return np.clip(base + rng.normal(0.0, 4.0, (size, size, 3)).astype(np.float32), 0, 255)
     kind = TEXTURES[int(rng.integers(1, len(TEXTURES)))]
     centre = (size / 2.0, size / 2.0)
     faint = texture(kind, rng, size, centre, size / 2.0, np.zeros(3, np.float32),

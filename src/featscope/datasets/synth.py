@@ -162,13 +162,14 @@ def _place(rng: np.random.Generator, size: int, diameter: float, shape: str
 def _scene(rng: np.random.Generator, size: int, *, classes: tuple[str, ...] = SYNTH_CLASSES,
            fixed: str | None = None, count: tuple[int, int] = (1, 5),
            diameter: tuple[float, float] = _SCENE_DIAMETER, textures: tuple[str, ...] = TEXTURES,
-           ) -> tuple[np.ndarray, list[tuple[str, list[int], int]]]:
+           clutter: bool = True) -> tuple[np.ndarray, list[tuple[str, list[int], int]]]:
     """Pixels and (class, COCO bbox of visible pixels, visible pixel count) per object, bottom first.
 
     ``count`` objects (low inclusive, high exclusive) of random ``classes``, or all of class ``fixed``;
-    diameters log-uniform in ``diameter`` (fractions of the side); fills drawn from ``textures``.
+    diameters log-uniform in ``diameter`` (fractions of the side); fills drawn from ``textures``;
+    ``clutter``: the background kind (:func:`featscope.datasets.shapes.background`).
     """
-    canvas = background(rng, size)
+    canvas = background(rng, size, clutter)
     owner = np.full((size, size), -1, dtype=np.int16)  # topmost object covering each pixel
     own_pixels: list[int] = []
     shapes: list[str] = []
@@ -198,9 +199,10 @@ def _scene(rng: np.random.Generator, size: int, *, classes: tuple[str, ...] = SY
 
 
 def _single(rng: np.random.Generator, size: int, shape: str,
-            diameter_range: tuple[float, float] = _SINGLE_DIAMETER, textures: tuple[str, ...] = TEXTURES) -> np.ndarray:
-    """One object of class ``shape`` on a cluttered background (diameter a uniform fraction of the side)."""
-    canvas = background(rng, size)
+            diameter_range: tuple[float, float] = _SINGLE_DIAMETER, textures: tuple[str, ...] = TEXTURES,
+            clutter: bool = True) -> np.ndarray:
+    """One object of class ``shape`` on a background (diameter a uniform fraction of the side)."""
+    canvas = background(rng, size, clutter)
     diameter = size * float(rng.uniform(*diameter_range))
     centre, radius, angle, mask = _place(rng, size, diameter, shape)
     _paint(canvas, rng, shape, centre, radius, angle, mask, textures)

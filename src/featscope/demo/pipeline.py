@@ -100,19 +100,26 @@ def _registered_name(ws: Workspace, result: dict[str, Any]) -> str:
     return get_backbone_row(ws.ctx, int(bid)).name if bid is not None else result["name"]
 
 
-def _pretrain(ws: Workspace, p: Profile, m: Manifest) -> list[Step]:
-    def record(role: str):
-        def rec(man: Manifest, result: dict[str, Any]) -> None:
-            man.setdefault("runs", {})[role] = result["run"]
-            # The backbone the run registered: its name differs from the run's when that name was taken.
-            man.setdefault("backbones", {})[role] = _registered_name(ws, result)
-            man.setdefault("pretrain_eval", {})[role] = result.get("eval")
-        return rec
+def _pretrain_step(ws: Workspace, p: Profile, m: Manifest, role: str) -> Step:
+    def rec(man: Manifest, result: dict[str, Any]) -> None:
+        man.setdefault("runs", {})[role] = result["run"]
+        # The backbone the run registered: its name differs from the run's when that name was taken.
+        man.setdefault("backbones", {})[role] = _registered_name(ws, result)
+        man.setdefault("pretrain_eval", {})[role] = result.get("eval")
 
-    return [Step(f"pre-train {role}", "train",
-                 {"task": role, "dataset": _ds(m, "pretrain"), "val_dataset": _ds(m, "pretrain-val"),
-                  "preset": p.preset, "name": f"demo-{role}", "params": dict(getattr(p, role))}, record(role))
-            for role in ROLES]
+    params = {"task": role, "dataset": _ds(m, "pretrain"), "val_dataset": _ds(m, "pretrain-val"),
+              "preset": p.preset, "name": f"demo-{role}", "params": dict(getattr(p, role))}
+    if role == "det":  # the study's detectors start from its classification network
+        params["init"] = m.data["backbones"]["cls"]
+    return Step(f"pre-train {role}", "train", params, rec)
+
+
+def _pretrain_cls(ws: Workspace, p: Profile, m: Manifest) -> list[Step]:
+    return [_pretrain_step(ws, p, m, "cls")]
+
+
+def _pretrain_det(ws: Workspace, p: Profile, m: Manifest) -> list[Step]:
+    return [_pretrain_step(ws, p, m, "det")] if "cls" in m.data.get("backbones", {}) else []
 
 
 # ------------------------------------------------------------------------------------------ 3. extraction
@@ -263,7 +270,9 @@ def _finetune(ws: Workspace, p: Profile, m: Manifest) -> list[Step]:
 
 STAGES: tuple[Stage, ...] = (
     Stage("sets", "generate the study sets", _sets),
-    Stage("pretrain", "pre-train the classification and the detection backbone from one initialisation", _pretrain),
+    Stage("pretrain-cls", "pre-train the classification backbone from a seeded random start", _pretrain_cls),
+    Stage("pretrain-det", "pre-train the detection backbone from the classification backbone (as the study does)",
+          _pretrain_det),
     Stage("extract", "extract Conv4/Conv5 and the detection head's taps", _extract),
     Stage("analyses", "analyses: pairs, co-membership, t-SNE/UMAP, agreement, CKA, probes", _analyses),
     Stage("maps", "activation and mask-out maps of a few held-out scenes", _maps),

@@ -45,16 +45,16 @@ PROFILES: dict[str, Profile] = {
         n_map_images=1, umap=False, expected="one to two minutes"),
     "cpu": Profile(
         "cpu", "the cpu-demo preset on the study sets' default sizes (ResNet-18, 128-pixel scenes)",
-        sets={"n_pretrain": 1200, "n_pretrain_val": 150, "n_target_train": 300, "n_target_test": 150, "n_probe": 40,
+        sets={"n_pretrain": 4800, "n_pretrain_val": 150, "n_target_train": 300, "n_target_test": 150, "n_probe": 40,
               "size": 128},
-        cls={"eval_every": 2}, det={"eval_every": 2},
+        cls={"eval_every": 2},
         expected="15 minutes on an idle 2-core CPU at the preset's throughput; longer on a busy one"),
     "cuda": Profile(
-        "cuda", "the cpu-demo networks on four times the images, trained three times longer (for a GPU)",
-        sets={"n_pretrain": 4800, "n_pretrain_val": 300, "n_target_train": 1200, "n_target_test": 300, "n_probe": 100,
+        "cuda", "the cpu-demo networks on four times the images, trained longer (for a GPU)",
+        sets={"n_pretrain": 19200, "n_pretrain_val": 300, "n_target_train": 1200, "n_target_test": 300, "n_probe": 100,
               "size": 128},
-        cls={"epochs": 30, "batch_size": 64, "lr": 0.05, "num_workers": 4, "eval_every": 5},
-        det={"epochs": 12, "batch_size": 16, "lr": 0.02, "num_workers": 4, "eval_every": 3},
+        cls={"epochs": 18, "batch_size": 64, "lr": 0.002, "num_workers": 4, "eval_every": 3},
+        det={"epochs": 3, "batch_size": 16, "lr": 0.0003, "num_workers": 4, "eval_every": 1},
         finetune_det={"num_workers": 4}, finetune_cls={"num_workers": 4},
         n_map_images=4, expected="a few minutes on one GPU"),
 }

@@ -55,6 +55,9 @@ class TrainingDiverged(ValueError):
     """
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
 @dataclass(frozen=True)
 class LoopConfig:
     """How to train: schedule, optimiser, devices and bookkeeping. ``batch_size`` is global (all ranks)."""
@@ -62,6 +65,7 @@ class LoopConfig:
     epochs: int = 1
     batch_size: int = 16
     lr: float = 0.02
+    optimizer: str = "sgd"  # "sgd" (with momentum) or "adamw" (momentum is then unused)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_iters: int = 0
@@ -86,6 +90,8 @@ class LoopConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("need lr > 0, weight_decay >= 0 and 0 <= momentum < 1")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in ("step", "cosine"):
             raise ValueError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}")
         if self.precision not in PRECISIONS:
@@ -514,7 +520,10 @@ def _setup(task: Task, cfg: LoopConfig, device: torch.device, precision: str, di
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     total = cfg.epochs * iters_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, cfg, iters_per_epoch, total))

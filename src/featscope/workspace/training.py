@@ -268,7 +268,7 @@ def _task(ctx: Context, p: TrainPlan, cfg: TrainConfig):
     from featscope.training.tasks import make_task
 
     if p.init_backbone_id is None:
-        trunk, source = initial_trunk(cfg.arch, cfg.seed, zero_init_residual=cfg.norm == "bn"), p.init
+        trunk, source = initial_trunk(cfg.arch, cfg.seed, zero_init_residual=cfg.norm == "bn" and cfg.zero_init_residual), p.init
     else:
         from featscope.workspace.backbones import open_backbone
 

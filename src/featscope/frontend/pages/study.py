@@ -29,8 +29,8 @@ def layout(**_query: Any) -> html.Div:
     return html.Div([
         page_header("The study, reproduced", "Each finding of Li et al. (2019), An Analysis of Pre-Training on "
                     "Object Detection, beside the same measurement on featscope's own classification- and "
-                    "detection-pretrained backbones (A = classification, B = detection; same initialisation, same "
-                    "images). The verdict is computed from the numbers by the rule shown under each one.",
+                    "detection-pretrained backbones (A = classification, B = detection: the classifier trained "
+                    "further as a detector on the same images, as the study's detectors are). The verdict is computed from the numbers by the rule shown under each one.",
                     figure="Figs. 1, 3-7 · Tables 1, 5-8"),
         html.Div(id="study-summary", className="fs-stats"),
         card("Findings", html.Div(id="study-findings", className="fs-table-wrap"),
@@ -51,7 +51,7 @@ def show(svc: Services, _tick: Any):
         return ([], empty_state(
             "No demo in this data dir yet",
             "The study page shows the findings of `make demo`: it generates the study's synthetic sets, trains a "
-            "classifier and a detector from the same initialisation, and runs every analysis as worker jobs. "
+            "classifier, then a detector from it on the same images, and runs every analysis as worker jobs. "
             "Run it (or point FEATSCOPE_DATA_DIR at the demo's data dir), then come back.",
             commands=["make demo", "featscope demo --profile cpu      # the same, from an installed featscope"],
             links=[("Overview", "/"), ("Jobs", "/jobs")]), [], True)
