@@ -124,7 +124,8 @@ def main() -> None:
         cfg = resolve_config("det", "cpu-demo", {"batch_size": args.batch_size, "epochs": 100, "warmup_iters": 0,
                                                  "num_workers": args.workers, "log_every": 1, "image_size": args.size,
                                                  "max_size": args.size, "checkpoint_every": args.checkpoint_every,
-                                                 "precision": "fp32", "threads": args.threads})
+                                                 "precision": "fp32", "threads": args.threads,
+                                                 "optimizer": "sgd"})  # the reference loop's optimiser, on both sides
         trunk = initial_trunk(cfg.arch, 0)
         rates: dict[str, list[float]] = {"featscope": [], "plain": []}
         for rep in range(args.repeat):
