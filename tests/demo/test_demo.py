@@ -34,13 +34,38 @@ def test_dataset_study_kind_checks_its_parameters():
     from featscope.worker.kinds import get_kind
 
     kind = get_kind("dataset-study")
-    assert kind.normalize({})["n_pretrain"] == 1200
+    assert kind.normalize({})["n_pretrain"] == 4800
     with pytest.raises(ValueError, match="does not take path"):
         kind.normalize({"path": "/etc"})
     with pytest.raises(ValueError, match="names a folder"):
         kind.normalize({"name": "../x"})
     with pytest.raises(ValueError, match="n_probe must be an integer from 2"):
         kind.normalize({"n_probe": 1})
+
+
+def test_dataset_study_kind_writes_other_sizes_beside_the_sets_already_there(tmp_path):
+    # a data dir of an earlier demo (other sizes, or an older generator) must not stop the next one
+    from featscope.config import Settings
+    from featscope.worker.kinds import get_kind
+    from featscope.workspace.context import Context
+
+    class _Report:
+        def progress(self, fraction, message=None): ...
+        def log(self, line): ...
+        def check(self): ...
+
+    ctx = Context.open(Settings(data_dir=tmp_path / "data"))
+    kind = get_kind("dataset-study")
+    small = dict(n_pretrain=6, n_pretrain_val=2, n_target_train=2, n_target_test=2, n_probe=2, size=32)
+    first = kind.run(ctx, kind.normalize(small), _Report())
+    second = kind.run(ctx, kind.normalize({**small, "n_pretrain": 12}), _Report())
+    again = kind.run(ctx, kind.normalize(small), _Report())
+    assert first["names"] == second["names"] and dict(zip(second["names"], second["n_images"]))["study-pretrain"] == 12
+    assert all(first["created"]) and second["created"][0]
+    # the first sizes again: their files are reused and become the newest versions once more
+    assert dict(zip(again["names"], again["n_images"]))["study-pretrain"] == 6
+    folders = sorted(p.name for p in (tmp_path / "data" / "study" / "study").iterdir())
+    assert len(folders) == 2 and all(f.startswith("v3-") for f in folders), folders
 
 
 def test_the_demo_runs_every_stage_as_jobs(tiny_demo):

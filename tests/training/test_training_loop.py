@@ -68,7 +68,8 @@ def _colour_classes(make_images, root):
 @pytest.mark.parametrize("kind", ["cls", "det"])
 def test_loss_falls_on_a_toy_set(kind, pretrain_samples, tiny, tmp_path, make_images):
     samples = _colour_classes(make_images, tmp_path / "toy") if kind == "cls" else pretrain_samples
-    over = dict(lr=0.005, batch_size=8, epochs=12, image_size=48) if kind == "cls" else dict(lr=0.02, epochs=6)
+    over = (dict(lr=0.005, batch_size=8, epochs=12, image_size=48) if kind == "cls"
+            else dict(lr=0.02, epochs=6, optimizer="sgd"))  # an SGD learning rate: pin the optimiser
     task, cfg = _task(kind, samples, tiny, **over)
     res = fit(task, cfg.loop(), tmp_path / "run", identity="toy")
     tmp_path = tmp_path / "run"
@@ -113,6 +114,15 @@ def test_checkpoint_of_another_run_is_refused(pretrain_samples, tiny, tmp_path):
     fit(task, cfg.loop(), tmp_path, identity="first")
     with pytest.raises(ValueError, match="belongs to another run"):
         fit(task, cfg.loop(), tmp_path, identity="second")
+
+
+def test_checkpoint_of_another_optimiser_is_refused(pretrain_samples, tiny, tmp_path):
+    task, cfg = _task("cls", pretrain_samples, tiny, epochs=2, checkpoint_every=1, optimizer="sgd")
+    with pytest.raises(_Stop):
+        fit(task, cfg.loop(), tmp_path, identity="same", check=_stop_after(2))
+    task, cfg = _task("cls", pretrain_samples, tiny, epochs=2, checkpoint_every=1, optimizer="adamw")
+    with pytest.raises(ValueError, match="made with the sgd optimiser, this run uses AdamW"):
+        fit(task, cfg.loop(), tmp_path, identity="same")
 
 
 class _NanAfter:

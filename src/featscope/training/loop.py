@@ -553,6 +553,10 @@ def _resume(st: _State, ckpt: dict[str, Any] | None, identity: str, dist: Distri
     if ckpt["sampler"]["num_samples"] != len(st.sampler.dataset) or ckpt["total"] != st.total:
         raise ValueError(f"{run_dir / CHECKPOINT} was made for {ckpt['sampler']['num_samples']} training images and "
                          f"{ckpt['total']} iterations; the data or schedule changed: start a new run")
+    made_with = (ckpt.get("config") or {}).get("optimizer", "sgd")
+    if made_with != type(st.optimizer).__name__.lower():
+        raise ValueError(f"{run_dir / CHECKPOINT} was made with the {made_with} optimiser, this run uses "
+                         f"{type(st.optimizer).__name__}; start a new run (or keep optimizer={made_with})")
     st.model.load_state_dict(ckpt["model"])
     st.optimizer.load_state_dict(ckpt["optimizer"])
     st.scheduler.load_state_dict(ckpt["scheduler"])

@@ -103,17 +103,18 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
-# cpu-demo: 128-pixel scenes. The classifier trains at 64 pixels (as the study's classifiers train at lower
-# resolution than its detectors), 32 images a step, with AdamW and flips only; the detector at 128 pixels with
-# 16 RoIs per image, a 7x7 RoIAlign and a 512-wide head, starting from the trained classifier as the study's
-# detectors do. Why AdamW, no zero-initialised residuals and no crops: on the study's shapes (random colours,
-# so shape is the only signal) a ResNet-18 from scratch with SGD sat at chance (loss ln 6) for thousands of
-# iterations on a 2-core CPU (SGD lr 0.003-0.05, with or without zero-init residuals: held-out top-1
-# 0.10-0.29 after up to 2,000 iterations); AdamW lr 1e-3 with the default initialisation leaves the plateau
-# after a few hundred iterations. Measured on 4,800 scenes (benchmarks/study_cpu_demo.py, load average ~2):
-# classifier 900 iterations in 282 s, held-out top-1 0.70 with random-resized crops (scale 0.8-1) and 0.91
-# without; detector (AdamW lr 2e-4) one epoch in 296 s, held-out mAP@0.5 0.53 (SGD lr 0.01: 0.23).
-_CPU_DET = dict(arch="resnet18", norm="bn", image_size=128, max_size=128, roi_size=7, proj_channels=256, fc_dim=512,
+# cpu-demo: 128-pixel scenes (tuned on 4,800 pre-training scenes). The classifier trains at 64 pixels (as the
+# study's classifiers train at lower resolution than its detectors), 32 images a step, with AdamW and flips only;
+# the detector at 128 pixels with 16 RoIs per image, a 7x7 RoIAlign and a 512-wide head, with AdamW; start it
+# from the trained classifier (--init), as the study's detectors start from its classifier.
+# Why: on the study's shapes (random colours, so shape is the only signal) a ResNet-18 from scratch with SGD sat
+# at chance (loss ln 6) for thousands of iterations on a 2-core CPU (SGD lr 0.003-0.05, with or without
+# zero-init residuals: held-out top-1 0.10-0.29 after up to 2,000 iterations); AdamW lr 1e-3 with the default
+# initialisation leaves the plateau after a few hundred iterations. Measured (benchmarks/study_cpu_demo.py,
+# 4,800 scenes, load average ~2): classifier 900 iterations in 282 s, held-out top-1 0.91 (0.70 with
+# random-resized crops of scale 0.8-1); detector from that classifier, one epoch (600 iterations) in 290 s,
+# held-out mAP@0.5 0.655 (from a weaker classifier: AdamW lr 2e-4 0.53, SGD lr 0.01 0.23).
+_CPU_DET = dict(arch="resnet18", norm="bn", zero_init_residual=False, image_size=128, max_size=128, roi_size=7, proj_channels=256, fc_dim=512,
                 anchor_sizes=(16, 32, 64, 128), rpn_batch_size_per_image=64, rpn_pre_nms_top_n_train=300,
                 rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
                 rois_per_image=16, detections_per_image=20, num_workers=1, checkpoint_every=100, log_every=5)

@@ -1,7 +1,7 @@
 """Job kind ``dataset-study``: generate the study's synthetic sets in the data dir and register them.
 
 Registered in :mod:`featscope.worker.kinds` (which imports this module). The sets are written under
-``<data dir>/study/<name>`` (never a client's path) and registered as ``<name>-pretrain``, ``-pretrain-val``,
+``<data dir>/study/<name>/<version>-<sizes>`` (never a client's path) and registered as ``<name>-pretrain``, ``-pretrain-val``,
 ``-target-train``, ``-target-test``, ``-single``, ``-several`` and ``-small``; the same parameters again
 leave the files alone and register nothing new.
 """
@@ -15,13 +15,19 @@ from featscope.worker.catalog_kinds import _NAME
 from featscope.worker.kinds import JobKind, Report, register_kind
 from featscope.workspace.context import Context
 
-_COUNTS = {"n_pretrain": (1, 100_000, 1200), "n_pretrain_val": (1, 20_000, 150), "n_target_train": (1, 20_000, 300),
+_COUNTS = {"n_pretrain": (1, 100_000, 4800), "n_pretrain_val": (1, 20_000, 150), "n_target_train": (1, 20_000, 300),
            "n_target_test": (1, 20_000, 150), "n_probe": (2, 5_000, 40), "size": (32, 512, 128),
            "seed": (0, 2**31 - 1, 0)}
 
 
-def study_dir(data_dir: Path, name: str) -> Path:
-    return data_dir / "study" / name
+def study_dir(data_dir: Path, name: str, counts: dict[str, int] | None = None) -> Path:
+    """``<data dir>/study/<name>/<generator version>-<hash of the counts>``: other sizes, or a newer generator,
+    write beside the sets already there (registered as new versions of the same names), never over them."""
+    from featscope.cache.store import content_key
+    from featscope.datasets.study import GENERATOR_VERSION
+
+    tag = content_key({"counts": dict(sorted((counts or {}).items()))})[:10]
+    return data_dir / "study" / name / f"v{GENERATOR_VERSION}-{tag}"
 
 
 def _normalize(params: dict[str, Any]) -> dict[str, Any]:
@@ -48,8 +54,8 @@ def _run(ctx: Context, params: dict[str, Any], report: Report) -> dict[str, Any]
         report.check()
 
     counts = {k: v for k, v in params.items() if k != "name"}
-    infos = study(ctx, study_dir(ctx.settings.data_dir, params["name"]), name=params["name"], progress=progress,
-                  **counts)
+    infos = study(ctx, study_dir(ctx.settings.data_dir, params["name"], counts), name=params["name"],
+                  progress=progress, **counts)
     for info in infos:
         report.log(f"{'registered' if info.created else 'already registered'}: {info.name}@{info.version}, "
                    f"{info.n_images} images")

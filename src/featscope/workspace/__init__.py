@@ -51,7 +51,7 @@ class Workspace:
         """Generate and register the synthetic shapes data set (scenes as COCO, single objects as ImageFolder)."""
         return _ds.synth(self.ctx, out_dir, name=name, n_scenes=n_scenes, n_per_class=n_per_class, size=size, seed=seed)
 
-    def study_datasets(self, out_dir: str | Path, *, name: str = "study", n_pretrain: int = 1200,
+    def study_datasets(self, out_dir: str | Path, *, name: str = "study", n_pretrain: int = 4800,
                        n_pretrain_val: int = 150, n_target_train: int = 300, n_target_test: int = 150,
                        n_probe: int = 40, size: int = 128, seed: int = 0) -> list[DatasetInfo]:
         """Generate and register the study's synthetic sets: ``<name>-pretrain`` (one class per scene, 1-4

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 TRAINING_VERSION = 2  # bump when a change alters what a configuration trains to
 # Fields that change how a run is carried out but not the weights it ends with: not part of its key.
 _BOOKKEEPING = ("num_workers", "checkpoint_every", "log_every", "eval_every", "device", "threads")
+# Parameters added after runs were keyed: at these values a run is what it was before they existed, so they
+# stay out of its key and earlier runs remain cache hits (and unfinished ones continue).
+_KEYLESS_DEFAULTS = {("optimizer", "sgd"), ("zero_init_residual", True)}
 _HEARTBEAT_SECONDS = 2.0
 Say = Callable[[str], None]
 
@@ -62,7 +65,9 @@ class TrainPlan:
 
     @property
     def key(self) -> str:
-        cfg = {k: v for k, v in self.config.to_dict().items() if k not in _BOOKKEEPING}
+        cfg = {k: v for k, v in self.config.to_dict().items()
+               if k not in _BOOKKEEPING and (k, v) not in _KEYLESS_DEFAULTS
+               and not (k == "zero_init_residual" and self.init_backbone_id is not None)}  # no effect on a given trunk
         return content_key({"kind": "training-run", "version": TRAINING_VERSION, "task": self.task, "config": cfg,
                             "dataset": self.dataset.fingerprint, "classes": self.classes,
                             "test": self.test_dataset.fingerprint if self.test_dataset else None,
@@ -110,7 +115,9 @@ def plan(ctx: Context, task: str, dataset: str | int, *, preset: str = "cpu-demo
         check_samples(train, chosen, base, f"the training split of {ds.name!r}")
         check_samples(test, chosen, base, f"the test split of {ds.name!r}")
     if init_row is None:
-        init_desc, init_fp = f"random trunk (seed {cfg.seed})", f"seed:{cfg.arch}:{cfg.seed}"
+        zero_init = cfg.norm == "bn" and cfg.zero_init_residual
+        init_desc = f"random trunk (seed {cfg.seed}{'' if zero_init or cfg.norm != 'bn' else ', no zero-init residuals'})"
+        init_fp = f"seed:{cfg.arch}:{cfg.seed}" + ("" if zero_init or cfg.norm != "bn" else ":no-zero-init")
     else:
         init_desc, init_fp = f"backbone {init_row.name} ({init_row.spec})", init_row.fingerprint
     return TrainPlan(task, preset, cfg, ds, train, test, test_ds, chosen, init_desc, init_fp,

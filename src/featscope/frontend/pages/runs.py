@@ -62,7 +62,8 @@ def overview(svc: Services, _tick: Any):
                             "its curves and scores appear here.",
                             commands=["featscope dataset study ./study",
                                       "featscope train cls -d study-pretrain --val-dataset study-pretrain-val",
-                                      "featscope train det -d study-pretrain --val-dataset study-pretrain-val"],
+                                      "featscope train det -d study-pretrain --val-dataset study-pretrain-val "
+                                      "--init cls-resnet18-1"],
                             links=[("Study", "/study"), ("Jobs", "/jobs")]),
                 [], html.Div("No fine-tuning runs yet.", className="fs-muted"), empty_figure("No detection "
                 "fine-tuning runs yet"), None, True)
