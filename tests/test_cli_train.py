@@ -60,7 +60,7 @@ def test_train_then_the_runs_verbs(run, tmp_path, make_images):
     listed = json.loads(run("runs", "list", "--json").output)
     assert [(x["id"], x["task"], x["state"]) for x in listed] == [(2, "finetune-cls", "done"), (1, "cls", "done")]
     r = run("runs", "show", "tiny-cls")
-    assert r.exit_code == 0 and "from random trunk (seed 0)" in r.output and "last logged: iteration 3" in r.output
+    assert r.exit_code == 0 and "from random trunk (seed 0, no zero-init residuals)" in r.output and "last logged: iteration 3" in r.output
     r = run("runs", "metrics", "1", "--kind", "train")
     assert r.exit_code == 0 and r.output.splitlines()[0].startswith("kind,iteration,epoch,loss")
     r = run("runs", "compare", "1", "2")

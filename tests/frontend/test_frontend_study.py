@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from featscope.demo.pipeline import STAGES
 from featscope.frontend.pages import runs, study
 
 from .conftest import find, make_services, text_of
@@ -44,7 +45,7 @@ def test_study_page_shows_the_computed_findings(tiny_demo):
         assert find(row, lambda c: getattr(c, "href", None) == f.link)
     n_yes = sum(f.verdict == "reproduced" for f in expected)
     assert f"Reproduced {n_yes} " in text_of(summary)
-    assert text_of(pipeline).count("jobs finished") == 6
+    assert text_of(pipeline).count("jobs finished") == len(STAGES)
 
 
 def test_runs_page_curves_ap_and_tables(tiny_demo):

@@ -40,7 +40,7 @@ TRAINING_VERSION = 2  # bump when a change alters what a configuration trains to
 _BOOKKEEPING = ("num_workers", "checkpoint_every", "log_every", "eval_every", "device", "threads")
 # Parameters added after runs were keyed: at these values a run is what it was before they existed, so they
 # stay out of its key and earlier runs remain cache hits (and unfinished ones continue).
-_KEYLESS_DEFAULTS = {("optimizer", "sgd"), ("zero_init_residual", True)}
+_KEYLESS_DEFAULTS: dict[str, Any] = {"optimizer": "sgd", "zero_init_residual": True}
 _HEARTBEAT_SECONDS = 2.0
 Say = Callable[[str], None]
 
@@ -66,7 +66,7 @@ class TrainPlan:
     @property
     def key(self) -> str:
         cfg = {k: v for k, v in self.config.to_dict().items()
-               if k not in _BOOKKEEPING and (k, v) not in _KEYLESS_DEFAULTS
+               if k not in _BOOKKEEPING and not (k in _KEYLESS_DEFAULTS and v == _KEYLESS_DEFAULTS[k])
                and not (k == "zero_init_residual" and self.init_backbone_id is not None)}  # no effect on a given trunk
         return content_key({"kind": "training-run", "version": TRAINING_VERSION, "task": self.task, "config": cfg,
                             "dataset": self.dataset.fingerprint, "classes": self.classes,
