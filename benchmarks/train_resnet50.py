@@ -34,8 +34,8 @@ def main() -> None:
                           n_target_test=1, n_probe=1, size=args.size)
         t = time.perf_counter()
         run = ws.train("cls", "study-pretrain", val_dataset="study-pretrain-val", arch="resnet50",
-                       image_size=args.size, epochs=args.epochs, batch_size=32, lr=0.02, crop_scale=0.8,
-                       warmup_iters=20, threads=args.threads, on_message=print)
+                       image_size=args.size, epochs=args.epochs, batch_size=32, lr=0.001, crop_scale=1.0,
+                       warmup_iters=20, threads=args.threads, on_message=print)  # the preset's AdamW
         ev = run.result["eval"]
         print(f"trained in {time.perf_counter() - t:.0f} s; held-out top-1 {ev['top1']:.3f} on {ev['n']} scenes")
         path = ws.export_run(run.id, args.out, format="torchvision")
