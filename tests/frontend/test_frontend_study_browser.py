@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from featscope.demo.pipeline import STAGES
+
 playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make debian-deps)")
@@ -56,7 +58,7 @@ def test_the_demo_dashboard_in_a_browser(tiny_demo, tmp_path):
         page.wait_for_function("() => document.querySelectorAll('#study-table tbody tr').length === %d" % len(ORDER))
         verdicts = page.eval_on_selector_all("#study-table .fs-verdict", "els => els.map((e) => e.textContent)")
         assert len(verdicts) == len(ORDER) and set(verdicts) <= {"reproduced", "not reproduced"}
-        assert page.locator("#study-pipeline").text_content().count("jobs finished") == 6
+        assert page.locator("#study-pipeline").text_content().count("jobs finished") == len(STAGES)
         assert not errors, "\n".join(errors)
         _shot(page, tmp_path, "demo-study")
 
