@@ -171,8 +171,9 @@ def main() -> None:
         print(f"generated {len(paths)} images in {time.perf_counter() - t:.1f}s; "
               f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")
         if args.weights is not None:
-            model = torchvision.models.resnet50(weights=None)
-            model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+            state = torch.load(args.weights, map_location="cpu", weights_only=True)
+            model = torchvision.models.resnet50(weights=None, num_classes=state["fc.weight"].shape[0])
+            model.load_state_dict(state)
             model.eval()
             print(f"weights: {args.weights}")
         else:
