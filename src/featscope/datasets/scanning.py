@@ -40,7 +40,8 @@ class DatasetError(ValueError):
 class RawBox:
     """A box as read from an annotation file (xyxy pixel edges), before clipping; ``where`` names
     its source for warnings, e.g. ``scenes.json: annotation 17 (image 3)``; ``as_written`` shows the
-    box the way the annotation file writes it, so a warning can be matched against the file."""
+    box the way the annotation file writes it, so a warning can be matched against the file;
+    ``occlusion`` is the annotated hidden fraction (0..1), None when not given."""
 
     label: str
     x0: float
@@ -49,6 +50,7 @@ class RawBox:
     y1: float
     where: str
     as_written: str | None = None
+    occlusion: float | None = None
 
 
 @dataclass
@@ -206,7 +208,7 @@ def _clip(raw: RawBox, size: tuple[int, int] | None) -> tuple[Box | None, str | 
     if not (raw.x1 > raw.x0 and raw.y1 > raw.y0):
         return None, f"{raw.where}: {coords} has no positive width and height; dropped"
     if size is None:
-        return Box(raw.label, raw.x0, raw.y0, raw.x1, raw.y1), None
+        return Box(raw.label, raw.x0, raw.y0, raw.x1, raw.y1, raw.occlusion), None
     w, h = size
     x0, y0 = max(0.0, raw.x0), max(0.0, raw.y0)
     x1, y1 = min(float(w), raw.x1), min(float(h), raw.y1)
@@ -216,7 +218,7 @@ def _clip(raw: RawBox, size: tuple[int, int] | None) -> tuple[Box | None, str | 
     warning = None
     if overshoot > _CLIP_TOLERANCE:
         warning = f"{raw.where}: {coords} extends outside the {w}x{h} image; clipped"
-    return Box(raw.label, x0, y0, x1, y1), warning
+    return Box(raw.label, x0, y0, x1, y1, raw.occlusion), warning
 
 
 def _largest_label(boxes: list[Box]) -> str | None:

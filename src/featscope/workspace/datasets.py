@@ -9,7 +9,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from featscope.catalog import Dataset, Image
-from featscope.datasets import DatasetScan, read_dataset, synth_dataset
+from featscope.datasets import Box, DatasetScan, read_dataset, synth_dataset
 from featscope.workspace.context import Context, NotFound
 
 
@@ -72,7 +72,7 @@ def _image_rows(dataset_id: int, scan: DatasetScan) -> list[Image]:
         return Image(
             dataset_id=dataset_id, position=position, relpath=rec.relpath, label=rec.label, width=rec.width,
             height=rec.height, size_bytes=rec.size_bytes, mtime_ns=rec.mtime_ns, error=rec.error,
-            boxes=[[b.label, b.x0, b.y0, b.x1, b.y1] for b in rec.boxes],
+            boxes=[b.to_row() for b in rec.boxes],
         )
 
     return [row(r, i) for i, r in enumerate(scan.images)] + [row(r, None) for r in scan.skipped]
@@ -159,6 +159,11 @@ def readable_images(ctx: Context, dataset_id: int) -> list[Image]:
     with ctx.session() as s:
         q = select(Image).where(Image.dataset_id == dataset_id, Image.position.is_not(None)).order_by(Image.position)
         return list(s.scalars(q))
+
+
+def image_boxes(row: Image) -> list[Box]:
+    """A catalog image row's boxes as :class:`Box` values (rows stored before occlusion existed read with None)."""
+    return [Box.from_row(b) for b in row.boxes or []]
 
 
 def readable_relpaths(ctx: Context, dataset_id: int) -> list[str]:
