@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 
 from featscope.catalog import Dataset, Image
 from featscope.datasets import Box, DatasetScan, read_dataset, synth_dataset
+from featscope.datasets.masks import CocoMasks, MaskSet, VocMasks
 from featscope.workspace.context import Context, NotFound
 
 
@@ -172,3 +173,31 @@ def readable_relpaths(ctx: Context, dataset_id: int) -> list[str]:
         q = (select(Image.relpath).where(Image.dataset_id == dataset_id, Image.position.is_not(None))
              .order_by(Image.position))
         return list(s.scalars(q))
+
+
+def segmentation(ctx: Context, dataset: str | int | Dataset, *, void_width: int | None = None) -> MaskSet:
+    """The data set's per-pixel class masks, read on demand from its own files (never the catalog).
+
+    Pascal VOC sets read ``SegmentationClass/<id>.png`` below their root; COCO sets paint each image's
+    ``segmentation`` polygons/RLE from the registered JSON, with a void band ``void_width`` pixels wide
+    (:func:`featscope.datasets.masks.render_instances`). Raises ValueError when the data set has none.
+    """
+    ds = dataset if isinstance(dataset, Dataset) else get_dataset(ctx, dataset)
+    what = f"data set {ds.name!r}"
+    if ds.format == "voc":
+        if not Path(ds.root).is_dir():
+            raise ValueError(f"{what} was read from {ds.root}, which no longer exists; register it again")
+        try:
+            return VocMasks(ds.root, object_classes=list(ds.classes))
+        except ValueError as e:
+            raise ValueError(f"{what}: {e}") from None
+    if ds.format == "coco":
+        source = Path(ds.annotations or ds.source_path)
+        if not source.is_file():
+            raise ValueError(f"{what} was read from {source}, which no longer exists; register it again")
+        try:
+            return CocoMasks(source, images_root=ds.root, void_width=void_width)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{what}: {e}") from None
+    raise ValueError(f"{what} ({ds.format}) has no segmentation masks; segmentation needs Pascal VOC "
+                     "SegmentationClass PNGs or COCO polygons/RLE")
