@@ -205,3 +205,22 @@ def test_render_instances_arguments():
         render_instances(3, 4, [], void_width=-1)
     with pytest.raises(ValueError, match="instance 0 has a 2x2 mask in a 4x3 image"):
         render_instances(3, 4, [(1, np.ones((2, 2), bool))])
+
+
+def test_the_scan_summary_counts_images_with_masks(voc: Path, tmp_path: Path, make_image):
+    from featscope.datasets import read_dataset
+
+    xml = ("<annotation><filename>{}.jpg</filename><size><width>8</width><height>6</height></size><object>"
+           "<name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>4</xmax><ymax>4</ymax></bndbox></object>"
+           "</annotation>")
+    for stem in ("a", "b", "c"):
+        (voc / "Annotations" / f"{stem}.xml").write_text(xml.format(stem))
+    assert read_dataset(voc).summary() == "3 images, 1 class"
+    _palette_png(voc / "SegmentationClass" / "b.png", np.zeros((6, 8), np.uint8))
+    assert read_dataset(voc).summary() == "3 images, 1 class; 1 with segmentation masks"
+    make_image(tmp_path / "a.png", size=(12, 12))
+    make_image(tmp_path / "b.png", size=(12, 12))
+    images = [{"id": 1, "file_name": "a.png", "width": 12, "height": 12},
+              {"id": 2, "file_name": "b.png", "width": 12, "height": 12}]
+    scan = read_dataset(_coco(tmp_path, [_ann(1, 1, 1, [SQUARE]), {**_ann(2, 2, 1, None)}], images))
+    assert scan.n_masks == 1 and scan.summary() == "2 images, 2 classes; 1 with segmentation masks"

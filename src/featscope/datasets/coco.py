@@ -51,8 +51,11 @@ def list_coco(json_path: Path, images_root: Path | None = None) -> Listing:
         if box is not None:
             by_id[ann["image_id"]].boxes.append(box)
     root = _images_root(json_path, images_root, candidates)
+    masked = {by_id[a["image_id"]].relpath for a in annotations
+              if isinstance(a, dict) and a.get("segmentation") and isinstance(a.get("image_id"), (int, str))
+              and a["image_id"] in by_id}
     return Listing(format="coco", root=root, candidates=candidates, warnings=warnings,
-                   classes=sorted(set(categories.values())), annotations=json_path)
+                   classes=sorted(set(categories.values())), annotations=json_path, masked=masked)
 
 
 def _load(json_path: Path) -> dict[str, Any]:

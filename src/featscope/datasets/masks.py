@@ -189,7 +189,7 @@ def render_instances(height: int, width: int, instances: list[tuple[int, np.ndar
         else:
             outer[:, 1:] |= upper_a
             outer[:, :-1] |= upper_b
-    if void_width > 1:
+    if void_width > 1 and outer.any():
         from scipy.ndimage import distance_transform_edt
 
         outer = distance_transform_edt(~outer) <= void_width // 2

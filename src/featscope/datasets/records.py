@@ -85,7 +85,8 @@ class ImageRecord:
 @dataclass
 class DatasetScan:
     """A read dataset: readable ``images`` and ``skipped`` ones (both sorted by relpath), the sorted
-    ``classes``, annotation ``warnings`` that did not cost an image, and the ``fingerprint``."""
+    ``classes``, annotation ``warnings`` that did not cost an image, the ``fingerprint``, and ``n_masks``,
+    how many readable images have a segmentation mask in the annotations (VOC PNGs, COCO polygons/RLE)."""
 
     root: Path
     format: str
@@ -95,6 +96,7 @@ class DatasetScan:
     fingerprint: str
     annotations: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    n_masks: int = 0
 
     def image_path(self, record: ImageRecord) -> Path:
         """Absolute path of ``record``'s file."""
@@ -107,9 +109,11 @@ class DatasetScan:
 
     def summary(self) -> str:
         """One line for a CLI or a log, e.g. ``412 images, 10 classes; 3 skipped: 2 cannot be decoded,
-        1 file not found; 1 annotation warning``."""
+        1 file not found; 1 annotation warning``; data with masks add e.g. ``; 400 with segmentation masks``."""
         parts = [_plural(len(self.images), "image") + ", "
                  + (_plural(len(self.classes), "class", "classes") if self.classes else "unlabelled")]
+        if self.n_masks:
+            parts.append(f"{self.n_masks} with segmentation masks")
         if self.skipped:
             reasons = ", ".join(f"{n} {reason}" for reason, n in self.skipped_reasons().items())
             parts.append(f"{len(self.skipped)} skipped: {reasons}")

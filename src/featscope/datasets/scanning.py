@@ -69,7 +69,8 @@ class Candidate:
 @dataclass
 class Listing:
     """What a format reader found, before any file is checked. ``classes`` None means "the labels
-    that occur"; a format with a category list (COCO) sets it explicitly."""
+    that occur"; a format with a category list (COCO) sets it explicitly. ``masked``: relpaths whose
+    annotations include a segmentation mask (read later by :mod:`featscope.datasets.masks`)."""
 
     format: str
     root: Path
@@ -77,6 +78,7 @@ class Listing:
     warnings: list[str] = field(default_factory=list)
     classes: list[str] | None = None
     annotations: Path | None = None
+    masked: set[str] = field(default_factory=set)
 
 
 def walk_images(root: Path) -> list[str]:
@@ -160,7 +162,8 @@ def finish_scan(listing: Listing, verify: str, progress: ProgressFn | None) -> D
         {r.label for r in records if r.label is not None})
     return DatasetScan(root=listing.root, format=listing.format, images=images, skipped=skipped,
                        classes=sorted(classes), fingerprint=dataset_fingerprint(records),
-                       annotations=listing.annotations, warnings=warnings)
+                       annotations=listing.annotations, warnings=warnings,
+                       n_masks=sum(1 for r in images if r.relpath in listing.masked))
 
 
 def _inspect(root: Path, c: Candidate, verify: str) -> tuple[ImageRecord, list[str]]:

@@ -197,7 +197,7 @@ def segmentation(ctx: Context, dataset: str | int | Dataset, *, void_width: int 
             raise ValueError(f"{what} was read from {source}, which no longer exists; register it again")
         try:
             return CocoMasks(source, images_root=ds.root, void_width=void_width)
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"{what}: {e}") from None
     raise ValueError(f"{what} ({ds.format}) has no segmentation masks; segmentation needs Pascal VOC "
                      "SegmentationClass PNGs or COCO polygons/RLE")
