@@ -6,7 +6,7 @@ the loader, ``model(images, targets)``, summed loss, ``.item()`` and a finitenes
 backward, ``step``, a warmup ``LinearLR``. featscope's run adds what makes it resumable: atomic
 checkpoints (``--checkpoint-every``), a JSON-lines metrics row per iteration, progress callbacks,
 cancel checks. Both are timed per iteration after ``--warmup`` iterations, interleaved ``--repeat``
-times; the ratio featscope / plain should be >= 1.0 (within noise).
+times in ABBA order; the ratio featscope / plain should be >= 1.0 (within noise).
 
     PYTHONPATH=src python benchmarks/bench_train.py [--iterations 40] [--batch-size 8] [--threads 1]
 """
@@ -55,7 +55,9 @@ def plain_loop(model, data, cfg, iterations: int, num_workers: int) -> list[floa
     """torchvision's train_one_epoch, timed per iteration."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / 1000, total_iters=min(1000, iterations))
+    # the same learning rate as featscope's side (warmup_iters=0): the reference's 1/1000 warmup would keep the
+    # weights at their start, and a detector that does not move proposes other boxes (NMS, RoI sampling costs differ)
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, total_iters=1)
     sampler = torch.utils.data.RandomSampler(data, generator=torch.Generator().manual_seed(0))
     loader = DataLoader(data, batch_size=cfg.batch_size, sampler=sampler, num_workers=num_workers,
                         collate_fn=lambda b: tuple(zip(*b)), drop_last=True)
@@ -128,8 +130,11 @@ def main() -> None:
                                                  "optimizer": "sgd"})  # the reference loop's optimiser, on both sides
         trunk = initial_trunk(cfg.arch, 0)
         rates: dict[str, list[float]] = {"featscope": [], "plain": []}
+        medians: dict[str, list[float]] = {"featscope": [], "plain": []}
         for rep in range(args.repeat):
-            for side in ("featscope", "plain"):
+            # ABBA order: whichever side runs second in a repeat runs first in the next, so a drift of the
+            # machine (allocator, caches, other load) does not favour one side
+            for side in (("featscope", "plain") if rep % 2 == 0 else ("plain", "featscope")):
                 task = make_task("det", cfg, classes, samples, trunk, "seed 0")
                 if side == "featscope":
                     steps = featscope_loop(task, cfg, args.iterations, Path(tmp) / f"run{rep}")
@@ -140,11 +145,14 @@ def main() -> None:
                 timed = steps[args.warmup:]
                 rate = args.batch_size * len(timed) / sum(timed)
                 rates[side].append(rate)
+                medians[side].append(statistics.median(timed))
                 print(f"repeat {rep + 1} {side:9s}: {rate:6.2f} img/s (median step {statistics.median(timed):.3f} s)")
         f, p = statistics.median(rates["featscope"]), statistics.median(rates["plain"])
         print(f"\nFaster R-CNN (study head, {cfg.arch}, {args.size} px, batch {args.batch_size}, fp32, "
               f"{torch.get_num_threads()} threads), checkpoint every {args.checkpoint_every} iterations:")
         print(f"featscope {f:.2f} img/s   plain torchvision-reference loop {p:.2f} img/s   ratio {f / p:.3f}")
+        mf, mp = statistics.median(medians["featscope"]), statistics.median(medians["plain"])
+        print(f"median step (checkpoint steps aside): featscope {mf:.3f} s, plain {mp:.3f} s, speed ratio {mp / mf:.3f}")
 
 
 if __name__ == "__main__":

@@ -149,3 +149,38 @@ def test_nan_loss_fails_clearly_and_keeps_the_last_good_checkpoint(pretrain_samp
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert isinstance(TrainingDiverged("x"), ValueError)  # a worker fails the job instead of retrying it
 
+
+
+def test_snapshot_reuses_the_last_checkpoints_buffers():
+    from featscope.training.loop import snapshot
+
+    w, m = torch.arange(6.0).reshape(2, 3), torch.ones(4)
+    state = {"model": {"w": w}, "optimizer": {"state": {0: {"momentum": m}}, "groups": [{"lr": 0.1}]}, "it": 3}
+    first = snapshot(state)
+    assert first["model"]["w"].data_ptr() != w.data_ptr() and first["it"] == 3
+    w.add_(1.0)  # training changes the weights in place; the snapshot keeps the old values
+    assert torch.equal(first["model"]["w"], torch.arange(6.0).reshape(2, 3))
+    buf = first["model"]["w"]
+    second = snapshot(state, into=first)
+    assert second["model"]["w"].data_ptr() == buf.data_ptr()  # copied into, not allocated again
+    assert torch.equal(second["model"]["w"], w) and torch.equal(second["optimizer"]["state"][0]["momentum"], m)
+    state["model"]["w"] = torch.zeros(3, 3)  # another shape: a new buffer
+    third = snapshot(state, into=second)
+    assert third["model"]["w"].shape == (3, 3) and torch.equal(third["model"]["w"], torch.zeros(3, 3))
+
+
+def test_checkpoints_written_from_reused_buffers_hold_each_steps_weights(tmp_path):
+    from featscope.training.loop import CheckpointWriter
+
+    writer = CheckpointWriter()
+    w = torch.zeros(1000)
+    try:
+        for step in range(3):
+            w.fill_(step)
+            writer.submit(tmp_path / f"c{step}.pt", {"w": w, "iteration": step})
+        writer.wait()
+    finally:
+        writer.close()
+    for step in range(3):
+        saved = load_checkpoint(tmp_path / f"c{step}.pt")
+        assert saved["iteration"] == step and torch.equal(saved["w"], torch.full((1000,), float(step)))
