@@ -127,22 +127,28 @@ def _workers(n: int) -> int:
 def _draw_all(draw: Callable[..., list], jobs: list[tuple], tick: _Ticker) -> list:
     """``draw(*job)`` for every job in order, each returning a list; concatenated in job order.
 
-    Every image draws from its own seeded generator, so spreading the jobs over processes ("spawn": the
-    caller may be a threaded worker, where forking is unsafe) gives byte-identical files. Progress ticks
-    per finished chunk; an exception from ``tick`` (a cancelled job) stops the chunks not yet started.
+    Every image draws from its own seeded generator, so spreading the jobs over processes gives
+    byte-identical files. The processes are forked (where the platform forks; elsewhere the drawing stays
+    serial): "spawn" would re-run the caller's ``__main__``, which an unguarded user script cannot take.
+    The children only draw with NumPy and write PNGs, none of the locks a threaded worker may hold
+    at the fork. Progress ticks per finished chunk; an exception from ``tick`` (a cancelled job) stops the
+    chunks not yet started.
     """
-    workers = _workers(len(jobs))
+    import multiprocessing
+
+    workers = _workers(len(jobs)) if "fork" in multiprocessing.get_all_start_methods() else 1
     if workers == 1:
         out: list = []
         for job in jobs:
             out.extend(draw(*job))
             tick()
         return out
-    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    from pycocotools import mask as _coco_mask  # noqa: F401 - imported before the fork, not in every child
+
     chunks = [jobs[k:k + _CHUNK] for k in range(0, len(jobs), _CHUNK)]
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
     try:
         results = []
         for chunk, res in zip(chunks, pool.map(_draw_chunk, [draw] * len(chunks), chunks)):
