@@ -163,3 +163,41 @@ def test_occlusion_and_segmentation_match_a_recomputation_from_the_painted_shape
         scan = read_dataset(sets.coco[part])
         assert all(b.occlusion is not None for r in scan.images for b in r.boxes) and not scan.warnings
     assert 0 <= min(occlusions) and max(occlusions) <= 0.5 and any(o > 0.05 for o in occlusions)
+
+
+def test_drawing_spread_over_processes_writes_the_same_bytes(tmp_path, monkeypatch):
+    """The pool (used for large parts) and the serial path write byte-identical files, progress included."""
+    import hashlib
+
+    from featscope.datasets import study
+
+    def digest(root):
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    counts = dict(n_pretrain=12, n_pretrain_val=3, n_target_train=5, n_target_test=3, n_probe=2, size=48)
+    serial = study.study_datasets(tmp_path / "serial", **counts)
+    monkeypatch.setattr(study, "_PARALLEL_FROM", 3)
+    monkeypatch.setattr(study, "_CHUNK", 4)
+    seen = []
+    pooled = study.study_datasets(tmp_path / "pooled", **counts, progress=lambda d, t: seen.append((d, t)))
+    assert digest(serial.root) == digest(pooled.root)
+    total = 12 + 3 + 5 + 3 + 3 * 2 * len(study.PRETRAIN_CLASSES)
+    assert seen[-1] == (total, total) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_a_cancel_during_pooled_drawing_stops_and_a_rerun_finishes(tmp_path, monkeypatch):
+    from featscope.datasets import study
+
+    monkeypatch.setattr(study, "_PARALLEL_FROM", 3)
+    monkeypatch.setattr(study, "_CHUNK", 4)
+    counts = dict(n_pretrain=24, n_pretrain_val=2, n_target_train=2, n_target_test=2, n_probe=1, size=48)
+
+    def cancel(done, total):
+        if done >= 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        study.study_datasets(tmp_path / "s", **counts, progress=cancel)
+    sets = study.study_datasets(tmp_path / "s", **counts)  # an interrupted output is written again
+    assert len(list((sets.root / "pretrain").glob("*.png"))) == 24

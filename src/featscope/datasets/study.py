@@ -116,27 +116,83 @@ class _Ticker:
             self.progress(self.done, self.total)
 
 
+_PARALLEL_FROM = 600  # images in a part from which drawing is spread over processes (a pool costs ~1 s to start)
+_CHUNK = 100
+
+
+def _workers(n: int) -> int:
+    return min(4, os.cpu_count() or 1) if n >= _PARALLEL_FROM else 1
+
+
+def _draw_all(draw: Callable[..., list], jobs: list[tuple], tick: _Ticker) -> list:
+    """``draw(*job)`` for every job in order, each returning a list; concatenated in job order.
+
+    Every image draws from its own seeded generator, so spreading the jobs over processes gives
+    byte-identical files. The processes are forked (where the platform forks; elsewhere the drawing stays
+    serial): "spawn" would re-run the caller's ``__main__``, which an unguarded user script cannot take.
+    The children only draw with NumPy and write PNGs, none of the locks a threaded worker may hold
+    at the fork. Progress ticks per finished chunk; an exception from ``tick`` (a cancelled job) stops the
+    chunks not yet started.
+    """
+    import multiprocessing
+
+    workers = _workers(len(jobs)) if "fork" in multiprocessing.get_all_start_methods() else 1
+    if workers == 1:
+        out: list = []
+        for job in jobs:
+            out.extend(draw(*job))
+            tick()
+        return out
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pycocotools import mask as _coco_mask  # noqa: F401 - imported before the fork, not in every child
+
+    chunks = [jobs[k:k + _CHUNK] for k in range(0, len(jobs), _CHUNK)]
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    try:
+        results = []
+        for chunk, res in zip(chunks, pool.map(_draw_chunk, [draw] * len(chunks), chunks)):
+            results.extend(res)
+            for _ in chunk:
+                tick()
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return results
+
+
+def _draw_chunk(draw: Callable[..., list], jobs: list[tuple]) -> list:
+    out: list = []
+    for job in jobs:
+        out.extend(draw(*job))
+    return out
+
+
+def _draw_scene(root: Path, part: str, i: int, size: int, classes: tuple[str, ...], target: bool,
+                stream: tuple[int, ...]) -> list[dict[str, object]]:
+    """Write scene ``i`` of a detection part; its annotations (image id ``i + 1``, no annotation ids yet)."""
+    rng = np.random.default_rng([*stream, i])
+    if target:
+        pixels, objects = _scene(rng, size, classes=classes, count=(1, 4), diameter=_TARGET_DIAMETER,
+                                 textures=TARGET_TEXTURES, clutter=True)
+    else:  # one class per scene, balanced over the classes
+        pixels, objects = _scene(rng, size, fixed=classes[i % len(classes)], count=(1, 5),
+                                 diameter=_PRETRAIN_DIAMETER, textures=PRETRAIN_TEXTURES, clutter=False)
+    _write_png(root / part / f"scene_{i:05d}.png", pixels)
+    return [{"image_id": i + 1, "category_id": classes.index(obj.shape) + 1, "bbox": obj.bbox, "area": obj.area,
+             "iscrowd": 0, "occlusion": round(obj.occlusion, 6), "segmentation": _rle(obj.visible)}
+            for obj in objects]
+
+
 def _detection_part(root: Path, part: str, n: int, size: int, classes: tuple[str, ...], target: bool,
                     stream: list[int], tick: _Ticker) -> Path:
-    images, annotations = [], []
     (root / part).mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        rng = np.random.default_rng([*stream, i])
-        if target:
-            pixels, objects = _scene(rng, size, classes=classes, count=(1, 4), diameter=_TARGET_DIAMETER,
-                                     textures=TARGET_TEXTURES, clutter=True)
-        else:  # one class per scene, balanced over the classes
-            pixels, objects = _scene(rng, size, fixed=classes[i % len(classes)], count=(1, 5),
-                                     diameter=_PRETRAIN_DIAMETER, textures=PRETRAIN_TEXTURES, clutter=False)
-        name = f"scene_{i:05d}.png"
-        _write_png(root / part / name, pixels)
-        images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
-        for obj in objects:
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
-                                "category_id": classes.index(obj.shape) + 1, "bbox": obj.bbox, "area": obj.area,
-                                "iscrowd": 0, "occlusion": round(obj.occlusion, 6),
-                                "segmentation": _rle(obj.visible)})
-        tick()
+    drawn = _draw_all(_draw_scene, [(root, part, i, size, classes, target, tuple(stream)) for i in range(n)], tick)
+    images = [{"id": i + 1, "file_name": f"scene_{i:05d}.png", "width": size, "height": size} for i in range(n)]
+    annotations = [{"id": k + 1, **{key: ann[key] for key in ("image_id", "category_id", "bbox", "area", "iscrowd",
+                                                              "occlusion", "segmentation")}}
+                   for k, ann in enumerate(drawn)]
     doc = {"info": {"description": f"featscope study set: {part}", "version": str(_VERSION)}, "licenses": [],
            "images": images, "annotations": annotations,
            "categories": [{"id": k + 1, "name": c, "supercategory": "shape"} for k, c in enumerate(classes)]}
@@ -153,21 +209,26 @@ def _rle(mask: np.ndarray) -> dict[str, object]:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
+def _draw_probe(folder: Path, part: str, k: int, j: int, size: int, stream: tuple[int, ...]) -> list:
+    cls = PRETRAIN_CLASSES[k]
+    rng = np.random.default_rng([*stream, k, j])
+    if part == "single":
+        pixels = _single(rng, size, cls, _SINGLE_DIAMETER, PRETRAIN_TEXTURES, clutter=False)
+    elif part == "small":
+        pixels = _single(rng, size, cls, _SMALL_DIAMETER, PRETRAIN_TEXTURES, clutter=False)
+    else:
+        pixels, _ = _scene(rng, size, fixed=cls, count=(2, 5), diameter=_SEVERAL_DIAMETER,
+                           textures=PRETRAIN_TEXTURES, clutter=False)
+    _write_png(folder / cls / f"{cls}_{j:04d}.png", pixels)
+    return []
+
+
 def _probe_part(root: Path, part: str, n: int, size: int, stream: list[int], tick: _Ticker) -> Path:
     folder = root / part
-    for k, cls in enumerate(PRETRAIN_CLASSES):
+    for cls in PRETRAIN_CLASSES:
         (folder / cls).mkdir(parents=True, exist_ok=True)
-        for j in range(n):
-            rng = np.random.default_rng([*stream, k, j])
-            if part == "single":
-                pixels = _single(rng, size, cls, _SINGLE_DIAMETER, PRETRAIN_TEXTURES, clutter=False)
-            elif part == "small":
-                pixels = _single(rng, size, cls, _SMALL_DIAMETER, PRETRAIN_TEXTURES, clutter=False)
-            else:
-                pixels, _ = _scene(rng, size, fixed=cls, count=(2, 5), diameter=_SEVERAL_DIAMETER,
-                                   textures=PRETRAIN_TEXTURES, clutter=False)
-            _write_png(folder / cls / f"{cls}_{j:04d}.png", pixels)
-            tick()
+    _draw_all(_draw_probe, [(folder, part, k, j, size, tuple(stream))
+                            for k in range(len(PRETRAIN_CLASSES)) for j in range(n)], tick)
     return folder
 
 
