@@ -196,3 +196,26 @@ def test_fingerprint_follows_annotation_edits(tmp_path: Path, make_image) -> Non
     assert read_dataset(path).fingerprint == fp
     _write(path, _coco([_img(1, "a.png")], [_ann(1, 1, 2, [0, 0, 10, 10])]))  # relabelled box
     assert read_dataset(path).fingerprint != fp
+
+
+def test_occlusion_is_read_and_bad_values_warn(tmp_path: Path, make_image) -> None:
+    make_image(tmp_path / "a.png", size=(64, 48))
+    anns = [{**_ann(1, 1, 1, [0, 0, 10, 10]), "occlusion": 0.25},
+            {**_ann(2, 1, 2, [20, 0, 10, 10]), "occlusion": 0},
+            _ann(3, 1, 1, [40, 0, 10, 10]),                               # not given
+            {**_ann(4, 1, 1, [0, 20, 10, 10]), "occlusion": 1.5},          # out of range
+            {**_ann(5, 1, 1, [20, 20, 10, 10]), "occlusion": "half"},      # not a number
+            {**_ann(6, 1, 1, [40, 20, 10, 10]), "occlusion": True},        # a bool is not a fraction
+            {**_ann(7, 1, 1, [0, 30, 10, 10]), "occlusion": None}]         # explicitly unknown
+    scan = read_dataset(_write(tmp_path / "i.json", _coco([_img(1, "a.png")], anns)))
+    assert [b.occlusion for b in scan.images[0].boxes] == [0.25, 0.0, None, None, None, None, None]
+    assert scan.warnings == [
+        "i.json: annotation 4 (image 1): 'occlusion' must be a number from 0 to 1 (the fraction of the object "
+        "hidden), got 1.5; the box is kept without it",
+        "i.json: annotation 5 (image 1): 'occlusion' must be a number from 0 to 1 (the fraction of the object "
+        "hidden), got 'half'; the box is kept without it",
+        "i.json: annotation 6 (image 1): 'occlusion' must be a number from 0 to 1 (the fraction of the object "
+        "hidden), got True; the box is kept without it"]
+    plain = read_dataset(_write(tmp_path / "j.json", _coco([_img(1, "a.png")], [_ann(1, 1, 1, [0, 0, 10, 10])])))
+    with_occ = read_dataset(_write(tmp_path / "j.json", _coco([_img(1, "a.png")], [anns[0]])))
+    assert with_occ.fingerprint != plain.fingerprint  # an occlusion edit is a new version of the data

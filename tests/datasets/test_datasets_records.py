@@ -84,3 +84,34 @@ def test_fingerprint_changes_with_every_input_field() -> None:
 def test_fingerprint_ignores_probe_results() -> None:
     """Width/height/error are derived from the file, which size and mtime already pin down."""
     assert dataset_fingerprint([_rec("a.png")]) == dataset_fingerprint([_rec("a.png", width=None, height=None)])
+
+
+# ---------------------------------------------------------------- occlusion
+
+
+def test_box_rows_carry_occlusion_only_when_known() -> None:
+    assert Box("cat", 1, 2, 3, 4).to_row() == ["cat", 1.0, 2.0, 3.0, 4.0]
+    assert Box("cat", 1, 2, 3, 4, occlusion=0.25).to_row() == ["cat", 1.0, 2.0, 3.0, 4.0, 0.25]
+    assert Box.from_row(["cat", 1, 2, 3, 4]) == Box("cat", 1.0, 2.0, 3.0, 4.0)  # a row stored before occlusion
+    assert Box.from_row(["cat", 1, 2, 3, 4, 0.25]).occlusion == 0.25
+    assert Box.from_row(["cat", 1, 2, 3, 4, None]).occlusion is None
+    box = Box("dog", 0.5, 1.5, 9.0, 7.25, occlusion=0.0)
+    assert Box.from_row(box.to_row()) == box
+
+
+def test_fingerprint_without_occlusion_is_unchanged() -> None:
+    """Pinned to the formula used before boxes had an occlusion, so no existing data set gets a new version."""
+    import hashlib
+    import json
+
+    records = [_rec("a.png", boxes=(Box("cat", 0, 0, 4, 4), Box("dog", 1.5, 2, 3, 3))), _rec("b.png", label=None)]
+    digest = hashlib.sha256(b"featscope-dataset-v1")
+    for row in sorted(json.dumps([r.relpath, r.size_bytes, r.mtime_ns, r.label,
+                                  [[b.label, float(b.x0), float(b.y0), float(b.x1), float(b.y1)] for b in r.boxes]],
+                                 separators=(",", ":"), ensure_ascii=True) for r in records):
+        digest.update(b"\n" + row.encode())
+    assert dataset_fingerprint(records) == digest.hexdigest()
+    occluded = [replace(records[0], boxes=(Box("cat", 0, 0, 4, 4, 0.3), records[0].boxes[1])), records[1]]
+    assert dataset_fingerprint(occluded) != digest.hexdigest()
+    assert dataset_fingerprint([replace(occluded[0], boxes=(Box("cat", 0, 0, 4, 4, 0.4),)), records[1]]) \
+        != dataset_fingerprint(occluded)

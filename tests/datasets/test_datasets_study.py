@@ -91,3 +91,71 @@ def test_pretraining_backgrounds_are_smooth_and_the_targets_cluttered(sets):
     smooth = [_background_roughness(pretrain.root, r) for r in pretrain.images]
     cluttered = [_background_roughness(target.root, r) for r in target.images]
     assert max(smooth) < 8 and sum(cluttered) / len(cluttered) > 1.5 * sum(smooth) / len(smooth), (smooth, cluttered)
+
+
+# ---------------------------------------------------------------- occlusion and segmentation (generator v4)
+
+# sha256 of "<relpath> <sha256 of the file>\n" over every PNG of the SMALL sets, in relpath order, computed with
+# generator version 3 (before the annotations gained occlusion and segmentation), and three of the files:
+# version 4 must draw the very same images.
+V3_ALL_IMAGES = "PENDING"
+V3_IMAGES = {}
+
+
+def test_images_are_those_of_generator_version_3(sets):
+    import hashlib
+
+    digest = hashlib.sha256()
+    for p in sorted(sets.root.rglob("*.png")):
+        digest.update(f"{p.relative_to(sets.root).as_posix()} {hashlib.sha256(p.read_bytes()).hexdigest()}\n".encode())
+    assert digest.hexdigest() == V3_ALL_IMAGES
+    assert {rel: hashlib.sha256((sets.root / rel).read_bytes()).hexdigest() for rel in V3_IMAGES} == V3_IMAGES
+
+
+def test_occlusion_and_segmentation_match_a_recomputation_from_the_painted_shapes(tmp_path, monkeypatch):
+    """Record every object's solid mask as it is painted; an object's visible pixels are its solid pixels that no
+    later object of its scene covers, and its occlusion is the share of its solid pixels that are not visible."""
+    import numpy as np
+    from pycocotools import mask as coco_mask
+
+    from featscope.datasets import synth
+    from featscope.datasets.masks import CocoMasks
+
+    painted: list[np.ndarray] = []
+    paint = synth._paint
+
+    def recording(canvas, rng, shape, centre, radius, angle, mask, *rest):
+        painted.append(mask >= 0.5)
+        return paint(canvas, rng, shape, centre, radius, angle, mask, *rest)
+
+    monkeypatch.setattr(synth, "_paint", recording)
+    sets = study_datasets(tmp_path / "s", n_pretrain=6, n_pretrain_val=1, n_target_train=1, n_target_test=8,
+                          n_probe=1, size=64, seed=3)
+    occlusions = []
+    for part in ("pretrain", "pretrain-val", "target-train", "target-test"):  # the order they are generated in
+        doc = json.loads(sets.coco[part].read_text())
+        names = {c["id"]: c["name"] for c in doc["categories"]}
+        classes = ["background", *sorted(names.values())]
+        masks = CocoMasks(sets.coco[part], void_width=0)
+        for img in doc["images"]:
+            anns = [a for a in doc["annotations"] if a["image_id"] == img["id"]]
+            solids = painted[:len(anns)]
+            del painted[:len(anns)]
+            expected_classes = np.zeros((64, 64), np.uint8)
+            for k, (ann, solid) in enumerate(zip(anns, solids)):
+                covered = np.zeros_like(solid)
+                for later in solids[k + 1:]:
+                    covered |= later
+                visible = solid & ~covered
+                decoded = coco_mask.decode(ann["segmentation"]).astype(bool)
+                np.testing.assert_array_equal(decoded, visible)
+                assert ann["area"] == visible.sum()
+                ys, xs = np.nonzero(visible)
+                assert ann["bbox"] == [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
+                assert ann["occlusion"] == pytest.approx(1 - visible.sum() / solid.sum(), abs=1e-6)
+                expected_classes[visible] = classes.index(names[ann["category_id"]])
+                occlusions.append(ann["occlusion"])
+            np.testing.assert_array_equal(masks.load(img["file_name"]), expected_classes)
+        scan = read_dataset(sets.coco[part])
+        assert all(b.occlusion is not None for r in scan.images for b in r.boxes) and not scan.warnings
+    assert 0 <= min(occlusions) and max(occlusions) <= 0.5 and any(o > 0.05 for o in occlusions)

@@ -1,7 +1,9 @@
 """COCO instances JSON (``images``, ``annotations``, ``categories``) -> a Listing.
 
 Every box is kept (COCO ``[x, y, w, h]`` becomes xyxy ``[x, y, x + w, y + h]``, named by its
-category's name); an image's label is the category of its largest box. Image files are looked up
+category's name); an image's label is the category of its largest box. An annotation's optional
+``occlusion`` (the fraction of the object hidden by others, 0..1; featscope's study generator writes
+it) is kept on its box; a bad value keeps the box without it, with a warning. Image files are looked up
 under ``images_root``; without it, under the first of these that holds any of the first listed
 files: the JSON's directory, its ``images/`` sub-directory, or the sub-directory named like the
 JSON (``scenes.json`` -> ``scenes/``). Structural faults (bad JSON, a missing
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +44,18 @@ def list_coco(json_path: Path, images_root: Path | None = None) -> Listing:
         box, warning = _annotation(ann, index, name, categories, by_id)
         if warning:
             warnings.append(warning)
+        if box is not None and "occlusion" in ann:
+            box, warning = _with_occlusion(box, ann["occlusion"])
+            if warning:
+                warnings.append(warning)
         if box is not None:
             by_id[ann["image_id"]].boxes.append(box)
     root = _images_root(json_path, images_root, candidates)
+    masked = {by_id[a["image_id"]].relpath for a in annotations
+              if isinstance(a, dict) and a.get("segmentation") and isinstance(a.get("image_id"), (int, str))
+              and a["image_id"] in by_id}
     return Listing(format="coco", root=root, candidates=candidates, warnings=warnings,
-                   classes=sorted(set(categories.values())), annotations=json_path)
+                   classes=sorted(set(categories.values())), annotations=json_path, masked=masked)
 
 
 def _load(json_path: Path) -> dict[str, Any]:
@@ -147,6 +157,16 @@ def _annotation(ann: Any, index: int, name: str, categories: dict[int, str],
     x, y, w, h = (float(v) for v in bbox)
     return RawBox(categories[cat], x, y, x + w, y + h, where,
                   as_written=f"bbox [{x:g}, {y:g}, {w:g}, {h:g}] (xywh)"), None
+
+
+def _with_occlusion(box: RawBox, value: Any) -> tuple[RawBox, str | None]:
+    """``box`` with the annotation's ``occlusion``; a non-number or one outside [0, 1] is left out with a warning."""
+    if value is None:
+        return box, None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1:
+        return replace(box, occlusion=float(value)), None
+    return box, (f"{box.where}: 'occlusion' must be a number from 0 to 1 (the fraction of the object hidden), "
+                 f"got {value!r:.40}; the box is kept without it")
 
 
 def _id_ranges(categories: dict[int, str]) -> str:

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = ["Box", "DatasetScan", "ImageRecord", "dataset_fingerprint"]
 
@@ -21,18 +22,38 @@ _FINGERPRINT_VERSION = "featscope-dataset-v1"
 @dataclass(frozen=True)
 class Box:
     """An object box in absolute pixel coordinates, corners (x0, y0) and (x1, y1) as pixel edges,
-    so a box covering exactly pixel columns 0..9 has x0=0, x1=10."""
+    so a box covering exactly pixel columns 0..9 has x0=0, x1=10.
+
+    ``occlusion`` is the fraction (0..1) of the object's full area hidden by other objects, None when
+    the annotations do not say (the study's error analysis bins missed objects by it).
+    """
 
     label: str
     x0: float
     y0: float
     x1: float
     y1: float
+    occlusion: float | None = None
 
     @property
     def area(self) -> float:
         """Width times height; 0 for an empty or inverted box."""
         return max(0.0, self.x1 - self.x0) * max(0.0, self.y1 - self.y0)
+
+    def to_row(self) -> list[Any]:
+        """The catalog's JSON form ``[label, x0, y0, x1, y1]``, with the occlusion as a 6th element only
+        when it is known (so rows and fingerprints of data without occlusion stay as they were)."""
+        row: list[Any] = [self.label, float(self.x0), float(self.y0), float(self.x1), float(self.y1)]
+        if self.occlusion is not None:
+            row.append(float(self.occlusion))
+        return row
+
+    @classmethod
+    def from_row(cls, row: list[Any] | tuple[Any, ...]) -> "Box":
+        """The inverse of :meth:`to_row`; reads 5-element rows (written before occlusion existed) too."""
+        occlusion = row[5] if len(row) > 5 else None
+        return cls(str(row[0]), float(row[1]), float(row[2]), float(row[3]), float(row[4]),
+                   None if occlusion is None else float(occlusion))
 
 
 @dataclass(frozen=True)
@@ -64,7 +85,8 @@ class ImageRecord:
 @dataclass
 class DatasetScan:
     """A read dataset: readable ``images`` and ``skipped`` ones (both sorted by relpath), the sorted
-    ``classes``, annotation ``warnings`` that did not cost an image, and the ``fingerprint``."""
+    ``classes``, annotation ``warnings`` that did not cost an image, the ``fingerprint``, and ``n_masks``,
+    how many readable images have a segmentation mask in the annotations (VOC PNGs, COCO polygons/RLE)."""
 
     root: Path
     format: str
@@ -74,6 +96,7 @@ class DatasetScan:
     fingerprint: str
     annotations: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    n_masks: int = 0
 
     def image_path(self, record: ImageRecord) -> Path:
         """Absolute path of ``record``'s file."""
@@ -86,9 +109,11 @@ class DatasetScan:
 
     def summary(self) -> str:
         """One line for a CLI or a log, e.g. ``412 images, 10 classes; 3 skipped: 2 cannot be decoded,
-        1 file not found; 1 annotation warning``."""
+        1 file not found; 1 annotation warning``; data with masks add e.g. ``; 400 with segmentation masks``."""
         parts = [_plural(len(self.images), "image") + ", "
                  + (_plural(len(self.classes), "class", "classes") if self.classes else "unlabelled")]
+        if self.n_masks:
+            parts.append(f"{self.n_masks} with segmentation masks")
         if self.skipped:
             reasons = ", ".join(f"{n} {reason}" for reason, n in self.skipped_reasons().items())
             parts.append(f"{len(self.skipped)} skipped: {reasons}")
@@ -101,11 +126,11 @@ def dataset_fingerprint(records: Iterable[ImageRecord]) -> str:
     """sha256 hex over the sorted (relpath, size_bytes, mtime_ns, label, boxes) of all records.
 
     Pass readable and skipped records alike: touching, relabelling, adding or removing any file
-    changes the result; the same records in any order give the same result.
+    changes the result; the same records in any order give the same result. A box enters as its
+    :meth:`Box.to_row`, so a known occlusion counts and boxes without one hash as they always did.
     """
     rows = sorted(
-        json.dumps([r.relpath, r.size_bytes, r.mtime_ns, r.label,
-                    [[b.label, float(b.x0), float(b.y0), float(b.x1), float(b.y1)] for b in r.boxes]],
+        json.dumps([r.relpath, r.size_bytes, r.mtime_ns, r.label, [b.to_row() for b in r.boxes]],
                    separators=(",", ":"), ensure_ascii=True)
         for r in records
     )

@@ -40,7 +40,8 @@ class DatasetError(ValueError):
 class RawBox:
     """A box as read from an annotation file (xyxy pixel edges), before clipping; ``where`` names
     its source for warnings, e.g. ``scenes.json: annotation 17 (image 3)``; ``as_written`` shows the
-    box the way the annotation file writes it, so a warning can be matched against the file."""
+    box the way the annotation file writes it, so a warning can be matched against the file;
+    ``occlusion`` is the annotated hidden fraction (0..1), None when not given."""
 
     label: str
     x0: float
@@ -49,6 +50,7 @@ class RawBox:
     y1: float
     where: str
     as_written: str | None = None
+    occlusion: float | None = None
 
 
 @dataclass
@@ -67,7 +69,8 @@ class Candidate:
 @dataclass
 class Listing:
     """What a format reader found, before any file is checked. ``classes`` None means "the labels
-    that occur"; a format with a category list (COCO) sets it explicitly."""
+    that occur"; a format with a category list (COCO) sets it explicitly. ``masked``: relpaths whose
+    annotations include a segmentation mask (read later by :mod:`featscope.datasets.masks`)."""
 
     format: str
     root: Path
@@ -75,6 +78,7 @@ class Listing:
     warnings: list[str] = field(default_factory=list)
     classes: list[str] | None = None
     annotations: Path | None = None
+    masked: set[str] = field(default_factory=set)
 
 
 def walk_images(root: Path) -> list[str]:
@@ -158,7 +162,8 @@ def finish_scan(listing: Listing, verify: str, progress: ProgressFn | None) -> D
         {r.label for r in records if r.label is not None})
     return DatasetScan(root=listing.root, format=listing.format, images=images, skipped=skipped,
                        classes=sorted(classes), fingerprint=dataset_fingerprint(records),
-                       annotations=listing.annotations, warnings=warnings)
+                       annotations=listing.annotations, warnings=warnings,
+                       n_masks=sum(1 for r in images if r.relpath in listing.masked))
 
 
 def _inspect(root: Path, c: Candidate, verify: str) -> tuple[ImageRecord, list[str]]:
@@ -206,7 +211,7 @@ def _clip(raw: RawBox, size: tuple[int, int] | None) -> tuple[Box | None, str | 
     if not (raw.x1 > raw.x0 and raw.y1 > raw.y0):
         return None, f"{raw.where}: {coords} has no positive width and height; dropped"
     if size is None:
-        return Box(raw.label, raw.x0, raw.y0, raw.x1, raw.y1), None
+        return Box(raw.label, raw.x0, raw.y0, raw.x1, raw.y1, raw.occlusion), None
     w, h = size
     x0, y0 = max(0.0, raw.x0), max(0.0, raw.y0)
     x1, y1 = min(float(w), raw.x1), min(float(h), raw.y1)
@@ -216,7 +221,7 @@ def _clip(raw: RawBox, size: tuple[int, int] | None) -> tuple[Box | None, str | 
     warning = None
     if overshoot > _CLIP_TOLERANCE:
         warning = f"{raw.where}: {coords} extends outside the {w}x{h} image; clipped"
-    return Box(raw.label, x0, y0, x1, y1), warning
+    return Box(raw.label, x0, y0, x1, y1, raw.occlusion), warning
 
 
 def _largest_label(boxes: list[Box]) -> str | None:

@@ -18,6 +18,10 @@ trained on *the same images* (its Table 7), generated deterministically from one
 - ``single``, ``several``, ``small`` (ImageFolder, the pre-training classes): one large object; 2-4
   instances of one class; one small object, on the pre-training backgrounds. The probes on these show
   the study's failure cases of detection features (several instances, small objects).
+- Every object of the COCO parts carries ``occlusion``, the fraction of its own pixels that objects placed
+  later cover (at most ``1 - synth._MIN_VISIBLE``, 0.5, since every object keeps half its pixels visible),
+  and ``segmentation``, the COCO RLE of its visible pixels, so the sets serve the error analysis by
+  occlusion and semantic segmentation (:mod:`featscope.datasets.masks` paints the masks).
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ PRETRAIN_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "he
 TARGET_CLASSES: tuple[str, ...] = ("ring", "diamond", "ellipse", "arrow")
 PRETRAIN_TEXTURES: tuple[str, ...] = ("solid", "gradient")
 TARGET_TEXTURES: tuple[str, ...] = ("stripes", "checker", "dots")
-_GENERATOR, _VERSION, _MARKER = "featscope.study", 3, "study.json"
-GENERATOR_VERSION = _VERSION  # changes whenever the same arguments would draw other images
+# Version 4 adds each object's occlusion and visible-pixel segmentation (RLE) to the COCO parts; its images
+# are byte-identical to version 3's.
+_GENERATOR, _VERSION, _MARKER = "featscope.study", 4, "study.json"
+GENERATOR_VERSION = _VERSION  # changes whenever the same arguments would write other images or annotations
 _PRETRAIN_DIAMETER = (0.25, 0.6)
 _TARGET_DIAMETER = (0.15, 0.5)
 _SINGLE_DIAMETER = (0.35, 0.8)
@@ -122,9 +128,11 @@ def _detection_part(root: Path, part: str, n: int, size: int, classes: tuple[str
         name = f"scene_{i:05d}.png"
         _write_png(root / part / name, pixels)
         images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
-        for cls, bbox, area in objects:
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": classes.index(cls) + 1,
-                                "bbox": bbox, "area": area, "iscrowd": 0})
+        for obj in objects:
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
+                                "category_id": classes.index(obj.shape) + 1, "bbox": obj.bbox, "area": obj.area,
+                                "iscrowd": 0, "occlusion": round(obj.occlusion, 6),
+                                "segmentation": _rle(obj.visible)})
         tick()
     doc = {"info": {"description": f"featscope study set: {part}", "version": str(_VERSION)}, "licenses": [],
            "images": images, "annotations": annotations,
@@ -132,6 +140,14 @@ def _detection_part(root: Path, part: str, n: int, size: int, classes: tuple[str
     path = root / f"{part}.json"
     path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     return path
+
+
+def _rle(mask: np.ndarray) -> dict[str, object]:
+    """COCO's compressed RLE of a bool mask, counts as a string (JSON has no bytes)."""
+    from pycocotools import mask as coco_mask
+
+    rle = coco_mask.encode(np.asfortranarray(mask, dtype=np.uint8))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def _probe_part(root: Path, part: str, n: int, size: int, stream: list[int], tick: _Ticker) -> Path:

@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -79,10 +80,10 @@ def synth_dataset(out_dir: str | os.PathLike[str], *, n_scenes: int = 200, n_per
         pixels, objects = _scene(np.random.default_rng([seed, 0, i]), size)
         _write_png(root / "scenes" / name, pixels)
         images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
-        for cls, bbox, area in objects:
+        for obj in objects:
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
-                                "category_id": SYNTH_CLASSES.index(cls) + 1, "bbox": bbox,
-                                "area": area, "iscrowd": 0})
+                                "category_id": SYNTH_CLASSES.index(obj.shape) + 1, "bbox": obj.bbox,
+                                "area": obj.area, "iscrowd": 0})
         done += 1
         if progress is not None:
             progress(done, total)
@@ -159,11 +160,23 @@ def _place(rng: np.random.Generator, size: int, diameter: float, shape: str
     return centre, radius, angle, shape_mask(shape, size, centre, radius, angle)
 
 
+class SceneObject(NamedTuple):
+    """One object of a scene: its class, the COCO bbox ``[x, y, w, h]`` and count of its visible pixels, the
+    fraction of its own solid pixels that later objects cover (``occlusion``, 0..1) and its ``visible``
+    pixels as an (H, W) bool mask (they never overlap another object's)."""
+
+    shape: str
+    bbox: list[int]
+    area: int
+    occlusion: float
+    visible: np.ndarray
+
+
 def _scene(rng: np.random.Generator, size: int, *, classes: tuple[str, ...] = SYNTH_CLASSES,
            fixed: str | None = None, count: tuple[int, int] = (1, 5),
            diameter: tuple[float, float] = _SCENE_DIAMETER, textures: tuple[str, ...] = TEXTURES,
-           clutter: bool = True) -> tuple[np.ndarray, list[tuple[str, list[int], int]]]:
-    """Pixels and (class, COCO bbox of visible pixels, visible pixel count) per object, bottom first.
+           clutter: bool = True) -> tuple[np.ndarray, list[SceneObject]]:
+    """Pixels and a :class:`SceneObject` per object, bottom first.
 
     ``count`` objects (low inclusive, high exclusive) of random ``classes``, or all of class ``fixed``;
     diameters log-uniform in ``diameter`` (fractions of the side); fills drawn from ``textures``;
@@ -192,9 +205,12 @@ def _scene(rng: np.random.Generator, size: int, *, classes: tuple[str, ...] = SY
         shapes.append(shape)
     objects = []
     for k, shape in enumerate(shapes):
-        ys, xs = np.nonzero(owner == k)
+        visible = owner == k
+        ys, xs = np.nonzero(visible)
         x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-        objects.append((shape, [x0, y0, x1 - x0, y1 - y0], int(xs.size)))
+        # own_pixels[k] is the object's full solid area at placement (objects lie wholly inside the image)
+        objects.append(SceneObject(shape, [x0, y0, x1 - x0, y1 - y0], int(xs.size),
+                                   1.0 - xs.size / own_pixels[k], visible))
     return np.rint(canvas).astype(np.uint8), objects
 
 

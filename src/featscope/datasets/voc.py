@@ -41,8 +41,10 @@ def list_voc(root: Path, split: str | None = None) -> Listing:
         cand = _read_annotation(root, image_id, warnings)
         names.update(b.label for b in cand.boxes)
         candidates.append(cand)
+    seg = root / "SegmentationClass"
+    masked = {c.relpath for c in candidates if (seg / f"{Path(c.relpath).stem}.png").is_file()} if seg.is_dir() else set()
     return Listing(format="voc", root=root, candidates=candidates, warnings=warnings,
-                   classes=sorted(names), annotations=root / "Annotations")
+                   classes=sorted(names), annotations=root / "Annotations", masked=masked)
 
 
 def _split_ids(root: Path, split: str) -> list[str]:

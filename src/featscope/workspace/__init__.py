@@ -69,6 +69,10 @@ class Workspace:
         """A page of a data set's images with their catalog ids (``skipped=True``: the unreadable files)."""
         return _ds.list_images(self.ctx, dataset, limit=limit, offset=offset, skipped=skipped)
 
+    def segmentation(self, dataset: str | int, *, void_width: int | None = None):
+        """The data set's per-pixel class masks (:class:`featscope.datasets.masks.MaskSet`), read on demand."""
+        return _ds.segmentation(self.ctx, dataset, void_width=void_width)
+
     # backbones
     def add_backbone(self, spec: str, *, name: str | None = None, weights: str | Path | None = None,
                      weights_format: str = "auto", arch: str | None = None, random_init: bool = False,

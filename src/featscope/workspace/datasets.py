@@ -9,7 +9,8 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from featscope.catalog import Dataset, Image
-from featscope.datasets import DatasetScan, read_dataset, synth_dataset
+from featscope.datasets import Box, DatasetScan, read_dataset, synth_dataset
+from featscope.datasets.masks import CocoMasks, MaskSet, VocMasks
 from featscope.workspace.context import Context, NotFound
 
 
@@ -72,7 +73,7 @@ def _image_rows(dataset_id: int, scan: DatasetScan) -> list[Image]:
         return Image(
             dataset_id=dataset_id, position=position, relpath=rec.relpath, label=rec.label, width=rec.width,
             height=rec.height, size_bytes=rec.size_bytes, mtime_ns=rec.mtime_ns, error=rec.error,
-            boxes=[[b.label, b.x0, b.y0, b.x1, b.y1] for b in rec.boxes],
+            boxes=[b.to_row() for b in rec.boxes],
         )
 
     return [row(r, i) for i, r in enumerate(scan.images)] + [row(r, None) for r in scan.skipped]
@@ -161,9 +162,42 @@ def readable_images(ctx: Context, dataset_id: int) -> list[Image]:
         return list(s.scalars(q))
 
 
+def image_boxes(row: Image) -> list[Box]:
+    """A catalog image row's boxes as :class:`Box` values (rows stored before occlusion existed read with None)."""
+    return [Box.from_row(b) for b in row.boxes or []]
+
+
 def readable_relpaths(ctx: Context, dataset_id: int) -> list[str]:
     """Relative paths of the data set's readable images in position order (one column: cheap for millions)."""
     with ctx.session() as s:
         q = (select(Image.relpath).where(Image.dataset_id == dataset_id, Image.position.is_not(None))
              .order_by(Image.position))
         return list(s.scalars(q))
+
+
+def segmentation(ctx: Context, dataset: str | int | Dataset, *, void_width: int | None = None) -> MaskSet:
+    """The data set's per-pixel class masks, read on demand from its own files (never the catalog).
+
+    Pascal VOC sets read ``SegmentationClass/<id>.png`` below their root; COCO sets paint each image's
+    ``segmentation`` polygons/RLE from the registered JSON, with a void band ``void_width`` pixels wide
+    (:func:`featscope.datasets.masks.render_instances`). Raises ValueError when the data set has none.
+    """
+    ds = dataset if isinstance(dataset, Dataset) else get_dataset(ctx, dataset)
+    what = f"data set {ds.name!r}"
+    if ds.format == "voc":
+        if not Path(ds.root).is_dir():
+            raise ValueError(f"{what} was read from {ds.root}, which no longer exists; register it again")
+        try:
+            return VocMasks(ds.root, object_classes=list(ds.classes))
+        except ValueError as e:
+            raise ValueError(f"{what}: {e}") from None
+    if ds.format == "coco":
+        source = Path(ds.annotations or ds.source_path)
+        if not source.is_file():
+            raise ValueError(f"{what} was read from {source}, which no longer exists; register it again")
+        try:
+            return CocoMasks(source, images_root=ds.root, void_width=void_width)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{what}: {e}") from None
+    raise ValueError(f"{what} ({ds.format}) has no segmentation masks; segmentation needs Pascal VOC "
+                     "SegmentationClass PNGs or COCO polygons/RLE")

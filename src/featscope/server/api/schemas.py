@@ -87,6 +87,13 @@ class SynthIn(Strict):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
 
+class BoxOut(BaseModel):
+    label: str
+    box: list[float] = Field(description="[x0, y0, x1, y1] in pixels, corners as pixel edges.")
+    occlusion: float | None = Field(default=None, description="Fraction of the object hidden by others (0..1); "
+                                                              "null when the annotations do not say.")
+
+
 class ImageOut(BaseModel):
     id: int
     dataset_id: int
@@ -96,6 +103,7 @@ class ImageOut(BaseModel):
     height: int | None
     n_boxes: int
     error: str | None
+    boxes: list[BoxOut] = []
 
 
 # ---------------------------------------------------------------- backbones

@@ -1,4 +1,5 @@
-"""Images of a data set: metadata pages, one image's metadata, a cached thumbnail, the original file."""
+"""Images of a data set: metadata pages (with each image's boxes and their occlusion), one image's metadata, a
+cached thumbnail, the original file."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import FileResponse
 
 from featscope.catalog import Dataset, Image
-from featscope.server.api.schemas import Id, ImageOut, Page, Ref
+from featscope.server.api.schemas import BoxOut, Id, ImageOut, Page, Ref
 from featscope.server.deps import Limit, Offset, SettingsDep, WorkspaceDep
 from featscope.server.settings import ServerSettings
 from featscope.server.thumbnails import MEDIA_TYPES, thumbnail
 from featscope.workspace import NotFound, Workspace
-from featscope.workspace.datasets import get_dataset
+from featscope.workspace.datasets import get_dataset, image_boxes
 
 router = APIRouter(prefix="/images", tags=["images"])
 IMAGE_CONTENT = {200: {"content": {"image/jpeg": {}, "image/png": {}}, "description": "The image."}}
@@ -32,7 +33,9 @@ def _row(ws: Workspace, image_id: int) -> tuple[Image, Dataset]:
 
 def _out(im: Image) -> ImageOut:
     return ImageOut(id=im.id, dataset_id=im.dataset_id, relpath=im.relpath, label=im.label, width=im.width,
-                    height=im.height, n_boxes=len(im.boxes or []), error=im.error)
+                    height=im.height, n_boxes=len(im.boxes or []), error=im.error,
+                    boxes=[BoxOut(label=b.label, box=[b.x0, b.y0, b.x1, b.y1], occlusion=b.occlusion)
+                           for b in image_boxes(im)])
 
 
 def _file(settings: ServerSettings, im: Image, ds: Dataset) -> FsPath:
