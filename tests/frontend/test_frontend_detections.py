@@ -146,7 +146,7 @@ def test_draw_shows_each_detectors_boxes_and_what_it_misses(scene):
     assert [(s["x0"], s["y0"], s["line"]["color"]) for s in missed_a] == [(2, 2, detections.MISSED)]
     assert not [s for s in shapes_b if s["line"].get("dash") == "dash"]
     notes_a = [n["text"] for n in fig_a["layout"]["annotations"]]
-    assert notes_a == ["missed red · 30% hidden", "blue 0.90"]
+    assert notes_a == ["blue 0.90", "missed red · 30% hidden"]  # the missed object's label on top
     assert sorted(n["text"] for n in fig_b["layout"]["annotations"]) == ["blue 0.90", "red 0.80"]
     assert fig_a["layout"]["images"][0]["source"].startswith("data:image/jpeg;base64,")
     assert fig_a["layout"]["xaxis"]["range"] == [0, 40] and fig_a["layout"]["yaxis"]["range"] == [40, 0]

@@ -18,6 +18,7 @@ from featscope.frontend.components.results import init_name, missed_by_occlusion
 from featscope.frontend.services import Services
 from featscope.frontend.wiring import callback, triggered_id
 from featscope.workspace import NotFound
+from featscope.workspace.detection_errors import OCCLUDED
 
 PAGE = {"path": "/detections", "name": "Detections", "title": "featscope · detections (Fig. 8, Table 3)",
         "order": 87, "nav": True}
@@ -56,6 +57,7 @@ def layout(a: str | None = None, b: str | None = None, image: str | None = None,
             html.Div(className="fs-controls", children=[
                 html.Div([html.Label("Images", className="fs-label"),
                           dcc.RadioItems(id="det-show", value=show if show in SHOW else "all", className="fs-radio",
+                                         inline=True,
                                          options=[{"label": "all", "value": "all"}])]),
                 html.Div([html.Label("Image", className="fs-label"), html.Div(className="fs-det-nav", children=[
                     html.Button("‹ Previous", id="det-prev", className="fs-button fs-button-small"),
@@ -130,7 +132,7 @@ def runs(svc: Services, query: dict | None):
 
 
 def _image_label(image: dict, missed: tuple[list[int], list[int]], only: str | None) -> str:
-    occluded = sum(1 for g in image["gt"] if (g.get("occlusion") or 0) >= 0.01)
+    occluded = sum(1 for g in image["gt"] if (g.get("occlusion") or 0) >= OCCLUDED)
     tail = f" · only {only} finds an occluded one" if only else ""
     return (f"{image['relpath']} · {len(image['gt'])} objects, {occluded} occluded · missed {len(missed[0])} (A) "
             f"{len(missed[1])} (B){tail}")
@@ -179,13 +181,14 @@ def boxes_figure(uri: str, width: int, height: int, image: dict, matched: list[i
                  colour: str) -> dict:
     """The image with the ground truth (dotted when found, dashed red with its occlusion when missed) and this
     detector's boxes scoring at least ``score`` (its colour, class and score on each)."""
-    shapes, notes, hover = [], [], {"x": [], "y": [], "text": []}
+    shapes, notes, missed_notes, hover = [], [], [], {"x": [], "y": [], "text": []}
     used = {k for k in matched if k >= 0}
 
     def label(x: float, y: float, text: str, bg: str, above: bool) -> None:
-        notes.append({"x": x, "y": y, "xref": "x", "yref": "y", "text": text, "showarrow": False, "xanchor": "left",
-                      "yanchor": "bottom" if above else "top", "font": {"size": 11, "color": "white"},
-                      "bgcolor": bg, "borderpad": 1, "opacity": 0.92})
+        (notes if above else missed_notes).append(
+            {"x": x, "y": y, "xref": "x", "yref": "y", "text": text, "showarrow": False, "xanchor": "left",
+             "yanchor": "bottom" if above else "top", "font": {"size": 11, "color": "white"}, "bgcolor": bg,
+             "borderpad": 1, "opacity": 0.92})
 
     for k, g in enumerate(image["gt"]):
         x0, y0, x1, y1 = g["box"]
@@ -212,7 +215,8 @@ def boxes_figure(uri: str, width: int, height: int, image: dict, matched: list[i
         hover["text"].append(f"{p['label']} {p['score']:.3f} · {'matches an object' if k in used else 'no match'}")
     trace = {"type": "scatter", "mode": "markers", **hover, "marker": {"size": 14, "opacity": 0},
              "hovertemplate": "%{text}<extra></extra>", "showlegend": False}
-    layout = base_layout(margin={"l": 4, "r": 4, "t": 4, "b": 4}, shapes=shapes, annotations=notes,
+    # the missed objects' labels last, so no box label hides them
+    layout = base_layout(margin={"l": 4, "r": 4, "t": 4, "b": 4}, shapes=shapes, annotations=notes + missed_notes,
                          xaxis={"visible": False, "range": [0, width], "constrain": "domain"},
                          yaxis={"visible": False, "range": [height, 0], "scaleanchor": "x", "constrain": "domain"},
                          images=[{"source": uri, "xref": "x", "yref": "y", "x": 0, "y": 0, "sizex": width,
@@ -234,7 +238,7 @@ def box_rows(image: dict, matched: list[int], score: float) -> list[dict]:
 def _summary(image: dict, matched: list[int], score: float) -> str:
     kept = sum(1 for p in image["pred"] if p["score"] >= score)
     missed = [g for g, m in zip(image["gt"], matched) if m < 0]
-    occluded = sum(1 for g in missed if (g.get("occlusion") or 0) >= 0.01)
+    occluded = sum(1 for g in missed if (g.get("occlusion") or 0) >= OCCLUDED)
     return (f"{kept} boxes at score >= {score:g}; missed {len(missed)} of {len(image['gt'])} objects"
             f"{f' ({occluded} of them occluded)' if missed else ''}")
 

@@ -159,9 +159,12 @@ def ap_figure(rows: list[dict]) -> dict:
     traces = [{"type": "scatter", "mode": "lines+markers", "name": n, "line": {"color": colours[n]},
                "x": [r["iou"] for r in rows if r["run"] == n], "y": [r["ap"] for r in rows if r["run"] == n],
                "hovertemplate": "IoU %{x}<br>AP %{y:.1%}<extra>" + n + "</extra>"} for n in names]
+    # the legend under the plot: runs on several test sets make it long enough to run into the toolbar above
     return {"data": traces, "layout": base_layout(xaxis={"title": {"text": "IoU threshold"}, "dtick": 0.1},
                                                   yaxis={"title": {"text": "AP"}, "tickformat": ".1%",
-                                                         "rangemode": "tozero"})}
+                                                         "rangemode": "tozero"},
+                                                  legend={"yanchor": "top", "y": -0.22},
+                                                  margin={"b": 40 + 22 * len(names)})}
 
 
 def _pct(v: Any) -> str:
@@ -257,7 +260,9 @@ def band_figure(rows: list[dict]) -> dict:
                            "line": {"color": colours[n], "dash": dash}, "x": [r["width"] for r in pts],
                            "y": [r["accuracy"] for r in pts],
                            "hovertemplate": f"{band} %{{x}} px<br>accuracy %{{y:.1%}}<extra>{n}</extra>"})
-    return {"data": traces, "layout": base_layout(xaxis={"title": {"text": "band width (pixels)"}},
+    widths = sorted({r["width"] for r in rows})
+    return {"data": traces, "layout": base_layout(xaxis={"title": {"text": "band width (pixels, log scale)"},
+                                                         "type": "log", "tickvals": widths},
                                                   yaxis={"title": {"text": "pixel accuracy"}, "tickformat": ".0%"})}
 
 
@@ -294,8 +299,10 @@ def heldout_tables(runs: list) -> Any:
                                      html.Td(_pct(class_ap(ev["per_class"], others, thresholds)), className="fs-num"),
                                      html.Td(_pct(ev["ap"].get("0.7")), className="fs-num")],
                                     className="fs-row-study" if r is f else None))
-            head = html.Thead(html.Tr([html.Th("Fine-tuning run"), html.Th(f"AP@0.7 on {', '.join(classes)}"),
-                                       html.Th("AP@0.7 on the other classes"), html.Th("AP@0.7, all")]))
+            head = html.Thead(html.Tr([html.Th("Fine-tuning run"),
+                                       *[html.Th(h, className="fs-num") for h in
+                                         (f"AP@0.7 on {', '.join(classes)}", "AP@0.7 on the other classes",
+                                          "AP@0.7, all")]]))
             blocks.append(html.Div([html.Div(f"Pre-training run {h.id} ({h.name}, {h.task}) never saw "
                                              f"{', '.join(classes)}; fine-tuned on the same data as:",
                                              className="fs-subtitle"),
