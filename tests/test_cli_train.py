@@ -39,7 +39,9 @@ def test_training_refusals_exit_2(run, image_folder):
              (["finetune", "det", "-b", "nope", "-d", "imgs"], "no backbone 'nope'"),
              (["runs", "show", "9"], "no training run 9"),
              (["runs", "export", "9", "-o", "x.pth"], "no training run 9"),
-             (["train", "cls", "-d", "imgs", "--devices", "2", "--background"], "drop --background")]
+             (["train", "cls", "-d", "imgs", "--devices", "2", "--background"], "drop --background"),
+             (["train", "cls", "-d", "imgs", "--holdout", "zebra"], "cannot hold out unknown class(es) 'zebra'"),
+             (["finetune", "seg", "-b", "nope", "-d", "imgs"], "no backbone 'nope'")]
     for args, message in cases:
         r = run(*args)
         assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, (args, r.output)
@@ -96,3 +98,13 @@ def test_a_cancelled_foreground_run_exits_130_and_resumes(run, tmp_path, make_im
     asked["cancel"] = False
     r = run(*args)
     assert r.exit_code == 0 and "resumed from the checkpoint at iteration 2 of 9" in r.output, r.output
+
+
+def test_held_out_classes_are_shown(run, tmp_path, make_images):
+    folder = make_images(tmp_path / "colours", {"red": 4, "green": 4, "blue": 4}, size=32)
+    assert run("dataset", "add", str(folder), "--name", "colours").exit_code == 0
+    r = run("train", "cls", "-d", "colours", "--holdout", "blue", *TINY)
+    assert r.exit_code == 0, r.output
+    r = run("runs", "show", "1")
+    assert "classes: green, red;" in r.output and "held out of pre-training: blue" in r.output, r.output
+    assert json.loads(run("runs", "show", "1", "--json").output)["config"]["holdout_classes"] == ["blue"]

@@ -98,8 +98,12 @@ def test_pretraining_backgrounds_are_smooth_and_the_targets_cluttered(sets):
 # sha256 of "<relpath> <sha256 of the file>\n" over every PNG of the SMALL sets, in relpath order, computed with
 # generator version 3 (before the annotations gained occlusion and segmentation), and three of the files:
 # version 4 must draw the very same images.
-V3_ALL_IMAGES = "PENDING"
-V3_IMAGES = {}
+V3_ALL_IMAGES = "4781ebd8353934b2dfbe4d10f1bf44b7ef8f804e4301a89299945ee1e59e478a"
+V3_IMAGES = {
+    "pretrain/scene_00000.png": "e8a668b8f8918788a376729db2c09aa7be89e17f6a75a09171013971a195e3dd",
+    "target-test/scene_00003.png": "125398005f99aa4d445c8b44d92a6840852e580d5eb4935e60805e4c3ec454c0",
+    "several/star/star_0001.png": "0901f319ee32a77e0faef242cec18663fa7ee04fa6cff859321fa51ed93f1786",
+}
 
 
 def test_images_are_those_of_generator_version_3(sets):

@@ -17,7 +17,9 @@ def test_run_errors_before_any_job(client):
              ({"task": "cls", "dataset": "shapes", "params": {"lr": "fast"}}, 400, "not a valid float"),
              ({"task": "cls", "dataset": "nope"}, 404, "no data set 'nope'"),
              ({"task": "cls", "dataset": "shapes", "preset": "huge"}, 422, None),
-             ({"task": "seg", "dataset": "shapes"}, 422, None)]
+             ({"task": "seg", "dataset": "shapes"}, 422, None),
+             ({"task": "cls", "dataset": "shapes", "holdout_classes": ["zebra"]}, 400,
+              "cannot hold out unknown class(es) 'zebra'")]
     for body, status, detail in cases:
         r = client.post(f"{API}/runs", json=body)
         assert r.status_code == status, (body, r.text)
@@ -25,6 +27,8 @@ def test_run_errors_before_any_job(client):
             assert detail in r.json()["detail"] and "--" not in r.json()["detail"]  # no CLI flags in REST errors
     r = client.post(f"{API}/runs/finetune", json={"task": "cls", "backbone": "nope", "dataset": "shapes"})
     assert r.status_code == 404 and "no backbone 'nope'" in r.json()["detail"]
+    r = client.post(f"{API}/runs/finetune", json={"task": "seg", "backbone": "r18a", "dataset": "shapes"})
+    assert r.status_code == 400 and "has no segmentation masks" in r.json()["detail"], r.text
     assert client.get(f"{API}/runs/999").status_code == 404
     assert client.get(f"{API}/jobs").json()["total"] == n_jobs
 
@@ -47,6 +51,9 @@ def test_start_list_show_and_cancel(client, world):
     thin = client.get(f"{API}/runs/{run_id}", params={"max_points": 2}).json()
     assert len([m for m in thin["metrics"] if m["kind"] == "train"]) <= 3
     assert client.get(f"{API}/backbones/{show['backbone_id']}").status_code == 200
+    r = client.get(f"{API}/runs/{run_id}/detections")
+    assert r.status_code == 404 and "only detection fine-tuning runs keep their test-set boxes" in r.json()["detail"]
+    assert client.get(f"{API}/runs", params={"task": "finetune-seg"}).json()["items"] == []
     r = client.post(f"{API}/runs/{run_id}/cancel")  # a finished run stays finished
     assert r.status_code == 200 and r.json()["state"] == "done"
     r = client.post(f"{API}/runs/finetune", json={"task": "cls", "backbone": show["name"], "dataset": "shapes",

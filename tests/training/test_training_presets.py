@@ -47,3 +47,15 @@ def test_every_value_is_a_parameter_and_strings_are_parsed():
         (0.05, (3, 5), False, None, (8, 16), (1.0,), False)
     assert set(config_fields()) == set(TrainConfig.__dataclass_fields__)
     assert resolve_config("cls", "cpu-demo", {"lr_steps": ""}).lr_steps == ()
+
+
+def test_held_out_classes_and_segmentation_parameters():
+    cfg = resolve_config("det", "cpu-demo", {"holdout_classes": " star, circle ,star"})
+    assert cfg.holdout_classes == ("circle", "star") and cfg.to_dict()["holdout_classes"] == ["circle", "star"]
+    seg = resolve_config("finetune-seg", "cpu-demo", {"trimap_widths": "1,3", "output_stride": "none"})
+    assert (seg.trimap_widths, seg.output_stride, seg.arch) == ((1, 3), None, "resnet18")
+    assert resolve_config("finetune-seg", "paper").output_stride == 16
+    for bad, message in [({"output_stride": 12}, "output_stride must be 8, 16 or 32"),
+                         ({"trimap_widths": "0,2"}, "trimap_widths are band widths in pixels >= 1")]:
+        with pytest.raises(ValueError, match=message):
+            resolve_config("finetune-seg", "cpu-demo", bad)

@@ -36,6 +36,8 @@ def test_bad_training_requests_are_refused_at_submit(ws, settings):
             jobs.submit(ws.ctx, "train", params, queue=queue)
     with pytest.raises(ValueError, match="backbone must be a registered name"):
         jobs.submit(ws.ctx, "finetune", {"task": "det", "dataset": "d"}, queue=queue)
+    with pytest.raises(ValueError, match="task must be 'cls', 'det' or 'seg', got 'pose'"):
+        jobs.submit(ws.ctx, "finetune", {"task": "pose", "backbone": "b", "dataset": "d"}, queue=queue)
     assert jobs.list_jobs(ws.ctx) == []
 
 

@@ -171,3 +171,87 @@ def test_restart_of_a_finished_run_is_a_new_run(trained):
     assert again.id != cls.id and again.state == "done" and again.name == f"cls-resnet18-{again.id}"
     assert ws.load_backbone(cls.name).fingerprint == cls.fingerprint  # the first run's backbone is intact
     assert ws.train("cls", "study-pretrain", val_dataset="study-pretrain-val", **TINY).id == again.id
+
+
+def _with_occlusion(ws, name: str = "target-test-occ"):
+    """The target test set registered again with an ``occlusion`` on every object (0, 0.1, 0.3, 0.6, ...)."""
+    import json
+
+    sets = ws.ctx.settings.data_dir.parent / "sets"
+    doc = json.loads((sets / "target-test.json").read_text())
+    levels = [0.0, 0.1, 0.3, 0.6]
+    for k, a in enumerate(doc["annotations"]):
+        a["occlusion"] = levels[k % len(levels)]
+    path = sets / f"{name}.json"
+    path.write_text(json.dumps(doc))
+    return ws.add_dataset(path, name=name, format="coco", images_root=sets / "target-test")
+
+
+def test_detection_finetuning_keeps_its_test_boxes_and_missed_objects(trained):
+    import numpy as np
+
+    from featscope.training.errors import missed_by_occlusion
+    from featscope.workspace import NotFound
+    from featscope.workspace.datasets import readable_images
+
+    ws, cls, det = trained
+    test = _with_occlusion(ws)
+    run = ws.finetune("det", det.name, "study-target-train", test_dataset=test.name, **TINY)
+    doc = ws.run_detections(run.id)
+    assert doc["classes"] == run.classes and doc["score_floor"] == 0.05
+    images = {im.relpath: im for im in readable_images(ws.ctx, test.id)}
+    assert len(doc["images"]) == len(images) and {d["relpath"] for d in doc["images"]} == set(images)
+    n_objects = 0
+    for d in doc["images"]:
+        im = images[d["relpath"]]
+        assert (d["width"], d["height"]) == (im.width, im.height)
+        assert [[g["label"], *g["box"]] for g in d["gt"]] == [[b[0], *(round(v, 2) for v in b[1:5])] for b in im.boxes]
+        assert [g["occlusion"] for g in d["gt"]] == [b[5] for b in im.boxes]
+        assert all(p["score"] >= 0.05 and p["label"] in run.classes for p in d["pred"])
+        assert [p["score"] for p in d["pred"]] == sorted((p["score"] for p in d["pred"]), reverse=True)
+        n_objects += len(d["gt"])
+    missed = run.result["eval"]["missed_by_occlusion"]
+    assert (missed["iou"], missed["score"], missed["n_objects"]) == (0.5, 0.5, n_objects)
+    assert [b["name"] for b in missed["bins"]] == ["none", "low", "medium", "high"]
+    assert [b["objects"] for b in missed["bins"]] == [
+        sum(1 for d in doc["images"] for g in d["gt"] if g["occlusion"] == v) for v in (0.0, 0.1, 0.3, 0.6)]
+    # the same analysis from the stored file (boxes rounded to 0.01 px) gives the same counts
+    index = {c: k + 1 for k, c in enumerate(doc["classes"])}
+
+    def arrays(items, score):
+        return {"boxes": np.array([x["box"] for x in items], float).reshape(-1, 4),
+                "labels": np.array([index[x["label"]] for x in items], int),
+                **({"scores": np.array([x["score"] for x in items], float)} if score else
+                   {"occlusion": np.array([x["occlusion"] for x in items], float)})}
+
+    again = missed_by_occlusion([arrays(d["gt"], False) for d in doc["images"]],
+                                [arrays(d["pred"], True) for d in doc["images"]])
+    assert [b["missed"] for b in again["bins"]] == [b["missed"] for b in missed["bins"]]
+    with pytest.raises(NotFound, match="only detection fine-tuning runs keep their test-set boxes"):
+        ws.run_detections(cls.id)
+
+
+def test_segmentation_finetuning(trained):
+    ws, cls, det = trained
+    seg = dict(TINY, lr=0.001)
+    for call, message in [
+            (lambda: ws.finetune("seg", det.name, "study-single", **seg), "has no segmentation masks"),
+            (lambda: ws.finetune("seg", det.name, "study-target-train", classes=["ring"], **seg), "leave classes out"),
+            (lambda: ws.finetune("seg", det.name, "study-target-train", **{**seg, "batch_size": 1}),
+             "batch_size >= 2"),
+            (lambda: ws.finetune("seg", det.name, "study-target-train", **{**seg, "output_stride": 16}),
+             "resnet18 cannot dilate")]:
+        with pytest.raises(ValueError, match=message):
+            call()
+    run = ws.finetune("seg", det.name, "study-target-train", test_dataset="study-target-test", **seg)
+    names = ws.segmentation("study-target-train").classes
+    assert run.task == "finetune-seg" and run.state == "done" and run.backbone_id is None
+    assert run.classes == names and names[0] == "background" and run.result["train_images"] == 8
+    assert sorted(names[1:]) == ["arrow", "diamond", "ellipse", "ring"]
+    ev = run.result["eval"]
+    assert {"miou", "pixel_accuracy", "per_class_iou", "trimap", "anti_trimap"} <= set(ev)
+    assert list(ev["per_class_iou"]) == names and 0 <= ev["miou"] <= 1 and ev["n"] == 6
+    assert [r["width"] for r in ev["trimap"]] == [1, 2, 4, 8] and all(r["pixels"] > 0 for r in ev["trimap"])
+    assert [r["kind"] for r in ws.run_metrics(run.id)].count("eval") == 1
+    assert ws.finetune("seg", det.name, "study-target-train", test_dataset="study-target-test", **seg).cached
+    assert [r.id for r in ws.runs("finetune-seg")] == [run.id]

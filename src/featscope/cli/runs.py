@@ -16,7 +16,7 @@ app.add_typer(runs_app, name="runs")
 
 
 @runs_app.command("list")
-def runs_list(task: Optional[str] = typer.Option(None, help="Only cls, det, finetune-cls or finetune-det."),
+def runs_list(task: Optional[str] = typer.Option(None, help="Only cls, det, finetune-cls, finetune-det or finetune-seg."),
               as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Training runs, newest first."""
     rows = [{**_summary(r), "progress": f"{r.iteration}/{r.total_iterations}"} for r in run(ws().runs, task)]
@@ -32,6 +32,8 @@ def _summary(r) -> dict:
         result = f"top-1 {ev['top1']:.3f}"
     elif "ap" in ev:
         result = f"AP50 {ev['ap'].get('0.5', 0):.3f} AP70 {ev['ap'].get('0.7', 0):.3f}"
+    elif "miou" in ev:
+        result = f"mIoU {ev['miou']:.3f}"
     else:
         result = ""
     return {"id": r.id, "name": r.name, "task": r.task, "state": r.state, "preset": r.preset,
@@ -52,6 +54,8 @@ def runs_show(run_ref: str = typer.Argument(..., metavar="RUN", help="Run id or 
     out.print(f"run [bold]{info.id}[/bold] {info.name}: {info.task}, {info.state} ({info.iteration}/"
               f"{info.total_iterations} iterations); {info.message}", highlight=False)
     out.print(f"  from {info.init}; classes: {', '.join(info.classes)}; files: {info.dir}", highlight=False)
+    if info.config.get("holdout_classes"):
+        out.print(f"  held out of pre-training: {', '.join(info.config['holdout_classes'])}", highlight=False)
     if info.error:
         out.print(f"  [red]error:[/red] {info.error}", highlight=False)
     cfg = info.config
@@ -67,12 +71,39 @@ def runs_show(run_ref: str = typer.Argument(..., metavar="RUN", help="Run id or 
         out.print(f"  top-1 {ev['top1']:.4f} [95% CI {ev['ci_low']:.4f}, {ev['ci_high']:.4f}] on {ev['n']} images")
     if "ap" in ev:
         emit([{"IoU": t, "AP": v} for t, v in ev["ap"].items()], ["IoU", "AP"], False, "AP by IoU threshold")
+    if ev.get("missed_by_occlusion"):
+        _print_missed(ev["missed_by_occlusion"])
+    if "miou" in ev:
+        _print_segmentation(ev)
+
+
+def _print_missed(m: dict) -> None:
+    """The missed-object rates per occlusion bin (the study's Table 3)."""
+    rows = [{"occlusion": b["name"], "range": f"{b['low']:g}-{b['high']:g}", "objects": b["objects"],
+             "missed": b["missed"], "rate": b["rate"]} for b in m["bins"]]
+    emit(rows, ["occlusion", "range", "objects", "missed", "rate"], False,
+         f"missed objects by occlusion (IoU >= {m['iou']:g}, score >= {m['score']:g})")
+
+
+def _print_segmentation(ev: dict) -> None:
+    """mIoU, pixel accuracy, per-class IoU and the trimap / anti-trimap curves (the study's Table 4, Fig. 2)."""
+    out.print(f"  mIoU {ev['miou']:.4f}, pixel accuracy {ev['pixel_accuracy']:.4f} on {ev.get('n', '?')} images "
+              f"(output stride {ev.get('output_stride', '?')})", highlight=False)
+    emit([{"class": c, "IoU": v if v is not None else "absent"} for c, v in ev["per_class_iou"].items()],
+         ["class", "IoU"], False, "IoU per class")
+    anti = {r["width"]: r for r in ev.get("anti_trimap", [])}
+    rows = [{"band (px)": r["width"], "trimap accuracy": r["accuracy"], "trimap pixels": r["pixels"],
+             "anti-trimap accuracy": anti.get(r["width"], {}).get("accuracy"),
+             "anti-trimap pixels": anti.get(r["width"], {}).get("pixels")} for r in ev.get("trimap", [])]
+    emit(rows, ["band (px)", "trimap accuracy", "trimap pixels", "anti-trimap accuracy", "anti-trimap pixels"], False,
+         "accuracy near object boundaries (trimap) and away from them (anti-trimap)")
 
 
 @runs_app.command("compare")
 def runs_compare(runs: list[str] = typer.Argument(..., help="Two or more run ids or names (same kind of result)."),
                  as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Results side by side: AP at each IoU threshold (the study's Fig. 1) or top-1."""
+    """Results side by side: AP at each IoU threshold (the study's Fig. 1), top-1, or mIoU and the trimap /
+    anti-trimap accuracies (Table 4, Fig. 2)."""
     infos = [run(ws().run, r) for r in runs]
     evals = [(i.result or {}).get("eval") or {} for i in infos]
     if any(not e for e in evals):
@@ -85,13 +116,30 @@ def runs_compare(runs: list[str] = typer.Argument(..., help="Two or more run ids
         if len(infos) == 2:
             for r in rows:
                 r[f"{infos[1].name} - {infos[0].name}"] = r[infos[1].name] - r[infos[0].name]
+    elif all("miou" in e for e in evals):
+        rows = _segmentation_rows(infos, evals)
     elif all("top1" in e for e in evals):
         rows = [{"run": i.name, "top1": e["top1"], "ci_low": e["ci_low"], "ci_high": e["ci_high"], "n": e["n"]}
                 for i, e in zip(infos, evals)]
     else:
-        err.print("[red]error:[/red] these runs measure different things (AP and top-1); compare like with like")
+        err.print("[red]error:[/red] these runs measure different things (AP, top-1 or mIoU); compare like with like")
         raise typer.Exit(2)
-    emit(rows, list(rows[0]), as_json, "AP by IoU threshold" if "IoU" in rows[0] else "top-1")
+    title = "AP by IoU threshold" if "IoU" in rows[0] else "segmentation" if "metric" in rows[0] else "top-1"
+    emit(rows, list(rows[0]), as_json, title)
+
+
+def _segmentation_rows(infos, evals) -> list[dict]:
+    """mIoU, pixel accuracy, then trimap and anti-trimap accuracy per band width, one column per run (Fig. 2)."""
+    def value(e, key, width=None):
+        if width is None:
+            return e.get(key)
+        return next((r["accuracy"] for r in e.get(key, []) if r["width"] == width), None)
+
+    widths = [r["width"] for r in evals[0].get("trimap", [])]
+    keys = [("mIoU", "miou", None), ("pixel accuracy", "pixel_accuracy", None)]
+    keys += [(f"trimap {w} px", "trimap", w) for w in widths] + [(f"anti-trimap {w} px", "anti_trimap", w)
+                                                                 for w in widths]
+    return [{"metric": label, **{i.name: value(e, key, w) for i, e in zip(infos, evals)}} for label, key, w in keys]
 
 
 @runs_app.command("metrics")
@@ -130,7 +178,7 @@ def runs_cancel(run_ref: str = typer.Argument(..., metavar="RUN", help="Run id o
 
 
 @runs_app.command("params")
-def runs_params(task: str = typer.Option("det", help="cls, det, finetune-cls or finetune-det."),
+def runs_params(task: str = typer.Option("det", help="cls, det, finetune-cls, finetune-det or finetune-seg."),
                 preset: str = typer.Option("cpu-demo", help="Preset whose values to show."),
                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Every training parameter with its value under a preset (change any with --set KEY=VALUE)."""

@@ -1,4 +1,4 @@
-"""``featscope train cls|det`` and ``featscope finetune det|cls``: training runs, here or as worker jobs.
+"""``featscope train cls|det`` and ``featscope finetune det|cls|seg``: training runs, here or as worker jobs.
 
 ``--devices N`` starts the same command under ``torchrun --nproc_per_node N`` (DistributedDataParallel:
 NCCL on GPUs, gloo on CPU); ``--background`` queues it as a worker job instead of running it here.
@@ -18,7 +18,8 @@ from featscope.cli.common import app, emit, err, out, run, say, ws
 
 train_app = typer.Typer(help="Pre-train a backbone for classification or detection (same images, same start).",
                         no_args_is_help=True)
-finetune_app = typer.Typer(help="Fine-tune a backbone for detection (AP per IoU) or classification (top-1).",
+finetune_app = typer.Typer(help="Fine-tune a backbone for detection (AP per IoU), classification (top-1) or "
+                                "segmentation (mIoU, trimap).",
                            no_args_is_help=True)
 app.add_typer(train_app, name="train")
 app.add_typer(finetune_app, name="finetune")
@@ -114,6 +115,12 @@ def _print_run(info, as_json: bool) -> None:
         out.print(f"  top-1 {ev['top1']:.4f} [95% CI {ev['ci_low']:.4f}, {ev['ci_high']:.4f}] on {ev['n']} images")
     if "ap" in ev:
         out.print("  AP by IoU: " + "  ".join(f"{t}: {v:.3f}" for t, v in ev["ap"].items()))
+    if ev.get("missed_by_occlusion"):
+        out.print("  missed objects by occlusion: " + "  ".join(
+            f"{b['name']}: {b['rate']:.3f} ({b['missed']}/{b['objects']})" for b in ev["missed_by_occlusion"]["bins"]
+            if b["rate"] is not None))
+    if "miou" in ev:
+        out.print(f"  mIoU {ev['miou']:.4f}, pixel accuracy {ev['pixel_accuracy']:.4f} on {ev['n']} images")
     if info.backbone_id:
         out.print(f"  registered as backbone {info.name!r} (run:{info.id}); try `featscope backbone layers {info.name}`")
 
@@ -143,6 +150,8 @@ def _make_train(task: str, doc: str):
                 init: Optional[str] = typer.Option(None, "--init", help="Start from this registered backbone's trunk "
                                                                        "(default: a seeded random trunk)."),
                 classes: Optional[list[str]] = _CLASSES,
+                holdout: Optional[str] = typer.Option(None, "--holdout", help="Classes to leave out of pre-training, "
+                                                      "comma-separated: their images are removed (study Table 2)."),
                 name: Optional[str] = typer.Option(None, help="Run name (and registered backbone name)."),
                 arch: Optional[str] = typer.Option(None, help="resnet18, resnet34, resnet50 or resnet101."),
                 epochs: Optional[int] = typer.Option(None, help="Epochs."),
@@ -161,6 +170,8 @@ def _make_train(task: str, doc: str):
                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
         params = _knobs(arch, epochs, batch_size, lr, image_size, seed, device, precision, workers,
                         checkpoint_every, sets)
+        if holdout is not None:
+            params["holdout_classes"] = holdout
         _train(task, dataset, val_dataset, preset, init, classes, name, restart, params, devices, background, as_json)
 
     command.__doc__ = doc
@@ -201,3 +212,5 @@ train_app.command("cls")(_make_train("cls", "Pre-train a ResNet + linear classif
 train_app.command("det")(_make_train("det", "Pre-train a Faster R-CNN (the study's ConvProj/FC1/FC2 head) on boxes."))
 finetune_app.command("det")(_make_finetune("det", "Fine-tune for detection: new heads; AP at IoU 0.1..0.9 (Fig. 1)."))
 finetune_app.command("cls")(_make_finetune("cls", "Fine-tune the whole network for classification: top-1 (Table 8)."))
+finetune_app.command("seg")(_make_finetune("seg", "Fine-tune for semantic segmentation (torchvision's DeepLabV3 head): "
+                                                  "mIoU, trimap / anti-trimap accuracy (Table 4, Fig. 2)."))

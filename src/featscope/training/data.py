@@ -1,7 +1,8 @@
 """Training data: samples from the catalog, seeded augmentation, and a resumable distributed sampler.
 
-Public names: :class:`Sample`, :class:`ClassificationData`, :class:`DetectionData`,
-:class:`EpochSampler`, :func:`collate_classification`, :func:`collate_detection`, :func:`check_samples`.
+Public names: :class:`Sample`, :class:`ClassificationData`, :class:`DetectionData`, :class:`SegmentationData`,
+:class:`EpochSampler`, :func:`collate_classification`, :func:`collate_detection`, :func:`collate_segmentation`,
+:func:`check_samples`.
 
 Every random choice of an augmentation is drawn from a generator seeded by (run seed, epoch, image
 index), never from the process's global state: a sample looks the same whichever rank, loader
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler
@@ -28,11 +30,13 @@ BoxTuple = tuple[str, float, float, float, float]
 
 @dataclass(frozen=True)
 class Sample:
-    """One training image: its file, image-level label and boxes ``(label, x0, y0, x1, y1)`` in pixels."""
+    """One training image: its file, image-level label and boxes ``(label, x0, y0, x1, y1)`` in pixels;
+    ``occlusion``: per box the fraction hidden by other objects (None: unknown; empty: unknown for all)."""
 
     path: Path
     label: str | None = None
     boxes: tuple[BoxTuple, ...] = ()
+    occlusion: tuple[float | None, ...] = ()
 
 
 def check_samples(samples: Sequence[Sample], classes: Sequence[str], task: str, what: str) -> None:
@@ -127,9 +131,18 @@ class DetectionData(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _kept(self, i: int) -> list[int]:
+        return [k for k, b in enumerate(self.samples[i].boxes) if b[0] in self.index and b[3] > b[1] and b[4] > b[2]]
+
+    def occlusion(self, i: int) -> np.ndarray:
+        """Per kept box of sample ``i`` (the order of :meth:`target`): its occlusion, NaN where unknown."""
+        occ = self.samples[i].occlusion
+        return np.array([occ[k] if k < len(occ) and occ[k] is not None else np.nan for k in self._kept(i)],
+                        dtype=np.float64)
+
     def target(self, i: int) -> dict[str, torch.Tensor]:
         """Sample ``i``'s kept boxes and labels, unflipped."""
-        kept = [b for b in self.samples[i].boxes if b[0] in self.index and b[3] > b[1] and b[4] > b[2]]
+        kept = [self.samples[i].boxes[k] for k in self._kept(i)]
         boxes = torch.tensor([b[1:] for b in kept], dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor([self.index[b[0]] for b in kept], dtype=torch.int64)
         return {"boxes": boxes, "labels": labels}
@@ -148,6 +161,56 @@ class DetectionData(Dataset):
                 b = target["boxes"]
                 target["boxes"] = torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], dim=1)
         return image, target
+
+
+MaskReader = Callable[[Path], "np.ndarray"]
+
+
+class SegmentationData(Dataset):
+    """``(index, epoch)`` -> (uint8 (3, S, S) image, int64 mask).
+
+    The image is resized to ``size`` x ``size`` (bilinear, antialiased; the aspect ratio is not kept) and
+    ``train=True`` flips image and mask together with probability 1/2, seeded per (run seed, epoch,
+    image). The mask (class indices, 255 = void) comes from ``masks(path)``: resized with nearest
+    neighbour to (S, S) when ``train``, at the image's own resolution otherwise (scores are computed
+    there, on the logits upsampled to it).
+    """
+
+    def __init__(self, samples: Sequence[Sample], masks: MaskReader, *, size: int, train: bool, seed: int = 0,
+                 flip: bool = True, loader: Loader | None = None) -> None:
+        self.samples, self.masks, self.size, self.train = list(samples), masks, size, train
+        self.seed, self.flip, self.loader = seed, flip, loader or _default_loader
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+
+        i, epoch = _key(item)
+        path = self.samples[i].path
+        image = TF.pil_to_tensor(self.loader(path))
+        mask = torch.from_numpy(np.ascontiguousarray(self.masks(path), dtype=np.uint8))
+        if tuple(mask.shape) != tuple(image.shape[-2:]):
+            raise ValueError(f"the mask of {path} is {tuple(mask.shape)} pixels, the image "
+                             f"{tuple(image.shape[-2:])}; masks must match their images")
+        image = TF.resize(image, [self.size, self.size], antialias=True)
+        if not self.train:
+            return image, mask.to(torch.int64)
+        mask = TF.resize(mask[None], [self.size, self.size], interpolation=InterpolationMode.NEAREST)[0]
+        if self.flip:
+            g = torch.Generator().manual_seed(_seed_for(self.seed, epoch, i))
+            if bool(torch.rand((), generator=g) < 0.5):
+                image, mask = image.flip(-1), mask.flip(-1)
+        return image, mask.to(torch.int64)
+
+
+def collate_segmentation(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, Any]:
+    """Images stacked; masks stacked when they share a shape (training), else a list (evaluation)."""
+    images, masks = zip(*batch)
+    same = len({tuple(m.shape) for m in masks}) == 1
+    return torch.stack(images), (torch.stack(masks) if same else list(masks))
 
 
 def collate_classification(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,9 @@
-"""The networks featscope trains: a ResNet classifier and a Faster R-CNN with the study's box head.
+"""The networks featscope trains: a ResNet classifier, a Faster R-CNN with the study's box head, and a
+DeepLabV3 segmenter.
 
 Public names: :func:`build_trunk`, :func:`initial_trunk`, :func:`build_classifier`, :func:`build_detector`,
-:func:`trunk_state`, :func:`load_trunk`, :func:`detector_to_tap_state`.
+:func:`build_segmenter`, :func:`segmenter_stride`, :func:`trunk_state`, :func:`load_trunk`,
+:func:`detector_to_tap_state`.
 
 The detector is torchvision's ``FasterRCNN`` (RPN, RoIAlign, losses, post-processing); only the box
 head is written here, because the study's head is not torchvision's: RoIAlign on Conv5 (14x14) ->
@@ -80,17 +82,16 @@ def initial_trunk(arch: str, seed: int, *, zero_init_residual: bool = True) -> d
 
 
 def trunk_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The trunk tensors (``conv1``..``layer4``) of a ResNet, a detector or a DDP wrapper, torchvision names."""
-    model = getattr(model, "module", model)
-    if hasattr(model, "backbone") and hasattr(model.backbone, "body"):
-        model = model.backbone.body
+    """The trunk tensors (``conv1``..``layer4``) of a ResNet, a detector, a segmenter or a DDP wrapper,
+    torchvision names."""
+    model = _trunk_of(getattr(model, "module", model))
     return {k: v for k, v in model.state_dict().items() if k.startswith(TRUNK_PREFIXES)}
 
 
 def load_trunk(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Fill the trunk of ``model`` (a ResNet or a detector) from ``state``, exactly: a missing or
     mis-shaped tensor is an error naming it. FrozenBatchNorm has no ``num_batches_tracked``."""
-    target = model.backbone.body if hasattr(model, "backbone") else model
+    target = _trunk_of(model)
     own = {k: v for k, v in target.state_dict().items() if k.startswith(TRUNK_PREFIXES)}
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     extra = [k for k in state if k.startswith(TRUNK_PREFIXES) and k not in own
@@ -102,6 +103,15 @@ def load_trunk(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
         raise ValueError(f"the trunk of {source} does not fit this network ({detail}); initialise from a "
                          f"backbone of the same architecture")
     target.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+
+
+def _trunk_of(model: nn.Module) -> nn.Module:
+    """The module holding the trunk's tensors: a detector's ``backbone.body``, a segmenter's ``backbone``
+    (an ``IntermediateLayerGetter``, same names), or the ResNet itself."""
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        return model
+    return getattr(backbone, "body", backbone)
 
 
 def build_classifier(arch: str, num_classes: int, *, frozen_bn: bool = False) -> nn.Module:
@@ -189,3 +199,43 @@ def detector_to_tap_state(detector: nn.Module) -> dict[str, torch.Tensor]:
     state = trunk_state(detector)
     state.update({f"head.{k}": v for k, v in detector.roi_heads.box_head.state_dict().items()})
     return state
+
+
+def segmenter_stride(arch: str, output_stride: int | None) -> int:
+    """The output stride a segmenter of ``arch`` gets: ``None`` is 16 for ResNet-50/101 (Conv5 dilated, as
+    torchvision's DeepLabV3 at stride 16) and 32 for ResNet-18/34, whose BasicBlocks cannot dilate."""
+    if output_stride is None:
+        return 16 if can_dilate(arch) else 32
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+    if output_stride < 32 and not can_dilate(arch):
+        raise ValueError(f"{arch} cannot dilate (torchvision's BasicBlock has no dilation), so its output stride "
+                         f"is 32; set output_stride to 32 (or leave it out) or use resnet50/resnet101")
+    return output_stride
+
+
+def build_segmenter(arch: str, num_classes: int, *, output_stride: int | None = None, frozen_bn: bool = False,
+                    trainable_layers: int = 5) -> nn.Module:
+    """torchvision ``DeepLabV3``: ``DeepLabHead`` (ASPP at rates 12/24/36, 256 channels) on the ResNet trunk.
+
+    ``output_stride`` 16 dilates Conv5, 8 dilates Conv4 and Conv5 (ResNet-50/101; see
+    :func:`segmenter_stride`). ``forward`` returns ``{"out": logits}`` upsampled bilinearly to the input's
+    size. No auxiliary head. The head's own BatchNorm always trains (``frozen_bn`` is the trunk's), so a
+    training batch needs at least 2 images per process (its image-pooling branch sees one value per image).
+    """
+    import torchvision
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
+    from torchvision.ops import FrozenBatchNorm2d
+
+    if num_classes < 2:
+        raise ValueError(f"a segmenter needs at least 2 classes (background and one more), got {num_classes}")
+    stride = segmenter_stride(arch, output_stride)
+    kwargs: dict[str, Any] = {"replace_stride_with_dilation": [False, stride == 8, stride <= 16]} \
+        if can_dilate(arch) else {}
+    if frozen_bn:
+        kwargs["norm_layer"] = FrozenBatchNorm2d
+    resnet = torchvision.models.get_model(arch, weights=None, **kwargs)
+    _freeze(resnet, trainable_layers)
+    body = IntermediateLayerGetter(resnet, return_layers={"layer4": "out"})
+    return DeepLabV3(body, DeepLabHead(resnet.fc.in_features, num_classes), None)

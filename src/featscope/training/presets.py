@@ -7,7 +7,8 @@ A preset is a set of values for a task; every value is also a parameter (``overr
 is a starting point, never a cage. ``cpu-demo`` trains both backbones in minutes on a 2-core CPU
 (ResNet-18, small images, few RoIs, a small head); ``paper`` is the study's setup for GPUs
 (ResNet-101, dilated Conv5, RoIAlign 14x14 -> ConvProj 256 -> FC1 1024 -> FC2 1024, 800-pixel images,
-512 RoIs per image; detection fine-tuning for 7 epochs with the learning rate stepped down after 5).
+512 RoIs per image; detection fine-tuning for 7 epochs with the learning rate stepped down after 5;
+segmentation fine-tuning with torchvision's DeepLabV3 head at output stride 16 on 513-pixel images).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from featscope.training.loop import LoopConfig
 
-TASKS = ("cls", "det", "finetune-cls", "finetune-det")
+TASKS = ("cls", "det", "finetune-cls", "finetune-det", "finetune-seg")
 _LOOP_FIELDS = {f.name for f in fields(LoopConfig)}
 
 
@@ -57,6 +58,12 @@ class TrainConfig:
     # splits and evaluation
     test_fraction: float = 0.3  # fine-tuning without a test data set: stratified split of the data set
     eval_every: int = 0  # epochs between evaluations logged to the metrics (0: at the end only)
+    # pre-training data (the study's Table 2): classes left out of pre-training altogether, see
+    # featscope.workspace.training.plan (images with a label or any box of one are removed, and the class too)
+    holdout_classes: tuple[str, ...] = ()
+    # segmentation fine-tuning (finetune-seg)
+    output_stride: int | None = None  # None: 16 (dilated Conv5) for ResNet-50/101, 32 for ResNet-18/34; 8 also
+    trimap_widths: tuple[int, ...] = ()  # band widths in pixels for trimap accuracy (empty: 1, 2, 4.. image_size/8)
     # optimisation and bookkeeping (see LoopConfig)
     epochs: int = 12
     batch_size: int = 16
@@ -93,6 +100,13 @@ class TrainConfig:
         for name in ("roi_size", "proj_channels", "fc_dim", "rois_per_image", "rpn_batch_size_per_image"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.output_stride not in (None, 8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32 (or None: the architecture's), got {self.output_stride}")
+        if any(w < 1 for w in self.trimap_widths):
+            raise ValueError(f"trimap_widths are band widths in pixels >= 1, got {list(self.trimap_widths)}")
+        if any(not isinstance(c, str) or not c.strip() for c in self.holdout_classes):
+            raise ValueError(f"holdout_classes must be class names, got {list(self.holdout_classes)}")
+        object.__setattr__(self, "holdout_classes", tuple(sorted({c.strip() for c in self.holdout_classes})))
         self.loop()  # checks the loop's own fields
 
     def loop(self) -> LoopConfig:
@@ -121,6 +135,12 @@ _CPU_DET = dict(arch="resnet18", norm="bn", zero_init_residual=False, image_size
 _CPU_CLS = dict(arch="resnet18", norm="bn", image_size=64, crop_scale=1.0, num_workers=1, checkpoint_every=100,
                 log_every=5, optimizer="adamw", weight_decay=0.01, zero_init_residual=False)
 
+# finetune-seg (torchvision's DeepLabV3 head on the backbone's trunk): the study's 128-pixel scenes at their own
+# size, ResNet-18 (stride-32 features: its BasicBlocks cannot dilate), AdamW with a cosine schedule.
+_CPU_SEG = dict(arch="resnet18", norm="bn", image_size=128, epochs=8, batch_size=8, optimizer="adamw", lr=0.0005,
+                weight_decay=1e-4, warmup_iters=20, schedule="cosine", lr_steps=(), num_workers=1,
+                checkpoint_every=100, log_every=5)
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "cpu-demo": {
         "cls": dict(_CPU_CLS, epochs=6, batch_size=32, lr=0.001, warmup_iters=50, schedule="cosine", lr_steps=()),
@@ -130,6 +150,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                              lr_steps=(5,)),
         "finetune-cls": dict(_CPU_CLS, epochs=5, batch_size=16, lr=0.0003, warmup_iters=20, schedule="step",
                              lr_steps=(4,)),
+        "finetune-seg": dict(_CPU_SEG),
     },
     "paper": {
         "cls": dict(arch="resnet101", norm="bn", image_size=224, eval_resize=256, crop_scale=0.08, epochs=90,
@@ -139,6 +160,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                              epochs=7, lr_steps=(5,), warmup_iters=100),
         "finetune-cls": dict(arch="resnet101", norm="bn", image_size=224, eval_resize=256, crop_scale=0.08,
                              epochs=30, batch_size=64, lr=0.01, warmup_iters=0, lr_steps=(20,)),
+        "finetune-seg": dict(arch="resnet101", norm="bn", image_size=513, output_stride=16, epochs=30, batch_size=16,
+                             lr=0.01, weight_decay=1e-4, warmup_iters=0, schedule="cosine", lr_steps=()),
     },
 }
 
@@ -181,7 +204,7 @@ def _coerce(key: str, value: Any) -> Any:
     try:
         if typing.get_origin(base) is tuple:
             item = typing.get_args(base)[0]
-            parts = [p for p in value.split(",") if p.strip()] if isinstance(value, str) else list(value)
+            parts = [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else list(value)
             return tuple(item(p) for p in parts)
         if base is bool:
             if isinstance(value, str):

@@ -4,7 +4,8 @@ Public names: :class:`RunInfo`, :class:`RunCancelled`, :class:`RunStore`, :func:
 :func:`write_backbone_file`, :func:`export_run_weights`, :data:`EXPORT_FORMATS`.
 
 A run's directory holds ``checkpoint.pt`` (resumable state), ``metrics.jsonl`` (training and
-evaluation rows) and, once finished, ``backbone.pt``: a featscope checkpoint (``weights_only``
+evaluation rows), for a detection fine-tuning run ``detections.json`` (its test-set boxes) and, once
+finished, ``backbone.pt``: a featscope checkpoint (``weights_only``
 loadable) that the backbone source ``run:<id>`` reads. The catalog row says whether a process is
 training the run now (``owner`` = host:pid, refreshed ``heartbeat_at``), so a run whose process was
 killed is resumed, and a run that is alive elsewhere is not trained twice.
@@ -30,6 +31,7 @@ from featscope.catalog import Run
 from featscope.catalog.models import utcnow
 from featscope.extractors.checkpoints import read_state_dict, save_checkpoint
 from featscope.extractors.types import Preprocess
+from featscope.training.detections import DETECTIONS
 from featscope.training.loop import CHECKPOINT, METRICS
 
 BACKBONE_FILE = "backbone.pt"
@@ -166,7 +168,7 @@ class RunStore:
                     **live, job_id=fields.get("job_id"), config=fields["config"]))
                 row = s.get(Run, row.id)
         if restart:
-            for name in (CHECKPOINT, METRICS, BACKBONE_FILE):
+            for name in (CHECKPOINT, METRICS, BACKBONE_FILE, DETECTIONS):
                 (Path(row.dir) / name).unlink(missing_ok=True)
         Path(row.dir).mkdir(parents=True, exist_ok=True)
         return row, False

@@ -33,8 +33,10 @@ def _normalize(allowed: set[str], finetune: bool):
         if unknown:
             raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
         task = params.get("task")
-        if task not in ("cls", "det"):
-            raise ValueError(f"task must be 'cls' or 'det', got {task!r}")
+        tasks = ("cls", "det", "seg") if finetune else ("cls", "det")
+        if task not in tasks:
+            named = [repr(t) for t in tasks]
+            raise ValueError(f"task must be {', '.join(named[:-1])} or {named[-1]}, got {task!r}")
         extra = params.get("params") or {}
         if not isinstance(extra, dict):
             raise ValueError(f"params must be an object of training parameters, got {extra!r}")
@@ -104,5 +106,5 @@ register_kind("train", JobKind(_normalize(_TRAIN, False), _run_train,
                                "Pre-train a backbone: {task: cls|det, dataset, val_dataset?, preset, init?, classes?, "
                                "name?, restart?, params: {lr, epochs, ...}}"))
 register_kind("finetune", JobKind(_normalize(_FINETUNE, True), _run_finetune,
-                                  "Fine-tune a backbone: {task: cls|det, backbone, dataset, test_dataset?, preset, "
+                                  "Fine-tune a backbone: {task: cls|det|seg, backbone, dataset, test_dataset?, preset, "
                                   "classes?, name?, restart?, params}"))

@@ -186,7 +186,8 @@ class Workspace:
                  preset: str = "cpu-demo", classes: Sequence[str] | None = None, name: str | None = None,
                  restart: bool = False, progress=None, on_message: Callable[[str], None] | None = None,
                  **params) -> RunInfo:
-        """Fine-tune a backbone for ``det`` (AP at IoU 0.1..0.9) or ``cls`` (top-1 with a Wilson interval)."""
+        """Fine-tune a backbone for ``det`` (AP at IoU 0.1..0.9), ``cls`` (top-1 with a Wilson interval) or ``seg``
+        (DeepLabV3 head; mIoU, trimap / anti-trimap accuracy)."""
         from featscope.workspace import training as _tr
 
         return _tr.finetune(self.ctx, task, backbone, dataset, preset=preset, test_dataset=test_dataset,
@@ -210,6 +211,12 @@ class Workspace:
         from featscope.workspace import training as _tr
 
         return _tr.run_metrics(self.ctx, run, kind)
+
+    def run_detections(self, run: int | str) -> dict:
+        """A detection fine-tuning run's test-set boxes (ground truth with occlusion, predictions >= 0.05)."""
+        from featscope.workspace import training as _tr
+
+        return _tr.run_detections(self.ctx, run)
 
     def cancel_run(self, run: int | str) -> RunInfo:
         """Ask a running run to stop; it keeps its last checkpoint."""

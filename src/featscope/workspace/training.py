@@ -1,7 +1,8 @@
 """Training and fine-tuning runs over registered data sets, and their registration as backbones.
 
 Public names: :class:`TrainPlan`, :func:`plan`, :func:`train`, :func:`finetune`, :func:`list_runs`,
-:func:`get_run`, :func:`run_metrics`, :func:`cancel_run`, :func:`export_run`, :func:`run_weights`.
+:func:`get_run`, :func:`run_metrics`, :func:`run_detections`, :func:`cancel_run`, :func:`export_run`,
+:func:`run_weights`.
 
 A run is keyed by everything that determines its weights (task, configuration, data set
 fingerprints, classes, initial weights), so asking for it again returns the finished run, or resumes
@@ -25,13 +26,14 @@ import torch
 from featscope.cache.store import content_key
 from featscope.catalog import Dataset
 from featscope.training.data import Sample, check_samples
+from featscope.training.detections import detections_doc, read_detections, write_detections
 from featscope.training.loop import Distributed, TrainProgress, fit, read_metrics, resolve_device
 from featscope.training.models import can_dilate, initial_trunk, trunk_state
 from featscope.training.presets import TrainConfig, resolve_config
 from featscope.training.runs import (BACKBONE_FILE, RunCancelled, RunInfo, RunStore, export_run_weights,
                                      write_backbone_file)
 from featscope.workspace.context import Context, NotFound
-from featscope.workspace.datasets import get_dataset, readable_images
+from featscope.workspace.datasets import get_dataset, image_boxes, readable_images
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,10 @@ TRAINING_VERSION = 2  # bump when a change alters what a configuration trains to
 _BOOKKEEPING = ("num_workers", "checkpoint_every", "log_every", "eval_every", "device", "threads")
 # Parameters added after runs were keyed: at these values a run is what it was before they existed, so they
 # stay out of its key and earlier runs remain cache hits (and unfinished ones continue).
-_KEYLESS_DEFAULTS: dict[str, Any] = {"optimizer": "sgd", "zero_init_residual": True}
+_KEYLESS_DEFAULTS: dict[str, Any] = {"optimizer": "sgd", "zero_init_residual": True, "holdout_classes": [],
+                                     "output_stride": None, "trimap_widths": []}
 _HEARTBEAT_SECONDS = 2.0
+FINETUNE_TASKS = ("cls", "det", "seg")
 Say = Callable[[str], None]
 
 
@@ -49,7 +53,7 @@ Say = Callable[[str], None]
 class TrainPlan:
     """A checked run request: configuration, samples, classes and initial trunk, not yet trained."""
 
-    task: str  # cls, det, finetune-cls, finetune-det
+    task: str  # cls, det, finetune-cls, finetune-det, finetune-seg
     preset: str
     config: TrainConfig
     dataset: Dataset
@@ -62,6 +66,7 @@ class TrainPlan:
     init_backbone_id: int | None
     name: str | None
     trunk: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    masks: Any = field(default=None, repr=False)  # finetune-seg: path -> class-index mask (segmentation_runs.MaskReader)
 
     @property
     def key(self) -> str:
@@ -83,6 +88,11 @@ def plan(ctx: Context, task: str, dataset: str | int, *, preset: str = "cpu-demo
     ``task``: ``cls``/``det`` (pre-training; ``test_dataset`` is then an optional held-out set for
     evaluation) or ``finetune-cls``/``finetune-det`` (``init`` required; tested on ``test_dataset``,
     or on a deterministic stratified split of ``dataset`` of ``test_fraction``).
+
+    ``params["holdout_classes"]`` (pre-training only, the study's Table 2): every image that carries a
+    label or any box of one of these classes is removed from the training images (and from
+    ``test_dataset``), and the classes from the run's class list, so the network never sees them, not
+    even unlabelled. Names that are neither an image label nor a box label of ``dataset`` are refused.
     """
     params = dict(params or {})
     finetune = task.startswith("finetune-")
@@ -101,33 +111,81 @@ def plan(ctx: Context, task: str, dataset: str | int, *, preset: str = "cpu-demo
                          f"(it follows the backbone) or start from a {cfg.arch}")
     ds = get_dataset(ctx, dataset)
     test_ds = get_dataset(ctx, test_dataset) if test_dataset is not None else None
+    if cfg.holdout_classes and finetune:
+        raise ValueError("holdout_classes applies to pre-training runs (cls, det); a fine-tuning run uses "
+                         "every class of its data set: leave holdout_classes out")
+    masks = None
+    if task == "finetune-seg":
+        from featscope.workspace.segmentation_runs import plan_segmentation
+
+        train, test, chosen, masks = plan_segmentation(ctx, cfg, ds, test_ds, classes)
+    else:
+        train, test, chosen = _plan_samples(ctx, task, cfg, ds, test_ds, classes)
+    init_desc, init_fp = _init_of(cfg, init_row)
+    return TrainPlan(task, preset, cfg, ds, train, test, test_ds, chosen, init_desc, init_fp,
+                     init_row.id if init_row else None, name, masks=masks)
+
+
+def _plan_samples(ctx: Context, task: str, cfg: TrainConfig, ds: Dataset, test_ds: Dataset | None,
+                  classes: Sequence[str] | None) -> tuple[list[Sample], list[Sample], list[str]]:
+    """(training samples, test samples, classes) of a classification or detection run, checked."""
     base = "cls" if task.endswith("cls") else "det"
     samples = _samples(ctx, ds)
     check_samples(samples, _classes(samples, base, None, ds.name), base, f"data set {ds.name!r}")
+    held = list(cfg.holdout_classes)
+    if held:
+        if classes and set(classes) & set(held):
+            raise ValueError(f"class(es) {', '.join(sorted(set(classes) & set(held)))} are both chosen and held "
+                             f"out; name each class in one of the two lists only")
+        samples = _hold_out(samples, held, ds.name)
+        left = [] if base == "cls" else _classes(samples, base, None, ds.name)  # cls: [] refuses a single class
+        check_samples(samples, left, base, f"data set {ds.name!r} without the held-out classes ({', '.join(held)})")
     chosen = _classes(samples, base, classes, ds.name)
     check_samples(samples, chosen, base, f"data set {ds.name!r}")
     train, test = samples, []
     if test_ds is not None:
         test = _samples(ctx, test_ds)
+        if held:
+            test = _hold_out(test, held, test_ds.name, check=False)
         check_samples(test, chosen, base, f"test data set {test_ds.name!r}")
-    elif finetune:
+    elif task.startswith("finetune-"):
         train, test = _split(samples, cfg.test_fraction, cfg.seed, ds.name)
         check_samples(train, chosen, base, f"the training split of {ds.name!r}")
         check_samples(test, chosen, base, f"the test split of {ds.name!r}")
+    return train, test, chosen
+
+
+def _init_of(cfg: TrainConfig, init_row) -> tuple[str, str]:
+    """(description, fingerprint) of where the trunk starts: a seeded random one or a registered backbone."""
     if init_row is None:
         zero_init = cfg.norm == "bn" and cfg.zero_init_residual
         init_desc = f"random trunk (seed {cfg.seed}{'' if zero_init or cfg.norm != 'bn' else ', no zero-init residuals'})"
         init_fp = f"seed:{cfg.arch}:{cfg.seed}" + ("" if zero_init or cfg.norm != "bn" else ":no-zero-init")
-    else:
-        init_desc, init_fp = f"backbone {init_row.name} ({init_row.spec})", init_row.fingerprint
-    return TrainPlan(task, preset, cfg, ds, train, test, test_ds, chosen, init_desc, init_fp,
-                     init_row.id if init_row else None, name)
+        return init_desc, init_fp
+    return f"backbone {init_row.name} ({init_row.spec})", init_row.fingerprint
 
 
 def _samples(ctx: Context, ds: Dataset) -> list[Sample]:
     root = Path(ds.root)
-    return [Sample(root / im.relpath, im.label, tuple((b[0], *map(float, b[1:5])) for b in (im.boxes or [])))
-            for im in readable_images(ctx, ds.id)]
+    return [Sample(root / im.relpath, im.label, tuple((b.label, b.x0, b.y0, b.x1, b.y1) for b in boxes),
+                   tuple(b.occlusion for b in boxes) if any(b.occlusion is not None for b in boxes) else ())
+            for im in readable_images(ctx, ds.id) for boxes in [image_boxes(im)]]
+
+
+def _hold_out(samples: list[Sample], held: Sequence[str], name: str, *, check: bool = True) -> list[Sample]:
+    """``samples`` without every image that carries a label or any box of a ``held`` class (the study's
+    Table 2: the pre-training never sees those categories, not even as unlabelled background).
+
+    ``check``: refuse class names that are neither an image label nor a box label of the data set.
+    """
+    if check:
+        known = sorted({s.label for s in samples if s.label is not None} | {b[0] for s in samples for b in s.boxes})
+        unknown = [c for c in held if c not in known]
+        if unknown:
+            raise ValueError(f"cannot hold out unknown class(es) {', '.join(map(repr, unknown))}: the classes of "
+                             f"{name!r} are {', '.join(known) or 'none'}")
+    drop = set(held)
+    return [s for s in samples if s.label not in drop and not any(b[0] in drop for b in s.boxes)]
 
 
 def _classes(samples: list[Sample], task: str, wanted: Sequence[str] | None, name: str) -> list[str]:
@@ -186,10 +244,13 @@ def finetune(ctx: Context, task: str, backbone: str | int, dataset: str | int, *
              check: Callable[[], None] | None = None, on_message: Say | None = None, job_id: int | None = None,
              **params: Any) -> RunInfo:
     """Fine-tune ``backbone`` on ``dataset`` for detection (``det``: new heads, AP at IoU 0.1..0.9, the
-    study's Table 1 / Fig. 1) or classification (``cls``: the whole network, top-1 with a Wilson
-    interval, Table 8), tested on ``test_dataset`` or a deterministic split of ``dataset``."""
-    if task not in ("cls", "det"):
-        raise ValueError(f"fine-tuning task must be 'cls' or 'det', got {task!r}")
+    study's Table 1 / Fig. 1; the test set's boxes are kept in ``detections.json``, see
+    :func:`run_detections`), classification (``cls``: the whole network, top-1 with a Wilson interval,
+    Table 8) or semantic segmentation (``seg``: torchvision's DeepLabV3 head on the trunk, mIoU and
+    trimap / anti-trimap accuracy, Table 4 and Fig. 2; needs the data set's masks), tested on
+    ``test_dataset`` or a deterministic split of ``dataset``."""
+    if task not in FINETUNE_TASKS:
+        raise ValueError(f"fine-tuning task must be one of {', '.join(FINETUNE_TASKS)}, got {task!r}")
     p = plan(ctx, f"finetune-{task}", dataset, preset=preset, init=backbone, test_dataset=test_dataset,
              classes=classes, name=name, params=params)
     return execute(ctx, p, restart=restart, progress=progress, check=check, on_message=on_message, job_id=job_id)
@@ -281,7 +342,7 @@ def _task(ctx: Context, p: TrainPlan, cfg: TrainConfig):
 
         bb = open_backbone(ctx, p.init_backbone_id)
         trunk, source = trunk_state(bb.model), p.init
-    return make_task(p.task, cfg, p.classes, p.train, trunk, source)
+    return make_task(p.task, cfg, p.classes, p.train, trunk, source, masks=p.masks)
 
 
 class _Ticker:
@@ -329,6 +390,21 @@ def _eval_row(task, model, samples: list[Sample]) -> dict[str, Any]:
     return {k: v for k, v in res.items() if k != "per_class"}
 
 
+def _final_evaluation(ctx: Context, p: TrainPlan, task, model, device: torch.device, run_dir: Path) -> dict[str, Any]:
+    """The test-set evaluation; a detection fine-tuning run also keeps its boxes in ``detections.json``."""
+    if p.task != "finetune-det":
+        return task.evaluate(model, p.test, device)
+    gts, preds = task.predict(model, p.test, device)
+    evaluation = task.score(gts, preds)
+    ds = p.test_dataset or p.dataset
+    root = Path(ds.root)
+    rows = {str(root / im.relpath): im for im in readable_images(ctx, ds.id)}
+    images = [{"relpath": rows[str(s.path)].relpath, "width": rows[str(s.path)].width or 0,
+               "height": rows[str(s.path)].height or 0} for s in p.test]
+    write_detections(run_dir, detections_doc(p.classes, images, gts, preds))
+    return evaluation
+
+
 def _finish(ctx: Context, store: RunStore, p: TrainPlan, cfg: TrainConfig, task, result, row_id: int,
             run_dir: Path, say: Say) -> RunInfo:
     from featscope.training.loop import MetricsLog
@@ -336,7 +412,7 @@ def _finish(ctx: Context, store: RunStore, p: TrainPlan, cfg: TrainConfig, task,
     evaluation = None
     if p.test:
         say(f"evaluating on {len(p.test)} held-out images")
-        evaluation = task.evaluate(result.model, p.test, torch.device(result.device))
+        evaluation = _final_evaluation(ctx, p, task, result.model, torch.device(result.device), run_dir)
         MetricsLog(run_dir, True).write({"kind": "eval", "iteration": result.iterations, "epoch": cfg.epochs - 1,
                                          **{k: v for k, v in evaluation.items() if k != "per_class"}})
     summary = {"iterations": result.iterations, "resumed_from": result.resumed_from, "seconds": result.seconds,
@@ -385,7 +461,7 @@ def _jsonable(x: Any) -> Any:
 # ------------------------------------------------------------------------------------------------ reading
 
 def list_runs(ctx: Context, task: str | None = None) -> list[RunInfo]:
-    """Runs, newest first (``task``: only ``cls``, ``det``, ``finetune-cls`` or ``finetune-det``)."""
+    """Runs, newest first (``task``: only ``cls``, ``det``, ``finetune-cls``, ``finetune-det`` or ``finetune-seg``)."""
     return [RunInfo.of(r) for r in _store(ctx).list(task)]
 
 
@@ -413,6 +489,23 @@ def run_metrics(ctx: Context, run: int | str, kind: str | None = None) -> list[d
     row = _row(ctx, run)
     rows = read_metrics(Path(row.dir)) if row.dir else []
     return [r for r in rows if kind is None or r.get("kind") == kind]
+
+
+def run_detections(ctx: Context, run: int | str) -> dict[str, Any]:
+    """A finished detection fine-tuning run's test-set boxes (``detections.json``): ``{"classes",
+    "score_floor", "images": [{"relpath", "width", "height", "gt": [{"label", "box", "occlusion"}],
+    "pred": [{"label", "box", "score"}]}]}`` (see :mod:`featscope.training.detections`)."""
+    row = _row(ctx, run)
+    doc = read_detections(Path(row.dir)) if row.dir else None
+    if doc is None:
+        if row.task != "finetune-det":
+            why = f"it is a {row.task} run; only detection fine-tuning runs keep their test-set boxes"
+        elif row.state != "done":
+            why = f"it has not finished (state {row.state}); its boxes are written once it is done"
+        else:
+            why = "it finished before featscope kept test-set boxes; run it again with restart to get them"
+        raise NotFound(f"run {row.id} ({row.name}) has no detections: {why}")
+    return doc
 
 
 def cancel_run(ctx: Context, run: int | str) -> RunInfo:

@@ -399,12 +399,23 @@ class TrainIn(Strict):
     params: dict[TrainParam, TrainValue] = Field(default_factory=dict, max_length=64,
                                                  description="Any training parameter over the preset's values "
                                                              "(lr, epochs, batch_size, image_size, seed, ...).")
+    holdout_classes: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None = Field(
+        None, max_length=1000, description="Classes left out of pre-training (study Table 2): images with a label "
+                                           "or any box of one are removed, and the classes with them.")
+
+    def train_params(self) -> dict[str, Any]:
+        """``params`` with ``holdout_classes`` folded in (it is a training parameter like the others)."""
+        return {**self.params, **({"holdout_classes": list(self.holdout_classes)} if self.holdout_classes else {})}
+
+    def job_params(self) -> dict[str, Any]:
+        return {**self.model_dump(exclude={"holdout_classes"}), "params": self.train_params()}
 
 
 class FinetuneIn(Strict):
-    """Fine-tune a backbone: ``task`` det (new heads; AP at IoU 0.1..0.9) or cls (the whole network; top-1)."""
+    """Fine-tune a backbone: ``task`` det (new heads; AP at IoU 0.1..0.9), cls (the whole network; top-1) or seg
+    (torchvision's DeepLabV3 head; mIoU and trimap / anti-trimap accuracy; needs segmentation masks)."""
 
-    task: Literal["cls", "det"]
+    task: Literal["cls", "det", "seg"]
     backbone: Ref
     dataset: Ref
     test_dataset: Ref | None = None
@@ -418,7 +429,7 @@ class FinetuneIn(Strict):
 class RunOut(BaseModel):
     id: int
     name: str
-    task: Literal["cls", "det", "finetune-cls", "finetune-det"]
+    task: Literal["cls", "det", "finetune-cls", "finetune-det", "finetune-seg"]
     preset: str
     state: Literal["running", "done", "failed", "cancelled"]
     iteration: int

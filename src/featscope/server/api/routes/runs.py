@@ -1,9 +1,9 @@
-"""Training runs: start one (a job), list, show with metrics, cancel."""
+"""Training runs: start one (a job), list, show with metrics, a detection run's boxes, cancel."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, status
 
@@ -24,8 +24,8 @@ def run_out(info) -> RunOut:
 def start(body: TrainIn, ws: WorkspaceDep, queue: QueueDep) -> JobOut:
     """Queue a pre-training run (the data, classes and parameters are checked first)."""
     training.plan(ws.ctx, body.task, body.dataset, preset=body.preset, init=body.init,
-                  test_dataset=body.val_dataset, classes=body.classes, params=body.params)
-    return job_out(jobs.submit(ws.ctx, "train", body.model_dump(), queue=queue))
+                  test_dataset=body.val_dataset, classes=body.classes, params=body.train_params())
+    return job_out(jobs.submit(ws.ctx, "train", body.job_params(), queue=queue))
 
 
 @router.post("/finetune", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED)
@@ -38,7 +38,7 @@ def finetune(body: FinetuneIn, ws: WorkspaceDep, queue: QueueDep) -> JobOut:
 
 @router.get("", response_model=Page[RunOut])
 def list_runs(ws: WorkspaceDep, limit: Limit = 50, offset: Offset = 0,
-              task: Annotated[str | None, Query(pattern="^(cls|det|finetune-cls|finetune-det)$")] = None
+              task: Annotated[str | None, Query(pattern="^(cls|det|finetune-cls|finetune-det|finetune-seg)$")] = None
               ) -> Page[RunOut]:
     """Training runs, newest first, optionally of one task."""
     infos = training.list_runs(ws.ctx, task)
@@ -60,6 +60,13 @@ def show(ws: WorkspaceDep, run_id: Annotated[Id, Path()],
         keep.add(id(train_rows[-1]))
         rows = [r for r in rows if r.get("kind") != "train" or id(r) in keep]
     return RunDetailOut(**run_out(info).model_dump(), metrics=rows)
+
+
+@router.get("/{run_id}/detections")
+def detections(ws: WorkspaceDep, run_id: Annotated[Id, Path()]) -> dict[str, Any]:
+    """A detection fine-tuning run's test-set boxes: per image its ground truth (label, box, occlusion or null)
+    and predictions scoring at least ``score_floor`` (404 for runs without)."""
+    return training.run_detections(ws.ctx, run_id)
 
 
 @router.post("/{run_id}/cancel", response_model=RunOut)

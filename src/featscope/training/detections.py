@@ -1,0 +1,87 @@
+"""A detection fine-tuning run's test-set boxes, kept for error analysis (``detections.json`` in the run dir).
+
+Public names: :data:`DETECTIONS`, :data:`SCORE_FLOOR`, :func:`detections_doc`, :func:`write_detections`,
+:func:`read_detections`, :func:`occlusion_analysis`.
+
+The file keeps, per test image, its ground truth (label, box, occlusion or null) and every prediction
+scoring at least :data:`SCORE_FLOOR` (torchvision's own ``box_score_thresh``), so the missed-object
+analysis and the dashboard's side-by-side boxes (the study's Fig. 8) can use any higher threshold later
+without running the network again::
+
+    {"classes": [...], "score_floor": 0.05,
+     "images": [{"relpath", "width", "height", "gt": [{"label", "box": [x0, y0, x1, y1], "occlusion"}],
+                 "pred": [{"label", "box", "score"}]}]}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featscope.cache.store import atomic_write_bytes
+
+DETECTIONS = "detections.json"
+SCORE_FLOOR = 0.05
+MISSED_IOU, MISSED_SCORE = 0.5, 0.5  # the thresholds of the run's missed-object rates
+
+
+def _box(b: Sequence[float]) -> list[float]:
+    return [round(float(v), 2) for v in b]
+
+
+def detections_doc(classes: Sequence[str], images: Sequence[dict[str, Any]], ground_truth: Sequence[dict[str, Any]],
+                   predictions: Sequence[dict[str, Any]], *, score_floor: float = SCORE_FLOOR) -> dict[str, Any]:
+    """The JSON document of a run's test-set detections.
+
+    ``images``: per image ``{"relpath", "width", "height"}``; ``ground_truth`` / ``predictions``: per
+    image numpy dicts as :func:`featscope.training.evaluate.predict_boxes` gives them (labels 1..K into
+    ``classes``; ground truth may carry ``occlusion``, NaN = unknown).
+    """
+    if not len(images) == len(ground_truth) == len(predictions):
+        raise ValueError(f"{len(images)} images, {len(ground_truth)} ground truths, {len(predictions)} predictions")
+    out = []
+    for im, g, p in zip(images, ground_truth, predictions):
+        labels = np.asarray(g["labels"]).reshape(-1)
+        occ = np.asarray(g.get("occlusion", np.full(len(labels), np.nan)), dtype=np.float64).reshape(-1)
+        gt = [{"label": classes[int(k) - 1], "box": _box(b), "occlusion": None if math.isnan(o) else float(o)}
+              for b, k, o in zip(np.asarray(g["boxes"]).reshape(-1, 4), labels, occ)]
+        scores = np.asarray(p["scores"], dtype=np.float64).reshape(-1)
+        order = [i for i in np.argsort(-scores, kind="stable") if scores[i] >= score_floor]
+        boxes, plabels = np.asarray(p["boxes"]).reshape(-1, 4), np.asarray(p["labels"]).reshape(-1)
+        pred = [{"label": classes[int(plabels[i]) - 1], "box": _box(boxes[i]), "score": round(float(scores[i]), 4)}
+                for i in order]
+        out.append({"relpath": str(im["relpath"]), "width": int(im["width"]), "height": int(im["height"]),
+                    "gt": gt, "pred": pred})
+    return {"classes": list(classes), "score_floor": float(score_floor), "images": out}
+
+
+def write_detections(run_dir: Path, doc: dict[str, Any]) -> Path:
+    """Write ``doc`` to ``run_dir/detections.json`` atomically."""
+    path = Path(run_dir) / DETECTIONS
+    atomic_write_bytes(path, json.dumps(doc, separators=(",", ":")).encode("utf-8"))
+    return path
+
+
+def read_detections(run_dir: Path) -> dict[str, Any] | None:
+    """The run's detections document, or None when it has none."""
+    path = Path(run_dir) / DETECTIONS
+    return json.loads(path.read_text("utf-8")) if path.exists() else None
+
+
+def occlusion_analysis(ground_truth: Sequence[dict[str, Any]], predictions: Sequence[dict[str, Any]]
+                       ) -> dict[str, Any] | None:
+    """Missed objects per occlusion bin (:func:`featscope.training.errors.missed_by_occlusion` at IoU 0.5,
+    score 0.5) without the per-image lists, or None when no ground-truth object has a known occlusion."""
+    from featscope.training.errors import missed_by_occlusion
+
+    known = any(np.isfinite(np.asarray(g.get("occlusion", []), dtype=np.float64)).any() for g in ground_truth)
+    if not known:
+        return None
+    gts = [{"boxes": g["boxes"], "labels": g["labels"], "occlusion": g["occlusion"]} for g in ground_truth]
+    res = missed_by_occlusion(gts, predictions, iou=MISSED_IOU, score=MISSED_SCORE)
+    return {k: v for k, v in res.items() if k != "missed"}
