@@ -21,6 +21,7 @@ Masks never enter the catalog: they are large, and the annotation files already 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -261,7 +262,9 @@ class CocoMasks(MaskSet):
                 rle = coco_mask.frPyObjects(seg, height, width)
             else:
                 rle = seg
-            instances.append((label, coco_mask.decode(rle).astype(bool)))
+            with warnings.catch_warnings():  # pycocotools' own NumPy 2 copy= deprecation, once per call
+                warnings.simplefilter("ignore", DeprecationWarning)
+                instances.append((label, coco_mask.decode(rle).astype(bool)))
         return render_instances(height, width, instances, self.void_width)
 
 
