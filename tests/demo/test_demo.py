@@ -86,7 +86,9 @@ def test_dataset_study_kind_writes_other_sizes_beside_the_sets_already_there(tmp
     # the first sizes again: their files are reused and become the newest versions once more
     assert dict(zip(again["names"], again["n_images"]))["study-pretrain"] == 6
     folders = sorted(p.name for p in (tmp_path / "data" / "study" / "study").iterdir())
-    assert len(folders) == 2 and all(f.startswith("v3-") for f in folders), folders
+    from featscope.datasets.study import _VERSION
+
+    assert len(folders) == 2 and all(f.startswith(f"v{_VERSION}-") for f in folders), folders
 
 
 def test_the_demo_runs_every_stage_as_jobs(tiny_demo):

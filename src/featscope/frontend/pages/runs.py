@@ -41,8 +41,9 @@ def layout(**_query: Any) -> html.Div:
         figure_card("runs-eval", "Evaluation over training", height=340,
                     caption="Held-out top-1 (classification) or mAP@0.5 (detection) at each evaluation."),
         figure_card("runs-ap", "AP against the IoU threshold (Fig. 1)", height=380,
-                    caption="Detection fine-tuning on the target set, from each backbone: the study finds detection "
-                            "pre-training helps most at high IoU."),
+                    caption="Detection fine-tuning from each backbone, named with the set each was tested on (the "
+                            "demo's Fig. 1 runs on the target set): the study finds detection pre-training helps most "
+                            "at high IoU."),
         card("Fine-tuning", html.Div(id="runs-finetune", className="fs-table-wrap"),
              caption="Detection: AP at IoU 0.5 and 0.7 (Tables 1, 7). Classification: top-1 with its Wilson 95% "
                      "interval (Tables 7, 8). Segmentation: mIoU (Table 4)."),
@@ -163,8 +164,8 @@ def ap_figure(rows: list[dict]) -> dict:
     return {"data": traces, "layout": base_layout(xaxis={"title": {"text": "IoU threshold"}, "dtick": 0.1},
                                                   yaxis={"title": {"text": "AP"}, "tickformat": ".1%",
                                                          "rangemode": "tozero"},
-                                                  legend={"yanchor": "top", "y": -0.22},
-                                                  margin={"b": 40 + 22 * len(names)})}
+                                                  legend={"yref": "container", "yanchor": "bottom", "y": 0},
+                                                  margin={"b": 64 + 22 * ((len(names) + 2) // 3)})}
 
 
 def _pct(v: Any) -> str:
@@ -227,8 +228,10 @@ def finetune_table(runs: list, names: dict[int, str]) -> Any:
 def study_results(svc: Services, _tick: Any):
     """Table 2 (held-out classes), Table 3 (missed objects by occlusion) and Fig. 2 (trimap curves) of the runs."""
     runs = sorted(_runs(svc), key=lambda r: r.id)  # oldest first: the demo's run from the classifier gets A's colour
-    occ = [(f"{r.id} · from {_init_name(r)}", missed_by_occlusion(r)) for r in runs
-           if r.task == "finetune-det" and r.state == "done" and missed_by_occlusion(r)]
+    datasets = {d.id: d.name for d in svc.ws.datasets(all_versions=True)}
+    occ = [([f"{r.id} · from {_init_name(r)}", html.Br(), html.Span(f"on {_tested_on(r, datasets)}",
+                                                                       className="fs-muted")], missed_by_occlusion(r))
+           for r in runs if r.task == "finetune-det" and r.state == "done" and missed_by_occlusion(r)]
     rows = band_rows(runs)
     return heldout_tables(runs), occlusion_table(occ, "runs-occlusion"), band_figure(rows), figure_data("trimap", rows)
 
