@@ -70,7 +70,7 @@ def test_runs_page_curves_ap_and_tables(tiny_demo):
     assert "medium" in text_of(table3)
     assert len(fig2["data"]) == 4  # trimap and anti-trimap of both segmentation runs
     loss, loss_data, lr, _, ev, ev_data = runs.curves(svc, None, None)
-    assert len(loss["data"]) == 2 and len(lr["data"]) == 2  # the two pre-training runs by default
+    assert len(loss["data"]) == 3 and len(lr["data"]) == 3  # the pre-training runs by default: cls, det, det without star
     metrics = svc.ws.run_metrics(m["runs"]["cls"], kind="train")
     cls_trace = next(t for t in loss["data"] if t["name"].startswith(f"{m['runs']['cls']} "))
     assert cls_trace["y"] == [r["loss"] for r in metrics]
