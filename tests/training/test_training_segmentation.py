@@ -175,3 +175,41 @@ def test_segmenter_strides_and_trunk():
     got = trunk_state(net)
     assert set(got) == {k for k in trunk if not k.endswith("num_batches_tracked")}
     assert all(torch.equal(got[k], trunk[k]) for k in got)
+
+
+def test_a_resumed_segmentation_run_equals_the_uninterrupted_one(tmp_path):
+    """The seeded joint flip and the loop's checkpoint make a cut-and-resumed run end with the same weights."""
+    from featscope.training.data import Sample
+    from featscope.training.loop import CHECKPOINT, fit, load_checkpoint
+    from featscope.training.models import initial_trunk
+    from featscope.training.presets import resolve_config
+    from featscope.training.tasks import make_task
+
+    cfg = resolve_config("finetune-seg", "cpu-demo", dict(image_size=32, batch_size=4, epochs=2, lr=0.003,
+                                                          warmup_iters=2, num_workers=0, threads=1,
+                                                          checkpoint_every=3))
+    samples = [Sample(Path(f"/mem/{i}.png")) for i in range(12)]
+
+    def task():
+        return make_task("finetune-seg", cfg, ["background", "square"], samples, initial_trunk("resnet18", 0), "seed 0",
+                         loader=lambda p: _square(_index(p))[0], masks=lambda p: _square(_index(p))[1])
+
+    class Stop(Exception):
+        pass
+
+    calls = [0]
+
+    def stop_after_4():
+        calls[0] += 1
+        if calls[0] > 4:
+            raise Stop()
+
+    whole = fit(task(), cfg.loop(), tmp_path / "whole", identity="same").model.state_dict()
+    with pytest.raises(Stop):
+        fit(task(), cfg.loop(), tmp_path / "cut", identity="same", check=stop_after_4)
+    assert load_checkpoint(tmp_path / "cut" / CHECKPOINT)["iteration"] == 3
+    resumed = fit(task(), cfg.loop(), tmp_path / "cut", identity="same")
+    assert resumed.resumed_from == 3 and resumed.iterations == 6
+    state = resumed.model.state_dict()
+    assert state.keys() == whole.keys()
+    assert max(float((state[k].double() - whole[k].double()).abs().max()) for k in whole if whole[k].numel()) <= 1e-6

@@ -255,3 +255,30 @@ def test_segmentation_finetuning(trained):
     assert [r["kind"] for r in ws.run_metrics(run.id)].count("eval") == 1
     assert ws.finetune("seg", det.name, "study-target-train", test_dataset="study-target-test", **seg).cached
     assert [r.id for r in ws.runs("finetune-seg")] == [run.id]
+
+
+def _cli(ws, monkeypatch, *args):
+    """``featscope ARGS`` on this workspace's data directory, in-process."""
+    from typer.testing import CliRunner
+
+    import featscope.cli as cli
+
+    monkeypatch.setenv("FEATSCOPE_DATA_DIR", str(ws.ctx.settings.data_dir))
+    cli._state.clear()
+    return CliRunner().invoke(cli.app, list(args))
+
+
+def test_runs_show_prints_segmentation_and_missed_objects(trained, monkeypatch):
+    ws, _, det_run = trained  # the runs of the tests above (cached; trained here when run alone)
+    seg = ws.finetune("seg", det_run.name, "study-target-train", test_dataset="study-target-test", **dict(TINY, lr=0.001))
+    det = ws.finetune("det", det_run.name, "study-target-train", test_dataset="study-target-test", **TINY)
+    r = _cli(ws, monkeypatch, "runs", "show", str(seg.id))
+    ev = seg.result["eval"]
+    assert r.exit_code == 0 and f"mIoU {ev['miou']:.4f}, pixel accuracy {ev['pixel_accuracy']:.4f}" in r.output
+    assert "IoU per class" in r.output and "trimap" in r.output and "anti-trimap" in r.output, r.output
+    r = _cli(ws, monkeypatch, "runs", "show", str(det.id))
+    assert r.exit_code == 0 and "missed objects by occlusion" in r.output, r.output  # the study sets carry occlusion
+    for b in det.result["eval"]["missed_by_occlusion"]["bins"]:
+        assert f"{b['name']} " in r.output and f"{b['low']:g}-{b['high']:g}" in r.output
+    r = _cli(ws, monkeypatch, "runs", "list")
+    assert r.exit_code == 0 and "mIoU" in r.output

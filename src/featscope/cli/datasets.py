@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -51,6 +54,29 @@ def dataset_images(dataset: str = typer.Argument(..., help="Data set name, name@
     rows = run(ws().images, dataset, limit=limit or None, offset=offset, skipped=skipped)
     columns = ["id", "relpath", "error"] if skipped else ["id", "relpath", "label", "width", "height", "n_boxes"]
     emit(rows, columns, as_json, "skipped files" if skipped else "images")
+
+
+@dataset_app.command("show")
+def dataset_show(dataset: str = typer.Argument(..., help="Data set name, name@version or id."),
+                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """One data set: where it was read from, its classes, and whether it has segmentation masks."""
+    from featscope.workspace.datasets import DatasetInfo, get_dataset, segmentation_coverage
+
+    w = ws()
+    row = run(get_dataset, w.ctx, dataset)
+    info, masks = DatasetInfo.of(row), run(segmentation_coverage, w.ctx, row)
+    if as_json:
+        sys.stdout.write(json.dumps({**dataclasses.asdict(info), "source_path": row.source_path,
+                                     "segmentation": masks}, indent=2) + "\n")
+        return
+    out.print(f"[bold]{info.name}[/bold] v{info.version} (id {info.id}, {info.format}): {info.summary}", highlight=False)
+    out.print(f"read from {row.source_path}; images under {info.root}", highlight=False)
+    out.print(f"classes: {', '.join(info.classes) or 'none'}", highlight=False)
+    if masks["images"]:
+        out.print(f"segmentation masks: {masks['images']} of {masks['of']} images, {len(masks['classes'])} classes "
+                  f"with background, read from {masks['source']}", highlight=False)
+    else:
+        out.print(f"segmentation masks: none ({masks.get('reason', 'no readable image has one')})", highlight=False)
 
 
 @dataset_app.command("synth")

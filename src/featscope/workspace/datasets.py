@@ -201,3 +201,16 @@ def segmentation(ctx: Context, dataset: str | int | Dataset, *, void_width: int 
             raise ValueError(f"{what}: {e}") from None
     raise ValueError(f"{what} ({ds.format}) has no segmentation masks; segmentation needs Pascal VOC "
                      "SegmentationClass PNGs or COCO polygons/RLE")
+
+
+def segmentation_coverage(ctx: Context, dataset: str | int | Dataset) -> dict:
+    """How many of the data set's readable images have a segmentation mask: ``{"images": k, "of": n,
+    "classes": [...], "source": path}``, or ``{"images": 0, "of": n, "reason": why}`` when it has none."""
+    ds = dataset if isinstance(dataset, Dataset) else get_dataset(ctx, dataset)
+    relpaths = readable_relpaths(ctx, ds.id)
+    try:
+        masks = segmentation(ctx, ds)
+    except ValueError as e:
+        return {"images": 0, "of": len(relpaths), "reason": str(e)}
+    return {"images": sum(1 for r in relpaths if masks.has(r)), "of": len(relpaths), "classes": list(masks.classes),
+            "source": masks.source}
