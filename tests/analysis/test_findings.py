@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from featscope.analysis import findings as F
-from featscope.analysis.study_measures import box_coverage, knn_purity, largest_drop, same_class_share
+from featscope.analysis.study_measures import box_coverage, class_ap, knn_purity, largest_drop, same_class_share
 
 IOUS = [f"{t / 10:g}" for t in range(1, 10)]
 
@@ -111,7 +111,86 @@ def test_judge_reads_a_measurements_dict():
     assert got["fig4"] == got["fig5"] == got["table5"] == got["table6"] == F.NOT_MEASURED
 
 
+def test_table2_needs_the_detector_without_the_classes_strictly_ahead_of_the_classifier():
+    f = F.table2(0.40, 0.45, 0.50, ["star", "cross"])
+    assert f.verdict == F.REPRODUCED and "star, cross" in f.measured and "50.0 from det with them" in f.measured
+    assert "not from cls, which saw those classes" in f.measured  # how the demo's third backbone started
+    assert F.table2(0.45, 0.40).verdict == F.NOT_REPRODUCED
+    assert F.table2(0.45, 0.45).verdict == F.NOT_REPRODUCED  # a tie is no direction
+    assert F.table2(0.45, 0.45, 0.9).verdict == F.NOT_REPRODUCED  # the detector that saw them is context only
+    missing = F.table2(None, 0.45)
+    assert missing.verdict == F.NOT_MEASURED and "--heldout star,cross" in missing.measured
+
+
+def test_table3_needs_fewer_misses_at_low_and_at_medium_occlusion():
+    cls = {"none": 0.1, "low": 0.30, "medium": 0.50, "high": 0.9}
+    det = {"none": 0.2, "low": 0.20, "medium": 0.40, "high": 0.95}  # worse without and at high occlusion: not judged
+    f = F.table3(cls, det, {"none": 9, "low": 10, "medium": 5, "high": 2})
+    assert f.verdict == F.REPRODUCED
+    assert f.measured == "missed at low / medium occlusion: 30.0% / 50.0% from cls vs 20.0% / 40.0% from det (of 10 / 5 objects)"
+    assert F.table3(cls, {**det, "medium": 0.5}).verdict == F.NOT_REPRODUCED  # equal at medium
+    assert F.table3(cls, {**det, "low": 0.35}).verdict == F.NOT_REPRODUCED
+    assert F.table3(cls, {**det, "medium": None}).verdict == F.NOT_MEASURED  # no medium object in the test set
+    assert F.table3(None, det).verdict == F.NOT_MEASURED
+
+
+def test_fig8_counts_images_only_one_detector_gets_right():
+    f = F.fig8(5, 2, 40, link="/detections?a=1&b=2&show=only-b")
+    assert f.verdict == F.REPRODUCED and f.link == "/detections?a=1&b=2&show=only-b"
+    assert f.measured.startswith("of 40 test images, 5 with an occluded object only the detector from det finds, 2")
+    assert F.fig8(2, 2, 40).verdict == F.NOT_REPRODUCED
+    assert F.fig8(1, 3, 40).verdict == F.NOT_REPRODUCED
+    assert F.fig8(None, None).verdict == F.NOT_MEASURED and F.fig8(None, None).link == "/detections"
+
+
+def test_table4_and_fig2():
+    assert F.table4(0.60, 0.65).verdict == F.REPRODUCED
+    assert F.table4(0.65, 0.65).verdict == F.NOT_REPRODUCED
+    assert F.table4(None, 0.65).verdict == F.NOT_MEASURED
+    tri_c, tri_d = {1: 0.50, 2: 0.60, 4: 0.70}, {1: 0.55, 2: 0.66, 4: 0.71}
+    anti_c, anti_d = {1: 0.80, 2: 0.85, 4: 0.90, 8: None}, {1: 0.82, 2: 0.86, 4: 0.93, 8: 0.99}
+    f = F.fig2(tri_c, tri_d, anti_c, anti_d)
+    # judged at the widest band both runs have pixels in (8 px has none in cls's): 4 px, +3.0
+    assert f.verdict == F.REPRODUCED and f.measured.startswith("anti-trimap gain det - cls at 4 px: +3.0")
+    assert "trimap gain +5.0 at 1 px, +1.0 at 4 px" in f.measured
+    assert f.values["anti_trimap_gain"] == pytest.approx({1.0: 0.02, 2.0: 0.01, 4.0: 0.03})
+    # a gain only near the boundaries does not reproduce the study's point
+    assert F.fig2(tri_c, tri_d, anti_c, {**anti_d, 4: 0.90}).verdict == F.NOT_REPRODUCED
+    assert F.fig2(tri_c, tri_d, None, anti_d).verdict == F.NOT_MEASURED
+    assert F.fig2(None, None, anti_c, anti_d).verdict == F.REPRODUCED  # the trimap is context only
+
+
+def test_judge_reads_the_new_measurements():
+    m = {"heldout": {"classes": ["star"], "cls": 0.3, "without": 0.4, "with": 0.5},
+         "missed_by_occlusion": {"cls": {"low": 0.3, "medium": 0.4}, "det": {"low": 0.35, "medium": 0.3},
+                                 "objects": {"low": 8, "medium": 4}},
+         "fig8": {"only_det": 3, "only_cls": 1, "images": 8, "link": "/detections?a=5&b=6&show=only-b"},
+         "segmentation": {"cls": {"miou": 0.5, "trimap": {1: 0.5}, "anti_trimap": {1: 0.8, 4: 0.9}},
+                          "det": {"miou": 0.4, "trimap": {1: 0.6}, "anti_trimap": {1: 0.85, 4: 0.95}}}}
+    got = {f.key: f for f in F.judge(m)}
+    assert got["table2"].verdict == got["fig8"].verdict == got["fig2"].verdict == F.REPRODUCED
+    assert got["table3"].verdict == got["table4"].verdict == F.NOT_REPRODUCED
+    assert got["fig8"].link == "/detections?a=5&b=6&show=only-b"
+    assert [f.key for f in F.judge(m)] == list(F.ORDER) and len(F.ORDER) == 16
+
+
 # ------------------------------------------------------------------------------------------ measurements
+def test_class_ap_means_the_named_classes_at_one_threshold():
+    thresholds = IOUS
+    per_class = {"star": [0.9] * 6 + [0.6, 0.3, 0.1], "cross": [0.8] * 6 + [0.2, 0.1, 0.0],
+                 "circle": [-1.0] * 9, "square": [0.7] * 9}
+    assert class_ap(per_class, ["star", "cross"], thresholds) == pytest.approx(0.4)
+    assert class_ap(per_class, ["star", "cross"], thresholds, "0.8") == pytest.approx(0.2)
+    # a class without ground truth (-1) or not evaluated at all is left out; none left: None
+    assert class_ap(per_class, ["star", "circle", "hexagon"], thresholds) == pytest.approx(0.6)
+    assert class_ap(per_class, ["circle"], thresholds) is None
+    assert class_ap(per_class, ["square"], ["0.7", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.8", "0.9"]) == 0.7
+    with pytest.raises(ValueError, match="not one of the evaluated"):
+        class_ap(per_class, ["star"], thresholds, "0.75")
+    with pytest.raises(ValueError, match="has 2 AP values for 9"):
+        class_ap({"star": [0.1, 0.2]}, ["star"], thresholds)
+
+
 def test_same_class_share():
     labels = ["a", "a", "b", "b", None, None]
     assert same_class_share([0, 2, 0, 4], [1, 3, 2, 5], labels) == 0.5  # unlabelled pairs never count as same

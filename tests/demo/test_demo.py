@@ -26,8 +26,29 @@ def test_profiles_and_their_errors(monkeypatch):
 
     for p in PROFILES.values():  # every profile's parameters are valid training parameters of its preset
         for task, params in (("cls", p.cls), ("det", p.det), ("finetune-det", p.finetune_det),
-                             ("finetune-cls", p.finetune_cls)):
+                             ("finetune-cls", p.finetune_cls), ("finetune-seg", p.finetune_seg),
+                             ("det", {**p.det, **p.heldout_det, "holdout_classes": list(p.heldout)}),
+                             ("finetune-det", {**p.finetune_det, **p.heldout_finetune})):
             resolve_config(task, p.preset, params)
+    assert PROFILES["cpu"].heldout == () and PROFILES["cuda"].heldout == ("star", "cross")
+    assert len(PROFILES["tiny"].heldout) == 1  # so the test suite runs Table 2's stages
+
+
+def test_heldout_classes_of_the_demo():
+    from featscope.demo.pipeline import STAGES
+    from featscope.demo.profiles import PROFILES, with_heldout
+
+    cpu = PROFILES["cpu"]
+    assert with_heldout(cpu, None) is cpu
+    assert with_heldout(cpu, " star, cross,star ").heldout == ("star", "cross")
+    assert with_heldout(PROFILES["cuda"], "none").heldout == ()
+    with pytest.raises(ValueError, match="cannot hold out 'ring': the pre-training classes are circle, square"):
+        with_heldout(cpu, "star,ring")
+    with pytest.raises(ValueError, match="hold out at most 4 of the 6"):
+        with_heldout(cpu, "circle,square,triangle,star,hexagon")
+    off = {s.name: s.off(cpu) for s in STAGES if s.off is not None}
+    assert set(off) == {"heldout-pretrain", "heldout"} and all("--heldout star,cross" in why for why in off.values())
+    assert all(s.off(with_heldout(cpu, "star")) is None for s in STAGES if s.off is not None)
 
 
 def test_dataset_study_kind_checks_its_parameters():
@@ -65,7 +86,9 @@ def test_dataset_study_kind_writes_other_sizes_beside_the_sets_already_there(tmp
     # the first sizes again: their files are reused and become the newest versions once more
     assert dict(zip(again["names"], again["n_images"]))["study-pretrain"] == 6
     folders = sorted(p.name for p in (tmp_path / "data" / "study" / "study").iterdir())
-    assert len(folders) == 2 and all(f.startswith("v3-") for f in folders), folders
+    from featscope.datasets.study import _VERSION
+
+    assert len(folders) == 2 and all(f.startswith(f"v{_VERSION}-") for f in folders), folders
 
 
 def test_the_demo_runs_every_stage_as_jobs(tiny_demo):
@@ -77,7 +100,9 @@ def test_the_demo_runs_every_stage_as_jobs(tiny_demo):
     kinds = {j["kind"] for s in m["stages"] for j in s["jobs"]}
     assert kinds == {"dataset-study", "train", "extract", "analysis", "heatmap", "maskout", "finetune"}
     assert set(m["runs"]) == {"cls", "det", "finetune-det-cls", "finetune-det-det", "finetune-cls-cls",
-                              "finetune-cls-det"}
+                              "finetune-cls-det", "finetune-seg-cls", "finetune-seg-det", "heldout",
+                              "heldout-finetune-cls", "heldout-finetune-det", "heldout-finetune-without"}
+    assert m["heldout"]["classes"] == ["star"] and m["heldout"]["backbone"]
     assert "featscope is serving the dashboard at " + base in output
     assert "jobs were cache hits" in output and "The study's findings on the demo's data" in output
     analyses = [j["label"].split()[0] for s in m["stages"] if s["name"] == "analyses" for j in s["jobs"]]
@@ -93,7 +118,7 @@ def test_every_finding_is_measured_and_printed_as_computed(tiny_demo):
 
     _, data_dir, output = tiny_demo
     findings = study_findings(Workspace(Settings(data_dir=data_dir)), read_manifest(data_dir))
-    assert len(findings) == 11
+    assert len(findings) == 16
     assert [f.verdict for f in findings if f.verdict == "not measured"] == []
     for f in findings:  # the terminal shows what the page computes
         assert f"{f.verdict.upper():>15}  {f.title}" in output

@@ -252,6 +252,13 @@ def test_the_dashboard_end_to_end(server, browser_page):
     _no_errors(errors, "/jobs")
     _shot(page, root, "jobs")
 
+    # --- detections (Fig. 8, Table 3): no detection fine-tuning run in this data dir, so it says what to run
+    page.goto(base + "/detections")
+    page.wait_for_selector("#det-empty >> text=No two detection fine-tuning runs to compare yet")
+    assert "featscope finetune det -b" in page.text_content("#det-empty")
+    assert not page.is_visible("#det-body")
+    _no_errors(errors, "/detections")
+
     # --- an API typo is JSON, not the page (asked outside the browser: a 404 there is a console error)
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(base + "/api/v1/nope", timeout=5)

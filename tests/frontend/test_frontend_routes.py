@@ -13,7 +13,8 @@ from featscope.server.security import COOKIE_NAME, session_value
 from featscope.server.settings import ServerSettings
 
 TOKEN = "dashboard-token-for-tests"
-PATHS = ["/", "/pairs", "/comembership", "/projections", "/image/1", "/upload", "/probes", "/similarity", "/jobs"]
+PATHS = ["/", "/pairs", "/comembership", "/projections", "/image/1", "/upload", "/probes", "/similarity", "/jobs",
+         "/detections"]
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +35,10 @@ def test_every_page_module_is_registered_with_its_path(client):
 
     paths = {p["path"] for p in dash.page_registry.values()}
     assert {"/", "/pairs", "/comembership", "/projections", "/upload", "/probes", "/similarity", "/jobs", "/study",
-            "/runs"} <= paths
+            "/runs", "/detections"} <= paths
     templates = {p.get("path_template") for p in dash.page_registry.values()}
     assert "/image/<image_id>" in templates
-    assert len(PAGES) == 11
+    assert len(PAGES) == 12
 
 
 @pytest.mark.parametrize("path", ["/api/v1/nope", "/api/v1/datasets/x/y/z", "/api/v2/datasets", "/api/"])

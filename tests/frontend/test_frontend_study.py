@@ -55,17 +55,22 @@ def test_runs_page_curves_ap_and_tables(tiny_demo):
     svc = _svc(data_dir)
     m = read_manifest(data_dir)
     table, options, finetune, ap_fig, ap_data, poll_off = runs.overview(svc, None)
-    assert poll_off and len(options) == 6
+    assert poll_off and len(options) == 12  # cls, det, det without a class; 2 + 2 + 2 + 3 fine-tunings
     text = text_of(table)
     for role in ("cls", "det"):
         assert f"{m['backbones'][role]} run:{m['runs'][role]}" in text  # the registered backbone of each run
-    assert len(ap_fig["data"]) == 2  # Fig. 1: from cls and from det
-    assert all(tr["x"] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9] for tr in ap_fig["data"])
+    on_target = [tr for tr in ap_fig["data"] if tr["name"].endswith(" on study-target-test")]
+    assert len(on_target) == 2 and len(ap_fig["data"]) == 5  # Fig. 1: from cls and from det; Table 2's three
+    assert all(tr["x"] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9] for tr in on_target)
     tasks = [c.children for c in find(finetune, lambda c: type(c).__name__ == "Td" and c.children in
-                                      ("finetune-det", "finetune-cls"))]
-    assert sorted(tasks) == ["finetune-cls"] * 2 + ["finetune-det"] * 2
+                                      ("finetune-det", "finetune-cls", "finetune-seg"))]
+    assert sorted(tasks) == ["finetune-cls"] * 2 + ["finetune-det"] * 5 + ["finetune-seg"] * 2
+    table2, table3, fig2, _ = runs.study_results(svc, None)
+    assert "never saw star" in text_of(table2) and "(without them)" in text_of(table2)
+    assert "medium" in text_of(table3)
+    assert len(fig2["data"]) == 4  # trimap and anti-trimap of both segmentation runs
     loss, loss_data, lr, _, ev, ev_data = runs.curves(svc, None, None)
-    assert len(loss["data"]) == 2 and len(lr["data"]) == 2  # the two pre-training runs by default
+    assert len(loss["data"]) == 3 and len(lr["data"]) == 3  # the pre-training runs by default: cls, det, det without star
     metrics = svc.ws.run_metrics(m["runs"]["cls"], kind="train")
     cls_trace = next(t for t in loss["data"] if t["name"].startswith(f"{m['runs']['cls']} "))
     assert cls_trace["y"] == [r["loss"] for r in metrics]
@@ -90,6 +95,6 @@ def test_study_page_follows_a_running_demo(tmp_path):
     text = text_of(pipeline)
     assert "generate the study sets running · 0/1 jobs finished" in text and f"job {job.id}" in text
     assert "queued" in text
-    assert "Not measured 11 waiting for the pipeline" in text_of(summary)
+    assert "Not measured 16 waiting for the pipeline" in text_of(summary)
     jobs.cancel_job(svc.ctx, job.id, queue=svc.queue)
     assert study.show(svc, None)[3] is False  # the manifest still says running: the page keeps following it

@@ -1,5 +1,6 @@
 """The demo's dashboard in a real browser (Debian's headless Chromium through Playwright): ``featscope demo`` on the
-tiny profile serves it; ``/study``, ``/runs``, ``/projections`` and an image page open with no console error.
+tiny profile serves it; ``/study``, ``/runs``, ``/detections``, ``/projections`` and an image page open with no
+console error.
 Screenshots go to ``$FEATSCOPE_SCREENSHOT_DIR`` when set (how the README's ``docs/screenshots/demo-*.png`` are made:
 ``FEATSCOPE_SCREENSHOT_DIR=docs/screenshots pytest tests/frontend/test_frontend_study_browser.py``)."""
 
@@ -21,6 +22,8 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--disable-sync", "--no-first-run"]
 TRACE_JS = """([fig, type]) => { const gd = document.querySelector('#' + fig + ' .js-plotly-plot');
   return !!(gd && gd.data && gd.data.some((t) => t.type === type)); }"""
+SHAPES_JS = """(fig) => { const gd = document.querySelector('#' + fig + ' .js-plotly-plot');
+  return !!(gd && gd.layout && gd.layout.shapes && gd.layout.shapes.length); }"""
 DRAWN_JS = """(fig) => { const gd = document.querySelector('#' + fig + ' .js-plotly-plot');
   return !!(gd && gd._fullData && gd._fullData.length && gd._fullData[0].x && gd._fullData[0].x.length); }"""
 
@@ -64,12 +67,29 @@ def test_the_demo_dashboard_in_a_browser(tiny_demo, tmp_path):
 
         # /runs: loss, learning rate and evaluation curves, Fig. 1, the fine-tuning table
         page.goto(base + "/runs")
-        page.wait_for_function("() => document.querySelectorAll('#runs-list tbody tr').length === 6")
-        for fig in ("runs-loss", "runs-lr", "runs-eval", "runs-ap"):
+        page.wait_for_function("() => document.querySelectorAll('#runs-list tbody tr').length === 12")
+        for fig in ("runs-loss", "runs-lr", "runs-eval", "runs-ap", "runs-trimap"):
             page.wait_for_function(DRAWN_JS, arg=fig)
-        assert page.locator("#runs-ft tbody tr").count() == 4
+        assert page.locator("#runs-ft tbody tr").count() == 9
+        page.wait_for_selector("#runs-occlusion tbody tr")
+        assert page.locator("#runs-table2 table tbody tr").count() == 3  # Table 2: from cls, det, det without star
         assert not errors, "\n".join(errors)
         _shot(page, tmp_path, "demo-runs")
+
+        # /detections, opened by /study's Fig. 8 link: both detectors' boxes on one test image, Table 3
+        page.goto(base + "/study")
+        link = page.get_attribute('#study-row-fig8 a[href^="/detections"]', "href")
+        runs = m["runs"]
+        assert link.startswith(f"/detections?a={runs['finetune-det-cls']}&b={runs['finetune-det-det']}")
+        page.goto(base + link.replace("show=only-b", "show=all"))
+        for fig in ("det-fig-a", "det-fig-b"):
+            page.wait_for_function(TRACE_JS, arg=[fig, "scatter"])
+        page.wait_for_function(SHAPES_JS, arg="det-fig-a")
+        assert page.locator("#det-table3-table tbody tr").count() == 4
+        page.click("#det-next")
+        page.wait_for_function("() => /^Image 2 of /.test(document.querySelector('#det-status').textContent)")
+        assert not errors, "\n".join(errors)
+        _shot(page, tmp_path, "demo-detections")
 
         # /projections of A = classification, B = detection (the demo's pair)
         a, b = m["sets"]["a"], m["sets"]["b"]

@@ -85,8 +85,36 @@ STUDY: dict[str, tuple[str, str, str, str]] = {
                "top-1 CALTECH-256 / SUN-397 / FLOWERS: IMAGENET-CLS 86.3/61.5/95.0; OPENIMAGES 82.2/59.5/92.6; "
                "COCO 79.8/57.8/91.4", "/runs"),
 }
+STUDY.update({
+    "table2": ("Table 2: held-out categories",
+               "A detector pre-trained without some categories, fine-tuned on data that has them, localises them "
+               "better than one fine-tuned from a classifier that saw them: detection pre-training improves "
+               "localization in general, not only for the classes it saw.",
+               "VOC mAP@0.7 on the held-out group: IMAGENET-LOC (Cls) vehicle 84.52 / animal 82.98; detector "
+               "pre-trained without the group 86.83 / 83.95; with it 87.20 / 84.83", "/runs"),
+    "table3": ("Table 3: missed objects by occlusion",
+               "The detector fine-tuned from the detection-pretrained backbone misses fewer objects at low and at "
+               "medium occlusion.",
+               "VOC07 test, missed at low / medium occlusion: IMAGENET-CLS 14.7% / 15.7%; OPENIMAGES 10.1% / 10.8%",
+               "/detections"),
+    "fig8": ("Fig. 8: both detectors' boxes on the same images",
+             "On the same test images, the detection-pretrained detector finds occluded objects that the "
+             "classification-pretrained one misses.",
+             "qualitative (VOC07 test images: occluded objects found only by the detection-pretrained model)",
+             "/detections"),
+    "table4": ("Table 4: semantic segmentation",
+               "Fine-tuned for semantic segmentation, the detection-pretrained backbone gives the higher mIoU.",
+               "VOC 2012 mIoU (DeepLab): IMAGENET-CLS 75.7; IMAGENET-LOC 78.3; OPENIMAGES 78.6", "/runs"),
+    "fig2": ("Fig. 2: trimap and anti-trimap accuracy",
+             "The segmentation gain holds over the whole extent of objects, away from their boundaries too, not "
+             "only within a band around them.",
+             "accuracy within x px of object boundaries (trimap) and farther than x (anti-trimap), x over a range: "
+             "OPENIMAGES above IMAGENET-CLS in both", "/runs"),
+})
 PAIR_PAGES = ("/pairs", "/comembership", "/projections")
-ORDER = ("fig1", "table1", "fig3", "fig4", "fig5", "fig6", "fig7", "table5", "table6", "table7", "table8")
+ORDER = ("fig1", "table1", "table2", "table3", "fig8", "table4", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7",
+         "table5", "table6", "table7", "table8")
+OCCLUSION_LEVELS = ("low", "medium")  # the bins the study's Table 3 reports
 
 
 def _finding(key: str, measured: str, verdict: str, rule: str, values: dict[str, Any] | None = None,
@@ -251,14 +279,112 @@ def table8(top1_cls: float | None, top1_det: float | None, interval_cls: tuple[f
     return _finding("table8", measured, _ok(top1_cls > top1_det), rule, {"cls": top1_cls, "det": top1_det})
 
 
+def table2(held_cls: float | None, held_without: float | None, held_with: float | None = None,
+           classes: Sequence[str] = ()) -> Finding:
+    """AP@0.7 on the held-out ``classes`` after detection fine-tuning from: the classifier (pre-trained on every
+    class), the detector pre-trained without those classes, and (for context, not judged) the detector that saw
+    them. The demo's detector without them starts from the classifier's seeded random start, not from the
+    classifier, which saw those classes."""
+    rule = ("AP@0.7 on the held-out classes after fine-tuning: from the detector pre-trained without them above "
+            "from the classifier (a tie is no direction)")
+    if held_cls is None or held_without is None:
+        return _missing("table2", rule, "the held-out pre-training and its fine-tuning runs (off on the cpu "
+                                        "profile: featscope demo --heldout star,cross)")
+    names = ", ".join(classes) or "the held-out classes"
+    measured = (f"AP@0.7 on {names}: {_pct(held_cls)} from cls vs {_pct(held_without)} from det pre-trained "
+                f"without them")
+    if held_with is not None:
+        measured += f" ({_pct(held_with)} from det with them)"
+    measured += ("; the det without them starts from cls's seeded random start, not from cls, which saw those "
+                 "classes")
+    return _finding("table2", measured, _ok(held_without > held_cls), rule,
+                    {"cls": held_cls, "without": held_without, "with": held_with, "classes": list(classes)})
+
+
+def table3(missed_cls: Mapping[str, float | None] | None, missed_det: Mapping[str, float | None] | None,
+           objects: Mapping[str, int] | None = None) -> Finding:
+    """Missed-object rate (IoU 0.5, score 0.5) per occlusion bin (``none``, ``low``, ``medium``, ``high``) of the
+    detectors fine-tuned from each backbone; ``objects``: how many test objects each bin holds."""
+    rule = "missed-object rate (IoU 0.5, score 0.5) from det below that from cls at low and at medium occlusion"
+    levels = OCCLUSION_LEVELS
+    if not missed_cls or not missed_det or any(missed_cls.get(b) is None or missed_det.get(b) is None
+                                               for b in levels):
+        return _missing("table3", rule, "missed objects at low and medium occlusion from both detection "
+                                        "fine-tuning runs")
+    counts = f" (of {' / '.join(str((objects or {}).get(b, '?')) for b in levels)} objects)" if objects else ""
+    measured = (f"missed at low / medium occlusion: {' / '.join(_pct(missed_cls[b]) + '%' for b in levels)} from cls "
+                f"vs {' / '.join(_pct(missed_det[b]) + '%' for b in levels)} from det{counts}")
+    ok = all(missed_det[b] < missed_cls[b] for b in levels)
+    return _finding("table3", measured, _ok(ok), rule,
+                    {"cls": {b: missed_cls[b] for b in levels}, "det": {b: missed_det[b] for b in levels}})
+
+
+def fig8(only_det: int | None, only_cls: int | None, n_images: int = 0, link: str | None = None) -> Finding:
+    """Test images where only the detector fine-tuned from det finds an occluded object (IoU 0.5, score 0.5),
+    and where only the one fine-tuned from cls does, out of ``n_images`` common test images."""
+    rule = ("test images where only the detector from det finds an occluded object (IoU 0.5, score 0.5) "
+            "outnumber those where only the detector from cls does")
+    if only_det is None or only_cls is None:
+        return _missing("fig8", rule, "the test-set boxes of both detection fine-tuning runs")
+    measured = (f"of {n_images} test images, {only_det} with an occluded object only the detector from det finds, "
+                f"{only_cls} with one only the detector from cls finds")
+    return _finding("fig8", measured, _ok(only_det > only_cls), rule,
+                    {"only_det": only_det, "only_cls": only_cls, "images": n_images}, link)
+
+
+def table4(miou_cls: float | None, miou_det: float | None) -> Finding:
+    """mIoU after segmentation fine-tuning (DeepLabV3 head) from each backbone."""
+    rule = "mIoU after segmentation fine-tuning: from det above from cls"
+    if miou_cls is None or miou_det is None:
+        return _missing("table4", rule, "the two segmentation fine-tuning runs")
+    measured = f"mIoU {_pct(miou_cls)} (from cls) vs {_pct(miou_det)} (from det)"
+    return _finding("table4", measured, _ok(miou_det > miou_cls), rule, {"cls": miou_cls, "det": miou_det})
+
+
+def _band_gains(cls: Mapping[float, float | None] | None, det: Mapping[float, float | None] | None
+                ) -> list[tuple[float, float]]:
+    """(width, det - cls) at each band width where both accuracies are known, narrowest first."""
+    c = {float(w): a for w, a in (cls or {}).items() if a is not None}
+    d = {float(w): a for w, a in (det or {}).items() if a is not None}
+    return [(w, d[w] - c[w]) for w in sorted(c.keys() & d.keys())]
+
+
+def fig2(trimap_cls: Mapping[float, float | None] | None, trimap_det: Mapping[float, float | None] | None,
+         anti_cls: Mapping[float, float | None] | None, anti_det: Mapping[float, float | None] | None) -> Finding:
+    """Accuracy by band width (pixels -> accuracy, None where the band holds no pixel) within the band around
+    object boundaries (trimap) and outside it (anti-trimap), after segmentation fine-tuning from each backbone."""
+    rule = ("anti-trimap accuracy gain (det - cls) at the widest band width is positive: the gain reaches the "
+            "pixels far from every boundary, not only the band around them")
+    near, far = _band_gains(trimap_cls, trimap_det), _band_gains(anti_cls, anti_det)
+    if not far:
+        return _missing("fig2", rule, "the trimap / anti-trimap accuracy of both segmentation fine-tuning runs")
+    width, gain = far[-1]
+    measured = f"anti-trimap gain det - cls at {width:g} px: {gain * 100:+.1f}"
+    if near:
+        measured += (f"; trimap gain {near[0][1] * 100:+.1f} at {near[0][0]:g} px, {near[-1][1] * 100:+.1f} at "
+                     f"{near[-1][0]:g} px")
+    return _finding("fig2", measured, _ok(gain > 0), rule,
+                    {"trimap_gain": dict(near), "anti_trimap_gain": dict(far)})
+
+
 def judge(m: Mapping[str, Any]) -> list[Finding]:
     """Every finding, in the study's order, from a measurements dict (see ``featscope.demo.study.measure``)."""
     ft = m.get("finetune_det") or {}
     ftc = m.get("finetune_cls") or {}
     top1 = {k: (v or {}).get("top1") for k, v in ftc.items()}
+    held = m.get("heldout") or {}
+    occ = m.get("missed_by_occlusion") or {}
+    f8 = m.get("fig8") or {}
+    seg = m.get("segmentation") or {}
+    seg_cls, seg_det = seg.get("cls") or {}, seg.get("det") or {}
     out = [
         fig1(ft.get("cls"), ft.get("det")),
         table1(ft.get("cls"), ft.get("det")),
+        table2(held.get("cls"), held.get("without"), held.get("with"), held.get("classes") or ()),
+        table3(occ.get("cls"), occ.get("det"), occ.get("objects")),
+        fig8(f8.get("only_det"), f8.get("only_cls"), f8.get("images", 0), f8.get("link")),
+        table4(seg_cls.get("miou"), seg_det.get("miou")),
+        fig2(seg_cls.get("trimap"), seg_det.get("trimap"), seg_cls.get("anti_trimap"), seg_det.get("anti_trimap")),
         fig3(*(m.get("same_class") or (None, None, 0))),
         fig4(*(m.get("coverage") or (None, None)), link=m.get("maps_link")),
         fig5(*(m.get("maskout_drop") or (None, None)), link=m.get("maps_link")),

@@ -1,13 +1,14 @@
 """The numbers the study's qualitative figures are judged by (Figs. 3, 4, 5, 7), as pure functions on arrays.
 
-Public names: :func:`same_class_share`, :func:`knn_purity`, :func:`box_coverage`, :func:`largest_drop`.
+Public names: :func:`same_class_share`, :func:`knn_purity`, :func:`box_coverage`, :func:`largest_drop`,
+:func:`class_ap`.
 The study shows these findings as pictures; to say whether their direction holds on other data, each is
 reduced here to one number with a plain definition (see :mod:`featscope.analysis.findings`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -64,3 +65,27 @@ def largest_drop(min_probability: float, unmasked_probability: float) -> float:
     if not unmasked_probability > 0:
         raise ValueError(f"the unmasked probability must be > 0, got {unmasked_probability}")
     return float(max(0.0, 1.0 - min_probability / unmasked_probability))
+
+
+def class_ap(per_class: Mapping[str, Sequence[float]], classes: Sequence[str], thresholds: Sequence[str],
+             threshold: str = "0.7") -> float | None:
+    """Mean AP at IoU ``threshold`` over ``classes``, from a detection evaluation's ``per_class`` (class -> AP at
+    each of ``thresholds``, in that order; -1 where the class has no ground truth, as pycocotools writes it).
+
+    Classes absent from ``per_class`` or without ground truth are left out (as COCO's mean over classes does);
+    None when none is left. The study's Table 2 compares this on the held-out classes."""
+    keys = [f"{float(t):g}" for t in thresholds]
+    want = f"{float(threshold):g}"
+    if want not in keys:
+        raise ValueError(f"threshold {threshold} is not one of the evaluated IoU thresholds {', '.join(keys)}")
+    k = keys.index(want)
+    values = []
+    for c in classes:
+        row = per_class.get(c)
+        if row is None:
+            continue
+        if len(row) != len(keys):
+            raise ValueError(f"class {c!r} has {len(row)} AP values for {len(keys)} thresholds")
+        if row[k] is not None and row[k] >= 0:
+            values.append(float(row[k]))
+    return float(np.mean(values)) if values else None

@@ -23,15 +23,18 @@ def demo(profile: Optional[str] = typer.Option(None, help="tiny, cpu or cuda [de
          serve: Optional[bool] = typer.Option(None, "--serve/--no-serve",
                                               help="Serve the dashboard when done [default: $DEMO_SERVE, else yes]."),
          host: str = typer.Option("127.0.0.1", help="Bind address of the dashboard."),
-         port: Optional[int] = typer.Option(None, help="Port of the dashboard [default: $DEMO_PORT, else 8050].")) -> None:
+         port: Optional[int] = typer.Option(None, help="Port of the dashboard [default: $DEMO_PORT, else 8050]."),
+         heldout: Optional[str] = typer.Option(None, help="Pre-training classes to hold out for Table 2, comma-"
+                                               "separated (e.g. star,cross; 'none': skip it) [default: the "
+                                               "profile's: none on cpu, star,cross on cuda].")) -> None:
     """Generate the study sets, pre-train a classifier and a detector, run every analysis, map and fine-tuning as
     worker jobs (a second run is all cache hits), print the study's findings, then serve the dashboard."""
     from featscope.config import Settings
-    from featscope.demo.profiles import choose_profile
+    from featscope.demo.profiles import choose_profile, with_heldout
     from featscope.demo.runner import run_demo
 
     try:
-        chosen = choose_profile(profile)
+        chosen = with_heldout(choose_profile(profile), heldout)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

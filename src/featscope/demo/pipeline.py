@@ -74,9 +74,13 @@ class Step:
 
 @dataclass(frozen=True)
 class Stage:
+    """``steps`` builds the stage's jobs from the manifest; ``off`` says why a profile leaves the stage out (None:
+    it runs), e.g. the Table 2 stages of a profile that holds out no class."""
+
     name: str
     title: str
     steps: Callable[[Workspace, Profile, Manifest], list[Step]]
+    off: Callable[[Profile], str | None] | None = None
 
 
 def _ds(m: Manifest, part: str) -> str:
@@ -265,7 +269,56 @@ def _finetune(ws: Workspace, p: Profile, m: Manifest) -> list[Step]:
             steps.append(Step(f"fine-tune cls from {role}", "finetune",
                               {"task": "cls", "backbone": bbs[role], "dataset": _ds(m, "single"), "preset": p.preset,
                                "params": dict(p.finetune_cls)}, record(f"finetune-cls-{role}")))
+    for role in ROLES:  # Table 4, Figs. 2 and 9: a DeepLabV3 head on each trunk, the target scenes' masks
+        if role in bbs:
+            steps.append(Step(f"fine-tune seg from {role}", "finetune",
+                              {"task": "seg", "backbone": bbs[role], "dataset": _ds(m, "target-train"),
+                               "test_dataset": _ds(m, "target-test"), "preset": p.preset,
+                               "params": dict(p.finetune_seg)}, record(f"finetune-seg-{role}")))
     return steps
+
+
+# ------------------------------------------------------------------------------------------ 7. held-out classes
+def _heldout_off(p: Profile) -> str | None:
+    return None if p.heldout else ("this profile holds out no class (Table 2 adds a third pre-training); "
+                                   "featscope demo --heldout star,cross runs it")
+
+
+def _heldout_pretrain(ws: Workspace, p: Profile, m: Manifest) -> list[Step]:
+    """Table 2's third backbone: a detector pre-trained on the same scenes without the held-out classes, from the
+    classifier's seeded random start (not from the classifier, which saw those classes)."""
+    if "cls" not in m.data.get("backbones", {}):
+        return []
+    m.data["heldout"] = {"classes": list(p.heldout)}
+
+    def rec(man: Manifest, result: dict[str, Any]) -> None:
+        man.setdefault("runs", {})["heldout"] = result["run"]
+        man.data["heldout"]["backbone"] = _registered_name(ws, result)
+
+    params = {**p.det, **p.heldout_det, "holdout_classes": list(p.heldout)}
+    return [Step(f"pre-train det without {', '.join(p.heldout)}", "train",
+                 {"task": "det", "dataset": _ds(m, "pretrain"), "val_dataset": _ds(m, "pretrain-val"),
+                  "preset": p.preset, "name": "demo-det-without", "params": params}, rec)]
+
+
+def _heldout(ws: Workspace, p: Profile, m: Manifest) -> list[Step]:
+    """Detection fine-tuning from cls, det and the detector without the held-out classes on a split of
+    pretrain-val (the pre-training distribution, which has those classes): AP@0.7 per class."""
+    bbs = dict(m.data.get("backbones", {}))
+    held = m.data.get("heldout") or {}
+    if "backbone" not in held or set(bbs) != set(ROLES):
+        return []
+    bbs["without"] = held["backbone"]
+
+    def record(key: str):
+        def rec(man: Manifest, result: dict[str, Any]) -> None:
+            man.setdefault("runs", {})[key] = result["run"]
+        return rec
+
+    params = {**p.finetune_det, **p.heldout_finetune}
+    return [Step(f"fine-tune det from {role} on pretrain-val", "finetune",
+                 {"task": "det", "backbone": bbs[role], "dataset": _ds(m, "pretrain-val"), "preset": p.preset,
+                  "params": dict(params)}, record(f"heldout-finetune-{role}")) for role in (*ROLES, "without")]
 
 
 STAGES: tuple[Stage, ...] = (
@@ -276,5 +329,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("extract", "extract Conv4/Conv5 and the detection head's taps", _extract),
     Stage("analyses", "analyses: pairs, co-membership, t-SNE/UMAP, agreement, CKA, probes", _analyses),
     Stage("maps", "activation and mask-out maps of a few held-out scenes", _maps),
-    Stage("finetune", "fine-tune both backbones for detection and for classification", _finetune),
+    Stage("finetune", "fine-tune both backbones for detection, classification and segmentation", _finetune),
+    Stage("heldout-pretrain", "pre-train a detector without the held-out classes from the classifier's seeded "
+          "random start (Table 2)", _heldout_pretrain, _heldout_off),
+    Stage("heldout", "fine-tune cls, det and the detector without the held-out classes for detection on "
+          "pretrain-val (Table 2)", _heldout, _heldout_off),
 )

@@ -33,7 +33,10 @@ Say = Callable[[str], None]
 POLL_SECONDS = 0.4
 PROGRESS_EVERY = 5.0  # seconds between progress lines of one running job
 GUIDE = [("/study", "the study's findings beside the demo's measurements, each with a computed verdict"),
-         ("/runs", "loss and learning-rate curves, AP against IoU of both backbones (Fig. 1), fine-tuning tables"),
+         ("/runs", "loss and learning-rate curves, AP against IoU of both backbones (Fig. 1), fine-tuning tables, "
+                   "held-out classes (Table 2), segmentation (Table 4, Fig. 2)"),
+         ("/detections", "both fine-tuned detectors' boxes on the same test images, missed objects by occlusion "
+                         "(Table 3, Fig. 8)"),
          ("/projections", "t-SNE and UMAP of both backbones' Conv5, coloured by class (Fig. 7)"),
          ("/comembership", "K-means co-membership in both directions (Fig. 6)"),
          ("/pairs", "closest pairs, and pairs close for one backbone but distant for the other (Fig. 3)"),
@@ -127,6 +130,13 @@ class Pipeline:
         ok = True
         for n, stage in enumerate(STAGES, start=1):
             t0 = time.monotonic()
+            off = stage.off(self.profile) if stage.off is not None else None
+            if off:  # left out by this profile: not a failure
+                self.m.setdefault("stages", []).append({"name": stage.name, "title": stage.title, "state": "off",
+                                                        "why": off, "jobs": []})
+                self.m.save()
+                self.say(f"[{n}/{len(STAGES)}] {stage.title}: off ({off})")
+                continue
             steps = stage.steps(self.ws, self.profile, self.m)
             entry = {"name": stage.name, "title": stage.title, "state": "running", "jobs": []}
             self.m.setdefault("stages", []).append(entry)

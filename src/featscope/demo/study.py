@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 import numpy as np
 
 from featscope.analysis import findings as F
-from featscope.analysis.study_measures import box_coverage, knn_purity, largest_drop, same_class_share
+from featscope.analysis.study_measures import box_coverage, class_ap, knn_purity, largest_drop, same_class_share
 from featscope.demo.pipeline import HEAD_POOLINGS, PROBE_PARTS, ROLES, embedding_set
 from featscope.workspace import NotFound, Workspace
 from featscope.workspace.analyses import NotCached
@@ -53,6 +53,60 @@ def _finetune(ws: Workspace, manifest: dict[str, Any]) -> tuple[dict, dict]:
         if ev and ev.get("top1") is not None:
             cls[role] = {"top1": ev["top1"], "interval": (ev.get("ci_low"), ev.get("ci_high"))}
     return det, cls
+
+
+def _heldout(ws: Workspace, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Table 2: AP@0.7 on the held-out classes after fine-tuning from cls, det and the detector without them."""
+    classes = (manifest.get("heldout") or {}).get("classes")
+    if not classes:
+        return {}
+    out: dict[str, Any] = {"classes": list(classes)}
+    for key, run in (("cls", "heldout-finetune-cls"), ("with", "heldout-finetune-det"),
+                     ("without", "heldout-finetune-without")):
+        ev = _run_eval(ws, manifest, run)
+        if ev and ev.get("per_class") and ev.get("ap"):
+            out[key] = class_ap(ev["per_class"], classes, sorted(ev["ap"], key=float), "0.7")
+    return out
+
+
+def _occlusion(ws: Workspace, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Table 3: each detection fine-tuning run's missed-object rate per occlusion bin (IoU 0.5, score 0.5)."""
+    out: dict[str, Any] = {}
+    for role in ROLES:
+        missed = (_run_eval(ws, manifest, f"finetune-det-{role}") or {}).get("missed_by_occlusion")
+        if missed:
+            out[role] = {b["name"]: b["rate"] for b in missed["bins"]}
+            out["objects"] = {b["name"]: b["objects"] for b in missed["bins"]}
+    return out if all(r in out for r in ROLES) else {}
+
+
+def _fig8(ws: Workspace, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Fig. 8: test images where only one of the two fine-tuned detectors finds an occluded object."""
+    from featscope.workspace.detection_errors import compare, detection_pair
+
+    ids = [(manifest.get("runs") or {}).get(f"finetune-det-{r}") for r in ROLES]
+    if None in ids:
+        return {}
+    try:
+        pair = detection_pair(ws.ctx, *ids)
+    except (NotFound, ValueError, OSError) as e:
+        log.info("Fig. 8 not measured: %s", e)
+        return {}
+    c = compare(*pair.docs, score=0.5)
+    return {"only_cls": len(c.only_a), "only_det": len(c.only_b), "images": len(c.relpaths),
+            "link": f"/detections?{urlencode({'a': ids[0], 'b': ids[1], 'show': 'only-b'})}"}
+
+
+def _segmentation(ws: Workspace, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Table 4 and Fig. 2: mIoU and accuracy by band width of each segmentation fine-tuning run."""
+    out = {}
+    for role in ROLES:
+        ev = _run_eval(ws, manifest, f"finetune-seg-{role}")
+        if ev and ev.get("miou") is not None:
+            out[role] = {"miou": ev["miou"],
+                         "trimap": {r["width"]: r["accuracy"] for r in ev.get("trimap") or []},
+                         "anti_trimap": {r["width"]: r["accuracy"] for r in ev.get("anti_trimap") or []}}
+    return out
 
 
 def _probe(ws: Workspace, set_info) -> dict[str, Any] | None:
@@ -156,6 +210,10 @@ def measure(ws: Workspace, manifest: dict[str, Any] | None) -> dict[str, Any]:
         return {}
     m: dict[str, Any] = {}
     m["finetune_det"], m["finetune_cls"] = _finetune(ws, manifest)
+    m["heldout"] = _heldout(ws, manifest)
+    m["missed_by_occlusion"] = _occlusion(ws, manifest)
+    m["fig8"] = _fig8(ws, manifest)
+    m["segmentation"] = _segmentation(ws, manifest)
     bbs = manifest.get("backbones") or {}
     ds = manifest.get("study_name", "study")
     if set(bbs) == set(ROLES):

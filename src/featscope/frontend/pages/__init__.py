@@ -5,4 +5,4 @@ module here with a ``PAGE`` dict.
 """
 
 PAGES = ("overview", "pairs", "comembership", "projections", "image", "upload", "probes", "similarity", "jobs",
-         "study", "runs")
+         "study", "runs", "detections")

@@ -1,5 +1,7 @@
 """``/runs``: training runs: loss and learning-rate curves, evaluations over training, AP against IoU of the
-detection fine-tuning runs (Fig. 1), the fine-tuning tables (Tables 1, 7, 8), and the backbones runs registered."""
+detection fine-tuning runs (Fig. 1), the fine-tuning tables (Tables 1, 7, 8), held-out classes (Table 2), missed
+objects by occlusion (Table 3), segmentation (Table 4) and its trimap / anti-trimap curves (Fig. 2), and the
+backbones runs registered."""
 
 from __future__ import annotations
 
@@ -9,12 +11,13 @@ from dash import Input, Output, dcc, html
 
 from featscope.frontend.components.figures import base_layout, empty_figure, figure_card, figure_data
 from featscope.frontend.components.layout import card, empty_state, page_header
+from featscope.frontend.components.results import missed_by_occlusion, occlusion_table
 from featscope.frontend.scatter import palette
 from featscope.frontend.services import Services
 from featscope.frontend.wiring import callback
 
-PAGE = {"path": "/runs", "name": "Runs", "title": "featscope · training runs (Fig. 1, Tables 1, 7, 8)", "order": 85,
-        "nav": True}
+PAGE = {"path": "/runs", "name": "Runs", "title": "featscope · training runs (Figs. 1, 2, Tables 1-4, 7, 8)",
+        "order": 85, "nav": True}
 POLL_MS = 3000
 IOUS = ("0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9")
 
@@ -23,7 +26,7 @@ def layout(**_query: Any) -> html.Div:
     return html.Div([
         page_header("Training runs", "Pre-training and fine-tuning runs of this data dir: how their loss and learning "
                     "rate moved, what they scored, and the backbones they registered.",
-                    figure="Fig. 1 · Tables 1, 7, 8"),
+                    figure="Figs. 1, 2 · Tables 1-4, 7, 8"),
         card("Runs", html.Div(id="runs-table", className="fs-table-wrap"),
              caption="Newest first. A finished pre-training run is a backbone (run:<id>) usable on every page."),
         html.Div(className="fs-controls", children=[
@@ -38,11 +41,23 @@ def layout(**_query: Any) -> html.Div:
         figure_card("runs-eval", "Evaluation over training", height=340,
                     caption="Held-out top-1 (classification) or mAP@0.5 (detection) at each evaluation."),
         figure_card("runs-ap", "AP against the IoU threshold (Fig. 1)", height=380,
-                    caption="Detection fine-tuning on the target set, from each backbone: the study finds detection "
-                            "pre-training helps most at high IoU."),
+                    caption="Detection fine-tuning from each backbone, named with the set each was tested on (the "
+                            "demo's Fig. 1 runs on the target set): the study finds detection pre-training helps most "
+                            "at high IoU."),
         card("Fine-tuning", html.Div(id="runs-finetune", className="fs-table-wrap"),
              caption="Detection: AP at IoU 0.5 and 0.7 (Tables 1, 7). Classification: top-1 with its Wilson 95% "
-                     "interval (Tables 7, 8)."),
+                     "interval (Tables 7, 8). Segmentation: mIoU (Table 4)."),
+        card("Held-out categories (Table 2)", html.Div(id="runs-table2", className="fs-table-wrap"),
+             caption="A backbone pre-trained without some classes, fine-tuned for detection on data that has them, "
+                     "beside the other backbones fine-tuned on the same data: AP@0.7 on the held-out classes and on "
+                     "the rest."),
+        card("Missed objects by occlusion (Table 3)", html.Div(id="runs-table3", className="fs-table-wrap"),
+             caption="Detection fine-tuning runs whose test set says how occluded each object is; both detectors' "
+                     "boxes on the same images are on the Detections page (Fig. 8)."),
+        figure_card("runs-trimap", "Segmentation accuracy near and away from object boundaries (Fig. 2)", height=380,
+                    caption="Pixel accuracy within x pixels of an object boundary (trimap, solid) and farther than x "
+                            "(anti-trimap, dashed), per segmentation fine-tuning run: the study finds the detection "
+                            "backbone's gain in both, not only at the boundaries."),
         dcc.Interval(id="runs-poll", interval=POLL_MS, disabled=False),
     ])
 
@@ -69,7 +84,7 @@ def overview(svc: Services, _tick: Any):
                 "fine-tuning runs yet"), None, True)
     names = _backbone_names(svc)
     options = [{"label": f"{r.id} · {r.name} ({r.task}, {r.state})", "value": r.id} for r in runs]
-    rows = ap_rows(runs)
+    rows = ap_rows(runs, {d.id: d.name for d in svc.ws.datasets(all_versions=True)})
     active = any(r.state in ("queued", "running") for r in runs)
     return (runs_table(runs, names), options, finetune_table(runs, names), ap_figure(rows),
             figure_data("ap-vs-iou", rows), not active)
@@ -114,15 +129,23 @@ def line_figure(rows: list[dict], key: str, title: str, *, markers: bool = False
     return {"data": traces, "layout": base_layout(xaxis={"title": {"text": "iteration"}}, yaxis=yaxis)}
 
 
-def ap_rows(runs: list) -> list[dict]:
-    """One row per IoU threshold and detection fine-tuning run that finished."""
+def ap_rows(runs: list, datasets: dict[int, str] | None = None) -> list[dict]:
+    """One row per IoU threshold and detection fine-tuning run that finished; with ``datasets`` (id -> name) the
+    run's name says what it was tested on (runs on different test sets are not comparable)."""
     out = []
     for r in sorted(runs, key=lambda r: r.id):  # oldest first: the demo's run from the classifier gets A's colour
         ap = ((r.result or {}).get("eval") or {}).get("ap") if r.task == "finetune-det" and r.state == "done" else None
+        name = f"{r.id} · from {_init_name(r)}" + (f" on {_tested_on(r, datasets)}" if datasets is not None else "")
         for t in IOUS if ap else ():
             if ap.get(t) is not None and ap[t] >= 0:  # pycocotools' -1: no ground truth at this threshold
-                out.append({"run": f"{r.id} · from {_init_name(r)}", "iou": float(t), "ap": ap[t]})
+                out.append({"run": name, "iou": float(t), "ap": ap[t]})
     return out
+
+
+def _tested_on(run, datasets: dict[int, str]) -> str:
+    if run.test_dataset_id is not None:
+        return datasets.get(run.test_dataset_id, f"data set {run.test_dataset_id}")
+    return f"a split of {datasets.get(run.dataset_id, f'data set {run.dataset_id}')}"
 
 
 def _init_name(run) -> str:
@@ -137,9 +160,12 @@ def ap_figure(rows: list[dict]) -> dict:
     traces = [{"type": "scatter", "mode": "lines+markers", "name": n, "line": {"color": colours[n]},
                "x": [r["iou"] for r in rows if r["run"] == n], "y": [r["ap"] for r in rows if r["run"] == n],
                "hovertemplate": "IoU %{x}<br>AP %{y:.1%}<extra>" + n + "</extra>"} for n in names]
+    # the legend under the plot: runs on several test sets make it long enough to run into the toolbar above
     return {"data": traces, "layout": base_layout(xaxis={"title": {"text": "IoU threshold"}, "dtick": 0.1},
                                                   yaxis={"title": {"text": "AP"}, "tickformat": ".1%",
-                                                         "rangemode": "tozero"})}
+                                                         "rangemode": "tozero"},
+                                                  legend={"yref": "container", "yanchor": "bottom", "y": 0},
+                                                  margin={"b": 64 + 22 * ((len(names) + 2) // 3)})}
 
 
 def _pct(v: Any) -> str:
@@ -156,6 +182,8 @@ def _backbone_cell(run, names: dict[int, str]) -> Any:
 
 def _score(run) -> str:
     ev = (run.result or {}).get("eval") or {}
+    if "miou" in ev:
+        return f"mIoU {_pct(ev['miou'])}"
     if "top1" in ev:
         return f"top-1 {_pct(ev['top1'])}"
     if "ap" in ev:
@@ -179,7 +207,7 @@ def finetune_table(runs: list, names: dict[int, str]) -> Any:
     if not done:
         return html.Div("No fine-tuning run has finished yet.", className="fs-muted")
     head = html.Thead(html.Tr([html.Th(h) for h in ("Run", "Task", "From backbone", "Test images", "AP@0.5", "AP@0.7",
-                                                    "Top-1", "95% interval")]))
+                                                    "Top-1", "95% interval", "mIoU")]))
     body = []
     for r in done:
         ev = (r.result or {}).get("eval") or {}
@@ -190,5 +218,97 @@ def finetune_table(runs: list, names: dict[int, str]) -> Any:
                              html.Td(_pct(ap.get("0.7")) if ap else "—", className="fs-num"),
                              html.Td(_pct(ev.get("top1")) if "top1" in ev else "—", className="fs-num"),
                              html.Td(f"{_pct(ev['ci_low'])} – {_pct(ev['ci_high'])}" if "ci_low" in ev else "—",
-                                     className="fs-num fs-muted")]))
+                                     className="fs-num fs-muted"),
+                             html.Td(_pct(ev.get("miou")) if "miou" in ev else "—", className="fs-num")]))
     return html.Table([head, html.Tbody(body)], className="fs-table", id="runs-ft")
+
+
+@callback(Output("runs-table2", "children"), Output("runs-table3", "children"), Output("runs-trimap", "figure"),
+          Output({"type": "fs-figdata", "fig": "runs-trimap"}, "data"), Input("runs-poll", "n_intervals"))
+def study_results(svc: Services, _tick: Any):
+    """Table 2 (held-out classes), Table 3 (missed objects by occlusion) and Fig. 2 (trimap curves) of the runs."""
+    runs = sorted(_runs(svc), key=lambda r: r.id)  # oldest first: the demo's run from the classifier gets A's colour
+    datasets = {d.id: d.name for d in svc.ws.datasets(all_versions=True)}
+    occ = [([f"{r.id} · from {_init_name(r)}", html.Br(), html.Span(f"on {_tested_on(r, datasets)}",
+                                                                       className="fs-muted")], missed_by_occlusion(r))
+           for r in runs if r.task == "finetune-det" and r.state == "done" and missed_by_occlusion(r)]
+    rows = band_rows(runs)
+    return heldout_tables(runs), occlusion_table(occ, "runs-occlusion"), band_figure(rows), figure_data("trimap", rows)
+
+
+def band_rows(runs: list) -> list[dict]:
+    """One row per finished segmentation run, band (trimap / anti-trimap) and width with a known accuracy."""
+    out = []
+    for r in runs:
+        ev = (r.result or {}).get("eval") or {}
+        if r.task != "finetune-seg" or r.state != "done":
+            continue
+        for band, key in (("trimap", "trimap"), ("anti-trimap", "anti_trimap")):
+            out += [{"run": f"{r.id} · from {_init_name(r)}", "band": band, "width": x["width"],
+                     "accuracy": x["accuracy"], "pixels": x.get("pixels")}
+                    for x in ev.get(key) or [] if x.get("accuracy") is not None]
+    return out
+
+
+def band_figure(rows: list[dict]) -> dict:
+    if not rows:
+        return empty_figure("No segmentation fine-tuning run has finished yet")
+    names = list(dict.fromkeys(r["run"] for r in rows))
+    colours = dict(zip(names, palette(len(names))))
+    traces = []
+    for n in names:
+        for band, dash in (("trimap", "solid"), ("anti-trimap", "dash")):
+            pts = [r for r in rows if r["run"] == n and r["band"] == band]
+            traces.append({"type": "scatter", "mode": "lines+markers", "name": f"{n} · {band}",
+                           "line": {"color": colours[n], "dash": dash}, "x": [r["width"] for r in pts],
+                           "y": [r["accuracy"] for r in pts],
+                           "hovertemplate": f"{band} %{{x}} px<br>accuracy %{{y:.1%}}<extra>{n}</extra>"})
+    widths = sorted({r["width"] for r in rows})
+    return {"data": traces, "layout": base_layout(xaxis={"title": {"text": "band width (pixels, log scale)"},
+                                                         "type": "log", "tickvals": widths},
+                                                  yaxis={"title": {"text": "pixel accuracy"}, "tickformat": ".0%"})}
+
+
+def heldout_tables(runs: list) -> Any:
+    """Table 2 for each pre-training run with ``holdout_classes``: the detection fine-tuning runs from its backbone
+    and those from other backbones on the same data, with AP@0.7 on the held-out classes and on the others."""
+    from featscope.analysis.study_measures import class_ap
+
+    held = [r for r in runs if r.task in ("cls", "det") and (r.config or {}).get("holdout_classes")]
+    if not held:
+        return html.Div("No pre-training run holds classes out yet (train one with the holdout_classes parameter, "
+                        "e.g. featscope train det ... --set holdout_classes=star,cross; the demo's cuda and tiny "
+                        "profiles do, the cpu one with featscope demo --heldout star,cross).", className="fs-muted")
+    done = [r for r in runs if r.task == "finetune-det" and r.state == "done"
+            and ((r.result or {}).get("eval") or {}).get("per_class")]
+    blocks = []
+    for h in held:
+        classes = list(h.config["holdout_classes"])
+        mine = [r for r in done if f"(run:{h.id})" in (r.init or "")]
+        if not mine:
+            blocks.append(html.P(f"Run {h.id} ({h.name}) holds out {', '.join(classes)}; no detection fine-tuning "
+                                 f"from its backbone has finished yet.", className="fs-muted"))
+            continue
+        for f in mine:
+            peers = [r for r in done if (r.dataset_id, r.test_dataset_id, r.classes) ==
+                     (f.dataset_id, f.test_dataset_id, f.classes)]
+            body = []
+            for r in peers:
+                ev = r.result["eval"]
+                thresholds = sorted(ev["ap"], key=float)
+                others = [c for c in r.classes if c not in classes]
+                body.append(html.Tr([html.Td(f"{r.id} · from {_init_name(r)}" + (" (without them)" if r is f else "")),
+                                     html.Td(_pct(class_ap(ev["per_class"], classes, thresholds)), className="fs-num"),
+                                     html.Td(_pct(class_ap(ev["per_class"], others, thresholds)), className="fs-num"),
+                                     html.Td(_pct(ev["ap"].get("0.7")), className="fs-num")],
+                                    className="fs-row-study" if r is f else None))
+            head = html.Thead(html.Tr([html.Th("Fine-tuning run"),
+                                       *[html.Th(h, className="fs-num") for h in
+                                         (f"AP@0.7 on {', '.join(classes)}", "AP@0.7 on the other classes",
+                                          "AP@0.7, all")]]))
+            blocks.append(html.Div([html.Div(f"Pre-training run {h.id} ({h.name}, {h.task}) never saw "
+                                             f"{', '.join(classes)}; fine-tuned on the same data as:",
+                                             className="fs-subtitle"),
+                                    html.Table([head, html.Tbody(body)], className="fs-table",
+                                               id=f"runs-heldout-{f.id}")]))
+    return html.Div(blocks)

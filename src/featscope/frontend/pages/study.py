@@ -31,7 +31,7 @@ def layout(**_query: Any) -> html.Div:
                     "Object Detection, beside the same measurement on featscope's own classification- and "
                     "detection-pretrained backbones (A = classification, B = detection: the classifier trained "
                     "further as a detector on the same images, as the study's detectors are). The verdict is computed from the numbers by the rule shown under each one.",
-                    figure="Figs. 1, 3-7 · Tables 1, 5-8"),
+                    figure="Figs. 1-8 · Tables 1-8"),
         html.Div(id="study-summary", className="fs-stats"),
         card("Findings", html.Div(id="study-findings", className="fs-table-wrap"),
              caption="Study: the paper's own numbers (ResNet-101 on ImageNet / OpenImages / VOC). Demo: this "
@@ -92,6 +92,10 @@ def pipeline(svc: Services, manifest: dict[str, Any]) -> list:
         return [html.P("The demo has not submitted any job yet.", className="fs-muted")]
     out: list[Any] = []
     for stage in stages:
+        if stage.get("state") == "off":
+            out.append(html.Div([html.Strong(stage["title"]), html.Span(f"  off: {stage.get('why', '')}",
+                                                                        className="fs-muted")], className="fs-stage"))
+            continue
         entries = stage.get("jobs") or []
         finished = sum(1 for j in entries if j.get("state") in ("done", "failed", "cancelled"))
         hits = sum(1 for j in entries if j.get("cached"))

@@ -1,0 +1,51 @@
+"""Tables of fine-tuning results shared by ``/runs`` and ``/detections``: missed objects by occlusion (Table 3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dash import html
+
+STUDY_LEVELS = ("low", "medium")  # the occlusion bins the study's Table 3 reports
+
+
+def pct(v: Any) -> str:
+    return "—" if v is None or v < 0 else f"{100 * v:.1f}%"
+
+
+def init_name(run) -> str:
+    """The backbone a fine-tuning run started from (its ``init`` reads "backbone NAME (SPEC)")."""
+    return run.init.replace("backbone ", "").split(" (")[0] if run.init else "?"
+
+
+def missed_by_occlusion(run) -> dict[str, Any] | None:
+    """The run's missed-object rates per occlusion bin (``result["eval"]["missed_by_occlusion"]``), if it has them."""
+    return ((run.result or {}).get("eval") or {}).get("missed_by_occlusion") or None
+
+
+def occlusion_table(columns: list[tuple[Any, dict[str, Any]]], table_id: str) -> Any:
+    """Table 3: one row per occlusion bin, one column per run (``(header, missed_by_occlusion)``): missed of
+    objects and the rate; the study's low and medium rows are marked."""
+    if not columns:
+        return html.Div("No detection fine-tuning run has missed-object rates yet (they need the test set's "
+                        "occlusion: the study sets have it).", className="fs-muted")
+    names = [b["name"] for b in columns[0][1]["bins"]]
+    head = html.Thead(html.Tr([html.Th("Occlusion"), *[html.Th(h, className="fs-num") for h, _ in columns]]))
+    body = []
+    for name in names:
+        cells = []
+        for _, res in columns:
+            b = next((x for x in res["bins"] if x["name"] == name), None)
+            cells.append(html.Td("—" if b is None else [html.Strong(pct(b["rate"])),
+                                                        html.Span(f" {b['missed']} of {b['objects']}",
+                                                                  className="fs-muted")], className="fs-num"))
+        first = next(x for x in columns[0][1]["bins"] if x["name"] == name)
+        label = [html.Strong(name) if name in STUDY_LEVELS else name,
+                 html.Span(f" {100 * first['low']:g}-{100 * first['high']:g}% hidden", className="fs-muted")]
+        body.append(html.Tr([html.Td(label), *cells], className="fs-row-study" if name in STUDY_LEVELS else None))
+    res0 = columns[0][1]
+    note = html.Div(f"An object is missed when no box of its class scoring at least {res0.get('score', 0.5):g} "
+                    f"overlaps it at IoU {res0.get('iou', 0.5):g} or more. Bold rows: the levels the study reports "
+                    f"(VOC07: 14.7% / 15.7% from IMAGENET-CLS, 10.1% / 10.8% from OPENIMAGES).",
+                    className="fs-muted fs-small")
+    return html.Div([html.Table([head, html.Tbody(body)], className="fs-table", id=table_id), note])
