@@ -132,6 +132,8 @@ def test_table3_needs_fewer_misses_at_low_and_at_medium_occlusion():
     assert F.table3(cls, {**det, "low": 0.35}).verdict == F.NOT_REPRODUCED
     assert F.table3(cls, {**det, "medium": None}).verdict == F.NOT_MEASURED  # no medium object in the test set
     assert F.table3(None, det).verdict == F.NOT_MEASURED
+    few = F.table3(cls, det, {"none": 90, "low": 12, "medium": 4})
+    assert few.verdict == F.NOT_MEASURED and few.measured.startswith("too few test objects to compare: 4 at medium")
 
 
 def test_fig8_counts_images_only_one_detector_gets_right():
@@ -163,7 +165,7 @@ def test_table4_and_fig2():
 def test_judge_reads_the_new_measurements():
     m = {"heldout": {"classes": ["star"], "cls": 0.3, "without": 0.4, "with": 0.5},
          "missed_by_occlusion": {"cls": {"low": 0.3, "medium": 0.4}, "det": {"low": 0.35, "medium": 0.3},
-                                 "objects": {"low": 8, "medium": 4}},
+                                 "objects": {"low": 8, "medium": 6}},
          "fig8": {"only_det": 3, "only_cls": 1, "images": 8, "link": "/detections?a=5&b=6&show=only-b"},
          "segmentation": {"cls": {"miou": 0.5, "trimap": {1: 0.5}, "anti_trimap": {1: 0.8, 4: 0.9}},
                           "det": {"miou": 0.4, "trimap": {1: 0.6}, "anti_trimap": {1: 0.85, 4: 0.95}}}}

@@ -179,6 +179,7 @@ def test_drawing_spread_over_processes_writes_the_same_bytes(tmp_path, monkeypat
     serial = study.study_datasets(tmp_path / "serial", **counts)
     monkeypatch.setattr(study, "_PARALLEL_FROM", 3)
     monkeypatch.setattr(study, "_CHUNK", 4)
+    monkeypatch.setattr(study, "_workers", lambda n: 2)  # a pool of two even on a one-core machine
     seen = []
     pooled = study.study_datasets(tmp_path / "pooled", **counts, progress=lambda d, t: seen.append((d, t)))
     assert digest(serial.root) == digest(pooled.root)

@@ -110,3 +110,14 @@ def test_a_run_without_holdout_keeps_its_key(study):
     assert p.key == old
     held = training.plan(ws.ctx, "det", "study-pretrain", params={**TINY, "holdout_classes": ["circle"]})
     assert held.key != p.key
+
+
+def test_a_start_that_saw_the_held_out_classes_is_refused(study):
+    """Table 2's "never saw": a run started from a backbone trained on the held-out classes would have seen them."""
+    ws, _ = study
+    cls = ws.train("cls", "study-pretrain", name="cls-all-classes", **{**TINY, "epochs": 1})
+    with pytest.raises(ValueError, match=r"was trained on circle: a run started from it has seen the classes it holds"):
+        training.plan(ws.ctx, "det", "study-pretrain", init=cls.backbone_id, params={**TINY, "holdout_classes": ["circle"]})
+    ws.add_backbone("torchvision:resnet18", random_init=True, name="r18-never-saw")  # knows no classes: allowed
+    p = training.plan(ws.ctx, "det", "study-pretrain", init="r18-never-saw", params={**TINY, "holdout_classes": ["circle"]})
+    assert "circle" not in p.classes

@@ -78,3 +78,34 @@ def test_segmentation_of_a_registered_voc_set(ws, tmp_path):
     masks = ws.segmentation("voc")
     assert masks.classes[8] == "cat" and masks.has("JPEGImages/x.jpg")
     np.testing.assert_array_equal(masks.load("JPEGImages/x.jpg"), mask)
+
+
+def test_mask_fingerprints_follow_the_masks_not_only_the_images(ws, coco, tmp_path):
+    """A segmentation run's key includes its masks' fingerprint: changed polygons (same images and boxes) or a
+    rewritten VOC mask give another one, so the run trains anew instead of a stale cache hit."""
+    import os
+
+    ws.add_dataset(coco, name="fp")
+    before = wds.segmentation(ws.ctx, "fp").fingerprint(["a.png", "b.png"])
+    assert before == wds.segmentation(ws.ctx, "fp").fingerprint(["b.png", "a.png"])  # order-free, repeatable
+    assert before != wds.segmentation(ws.ctx, "fp").fingerprint(["a.png"])
+    doc = json.loads(coco.read_text())
+    doc["annotations"][0]["segmentation"] = [[2, 2, 8, 2, 5, 8]]  # a triangle in the same box
+    coco.write_text(json.dumps(doc))
+    assert wds.segmentation(ws.ctx, "fp").fingerprint(["a.png", "b.png"]) != before
+
+    root = tmp_path / "VOC"
+    (root / "Annotations").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    (root / "SegmentationClass").mkdir()
+    Image.new("RGB", (8, 6)).save(root / "JPEGImages" / "x.jpg")
+    (root / "Annotations" / "x.xml").write_text(
+        "<annotation><filename>x.jpg</filename><size><width>8</width><height>6</height></size><object>"
+        "<name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>4</xmax><ymax>4</ymax></bndbox></object></annotation>")
+    path = root / "SegmentationClass" / "x.png"
+    Image.fromarray(np.zeros((6, 8), np.uint8)).save(path)
+    ws.add_dataset(root, name="voc-fp")
+    first = wds.segmentation(ws.ctx, "voc-fp").fingerprint(["JPEGImages/x.jpg"])
+    Image.fromarray(np.full((6, 8), 8, np.uint8)).save(path)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert wds.segmentation(ws.ctx, "voc-fp").fingerprint(["JPEGImages/x.jpg"]) != first

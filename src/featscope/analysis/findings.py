@@ -18,6 +18,7 @@ from typing import Any
 
 REPRODUCED, NOT_REPRODUCED, NOT_MEASURED = "reproduced", "not reproduced", "not measured"
 HIGH_IOU = ("0.7", "0.8", "0.9")
+MIN_BIN_OBJECTS = 5  # Table 3: occluded test objects a bin needs before its missed-object rate is compared
 LOW_IOU = ("0.1", "0.2", "0.3", "0.4", "0.5")
 
 
@@ -311,6 +312,11 @@ def table3(missed_cls: Mapping[str, float | None] | None, missed_det: Mapping[st
                                                for b in levels):
         return _missing("table3", rule, "missed objects at low and medium occlusion from both detection "
                                         "fine-tuning runs")
+    few = [b for b in levels if objects and (objects.get(b) or 0) < MIN_BIN_OBJECTS]
+    if few:  # a rate over a handful of objects moves by 20 points with one object: no direction to read
+        return _finding("table3", f"too few test objects to compare: {', '.join(f'{objects.get(b) or 0} at {b}' for b in few)} "
+                        f"occlusion (at least {MIN_BIN_OBJECTS} each); a larger target set has more (the cuda profile)",
+                        NOT_MEASURED, rule, {"objects": dict(objects or {})})
     counts = f" (of {' / '.join(str((objects or {}).get(b, '?')) for b in levels)} objects)" if objects else ""
     measured = (f"missed at low / medium occlusion: {' / '.join(_pct(missed_cls[b]) + '%' for b in levels)} from cls "
                 f"vs {' / '.join(_pct(missed_det[b]) + '%' for b in levels)} from det{counts}")

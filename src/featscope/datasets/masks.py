@@ -20,8 +20,10 @@ Masks never enter the catalog: they are large, and the annotation files already 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from featscope.datasets.scanning import normalize_relpath
 __all__ = ["VOC_CLASSES", "VOID", "CocoMasks", "MaskSet", "VocMasks", "default_void_width", "render_instances"]
 
 VOID = 255
+MASKS_VERSION = 1  # bump when the same sources would give other masks (painting order, void band)
 VOC_CLASSES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
@@ -62,6 +65,16 @@ class MaskSet:
 
     def load(self, relpath: str) -> np.ndarray:
         """The (H, W) uint8 mask of ``relpath``: class indices into :attr:`classes`, :data:`VOID` where void."""
+        raise NotImplementedError
+
+    def fingerprint(self, relpaths: Sequence[str]) -> str:
+        """What the masks of ``relpaths`` are made of (a run's key includes it, so changed masks train anew)."""
+        h = hashlib.sha256(json.dumps([MASKS_VERSION, type(self).__name__, self.classes,
+                                       getattr(self, "void_width", None)]).encode())
+        self._fingerprint_into(h, relpaths)
+        return h.hexdigest()
+
+    def _fingerprint_into(self, h: Any, relpaths: Sequence[str]) -> None:
         raise NotImplementedError
 
     def _missing(self, relpath: str) -> ValueError:
@@ -94,6 +107,11 @@ class VocMasks(MaskSet):
 
     def _path(self, relpath: str) -> Path:
         return self.folder / f"{Path(relpath).stem}.png"
+
+    def _fingerprint_into(self, h: Any, relpaths: Sequence[str]) -> None:
+        for rel in sorted(relpaths):
+            st = self._path(rel).stat()
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
 
     def has(self, relpath: str) -> bool:
         return self._path(relpath).is_file()
@@ -211,8 +229,9 @@ class CocoMasks(MaskSet):
         self.images_root = Path(images_root) if images_root is not None else self.json_path.parent
         self.source = str(self.json_path)
         self.void_width = void_width
-        with open(self.json_path, encoding="utf-8") as f:
-            data = json.load(f)
+        raw = self.json_path.read_bytes()
+        self._json_sha = hashlib.sha256(raw).hexdigest()  # the annotations the masks are painted from
+        data = json.loads(raw)
         categories = {c["id"]: c["name"] for c in data.get("categories", [])}
         self.classes = ["background", *sorted(set(categories.values()))]
         index = {name: i for i, name in enumerate(self.classes)}
@@ -239,6 +258,10 @@ class CocoMasks(MaskSet):
             raise ValueError(f"{self.json_path.name} has no segmentation masks (no annotation carries a "
                              "'segmentation'); segmentation needs Pascal VOC SegmentationClass PNGs or COCO "
                              "polygons/RLE")
+
+    def _fingerprint_into(self, h: Any, relpaths: Sequence[str]) -> None:
+        h.update(self._json_sha.encode())
+        h.update("\0".join(sorted(relpaths)).encode())
 
     def has(self, relpath: str) -> bool:
         entry = self._images.get(relpath)

@@ -145,7 +145,10 @@ def _draw_all(draw: Callable[..., list], jobs: list[tuple], tick: _Ticker) -> li
         return out
     from concurrent.futures import ProcessPoolExecutor
 
+    from PIL import Image
     from pycocotools import mask as _coco_mask  # noqa: F401 - imported before the fork, not in every child
+
+    Image.init()  # PIL's format plugins too: no child imports anything a parent thread may be importing
 
     chunks = [jobs[k:k + _CHUNK] for k in range(0, len(jobs), _CHUNK)]
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))

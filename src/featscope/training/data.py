@@ -198,7 +198,7 @@ class SegmentationData(Dataset):
         image = TF.resize(image, [self.size, self.size], antialias=True)
         if not self.train:
             return image, mask.to(torch.int64)
-        mask = TF.resize(mask[None], [self.size, self.size], interpolation=InterpolationMode.NEAREST)[0]
+        mask = TF.resize(mask[None], [self.size, self.size], interpolation=InterpolationMode.NEAREST_EXACT)[0]
         if self.flip:
             g = torch.Generator().manual_seed(_seed_for(self.seed, epoch, i))
             if bool(torch.rand((), generator=g) < 0.5):

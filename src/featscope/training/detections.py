@@ -15,6 +15,7 @@ without running the network again::
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -68,9 +69,22 @@ def write_detections(run_dir: Path, doc: dict[str, Any]) -> Path:
 
 
 def read_detections(run_dir: Path) -> dict[str, Any] | None:
-    """The run's detections document, or None when it has none."""
+    """The run's detections document (shared: do not modify it), or None when it has none.
+
+    Memoised by the file's size and modification time: the dashboard reads both runs' documents on every
+    slider step, and a VOC-sized test set's is tens of megabytes of JSON.
+    """
     path = Path(run_dir) / DETECTIONS
-    return json.loads(path.read_text("utf-8")) if path.exists() else None
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return _read(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _read(path: str, _size: int, _mtime_ns: int) -> dict[str, Any]:
+    return json.loads(Path(path).read_text("utf-8"))
 
 
 def occlusion_analysis(ground_truth: Sequence[dict[str, Any]], predictions: Sequence[dict[str, Any]]

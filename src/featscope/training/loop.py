@@ -315,7 +315,7 @@ def snapshot(obj: Any, into: Any = None) -> Any:
     if isinstance(obj, torch.Tensor):
         src = obj.detach()
         if isinstance(into, torch.Tensor) and into.shape == src.shape and into.dtype == src.dtype \
-                and into.device.type == "cpu" and into.is_contiguous() and into.data_ptr() != src.data_ptr():
+                and into.device.type == "cpu" and into.data_ptr() != src.data_ptr():  # copy_ takes any strides
             return into.copy_(src)
         return src.to("cpu", copy=True)
     if isinstance(obj, dict):

@@ -31,10 +31,17 @@ class MaskReader:
 
     def __init__(self) -> None:
         self._where: dict[str, tuple[Any, str, np.ndarray | None]] = {}
+        self._sources: list[str] = []
 
     def add(self, root: Path, relpaths: Sequence[str], masks: Any, lut: np.ndarray | None) -> None:
         for rel in relpaths:
             self._where[str(Path(root) / rel)] = (masks, rel, lut)
+        self._sources.append(masks.fingerprint(relpaths))
+
+    @property
+    def fingerprint(self) -> str:
+        """The masks' sources (files, annotations, painting), in the order added: part of the run's key."""
+        return "+".join(self._sources)
 
     def __call__(self, path: Path) -> np.ndarray:
         try:

@@ -77,7 +77,8 @@ class TrainPlan:
                             "dataset": self.dataset.fingerprint, "classes": self.classes,
                             "test": self.test_dataset.fingerprint if self.test_dataset else None,
                             "test_images": [str(s.path) for s in self.test] if self.test_dataset is None else None,
-                            "init": self.init_fingerprint})
+                            "init": self.init_fingerprint,
+                            **({"masks": self.masks.fingerprint} if self.task == "finetune-seg" else {})})
 
 
 def plan(ctx: Context, task: str, dataset: str | int, *, preset: str = "cpu-demo", init: str | int | None = None,
@@ -114,6 +115,8 @@ def plan(ctx: Context, task: str, dataset: str | int, *, preset: str = "cpu-demo
     if cfg.holdout_classes and finetune:
         raise ValueError("holdout_classes applies to pre-training runs (cls, det); a fine-tuning run uses "
                          "every class of its data set: leave holdout_classes out")
+    if cfg.holdout_classes and init_row is not None:
+        _check_start_never_saw(ctx, init_row, cfg.holdout_classes)
     masks = None
     if task == "finetune-seg":
         from featscope.workspace.segmentation_runs import plan_segmentation
@@ -124,6 +127,22 @@ def plan(ctx: Context, task: str, dataset: str | int, *, preset: str = "cpu-demo
     init_desc, init_fp = _init_of(cfg, init_row)
     return TrainPlan(task, preset, cfg, ds, train, test, test_ds, chosen, init_desc, init_fp,
                      init_row.id if init_row else None, name, masks=masks)
+
+
+def _check_start_never_saw(ctx: Context, init_row, held: Sequence[str]) -> None:
+    """Refuse a start that has seen held-out classes: a featscope run's trunk trained on them (its own
+    classes), or a network whose classifier names them. Either would make "never saw" (Table 2) false."""
+    seen: set[str] = set(((init_row.network or {}).get("class_names")) or [])
+    if str(init_row.spec).startswith("run:"):
+        try:
+            seen |= set(_store(ctx).get(int(str(init_row.spec)[4:])).classes or [])
+        except (ValueError, LookupError):
+            pass
+    overlap = sorted(seen & set(held))
+    if overlap:
+        raise ValueError(f"backbone {init_row.name!r} was trained on {', '.join(overlap)}: a run started from it has "
+                         f"seen the classes it holds out. Start from a seeded random trunk (no init backbone), "
+                         f"or from a backbone that never saw them")
 
 
 def _plan_samples(ctx: Context, task: str, cfg: TrainConfig, ds: Dataset, test_ds: Dataset | None,
@@ -390,6 +409,21 @@ def _eval_row(task, model, samples: list[Sample]) -> dict[str, Any]:
     return {k: v for k, v in res.items() if k != "per_class"}
 
 
+def _image_entry(row, path: Path, root: Path) -> dict[str, Any]:
+    """A test image's entry of ``detections.json``; from the file itself when the data set was rescanned
+    during the run and its catalog row is gone (the evaluation is done: it must not fail now)."""
+    if row is not None:
+        return {"relpath": row.relpath, "width": row.width or 0, "height": row.height or 0}
+    from featscope.datasets.images import probe_image
+
+    try:
+        width, height = probe_image(path)
+    except (OSError, ValueError):
+        width = height = 0
+    return {"relpath": Path(path).relative_to(root).as_posix() if Path(path).is_relative_to(root) else str(path),
+            "width": width, "height": height}
+
+
 def _final_evaluation(ctx: Context, p: TrainPlan, task, model, device: torch.device, run_dir: Path) -> dict[str, Any]:
     """The test-set evaluation; a detection fine-tuning run also keeps its boxes in ``detections.json``."""
     if p.task != "finetune-det":
@@ -399,8 +433,7 @@ def _final_evaluation(ctx: Context, p: TrainPlan, task, model, device: torch.dev
     ds = p.test_dataset or p.dataset
     root = Path(ds.root)
     rows = {str(root / im.relpath): im for im in readable_images(ctx, ds.id)}
-    images = [{"relpath": rows[str(s.path)].relpath, "width": rows[str(s.path)].width or 0,
-               "height": rows[str(s.path)].height or 0} for s in p.test]
+    images = [_image_entry(rows.get(str(s.path)), s.path, root) for s in p.test]
     write_detections(run_dir, detections_doc(p.classes, images, gts, preds))
     return evaluation
 
