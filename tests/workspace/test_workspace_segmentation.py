@@ -61,14 +61,7 @@ def test_data_sets_without_masks_say_what_is_needed(ws, image_folder):
 def test_segmentation_of_a_registered_voc_set(ws, tmp_path):
     from featscope.datasets.masks import _voc_colour
 
-    root = tmp_path / "VOC"
-    (root / "Annotations").mkdir(parents=True)
-    (root / "JPEGImages").mkdir()
-    (root / "SegmentationClass").mkdir()
-    Image.new("RGB", (8, 6)).save(root / "JPEGImages" / "x.jpg")
-    (root / "Annotations" / "x.xml").write_text(
-        "<annotation><filename>x.jpg</filename><size><width>8</width><height>6</height></size><object>"
-        "<name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>4</xmax><ymax>4</ymax></bndbox></object></annotation>")
+    root = _voc_one_cat(tmp_path / "VOC")
     mask = np.zeros((6, 8), np.uint8)
     mask[0:4, 0:4] = 8  # cat in VOC's order
     im = Image.fromarray(mask)
@@ -94,14 +87,7 @@ def test_mask_fingerprints_follow_the_masks_not_only_the_images(ws, coco, tmp_pa
     coco.write_text(json.dumps(doc))
     assert wds.segmentation(ws.ctx, "fp").fingerprint(["a.png", "b.png"]) != before
 
-    root = tmp_path / "VOC"
-    (root / "Annotations").mkdir(parents=True)
-    (root / "JPEGImages").mkdir()
-    (root / "SegmentationClass").mkdir()
-    Image.new("RGB", (8, 6)).save(root / "JPEGImages" / "x.jpg")
-    (root / "Annotations" / "x.xml").write_text(
-        "<annotation><filename>x.jpg</filename><size><width>8</width><height>6</height></size><object>"
-        "<name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>4</xmax><ymax>4</ymax></bndbox></object></annotation>")
+    root = _voc_one_cat(tmp_path / "VOC")
     path = root / "SegmentationClass" / "x.png"
     Image.fromarray(np.zeros((6, 8), np.uint8)).save(path)
     ws.add_dataset(root, name="voc-fp")
@@ -109,3 +95,15 @@ def test_mask_fingerprints_follow_the_masks_not_only_the_images(ws, coco, tmp_pa
     Image.fromarray(np.full((6, 8), 8, np.uint8)).save(path)
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     assert wds.segmentation(ws.ctx, "voc-fp").fingerprint(["JPEGImages/x.jpg"]) != first
+
+
+def _voc_one_cat(root):
+    """A VOC folder of one 8x6 image, x.jpg, with one cat box; its SegmentationClass folder left empty."""
+    (root / "Annotations").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    (root / "SegmentationClass").mkdir()
+    Image.new("RGB", (8, 6)).save(root / "JPEGImages" / "x.jpg")
+    (root / "Annotations" / "x.xml").write_text(
+        "<annotation><filename>x.jpg</filename><size><width>8</width><height>6</height></size><object>"
+        "<name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>4</xmax><ymax>4</ymax></bndbox></object></annotation>")
+    return root
