@@ -119,7 +119,10 @@ def test_every_finding_is_measured_and_printed_as_computed(tiny_demo):
     _, data_dir, output = tiny_demo
     findings = study_findings(Workspace(Settings(data_dir=data_dir)), read_manifest(data_dir))
     assert len(findings) == 16
-    assert [f.verdict for f in findings if f.verdict == "not measured"] == []
+    # the tiny target set holds one or two occluded objects a bin: Table 3 says it has too few to compare, and only it
+    unmeasured = {f.key: f.measured for f in findings if f.verdict == "not measured"}
+    assert set(unmeasured) <= {"table3"}, unmeasured
+    assert all(m.startswith("too few test objects to compare") for m in unmeasured.values()), unmeasured
     for f in findings:  # the terminal shows what the page computes
         assert f"{f.verdict.upper():>15}  {f.title}" in output
         assert f.measured in output

@@ -60,7 +60,9 @@ def test_the_demo_dashboard_in_a_browser(tiny_demo, tmp_path):
         page.goto(base + "/study")
         page.wait_for_function("() => document.querySelectorAll('#study-table tbody tr').length === %d" % len(ORDER))
         verdicts = page.eval_on_selector_all("#study-table .fs-verdict", "els => els.map((e) => e.textContent)")
-        assert len(verdicts) == len(ORDER) and set(verdicts) <= {"reproduced", "not reproduced"}
+        assert len(verdicts) == len(ORDER) and set(verdicts) <= {"reproduced", "not reproduced", "not measured"}
+        # the tiny demo's target set holds too few occluded objects for Table 3 (it says so); every other is measured
+        assert [k for k, v in zip(ORDER, verdicts) if v == "not measured"] in ([], ["table3"])
         assert page.locator("#study-pipeline").text_content().count("jobs finished") == len(STAGES)
         assert not errors, "\n".join(errors)
         _shot(page, tmp_path, "demo-study")
