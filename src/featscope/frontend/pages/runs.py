@@ -54,7 +54,7 @@ def layout(**_query: Any) -> html.Div:
         card("Missed objects by occlusion (Table 3)", html.Div(id="runs-table3", className="fs-table-wrap"),
              caption="Detection fine-tuning runs whose test set says how occluded each object is; both detectors' "
                      "boxes on the same images are on the Detections page (Fig. 8)."),
-        figure_card("runs-trimap", "Segmentation accuracy near and away from object boundaries (Fig. 2)", height=380,
+        figure_card("runs-trimap", "Segmentation accuracy near and away from object boundaries (Fig. 2)", height=460,
                     caption="Pixel accuracy within x pixels of an object boundary (trimap, solid) and farther than x "
                             "(anti-trimap, dashed), per segmentation fine-tuning run: the study finds the detection "
                             "backbone's gain in both, not only at the boundaries."),
@@ -160,12 +160,15 @@ def ap_figure(rows: list[dict]) -> dict:
     traces = [{"type": "scatter", "mode": "lines+markers", "name": n, "line": {"color": colours[n]},
                "x": [r["iou"] for r in rows if r["run"] == n], "y": [r["ap"] for r in rows if r["run"] == n],
                "hovertemplate": "IoU %{x}<br>AP %{y:.1%}<extra>" + n + "</extra>"} for n in names]
-    # the legend under the plot: runs on several test sets make it long enough to run into the toolbar above
     return {"data": traces, "layout": base_layout(xaxis={"title": {"text": "IoU threshold"}, "dtick": 0.1},
                                                   yaxis={"title": {"text": "AP"}, "tickformat": ".1%",
-                                                         "rangemode": "tozero"},
-                                                  legend={"yref": "container", "yanchor": "bottom", "y": 0},
-                                                  margin={"b": 64 + 22 * ((len(names) + 2) // 3)})}
+                                                         "rangemode": "tozero"}, **_legend_below(len(traces)))}
+
+
+def _legend_below(n_traces: int) -> dict[str, Any]:
+    """The legend under the plot, with room for its rows: a long one above runs into the figure's toolbar."""
+    return {"legend": {"yref": "container", "yanchor": "bottom", "y": 0},
+            "margin": {"b": 64 + 22 * ((n_traces + 2) // 3)}}
 
 
 def _pct(v: Any) -> str:
@@ -266,7 +269,8 @@ def band_figure(rows: list[dict]) -> dict:
     widths = sorted({r["width"] for r in rows})
     return {"data": traces, "layout": base_layout(xaxis={"title": {"text": "band width (pixels, log scale)"},
                                                          "type": "log", "tickvals": widths},
-                                                  yaxis={"title": {"text": "pixel accuracy"}, "tickformat": ".0%"})}
+                                                  yaxis={"title": {"text": "pixel accuracy"}, "tickformat": ".0%"},
+                                                  **_legend_below(len(traces)))}
 
 
 def heldout_tables(runs: list) -> Any:
