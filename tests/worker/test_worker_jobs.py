@@ -201,6 +201,24 @@ def test_a_running_job_stops_at_its_next_progress_update_when_cancelled(ws, queu
     assert done.state == "cancelled" and "cancelled while running" in done.log_tail and len(steps) < 400
 
 
+def test_a_progress_write_after_a_cancel_request_keeps_saying_cancel_requested(ws, queue, monkeypatch):
+    seen = []
+
+    def noisy(ctx, params, report):
+        report.progress(0.1, "step 1")
+        jobs.cancel_job(ctx, report.job_id, queue=queue)  # the user cancels between two progress writes
+        report._progress = (0.2, "step 2")  # a write already on its way when the flag landed
+        report.flush()
+        now = jobs.get_job(ctx, report.job_id)
+        seen.append((now.message, now.progress))
+        return {}
+
+    _kind(monkeypatch, "noisy", noisy)
+    job = jobs.submit(ws.ctx, "noisy", {}, queue=queue)
+    execute_job(ws.ctx, queue, job.id, FAST)
+    assert seen and "cancel requested" in seen[0][0] and seen[0][1] == 0.2, seen  # progress moves, the message stays
+
+
 def test_progress_writes_are_throttled(ws, settings, monkeypatch):
     seen = []
 

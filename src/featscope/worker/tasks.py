@@ -21,7 +21,7 @@ from typing import Any
 
 import huey
 from huey.signals import SIGNAL_INTERRUPTED
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 
 from featscope.catalog import Job
 from featscope.catalog.models import utcnow
@@ -195,7 +195,10 @@ class _Run:
             return
         values: dict[str, Any] = {"heartbeat_at": utcnow()}
         if progress is not None:
-            values["progress"], values["message"] = progress
+            values["progress"], message = progress
+            # Once the user asked to cancel, keep saying so until the run stops: the task's own message
+            # ("step 9") must not hide that the cancel was heard.
+            values["message"] = case((Job.cancel_requested.is_(True), Job.message), else_=message)
         self._write(values, lines)
 
     def finish(self, state: str, *, message: str, result: dict | None = None, error: str | None = None,
