@@ -131,18 +131,22 @@ DRAWN = """([n, raster]) => { """ + GD + """
 }"""
 SELECTED = """([raster]) => { """ + GD + """
   const gd = GD('proj-b');
+  const ours = gd.querySelector('canvas.fs-sel-canvas');  // featscope's overlay; the baseline: Plotly's selection
   const done = raster ? gd.layout.images[1].source.length > 200  // no longer the 1 x 1 placeholder
-                      : gd.data.some((t) => t.selectedpoints && t.selectedpoints.length > 0);
+             : ours ? ours.dataset.final === '1' && Number(ours.dataset.count) > 0
+             : gd.data.some((t) => t.selectedpoints && t.selectedpoints.length > 0);
   return done && window.__t0 ? performance.now() - window.__t0 : false;
 }"""
-# t0: the lasso's mouseup, seen before Plotly's own handler (capture phase): the measure covers Plotly
-# selecting in A, the link, and B redrawn (detected on the next animation frame).
+# t0: the lasso's mouseup, seen first (a capture listener on the document): the measure covers the selection
+# in A, the link, and B redrawn (detected on the next animation frame). featscope's WebGL maps use their own
+# lasso painted over both maps; the baseline uses Plotly's selection and a restyle of B.
 ARM = """() => { window.__t0 = 0;
   document.addEventListener('mouseup', () => { window.__t0 = performance.now(); }, {capture: true, once: true}); }"""
 BOX = """() => { """ + GD + """ const gd = GD('proj-a'); const r = gd.getBoundingClientRect();
   const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
   return [r.left + xa._offset, r.top + ya._offset, xa._length, ya._length]; }"""
-CLEAR = """() => { """ + GD + """ for (const f of ['proj-a', 'proj-b']) { const gd = GD(f);
+CLEAR = """() => { """ + GD + """ if (window.featscope) { window.featscope.clearSelection(); return; }
+  for (const f of ['proj-a', 'proj-b']) { const gd = GD(f);
   window.Plotly.restyle(gd, {selectedpoints: gd.data.map(() => null)}, gd.data.map((_, i) => i)); } }"""
 UNSELECT_RASTER = """() => { """ + GD + """ const gd = GD('proj-b');
   window.Plotly.relayout(gd, {'images[1].source': gd.layout.images[1].source.slice(0, 100)}); }"""

@@ -186,10 +186,11 @@ def test_the_dashboard_end_to_end(server, browser_page):
     for x, y in ((x1, y0), (x1, y1), (x0, y1), (x0, y0 + 2)):
         page.mouse.move(x, y, steps=10)
     page.mouse.up()
-    selected_in_b = ("() => document.querySelector('#proj-b .js-plotly-plot').data"
-                     ".reduce((n, t) => n + ((t.selectedpoints && t.selectedpoints.length) || 0), 0)")
-    page.wait_for_function(selected_in_b, timeout=10_000)
-    assert page.evaluate(selected_in_b) == inside
+    # the highlight: an overlay over each map paints the selected points (the WebGL points are not redrawn)
+    selected_in = ("(fig) => { const c = document.querySelector('#' + fig + ' canvas.fs-sel-canvas');"
+                   " return c && c.dataset.final === '1' ? Number(c.dataset.count) : 0; }")
+    page.wait_for_function(selected_in, arg="proj-b", timeout=10_000)
+    assert page.evaluate(selected_in, "proj-b") == inside and page.evaluate(selected_in, "proj-a") == inside
     page.wait_for_selector("#proj-selection-count")
     assert page.text_content("#proj-selection-count").startswith(f"{inside} image")
     assert page.locator("#proj-grid .fs-thumb").count() == inside
@@ -202,6 +203,9 @@ def test_the_dashboard_end_to_end(server, browser_page):
     assert "image " in page.text_content("#proj-b-tip-caption")
     _no_errors(errors, "/projections")
     _shot(page, root, "projections")
+    page.mouse.click(x0 + 2, y1 - 2)  # a click without a drag clears the selection in both maps and the grid
+    page.wait_for_selector("#proj-grid >> text=Nothing selected")
+    assert page.evaluate(selected_in, "proj-a") == 0 and page.evaluate(selected_in, "proj-b") == 0
 
     # --- similarity: CKA, mutual k-NN, agreement histogram, most disagreeing images
     page.goto(base + "/similarity")
