@@ -224,11 +224,10 @@
       outline(gd, shape());
       if (!frame) frame = requestAnimationFrame(live);
     };
-    const up = (e) => {
+    const up = () => {
       window.removeEventListener("mousemove", move, true);
       window.removeEventListener("mouseup", up, true);
       if (frame) cancelAnimationFrame(frame);
-      e.stopPropagation();
       if (!moved || shape().length < 3) { clearSelection(); return; }
       outline(gd, shape());
       applySelection(gd, other, role, pointsInside(gd, shape()), true);
