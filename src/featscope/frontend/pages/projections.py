@@ -51,7 +51,7 @@ def layout(a: str | None = None, b: str | None = None, **_query: Any) -> html.Di
         html.Div(className="fs-grid-2", children=[_map_card("A"), _map_card("B")]),
         html.Div(id="proj-legend", className="fs-legend"),
         card("Selected images", html.Div(id="proj-grid"), id="proj-selection-card",
-             caption="Lasso or box-select in either map; double-click a map to clear."),
+             caption="Lasso or box-select in either map (the modebar switches between them); click a map to clear."),
         dcc.Store(id="proj-mode"), dcc.Store(id="proj-meta"), dcc.Store(id="proj-selection"),
         dcc.Store(id="proj-raster-select"), dcc.Download(id="proj-download"),
         html.Div(id="proj-link-sink", hidden=True),
