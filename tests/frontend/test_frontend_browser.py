@@ -191,10 +191,19 @@ def test_the_dashboard_end_to_end(server, browser_page):
                    " return c && c.dataset.final === '1' ? Number(c.dataset.count) : 0; }")
     page.wait_for_function(selected_in, arg="proj-b", timeout=10_000)
     assert page.evaluate(selected_in, "proj-b") == inside and page.evaluate(selected_in, "proj-a") == inside
+    # ... and it is painted: B's overlay shows a selected image's point in colour, an unselected one veiled
+    pts_b = page.evaluate(POINTS_JS, "proj-b")
+    flags = [x0 < x < x1 and y0 < y < y1 for x, y in pts]
+    pixel = """([x, y]) => { const c = document.querySelector('#proj-b canvas.fs-sel-canvas');
+      const r = c.getBoundingClientRect(), k = c.width / r.width;
+      return Array.from(c.getContext('2d').getImageData(Math.round((x - r.left) * k), Math.round((y - r.top) * k), 1, 1).data); }"""
+    shown = page.evaluate(pixel, pts_b[flags.index(True)])
+    veiled = page.evaluate(pixel, pts_b[flags.index(False)])
+    assert shown[3] == 255 and min(shown[:3]) < 200, shown  # a class colour, opaque
+    assert 0 < veiled[3] < 255 and min(veiled[:3]) > 200, veiled  # the white veil over the WebGL point
     page.wait_for_selector("#proj-selection-count")
     assert page.text_content("#proj-selection-count").startswith(f"{inside} image")
     assert page.locator("#proj-grid .fs-thumb").count() == inside
-    pts_b = page.evaluate(POINTS_JS, "proj-b")
     page.mouse.move(*pts_b[3])
     page.mouse.move(pts_b[3][0] + 0.5, pts_b[3][1])
     page.wait_for_selector("#proj-b-tip-img[src*='/thumbnail']")

@@ -236,10 +236,12 @@
     window.addEventListener("mouseup", up, true);
   }
 
+  // Zoom, pan or resize moved the points: paint the selection again where they are now (the lasso's outline,
+  // drawn in the old pixels, goes).
   function repaint(gd) {
     if (!gd.__fsOverlay) return;
+    outline(gd, null);
     paint(gd, SEL.lists, true);
-    if (SEL.from !== gd) outline(gd, null);
   }
 
   // A selection made by Plotly itself (a touch lasso; every lasso on a raster map): WebGL maps get the same
@@ -318,7 +320,7 @@
             }, true);
             from.on("plotly_selected", (ev) => onSelected(from, to, role, ev));
             from.on("plotly_deselect", () => onSelected(from, to, role, null));
-            from.on("plotly_relayout", () => repaint(from));  // zoom, pan, resize: the points moved
+            from.on("plotly_relayout", () => repaint(from));
             from.on("plotly_react", () => clearSelection());  // a new figure: the lists no longer apply
           }
           if (mode !== "webgl") clearSelection();
