@@ -187,6 +187,42 @@ def test_rank_memory_budget_batches_give_the_same_ranks(monkeypatch):
     assert close_in_a_distant_in_b_ranks(xa, xb, 10_000, k=4).to_dict() == want
 
 
+def _tie_rank(s: np.ndarray, i: int, j: int) -> int:
+    """Rank of j in i's list by argsort (self removed, most similar first), ties sharing the better rank:
+    the first place in the sorted list whose similarity equals cos(i, j)."""
+    others = [t for t in np.argsort(-s[i], kind="stable") if t != i]
+    return next(p for p, t in enumerate(others) if s[i, t] == s[i, j])
+
+
+@pytest.mark.parametrize("budget", [None, 150])
+def test_rank_counting_matches_argsort_ranks_with_ties_and_hubs(monkeypatch, budget):
+    """B holds exact duplicates (tied similarities) and A a hub (one image in many images' k-NN lists, so one
+    query row has far more pairs than a comparison batch): the counted ranks equal argsort ranks with ties
+    sharing the better rank, in every block / batch layout."""
+    from featscope.analysis import pairs
+
+    rng = np.random.default_rng(11)
+    n = 70
+    xa = rng.normal(size=(n, 6)).astype(np.float32)
+    xa[1:30] = xa[0] + 0.05 * rng.normal(size=(29, 6)).astype(np.float32)  # image 0: everyone's neighbour
+    base = rng.normal(size=(25, 6)).astype(np.float32)
+    xb = base[rng.integers(0, 25, size=n)]  # 70 images over 25 distinct vectors: many exact ties
+    xb[::7] *= 2.5  # rescaled copies tie in cosine as well
+    if budget is not None:
+        monkeypatch.setattr(pairs, "_COMPARE_BUDGET", budget)  # 2 rows per block, 2 pairs per comparison
+    got = close_in_a_distant_in_b_ranks(xa, xb, 10_000, k=6, chunk=5)
+    xbn = xb / np.linalg.norm(xb, axis=1, keepdims=True)
+    sb = xbn @ xbn.T  # float32 like the code: duplicates tie exactly
+    assert len(np.unique(np.round(sb, 5))) < n * (n - 1) // 4  # the test has ties to break
+    assert np.bincount(np.concatenate([got.i, got.j]), minlength=n).max() > 20  # and a hub
+    for p, (i, j) in enumerate(zip(got.i.tolist(), got.j.tolist())):
+        rij, rji = _tie_rank(sb, i, j), _tie_rank(sb, j, i)
+        assert (got.extra["rank_b_ij"][p], got.extra["rank_b_ji"][p]) == (rij, rji), (i, j)
+        assert got.extra["rank_b"][p] == min(rij, rji)
+    order = np.lexsort((got.j, got.i, -got.score, -got.extra["rank_b"]))
+    assert (order == np.arange(len(got))).all()  # most distant in B first, then A cosine, then (i, j)
+
+
 def test_identical_spaces_rank_zero_for_mutual_nearest():
     x = _data(80, 8)
     got = close_in_a_distant_in_b_ranks(x, x * 3.0, 10_000, k=1)

