@@ -142,23 +142,48 @@ def main() -> None:
                     help="a trained torchvision ResNet-50 state dict instead of random init; the bf16 target "
                          "(max |dp| <= 0.02) is meant for trained weights: bf16 rounding alone moves this random "
                          "net's features by ~0.3%% (bench_extract.py), which a logit spread of 4 turns into ~0.15")
+    ap.add_argument("--study-scene", type=int, default=None, metavar="PX",
+                    help="with trained weights: mask out a single-object scene of the study's generator (the "
+                         "network's own distribution) at PX pixels, the size train_resnet50.py trained at; of 12 such "
+                         "scenes the one whose top-class probability is nearest 0.7, so masking can move it. Default: "
+                         "a generated 300-500 px image at 224 px, where a net trained on 64-px scenes may sit at p = 1 "
+                         "everywhere and |dp| would say nothing")
     args = ap.parse_args()
     if args.weights is None and TRAINED.exists():  # made by benchmarks/train_resnet50.py
         args.weights = TRAINED
     dev = torch.device(args.device)
     load0 = os.getloadavg()
 
-    with tempfile.TemporaryDirectory(prefix="featscope-bench-") as tmp:
-        paths = make_images(Path(tmp), 65)
-        image = PRE.to_uint8(Image.open(paths[0]).convert("RGB"))
-        if args.weights is None:
-            model = make_model(paths[1:])
-    x = PRE.normalize(image[None])
+    pre = PRE if args.study_scene is None else Preprocess(resize=args.study_scene, crop=args.study_scene)
+    if args.study_scene is not None and args.weights is None:
+        ap.error("--study-scene needs trained weights (run benchmarks/train_resnet50.py, or pass --weights)")
     if args.weights is not None:
         state = torch.load(args.weights, map_location="cpu", weights_only=True)
         model = torchvision.models.resnet50(weights=None, num_classes=state["fc.weight"].shape[0])
         model.load_state_dict(state)
         model.eval()
+    with tempfile.TemporaryDirectory(prefix="featscope-bench-") as tmp:
+        if args.study_scene is not None:
+            from featscope.datasets.study import study_datasets
+
+            sets = study_datasets(Path(tmp) / "study", n_pretrain=1, n_pretrain_val=1, n_target_train=1,
+                                  n_target_test=1, n_probe=2, size=args.study_scene)
+            paths = sorted(sets.folders["single"].rglob("*.png"))
+            images = [pre.to_uint8(Image.open(q).convert("RGB")) for q in paths]
+            with torch.no_grad():
+                probs = torch.softmax(model(torch.cat([pre.normalize(im[None]) for im in images])), 1)
+            top = probs.max(1).values
+            pick = int((top - 0.7).abs().argmin())
+            image, scene = images[pick], f"{paths[pick].parent.name}/{paths[pick].name}"
+            print(f"study scenes at {args.study_scene} px: top-class p of the 12 single-object scenes "
+                  f"{', '.join(f'{v:.3f}' for v in top.tolist())}; masking {scene}")
+        else:
+            paths = make_images(Path(tmp), 65)
+            image = pre.to_uint8(Image.open(paths[0]).convert("RGB"))
+            if args.weights is None:
+                model = make_model(paths[1:])
+    x = pre.normalize(image[None])
+    if args.weights is not None:
         with torch.no_grad():
             target = int(model(x).argmax())
         weights_note = f"weights: {args.weights}; target = top class {target}"
@@ -177,7 +202,7 @@ def main() -> None:
     print(weights_note)
 
     def ours(precision: str, reuse: bool | str = "auto", channels_last: bool | None = None, approx: bool = False):
-        return maskout_map(model, image, target, preprocess=PRE, size=size, stride=stride, precision=precision,
+        return maskout_map(model, image, target, preprocess=pre, size=size, stride=stride, precision=precision,
                            reuse=reuse, channels_last=channels_last, device=dev, batch_size=args.batch_size,
                            approx_margin=args.approx_margin if approx else None)
 
