@@ -137,11 +137,12 @@ SELECTED = """([raster]) => { """ + GD + """
              : gd.data.some((t) => t.selectedpoints && t.selectedpoints.length > 0);
   return done && window.__t0 ? performance.now() - window.__t0 : false;
 }"""
-# t0: the lasso's mouseup, seen first (a capture listener on the document): the measure covers the selection
+# t0: the lasso's mouseup event's own time stamp (read by a window capture listener armed before the drag, so
+# before any page handler runs, whatever the listeners' order): the measure covers the selection
 # in A, the link, and B redrawn (detected on the next animation frame). featscope's WebGL maps use their own
 # lasso painted over both maps; the baseline uses Plotly's selection and a restyle of B.
 ARM = """() => { window.__t0 = 0;
-  document.addEventListener('mouseup', () => { window.__t0 = performance.now(); }, {capture: true, once: true}); }"""
+  window.addEventListener('mouseup', (e) => { window.__t0 = e.timeStamp; }, {capture: true, once: true}); }"""
 BOX = """() => { """ + GD + """ const gd = GD('proj-a'); const r = gd.getBoundingClientRect();
   const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
   return [r.left + xa._offset, r.top + ya._offset, xa._length, ya._length]; }"""

@@ -205,9 +205,12 @@ def test_rank_counting_matches_argsort_ranks_with_ties_and_hubs(monkeypatch, bud
     n = 70
     xa = rng.normal(size=(n, 6)).astype(np.float32)
     xa[1:30] = xa[0] + 0.05 * rng.normal(size=(29, 6)).astype(np.float32)  # image 0: everyone's neighbour
-    base = rng.normal(size=(25, 6)).astype(np.float32)
-    xb = base[rng.integers(0, 25, size=n)]  # 70 images over 25 distinct vectors: many exact ties
-    xb[::7] *= 2.5  # rescaled copies tie in cosine as well
+    # B: four entries of +-1 per vector (norm exactly 2), so every normalised product is a sum of +-0.25 and
+    # exact whatever the BLAS or block shape: ties are real ties on any machine
+    base = np.zeros((25, 6), np.float32)
+    base[np.arange(25)[:, None], np.argsort(rng.random((25, 6)), axis=1)[:, :4]] = rng.choice([-1.0, 1.0], (25, 4))
+    xb = base[rng.integers(0, 25, size=n)]  # 70 images over at most 25 distinct vectors: many exact ties
+    xb[::7] *= 2.0  # rescaled copies tie in cosine as well (a power of two: still exact)
     if budget is not None:
         monkeypatch.setattr(pairs, "_COMPARE_BUDGET", budget)  # 2 rows per block, 2 pairs per comparison
     got = close_in_a_distant_in_b_ranks(xa, xb, 10_000, k=6, chunk=5)

@@ -197,10 +197,22 @@ def test_the_dashboard_end_to_end(server, browser_page):
     pixel = """([x, y]) => { const c = document.querySelector('#proj-b canvas.fs-sel-canvas');
       const r = c.getBoundingClientRect(), k = c.width / r.width;
       return Array.from(c.getContext('2d').getImageData(Math.round((x - r.left) * k), Math.round((y - r.top) * k), 1, 1).data); }"""
+    def apart(points):  # an unselected point at least 6 px from every selected one (dots are up to 7 px wide)
+        return next(p for p, f in zip(points, flags) if not f and all(
+            abs(p[0] - q[0]) + abs(p[1] - q[1]) > 6 for q, g in zip(points, flags) if g))
+
     shown = page.evaluate(pixel, pts_b[flags.index(True)])
-    veiled = page.evaluate(pixel, pts_b[flags.index(False)])
+    veiled = page.evaluate(pixel, apart(pts_b))
     assert shown[3] == 255 and min(shown[:3]) < 200, shown  # a class colour, opaque
     assert 0 < veiled[3] < 255 and min(veiled[:3]) > 200, veiled  # the white veil over the WebGL point
+    # a zoom moves the points: the highlight is painted again where they now are
+    page.evaluate("""() => { const gd = document.querySelector('#proj-b .js-plotly-plot');
+      const r = gd._fullLayout.xaxis.range, s = gd._fullLayout.yaxis.range;
+      return window.Plotly.relayout(gd, {'xaxis.range': [r[0] - (r[1] - r[0]) / 2, r[1]],
+                                         'yaxis.range': [s[0] - (s[1] - s[0]) / 2, s[1]]}); }""")
+    page.wait_for_timeout(300)
+    pts_b = page.evaluate(POINTS_JS, "proj-b")
+    assert page.evaluate(pixel, pts_b[flags.index(True)])[3] == 255 and page.evaluate(selected_in, "proj-b") == inside
     page.wait_for_selector("#proj-selection-count")
     assert page.text_content("#proj-selection-count").startswith(f"{inside} image")
     assert page.locator("#proj-grid .fs-thumb").count() == inside

@@ -62,7 +62,7 @@
   // are never redrawn: the lasso is tested against the maps' own coordinates (typed arrays) and a 2-D canvas
   // over each map veils it and paints only the selected points. Plotly still owns zoom, pan, hover and the
   // modebar; a touch lasso (Plotly's own) lands in the same highlight through plotly_selected.
-  const SEL = {lists: null, from: null};
+  const SEL = {lists: null};
 
   function selectedByTrace(ev, nTraces) {
     const lists = Array.from({length: nTraces}, () => []);
@@ -97,7 +97,8 @@
       path.setAttribute("class", "fs-sel-outline");
       svg.appendChild(path);
       root.append(canvas, svg);
-      holder.appendChild(root);
+      // above the WebGL points, below Plotly's top layer (hover labels, zoom box) and the modebar
+      holder.insertBefore(root, holder.querySelectorAll(":scope > .main-svg")[1] || holder.querySelector(".modebar-container"));
       o = gd.__fsOverlay = {root, canvas, svg, path};
     }
     const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
@@ -176,7 +177,6 @@
   // Show a selection in both maps and, once it is final, tell the page (the thumbnail grid); null clears.
   function applySelection(from, other, role, lists, final) {
     SEL.lists = lists;
-    SEL.from = lists ? from : null;
     paint(from, lists, final);
     if (other) paint(other, lists, final);
     if (!final) return;
@@ -189,9 +189,12 @@
     for (const id of ["proj-a", "proj-b"]) {
       const gd = plotDiv(id);
       if (gd && gd.__fsOverlay) { outline(gd, null); paint(gd, null, true); }
+      if (gd && gd.data && window.Plotly && gd.data.some((t) => t.selectedpoints)) {  // a touch lasso's (Plotly's own)
+        window.Plotly.restyle(gd, {selectedpoints: gd.data.map(() => null)}, gd.data.map((_, i) => i));
+      }
     }
     if (SEL.lists) {
-      SEL.lists = SEL.from = null;
+      SEL.lists = null;
       window.dash_clientside.set_props("proj-selection", {data: {indices: 0, image_ids: [], from: "A"}});
     }
   }
@@ -227,13 +230,24 @@
     const up = () => {
       window.removeEventListener("mousemove", move, true);
       window.removeEventListener("mouseup", up, true);
+      window.removeEventListener("blur", up);
       if (frame) cancelAnimationFrame(frame);
-      if (!moved || shape().length < 3) { clearSelection(); return; }
+      const lists = moved && shape().length >= 3 ? pointsInside(gd, shape()) : null;
+      if (!lists || !lists.some((rows) => rows.length)) { clearSelection(); return; }  // nothing caught: nothing veiled
       outline(gd, shape());
-      applySelection(gd, other, role, pointsInside(gd, shape()), true);
+      applySelection(gd, other, role, lists, true);
     };
     window.addEventListener("mousemove", move, true);
     window.addEventListener("mouseup", up, true);
+    window.addEventListener("blur", up, {once: true});  // the button released outside the window
+  }
+
+  // What a selection's (trace, point) lists refer to: each trace's name, length and end points.
+  function dataSignature(gd) {
+    return (gd._fullData || []).map((t) => {
+      const n = t.x ? t.x.length : 0;
+      return [t.name, n, n ? t.x[0] : "", n ? t.y[n - 1] : ""].join(":");
+    }).join("|");
   }
 
   // Zoom, pan or resize moved the points: paint the selection again where they are now (the lasso's outline,
@@ -256,7 +270,7 @@
     }
   }
 
-  window.featscope = {clearSelection};
+  window.featscope = {clearSelection};  // for benchmarks/bench_dashboard.py, which clears between lassos
 
   window.dash_clientside = Object.assign({}, window.dash_clientside, {
     featscope: {
@@ -321,7 +335,14 @@
             from.on("plotly_selected", (ev) => onSelected(from, to, role, ev));
             from.on("plotly_deselect", () => onSelected(from, to, role, null));
             from.on("plotly_relayout", () => repaint(from));
-            from.on("plotly_react", () => clearSelection());  // a new figure: the lists no longer apply
+            from.on("plotly_relayouting", () => {  // pan or scroll-zoom under way: follow the points each frame
+              if (!from.__fsFrame) from.__fsFrame = requestAnimationFrame(() => { from.__fsFrame = 0; repaint(from); });
+            });
+            from.__fsData = dataSignature(from);
+            from.on("plotly_react", () => {  // other points (colouring, projection): the lists no longer apply
+              const now = dataSignature(from);
+              if (now !== from.__fsData) { from.__fsData = now; clearSelection(); } else repaint(from);
+            });
           }
           if (mode !== "webgl") clearSelection();
         };

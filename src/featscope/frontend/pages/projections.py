@@ -2,7 +2,7 @@
 
 A lasso or box in one map highlights the same images in the other and lists them. Up to
 :data:`~featscope.frontend.raster.RASTER_ABOVE` points the maps are WebGL scatters and the link runs in the
-browser (``linkSelection`` in ``assets/featscope.js``); above it they are datashader rasters with a sampled
+browser (``linkMaps`` in ``assets/featscope.js``); above it they are datashader rasters with a sampled
 overlay, and a selection is applied on the server to every point.
 """
 
