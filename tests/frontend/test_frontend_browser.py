@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -171,7 +172,13 @@ def test_the_dashboard_end_to_end(server, browser_page):
     _shot(page, root, "comembership")
 
     # --- projections (Fig. 7): lasso in A, the same images highlighted in B; hover shows the thumbnail
-    page.goto(base + "/projections")
+    # (reached by its nav link, which carries the pair last looked at: the page arrives with it chosen and, its
+    # projection being cached, with both maps; the pages above were opened without a pair, which the browser picks)
+    nav = 'a[id*="fs-nav"][id*="/projections"]'
+    page.wait_for_function("(sel) => (document.querySelector(sel).getAttribute('href') || '').includes('?a=')", arg=nav)
+    assert re.fullmatch(r"/projections\?a=\d+&b=\d+", page.get_attribute(nav, "href"))
+    page.click(nav)
+    page.wait_for_url("**/projections?a=*&b=*")
     page.wait_for_function(DRAWN_JS, arg="proj-a")
     page.wait_for_function(DRAWN_JS, arg="proj-b")
     page.evaluate("() => document.querySelector('#proj-a').scrollIntoView({block: 'center'})")

@@ -211,6 +211,70 @@ def test_projection_maps_are_webgl_with_every_point(world):
     assert text_of(legend).split() == ["blue", "green", "red"]
 
 
+def _in_layout(layout, svc, **query):
+    """A page layout as the app renders it (with the app's services while it runs)."""
+    from featscope.frontend.wiring import page_layout
+
+    return page_layout(layout, svc)(**query)
+
+
+def _by_id(tree, ident):
+    found = find(tree, lambda c: getattr(c, "id", None) == ident)
+    assert len(found) == 1, ident
+    return found[0]
+
+
+def test_a_linked_pair_with_a_cached_projection_arrives_with_the_page(world):
+    """?a=&b= with the projection cached: the pair is chosen and both maps drawn in the first render, and the
+    show callback's first run, seeing them on the page, sends them again only when something changed."""
+    page = _in_layout(projections.layout, world.svc, a=str(world.a), b=str(world.b))
+    fresh = projections.show(world.svc, world.a, world.b, "tsne", "class", None, None, {})
+    fig_a, fig_b = _by_id(page, "proj-a").figure, _by_id(page, "proj-b").figure
+    assert fig_a == fresh[0] and fig_b == fresh[1]  # every point, as the callback would send them
+    assert sum(len(decode(t["x"])) for t in fig_a["data"]) == 24
+    meta = _by_id(page, "proj-meta").data
+    assert meta == fresh[5] and _by_id(page, "proj-mode").data == "webgl"
+    assert "r18a" in text_of(_by_id(page, "proj-a-title").children) and "WebGL" in text_of(_by_id(page, "proj-status"))
+    # the pickers: chosen, with their options and the line describing them; no start-up callback needed
+    pick_a, pick_b = _by_id(page, pickers.ab_id("proj", "a")), _by_id(page, pickers.ab_id("proj", "b"))
+    assert (pick_a.value, pick_b.value) == (world.a, world.b)
+    assert world.b in [o["value"] for o in pick_b.options] and world.a not in [o["value"] for o in pick_b.options]
+    assert "r18b" in text_of(_by_id(page, {"type": "fs-ab-note", "page": "proj"}))
+    assert not find(page, lambda c: getattr(c, "id", None) == {"type": "fs-ab-init", "page": "proj"})
+    # the callback's first run: nothing resent but the mode (the map link waits on it)
+    from dash import no_update
+
+    again = projections.show(world.svc, world.a, world.b, "tsne", "class", None, None, {}, meta)
+    assert all(x is no_update for x in again[:4] + again[5:8]) and again[4] == "webgl" and again[-1] is True
+    # another colouring is another picture: sent
+    other = projections.show(world.svc, world.a, world.b, "tsne", "agreement", None, None, {}, meta)
+    assert other[0] is not no_update and other[5]["colour"] == "agreement" and other[5] != meta
+
+
+def test_a_page_without_a_usable_pair_starts_empty_and_picks_one_in_the_browser(world, monkeypatch):
+    for query in ({}, {"a": "999", "b": str(world.b)}, {"a": str(world.a), "b": str(world.a)}):
+        page = _in_layout(projections.layout, world.svc, **query)
+        assert _by_id(page, "proj-a").figure["data"] == [] and _by_id(page, "proj-meta").data is None
+        assert _by_id(page, {"type": "fs-ab-init", "page": "proj"}).data is True
+        assert _by_id(page, pickers.ab_id("proj", "a")).options == []
+    # the start-up callback: the remembered pair, else the newest comparable one
+    opts_a, opts_b, va, vb, note = pickers.init_pair(world.svc, True, None, {"a": None, "b": None},
+                                                     {"a": world.b, "b": world.a})
+    assert (va, vb) == (world.b, world.a) and world.b in [o["value"] for o in opts_a] and "r18a" in text_of(note)
+    # a linked pair whose projection is not computed yet: pair chosen, maps left to the callback (and its job)
+    from featscope.workspace.analyses import NotCached
+
+    def not_cached(*_a, **_k):
+        raise NotCached("not yet")
+
+    monkeypatch.setattr("featscope.frontend.services.cached_analysis", not_cached)
+    page = _in_layout(projections.layout, world.svc, a=str(world.a), b=str(world.b))
+    assert _by_id(page, "proj-a").figure["data"] == [] and _by_id(page, pickers.ab_id("proj", "a")).value == world.a
+    # outside the app (no services while the layout runs) the page is the plain, empty one
+    plain = projections.layout(a=str(world.a), b=str(world.b))
+    assert _by_id(plain, "proj-a").figure["data"] == [] and _by_id(plain, pickers.ab_id("proj", "a")).options == []
+
+
 def test_projection_coloured_by_agreement(world):
     out = projections.show(world.svc, world.a, world.b, "tsne", "agreement", None, None, {})
     ag = world.ws.agreement(world.a, world.b)

@@ -27,13 +27,13 @@ SHARED = (furniture, figures, pickers)  # component modules that own callbacks
 def attach_dashboard(api: FastAPI) -> Dash:
     """Attach the dashboard to ``api`` (built by ``server.app.create_app``) and return the Dash app."""
     app = Dash(__name__, server=api, use_pages=True, pages_folder="", assets_folder=str(ASSETS),
-               title="featscope", update_title=None, serve_locally=True)
+               title="featscope", update_title=None, serve_locally=True, eager_loading=True)
     modules = [importlib.import_module(f"{__package__}.pages.{name}") for name in PAGES]
+    services = Services(api.state)
     for module in modules:
-        dash.register_page(module.__name__, layout=module.layout, **module.PAGE)
+        dash.register_page(module.__name__, layout=wiring.page_layout(module.layout, services), **module.PAGE)
     token = bool(api.state.settings.token)
     app.layout = lambda: shell(token)
-    services = Services(api.state)
     for module in (*SHARED, *modules):
         wiring.register(app, module, services)
     routes.install(api, app)

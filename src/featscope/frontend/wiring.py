@@ -10,6 +10,7 @@ callable as they are: the tests call them with a workspace of their own.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from featscope.frontend.services import Services
 
 log = logging.getLogger(__name__)
 _MARK = "__featscope_callback__"
+_LAYOUT_SERVICES: contextvars.ContextVar[Services | None] = contextvars.ContextVar("featscope_layout_services",
+                                                                                   default=None)
 CLIENTSIDE_NAMESPACE = "featscope"
 
 
@@ -84,3 +87,25 @@ def triggered_id() -> Any:
         return callback_context.triggered_id if callback_context.triggered else None
     except Exception:  # dash.exceptions.MissingCallbackContextException: not inside a callback
         return None
+
+
+def page_layout(layout: Callable[..., Any], services: Services) -> Callable[..., Any]:
+    """``layout`` as Dash calls it (``layout(**query)``), with :func:`layout_services` answering ``services``
+    while it runs: a page can then put what the catalog already knows (the chosen pair, a cached figure) in
+    its first render instead of waiting for a chain of callbacks. A context variable rather than a keyword,
+    so no query string can stand in for it."""
+
+    @functools.wraps(layout)
+    def with_services(*args: Any, **query: Any) -> Any:
+        token = _LAYOUT_SERVICES.set(services)
+        try:
+            return layout(*args, **query)
+        finally:
+            _LAYOUT_SERVICES.reset(token)
+
+    return with_services
+
+
+def layout_services() -> Services | None:
+    """The app's :class:`Services` while a page layout runs (see :func:`page_layout`); None elsewhere."""
+    return _LAYOUT_SERVICES.get()

@@ -274,6 +274,21 @@
 
   window.dash_clientside = Object.assign({}, window.dash_clientside, {
     featscope: {
+      rememberPair: function (as, bs, remembered) {
+        // Always answers (the same pair again if nothing changed): navPair waits on this callback, and Dash
+        // drops a waiting callback whose input comes back as no_update.
+        for (let i = 0; i < (as || []).length; i++) {
+          const a = as[i], b = (bs || [])[i];
+          if (a !== null && a !== undefined && b !== null && b !== undefined) return {a: a, b: b};
+        }
+        return remembered || null;
+      },
+
+      navPair: function (pair, ids) {  // links to pages that compare a pair open on the remembered one
+        const q = pair && pair.a != null && pair.b != null ? `?a=${pair.a}&b=${pair.b}` : "";
+        return ids.map((id) => (id.pair ? id.path + q : id.path));
+      },
+
       navActive: function (pathname, ids) {
         const path = pathname || "/";
         return ids.map((id) => {

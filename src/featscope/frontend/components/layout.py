@@ -17,8 +17,8 @@ COLOUR_B = "#D55E00"
 
 def navbar(token: bool) -> html.Header:
     """The top bar: one link per page whose ``PAGE`` has ``nav`` set, in registry order."""
-    links = [dcc.Link(p["name"], href=p["path"], id={"type": "fs-nav", "path": p["path"]}, className="fs-nav-link")
-             for p in dash.page_registry.values() if p.get("nav")]
+    links = [dcc.Link(p["name"], href=p["path"], id={"type": "fs-nav", "path": p["path"], "pair": bool(p.get("pair"))},
+                      className="fs-nav-link") for p in dash.page_registry.values() if p.get("nav")]
     right = [html.A("API docs", href="/docs", className="fs-nav-link", target="_blank", rel="noopener")]
     if token:
         right.append(html.A("Log out", href="#", id="fs-logout", className="fs-nav-link"))
@@ -83,6 +83,6 @@ def stat(label: str, value: Any, hint: str | None = None) -> html.Div:
 
 
 CLIENTSIDE = [
-    clientside("navActive", Output({"type": "fs-nav", "path": ALL}, "className"),
-               Input("_pages_location", "pathname"), Input({"type": "fs-nav", "path": ALL}, "id")),
+    clientside("navActive", Output({"type": "fs-nav", "path": ALL, "pair": ALL}, "className"),
+               Input("_pages_location", "pathname"), Input({"type": "fs-nav", "path": ALL, "pair": ALL}, "id")),
 ]

@@ -14,7 +14,7 @@ from dash import ALL, MATCH, Input, Output, State, dcc, html
 from featscope.frontend import data
 from featscope.frontend.components.layout import badge
 from featscope.frontend.services import Services
-from featscope.frontend.wiring import callback, triggered_id
+from featscope.frontend.wiring import callback, clientside, layout_services, triggered_id
 
 
 def ab_id(page: Any, role: str) -> dict[str, Any]:
@@ -23,19 +23,29 @@ def ab_id(page: Any, role: str) -> dict[str, Any]:
 
 def comparison_bar(page: str, a: Any = None, b: Any = None) -> html.Div:
     """Two set pickers and a swap button; ``a``/``b`` are the URL's ``?a=&b=`` (strings) when given. A page
-    may limit the choice to one data set by setting ``{"type": "fs-ab-scope", "page": page}``'s data."""
+    may limit the choice to one data set by setting ``{"type": "fs-ab-scope", "page": page}``'s data.
+
+    A valid URL pair is rendered chosen (options, values, the line describing them), so the page's own
+    callbacks start with the first render instead of after a round trip that picks it (about a third of a
+    second of every linked page's load). Without one the bar carries ``fs-ab-init``, whose callback picks
+    the remembered or the newest comparable pair; the nav links carry the remembered pair, so in-app
+    navigation takes the first path."""
+    svc, pa, pb = layout_services(), _int(a), _int(b)
+    chosen = svc is not None and data.valid_pair(svc.ctx, pa, pb)
+    opts_a, opts_b, note = pair_view(svc, pa, pb, None) if chosen else ([], [], None)
     return html.Div(className="fs-abbar", children=[
         dcc.Store(id={"type": "fs-ab-scope", "page": page}),
-        dcc.Store(id={"type": "fs-ab-url", "page": page}, data={"a": _int(a), "b": _int(b)}),
-        html.Div([badge("A"), dcc.Dropdown(id=ab_id(page, "a"), value=_int(a), clearable=False,
+        dcc.Store(id={"type": "fs-ab-url", "page": page}, data={"a": pa, "b": pb}),
+        None if chosen else dcc.Store(id={"type": "fs-ab-init", "page": page}, data=True),
+        html.Div([badge("A"), dcc.Dropdown(id=ab_id(page, "a"), value=pa, options=opts_a, clearable=False,
                                            placeholder="embedding set A", className="fs-dropdown")],
                  className="fs-abbar-pick"),
         html.Button("⇄ Swap", id={"type": "fs-ab-swap", "page": page}, className="fs-button fs-button-ghost",
                     title="Swap A and B"),
-        html.Div([badge("B"), dcc.Dropdown(id=ab_id(page, "b"), value=_int(b), clearable=False,
+        html.Div([badge("B"), dcc.Dropdown(id=ab_id(page, "b"), value=pb, options=opts_b, clearable=False,
                                            placeholder="embedding set B (same data set)", className="fs-dropdown")],
                  className="fs-abbar-pick"),
-        html.Div(id={"type": "fs-ab-note", "page": page}, className="fs-abbar-note"),
+        html.Div(note, id={"type": "fs-ab-note", "page": page}, className="fs-abbar-note"),
     ])
 
 
@@ -112,30 +122,51 @@ def describe(svc: Services, a: int | None, b: int | None) -> list:
                       className="fs-muted")]
 
 
-@callback(Output(ab_id(MATCH, "a"), "options"), Output(ab_id(MATCH, "b"), "options"),
-          Output(ab_id(MATCH, "a"), "value"), Output(ab_id(MATCH, "b"), "value"),
-          Output({"type": "fs-ab-note", "page": MATCH}, "children"),
-          Input(ab_id(MATCH, "a"), "value"), Input(ab_id(MATCH, "b"), "value"),
-          Input({"type": "fs-ab-swap", "page": MATCH}, "n_clicks"),
-          Input({"type": "fs-ab-scope", "page": MATCH}, "data"), State({"type": "fs-ab-url", "page": MATCH}, "data"),
-          State("fs-comparison", "data"))
-def sync_pair(svc: Services, a: int | None, b: int | None, swap: int | None, scope: str | None, url: dict | None,
-              remembered: dict | None):
-    """Options and values of a page's A/B pickers (B limited to A's data set, both to the page's scope),
-    and the line describing them."""
-    trig = triggered_id()
-    swapping = isinstance(trig, dict) and trig.get("type") == "fs-ab-swap"
-    a, b = choose_pair(svc, a, b, remembered, swap=swapping, dataset=scope, url=url)
+def pair_view(svc: Services, a: int | None, b: int | None, scope: str | None) -> tuple[list, list, list]:
+    """Options of A (the page's scope) and of B (A's data set, A left out), and the line describing the pair."""
     info_a = data.set_info(svc.ctx, a)
     opts_a = data.set_options(svc.ctx, scope)
     opts_b = [o for o in data.set_options(svc.ctx, info_a.dataset) if o["value"] != a] if info_a else []
-    return opts_a, opts_b, a, b, describe(svc, a, b)
+    return opts_a, opts_b, describe(svc, a, b)
 
 
-@callback(Output("fs-comparison", "data"), Input(ab_id(ALL, "a"), "value"), Input(ab_id(ALL, "b"), "value"),
-          State("fs-comparison", "data"),
-          prevent_initial_call=True, services=False)
-def remember_pair(a: list, b: list, remembered: dict | None) -> dict:
-    """Keep the last complete pair in the browser so the next page opens on it."""
-    pairs = [(x, y) for x, y in zip(a or [], b or []) if x is not None and y is not None]
-    return {"a": pairs[0][0], "b": pairs[0][1]} if pairs else (remembered or {})
+_PICKED = (Output(ab_id(MATCH, "a"), "options", allow_duplicate=True),
+           Output(ab_id(MATCH, "b"), "options", allow_duplicate=True),
+           Output(ab_id(MATCH, "a"), "value", allow_duplicate=True),
+           Output(ab_id(MATCH, "b"), "value", allow_duplicate=True),
+           Output({"type": "fs-ab-note", "page": MATCH}, "children", allow_duplicate=True))
+
+
+@callback(*_PICKED, Input(ab_id(MATCH, "a"), "value"), Input(ab_id(MATCH, "b"), "value"),
+          Input({"type": "fs-ab-swap", "page": MATCH}, "n_clicks"),
+          Input({"type": "fs-ab-scope", "page": MATCH}, "data"), State({"type": "fs-ab-url", "page": MATCH}, "data"),
+          State("fs-comparison", "data"), prevent_initial_call=True)
+def sync_pair(svc: Services, a: int | None, b: int | None, swap: int | None, scope: str | None, url: dict | None,
+              remembered: dict | None):
+    """Options and values of a page's A/B pickers (B limited to A's data set, both to the page's scope),
+    and the line describing them, after a change of A, B, the scope or a swap."""
+    trig = triggered_id()
+    swapping = isinstance(trig, dict) and trig.get("type") == "fs-ab-swap"
+    a, b = choose_pair(svc, a, b, remembered, swap=swapping, dataset=scope, url=url)
+    opts_a, opts_b, note = pair_view(svc, a, b, scope)
+    return opts_a, opts_b, a, b, note
+
+
+@callback(*_PICKED, Input({"type": "fs-ab-init", "page": MATCH}, "data"),
+          State({"type": "fs-ab-scope", "page": MATCH}, "data"), State({"type": "fs-ab-url", "page": MATCH}, "data"),
+          State("fs-comparison", "data"), prevent_initial_call="initial_duplicate")
+def init_pair(svc: Services, _init: Any, scope: str | None, url: dict | None, remembered: dict | None):
+    """A page opened without a valid ``?a=&b=``: the remembered pair, else the newest comparable one."""
+    a, b = choose_pair(svc, None, None, remembered, dataset=scope, url=url)
+    opts_a, opts_b, note = pair_view(svc, a, b, scope)
+    return opts_a, opts_b, a, b, note
+
+
+CLIENTSIDE = [
+    # keeps the last complete pair in the browser (also on a page's first render, whose pair may come from its
+    # URL), so the next page and the nav links (``navPair``) open on it
+    clientside("rememberPair", Output("fs-comparison", "data"), Input(ab_id(ALL, "a"), "value"),
+               Input(ab_id(ALL, "b"), "value"), State("fs-comparison", "data")),
+    clientside("navPair", Output({"type": "fs-nav", "path": ALL, "pair": ALL}, "href"), Input("fs-comparison", "data"),
+               State({"type": "fs-nav", "path": ALL, "pair": ALL}, "id")),
+]

@@ -16,7 +16,7 @@ from featscope.frontend.services import Services
 from featscope.frontend.wiring import callback
 
 PAGE = {"path": "/comembership", "name": "Co-membership", "title": "featscope · co-membership (Fig. 6)",
-        "order": 20, "nav": True}
+        "order": 20, "nav": True, "pair": True}
 DEFAULTS = {"k_min": 2, "k_max": 1000, "n_k": 20, "seeds": "0, 1, 2"}
 
 

@@ -15,7 +15,8 @@ from featscope.frontend.components.thumbs import pair_tile
 from featscope.frontend.services import Services
 from featscope.frontend.wiring import callback
 
-PAGE = {"path": "/pairs", "name": "Pairs", "title": "featscope · pairs (Fig. 3)", "order": 10, "nav": True}
+PAGE = {"path": "/pairs", "name": "Pairs", "title": "featscope · pairs (Fig. 3)", "order": 10, "nav": True,
+        "pair": True}
 COLUMNS = ("closest-a", "contrast", "closest-b")
 
 

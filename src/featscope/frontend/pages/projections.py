@@ -21,15 +21,16 @@ from featscope.frontend.components.progress import job_area, resolve, retry_inpu
 from featscope.frontend.components.thumbs import thumb_grid
 from featscope.frontend.scatter import Colouring, legend_items, map_figure, raster_figure
 from featscope.frontend.services import Services
-from featscope.frontend.wiring import callback, clientside, triggered_id
+from featscope.frontend.wiring import callback, clientside, layout_services, triggered_id
 from featscope.workspace.analyses import AnalysisResult
 
 PAGE = {"path": "/projections", "name": "Projections", "title": "featscope · projections (Fig. 7)", "order": 30,
-        "nav": True}
+        "nav": True, "pair": True}
 GRID_MAX = 60
 
 
 def layout(a: str | None = None, b: str | None = None, **_query: Any) -> html.Div:
+    first = first_render(layout_services(), a, b)
     return html.Div([
         page_header("Projections", "The same images mapped from A's space and from B's (B rotated and scaled onto "
                     "A). Lasso or box-select points in one map to see where those images land in the other; hover a "
@@ -47,25 +48,26 @@ def layout(a: str | None = None, b: str | None = None, **_query: Any) -> html.Di
             html.Div(download_bar("proj-data", image=False), className="fs-control-right"),
         ]),
         job_area("proj"),
-        html.Div(id="proj-status", className="fs-proj-status"),
-        html.Div(className="fs-grid-2", children=[_map_card("A"), _map_card("B")]),
-        html.Div(id="proj-legend", className="fs-legend"),
+        html.Div(first.get("status"), id="proj-status", className="fs-proj-status"),
+        html.Div(className="fs-grid-2", children=[_map_card("A", first), _map_card("B", first)]),
+        html.Div(first.get("legend"), id="proj-legend", className="fs-legend"),
         card("Selected images", html.Div(id="proj-grid"), id="proj-selection-card",
              caption="Lasso or box-select in either map (the modebar switches between them); click a map to clear."),
-        dcc.Store(id="proj-mode"), dcc.Store(id="proj-meta"), dcc.Store(id="proj-selection"),
+        dcc.Store(id="proj-mode", data=first.get("mode")), dcc.Store(id="proj-meta", data=first.get("meta")),
+        dcc.Store(id="proj-selection"),
         dcc.Store(id="proj-raster-select"), dcc.Download(id="proj-download"),
         html.Div(id="proj-link-sink", hidden=True),
     ])
 
 
-def _map_card(role: str) -> html.Section:
+def _map_card(role: str, first: dict) -> html.Section:
     fig_id = f"proj-{role.lower()}"
-    graph = dcc.Graph(id=fig_id, figure=empty_figure(), config={**graph_config(f"projection-{role}"), "scrollZoom": True},
+    graph = dcc.Graph(id=fig_id, figure=first.get(f"figure_{role}") or empty_figure(), config={**graph_config(f"projection-{role}"), "scrollZoom": True},
                       clear_on_unhover=True, style={"height": "560px"})
     tip = dcc.Tooltip(id=f"{fig_id}-tip", children=html.Div([html.Img(id=f"{fig_id}-tip-img"),
                                                              html.Div(id=f"{fig_id}-tip-caption")],
                                                             className="fs-hover-card"), direction="right")
-    return card([badge(role), html.Span(id=f"{fig_id}-title", children=f" map {role}")],
+    return card([badge(role), html.Span(id=f"{fig_id}-title", children=first.get(f"title_{role}", f" map {role}"))],
                 html.Div([graph, tip], style={"position": "relative"}), id=f"{fig_id}-card",
                 actions=_image_bar(fig_id), className=f"fs-side-{role.lower()}")
 
@@ -91,10 +93,12 @@ def needs_for(svc: Services, a: int, b: int, method: str, colour: str):
           Output("proj-progress", "children"), Output("proj-tracked", "data"), Output("proj-poll", "disabled"),
           Input(ab_id("proj", "a"), "value"), Input(ab_id("proj", "b"), "value"), Input("proj-method", "value"),
           Input("proj-colour", "value"), Input("proj-poll", "n_intervals"), retry_input("proj"),
-          State("proj-tracked", "data"))
+          State("proj-tracked", "data"), State("proj-meta", "data"))
 def show(svc: Services, a: int | None, b: int | None, method: str, colour: str, _tick: Any, _retry: Any,
-         tracked: dict | None):
-    """Both maps (WebGL or raster by size), from the cached projection or the job computing it."""
+         tracked: dict | None, shown: dict | None = None):
+    """Both maps (WebGL or raster by size), from the cached projection or the job computing it. Maps already
+    on the page (``shown``: the first render's, or a previous answer's) are not sent again: a poll tick while
+    another job runs neither re-plots them nor drops a selection."""
     titles = (" map A", " map B")
     if not data.valid_pair(svc.ctx, a, b):
         msg = empty_state("Pick two embedding sets of one data set", "Choose A and B above, or run a Compare on the "
@@ -106,12 +110,51 @@ def show(svc: Services, a: int | None, b: int | None, method: str, colour: str, 
         msg = error_box(next(iter(out.errors.values()))) if out.errors else \
             html.Span("Computing the maps in the background; they appear here when the job is done.")
         return (empty_figure(), empty_figure(), msg, None, None, None, *titles, progress, out.tracked, idle)
-    proj = out.results["projection"]
-    figs, status, legend, mode = build_maps(svc, proj, out.results.get("agreement"), colour)
-    ia, ib = data.set_info(svc.ctx, a), data.set_info(svc.ctx, b)
+    meta = _meta(out.results["projection"], out.results.get("agreement"), a, b, colour)
+    if meta == shown:  # the mode goes out again: linkMaps waits on this callback, and no_update would skip it
+        return (*[no_update] * 4, _mode(meta["n"]), *[no_update] * 3, progress, out.tracked, idle)
+    view = maps_view(svc, out.results["projection"], out.results.get("agreement"), a, b, colour, meta)
+    return (view["figure_A"], view["figure_B"], view["status"], view["legend"], view["mode"], meta, view["title_A"],
+            view["title_B"], progress, out.tracked, idle)
+
+
+def _meta(proj: AnalysisResult, agreement: AnalysisResult | None, a: int, b: int, colour: str) -> dict:
+    """What the maps show: the page's link to its projection, and the key telling whether they are on the page."""
     meta = {"analysis": proj.id, "a": a, "b": b, "colour": colour, "n": len(proj.arrays["coords_0"])}
-    return (*figs, status, legend, mode, meta, f" {ia.backbone} · {data.tap_label(ia.tap)}/{ia.pooling}",
-            f" {ib.backbone} · {data.tap_label(ib.tap)}/{ib.pooling}", progress, out.tracked, idle)
+    if colour == "agreement" and agreement is not None:
+        meta["agreement"] = agreement.id
+    return meta
+
+
+def maps_view(svc: Services, proj: AnalysisResult, agreement: AnalysisResult | None, a: int, b: int, colour: str,
+              meta: dict) -> dict:
+    figs, status, legend, mode = build_maps(svc, proj, agreement, colour)
+    ia, ib = data.set_info(svc.ctx, a), data.set_info(svc.ctx, b)
+    return {"figure_A": figs[0], "figure_B": figs[1], "status": status, "legend": legend, "mode": mode, "meta": meta,
+            "title_A": f" {ia.backbone} · {data.tap_label(ia.tap)}/{ia.pooling}",
+            "title_B": f" {ib.backbone} · {data.tap_label(ib.tap)}/{ib.pooling}"}
+
+
+def first_render(svc: Services | None, a: Any, b: Any, method: str = "tsne", colour: str = "class") -> dict:
+    """The maps of a linked pair (``?a=&b=``) whose projection is cached, for the page's first render; ``{}``
+    otherwise (the ``show`` callback then fetches or computes them). Cached results appear at once: the maps
+    arrive with the page instead of one more round trip after it, and the callback's first run, seeing them
+    on the page, sends nothing."""
+    try:
+        a, b = int(a), int(b)
+    except (TypeError, ValueError):
+        return {}
+    if svc is None or not data.valid_pair(svc.ctx, a, b):
+        return {}
+    from featscope.frontend.services import cached_analysis
+    from featscope.workspace import NotFound
+    from featscope.workspace.analyses import NotCached
+
+    try:
+        proj = next(cached_analysis(svc, need) for need in needs_for(svc, a, b, method, colour))
+    except (NotCached, ValueError, NotFound):
+        return {}
+    return maps_view(svc, proj, None, a, b, colour, _meta(proj, None, a, b, colour))
 
 
 def colouring_for(svc: Services, proj: AnalysisResult, agreement: AnalysisResult | None, colour: str):
@@ -132,15 +175,20 @@ def _aligned(values: np.ndarray, positions: np.ndarray, target: np.ndarray) -> n
     return np.where(positions[at] == target, values[at], np.nan)
 
 
+def _mode(n: int) -> str:
+    """How maps of ``n`` points are drawn: every point in WebGL, or a server raster with a sampled overlay."""
+    return "webgl" if n <= raster.RASTER_ABOVE else "raster"
+
+
 def build_maps(svc: Services, proj: AnalysisResult, agreement: AnalysisResult | None, colour: str):
     ca, cb = proj.arrays["coords_0"], proj.arrays["coords_1"]
     table, colouring = colouring_for(svc, proj, agreement, colour)
     n = len(ca)
     method = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}[proj.params["method"]]
-    if n <= raster.RASTER_ABOVE:
+    mode = _mode(n)
+    if mode == "webgl":
         figs = (map_figure(ca, table.ids, colouring, "A", COLOUR_A), map_figure(cb, table.ids, colouring, "B", COLOUR_B))
         status = f"{n:,} images · {method} · WebGL: every point drawn in the browser"
-        mode = "webgl"
     else:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -151,7 +199,6 @@ def build_maps(svc: Services, proj: AnalysisResult, agreement: AnalysisResult | 
             figs = tuple(f.result() for f in futures)
         status = (f"{n:,} images · {method} · drawn on the server (datashader); hover and lasso use a "
                   f"{len(sample):,}-point sample, and a selection is applied to all {n:,} points")
-        mode = "raster"
     legend = [html.Span([html.Span(className="fs-legend-swatch", style={"background": c}), name],
                         className="fs-legend-item") for c, name in legend_items(colouring, n)]
     return figs, status, legend, mode

@@ -17,7 +17,8 @@ from featscope.frontend.components.thumbs import thumb_grid
 from featscope.frontend.services import Services, check_extract
 from featscope.frontend.wiring import callback
 
-PAGE = {"path": "/similarity", "name": "Similarity", "title": "featscope · similarity", "order": 60, "nav": True}
+PAGE = {"path": "/similarity", "name": "Similarity", "title": "featscope · similarity", "order": 60, "nav": True,
+        "pair": True}
 STUDY_TAPS = ["conv2", "conv3", "conv4", "conv5"]
 
 

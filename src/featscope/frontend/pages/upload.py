@@ -18,7 +18,8 @@ from featscope.frontend.components.progress import retry_input
 from featscope.frontend.services import Services
 from featscope.frontend.wiring import callback, triggered_id, clientside
 
-PAGE = {"path": "/upload", "name": "Upload", "title": "featscope · upload an image", "order": 45, "nav": True}
+PAGE = {"path": "/upload", "name": "Upload", "title": "featscope · upload an image", "order": 45, "nav": True,
+        "pair": True}
 
 
 def layout(a: str | None = None, b: str | None = None, **_query: Any) -> html.Div:
