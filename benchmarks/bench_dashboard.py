@@ -5,7 +5,9 @@ of N catalog images (rows only: no files), two backbones, two embedding sets of 
 (the same clusters, B perturbed) and - because this measures the page, not t-SNE - a precomputed 2-D
 projection stored as the cached ``projection`` analysis under exactly the key the page asks for (the analysis
 runs with ``featscope.analysis.projection.project`` replaced by the synthetic coordinates). Then it starts
-``featscope serve`` (no worker: nothing is computed) and, in Debian's headless Chromium:
+``featscope serve`` (no worker: nothing is computed), waits until the server has finished its start-up work
+(its CPU quiet for 2 s: with a raster-sized set it compiles datashader's kernels in the background first) and,
+in Debian's headless Chromium:
 
 * draw: navigation start -> both maps drawn (WebGL: every point in both traces; raster: both server images
   placed), first visit of the size and a reload (the second visit reuses the server's caches);
@@ -221,6 +223,25 @@ Promise.all(['proj-a', 'proj-b'].map((id, i) => Plotly.newPlot(id, figs[i].data,
 
 
 # ---------------------------------------------------------------- the run
+def wait_until_quiet(pid: int, limit: float = 180.0) -> float:
+    """Seconds until process ``pid`` has used under 5% of a CPU for two seconds running (the server compiles
+    datashader's kernels in the background when a raster-sized set exists: about 9 s of CPU here, which
+    would otherwise land in the first sizes' timings)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    t0, quiet, last = time.perf_counter(), 0, cpu()
+    while quiet < 2 and time.perf_counter() - t0 < limit:
+        time.sleep(1.0)
+        now = cpu()
+        quiet = quiet + 1 if now - last < 0.05 else 0
+        last = now
+    return time.perf_counter() - t0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -264,6 +285,7 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.3)
+        print(f"server up; quiet after {wait_until_quiet(server.pid):.0f} s", flush=True)
         from playwright.sync_api import sync_playwright
 
         rows = []
