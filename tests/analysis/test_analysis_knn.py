@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import featscope.analysis.knn as knn
-from featscope.analysis.knn import PrebuiltIndex, approximate_knn
+from featscope.analysis.knn import PrebuiltIndex, approximate_knn, approximate_search
 from featscope.analysis.pairs import (close_in_a_distant_in_b_clusters, close_in_a_distant_in_b_ranks, closest_pairs,
                                       neighbourhood_agreement)
 from featscope.analysis.similarity import mutual_knn_alignment
@@ -175,6 +175,42 @@ def test_a_restricted_search_below_the_recall_target_is_not_trusted(big, tmp_pat
     graph, info = approximate_knn(sub, 10, prebuilt=pre)
     assert info["index_source"] == "built" and info["recall"] >= 0.95
     assert np.mean([len(set(g) & set(t)) / 10 for g, t in zip(graph, _exact_knn(sub, 10))]) >= 0.95
+
+
+# ---- the k-NN probe: test rows against the train+val rows -----------------------------------------
+
+def test_the_probe_searches_a_prebuilt_index_among_the_train_and_val_rows_only(big, no_building):
+    xa, _ = big
+    pre = _prebuilt(xa)
+    pre.index.nprobe = pre.index.nlist  # every list probed: exact, so it must equal brute force
+    exhaustive = PrebuiltIndex(pre.index, xa, pre.index.nlist, 0, 1.0)
+    db = np.sort(np.random.default_rng(4).choice(3000, 2000, replace=False))
+    test = np.setdiff1d(np.arange(3000), db)
+    found, sims, info = approximate_search(xa, db, test, 7, prebuilt=exhaustive)
+    s = _cos(xa)[test][:, db]
+    assert found.shape == (1000, 7) and found.min() >= 0 and found.max() < 2000  # places in db, never test rows
+    best = -np.sort(-s, axis=1)[:, :7]
+    np.testing.assert_allclose(np.take_along_axis(s, found, 1), best, atol=1e-6)
+    np.testing.assert_allclose(sims, best, atol=1e-5)
+    assert info["index_source"] == "stored, searched among part of its rows" and info["recall"] == 1.0
+
+
+def test_the_knn_probe_of_a_space_too_large_for_memory_uses_a_prebuilt_index(big, no_building):
+    from featscope.analysis.probes import knn_accuracy, make_splits
+
+    xa, _ = big
+    rng = np.random.default_rng(5)  # space A's clusters, as _clustered drew them: 40 clusters in 5 classes
+    rng.normal(size=(40, 24))
+    labels = np.array([f"c{v % 5}" for v in rng.integers(0, 40, 3000)])
+    splits = make_splits(labels, seed=0)
+    got = knn_accuracy(xa, labels, splits, k=7, index=_prebuilt(xa))
+    assert got.info["index_source"] == "stored, searched among part of its rows" and got.info["recall"] >= 0.95
+    import featscope.analysis.arrays as arrays
+
+    arrays.IN_MEMORY_MAX = 1 << 30  # (restored by the fixture's monkeypatch) exact, in memory: the reference
+    want = knn_accuracy(np.asarray(xa, dtype=np.float32), labels, splits, k=7)
+    assert want.info == {"exact": True, "recall": 1.0}
+    assert abs(got.accuracy - want.accuracy) <= 2 / got.n_test
 
 
 # ---- what a prebuilt index is not used for, and misuse ---------------------------------------------

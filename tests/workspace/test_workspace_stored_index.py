@@ -24,10 +24,12 @@ def one_faiss_thread():
     faiss.omp_set_num_threads(before)
 
 
-def _clustered(n_centres: int, seed: int) -> np.ndarray:
+def _clustered(n_centres: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Well-separated clusters of N vectors, and each vector's cluster."""
     rng = np.random.default_rng(seed)
     c = rng.normal(size=(n_centres, DIM)) * 3
-    return (c[rng.integers(0, n_centres, N)] + rng.normal(size=(N, DIM))).astype(np.float32)
+    cluster = rng.integers(0, n_centres, N)
+    return (c[cluster] + rng.normal(size=(N, DIM))).astype(np.float32), cluster
 
 
 @pytest.fixture
@@ -40,17 +42,18 @@ def spaces(ws, monkeypatch, one_faiss_thread):
     from featscope.catalog import Backbone, Dataset, Image
 
     ws.ctx.settings.flat_index_max = 100
+    (xa, clusters), (xb, _) = _clustered(40, 5), _clustered(3, 6)
+    labels = [f"c{c % 3}" for c in clusters]  # classes of A's clusters: a k-NN probe of A is near 100% right
     with ws.ctx.session() as s:
         ds = Dataset(name="many", root="/nowhere", source_path="/nowhere", format="synthetic", fingerprint="many-3000",
                      n_images=N, classes=["c0", "c1", "c2"], summary="catalog rows only")
         s.add(ds)
         s.flush()
         s.execute(insert(Image), [{"dataset_id": ds.id, "position": i, "relpath": f"c{i % 3}/{i:05d}.png",
-                                   "label": f"c{i % 3}", "boxes": []} for i in range(N)])
+                                   "label": labels[i], "boxes": []} for i in range(N)])
         for name in ("A", "B"):
             s.add(Backbone(name=name, spec=f"synthetic:{name}", source="synthetic", arch="synthetic",
                            fingerprint=name, taps=["conv5"]))
-    xa, xb = _clustered(40, 5), _clustered(3, 6)
     a = ws.import_embeddings("A", "many", xa).id
     b = ws.import_embeddings("B", "many", xb).id
     assert {e.index_kind for e in ws.embedding_sets()} == {"ivf"}
@@ -185,3 +188,20 @@ def test_sets_sharing_part_of_their_images_search_the_stored_index_among_the_sha
     found = [(p["i"], p["j"]) for p in pairs["pairs"]]
     assert len(set(zip(iu[top].tolist(), ju[top].tolist())) & set(found)) >= 18  # rows of the shared images
     np.testing.assert_allclose([p["score"] for p in pairs["pairs"]], [sa[i, j] for i, j in found], atol=1e-6)
+
+
+def test_the_knn_probe_searches_the_stored_index_among_the_train_and_val_rows(spaces, no_building):
+    from featscope.analysis.probes import Splits, knn_accuracy
+
+    ws, a, _, xa, _ = spaces
+    res = ws.probe(a, c_grid=[1.0], max_iter=50, knn_k=7)
+    info = res.data["knn_search"]
+    assert info["index_source"] == "stored, searched among part of its rows" and info["recall"] >= 0.95
+    assert info["index_rows"] == N and info["index"] == "ivf"
+    import featscope.analysis.arrays as arrays
+
+    arrays.IN_MEMORY_MAX = 1 << 30  # (restored by the fixture's monkeypatch) the exact in-memory probe: the reference
+    labels = [im.label for im in ws.images("many")]
+    splits = Splits(res.arrays["train"], res.arrays["val"], res.arrays["test"], True)
+    want = knn_accuracy(xa.astype(np.float32), labels, splits, k=7)
+    assert want.info["exact"] and abs(res.data["knn_accuracy"] - want.accuracy) <= 2 / want.n_test

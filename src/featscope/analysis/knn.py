@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from featscope.cache.index import build_index, index_kind, knn_graph, measure_recall, tune_nprobe
+from featscope.cache.index import (build_index, index_kind, knn_graph, measure_recall, restrict_to, search,
+                                   tune_nprobe)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,69 @@ def approximate_knn(x: np.ndarray, k: int, *, prebuilt: PrebuiltIndex | None = N
     tuning = tune_nprobe(index, x, target=RECALL_TARGET)
     graph = knn_graph(index, x, k, chunk=chunk, rerank=tuning.rerank)
     return graph, _info(index_kind(index), tuning.recall, tuning.nprobe, tuning.rerank, "built")
+
+
+def approximate_search(x: np.ndarray, db_rows: np.ndarray, query_rows: np.ndarray, k: int, *,
+                       prebuilt: PrebuiltIndex | None = None, chunk: int = 4096,
+                       name: str = "x") -> tuple[np.ndarray, np.ndarray, dict]:
+    """The ``k`` most cosine-similar of rows ``db_rows`` of ``x`` to each of its rows ``query_rows`` (rows outside
+    ``db_rows``: the k-NN probe's test rows against its train+val rows): places in ``db_rows`` (-1: a slot the
+    IVF search could not fill), their cosines, and how they were found (module docstring).
+
+    With ``prebuilt``, its index is searched among the ``db_rows`` only, once the recall of that restricted
+    search is measured (as :func:`approximate_knn` does for part of the indexed rows); otherwise, or if that
+    recall falls short, an IVF index of the ``db_rows`` is built and tuned here."""
+    db_rows, query_rows = np.asarray(db_rows, dtype=np.int64), np.asarray(query_rows, dtype=np.int64)
+    if prebuilt is not None:
+        _check_prebuilt(prebuilt, x, name)
+        to_index = np.asarray(prebuilt.rows, dtype=np.int64) if prebuilt.rows is not None else None
+        members = db_rows if to_index is None else to_index[db_rows]
+        recall = measure_recall(prebuilt.index, prebuilt.vectors, rows=members, rerank=prebuilt.rerank)
+        if recall >= min(RECALL_TARGET, prebuilt.recall):
+            place = np.full(prebuilt.index.ntotal, -1, dtype=np.int64)  # index position -> place in db_rows
+            place[members] = np.arange(len(members))
+            found, sims = _search_rows(prebuilt.index, x, query_rows, k, prebuilt.vectors, prebuilt.rerank,
+                                       restrict_to(prebuilt.index, members), chunk)
+            found = np.where(found >= 0, place[np.maximum(found, 0)], -1)
+            return found, sims, {**_info(prebuilt.kind, recall, prebuilt.nprobe, prebuilt.rerank,
+                                         "stored, searched among part of its rows"),
+                                 "index_rows": int(prebuilt.index.ntotal)}
+        log.info("%s: the prebuilt index restricted to %d of its %d rows reaches recall@10 %.3f only; building and "
+                 "tuning an index of those rows", name, len(members), prebuilt.index.ntotal, recall)
+    db = _Rows(x, db_rows)
+    index = build_index(db, flat_max=0)
+    tuning = tune_nprobe(index, db, target=RECALL_TARGET)
+    found, sims = _search_rows(index, x, query_rows, k, db, tuning.rerank, None, chunk)
+    return found, sims, _info(index_kind(index), tuning.recall, tuning.nprobe, tuning.rerank, "built")
+
+
+def _search_rows(index: faiss.Index, x: np.ndarray, query_rows: np.ndarray, k: int, vectors, rerank: int,
+                 params, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`featscope.cache.index.search` of rows ``query_rows`` of ``x``, ``chunk`` at a time."""
+    found, sims = [], []
+    for s in range(0, len(query_rows), chunk):
+        sc, pos = search(index, np.asarray(x[query_rows[s:s + chunk]], dtype=np.float32), k, vectors=vectors,
+                         rerank=rerank, params=params)
+        sims.append(sc)
+        found.append(pos)
+    if not found:
+        return np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32)
+    return np.concatenate(found), np.concatenate(sims)
+
+
+class _Rows:
+    """Rows ``rows`` of ``x`` as an array-like (len, shape, slicing, fancy indexing) without copying them:
+    what FAISS index building reads in chunks."""
+
+    def __init__(self, x: np.ndarray, rows: np.ndarray) -> None:
+        self.x, self.idx = x, np.asarray(rows, dtype=np.int64)
+        self.shape, self.dtype = (len(self.idx), x.shape[1]), x.dtype
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, key):
+        return np.asarray(self.x[self.idx[key]])
 
 
 def _info(kind: str, recall: float, nprobe: int, rerank: int, source: str) -> dict:

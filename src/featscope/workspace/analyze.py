@@ -280,9 +280,9 @@ def probe(ctx: Context, embedding_set: int, *, val_fraction: float = 0.15, test_
         x = d.vectors[0]
         res = linear_probe(x, labels, splits, c_grid=grid, max_iter=max_iter, seed=seed)
         k = min(knn_k, len(splits.train) + len(splits.val))
-        knn = knn_accuracy(x, labels, splits, k=k)
+        knn = knn_accuracy(x, labels, splits, k=k, index=_stored_index(ctx, d, 0, on_message))
         data = {**res.to_dict(), "n_classes": len(res.classes), "knn_accuracy": knn.accuracy,
-                "knn_ci_low": knn.ci_low, "knn_ci_high": knn.ci_high, "knn_k": knn.k,
+                "knn_ci_low": knn.ci_low, "knn_ci_high": knn.ci_high, "knn_k": knn.k, "knn_search": knn.info,
                 "n_train": len(splits.train), "n_val": len(splits.val), "stratified": splits.stratified}
         arrays = {"coef": res.coef, "intercept": res.intercept, "scaler_mean": res.scaler_mean,
                   "scaler_scale": res.scaler_scale, "classes": np.asarray(res.classes, dtype=str),
