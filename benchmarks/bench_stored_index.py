@@ -103,8 +103,8 @@ def main() -> None:
         ids = []
         for space in "ab":
             vectors = scale._vectors(work / f"{space}.npy", args.n, args.dim, space)
-            es, seconds, _ = _timed(lambda: ws.import_embeddings(f"synthetic-{space}", "scale", vectors,
-                                                                  tap="conv5", dtype="float16"))
+            es, seconds, _ = _timed(functools.partial(ws.import_embeddings, f"synthetic-{space}", "scale", vectors,
+                                                      tap="conv5", dtype="float16"))
             meta = ws.ctx.store.get("index", es.artifact_key, verify=False).meta
             print(f"stored index of space {space}: {meta['kind']}, nlist {meta['nlist']}, nprobe {meta['nprobe']}, "
                   f"rerank {meta['rerank']}, recall@10 {meta['recall_at_10']:.3f}; import {seconds:.1f} s (index "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
@@ -20,6 +20,9 @@ from featscope.workspace.backbones import get_backbone_row
 from featscope.workspace.context import Context, NotFound
 from featscope.workspace.datasets import get_dataset
 from featscope.workspace.embeddings import _embedding_row
+
+if TYPE_CHECKING:
+    from featscope.analysis.knn import PrebuiltIndex
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ def _n_common(ctx: Context, set_ids: Sequence[int]) -> int:
     return min(r.n for r in _rows(ctx, set_ids))
 
 
-def _stored_index(ctx: Context, d: _Loaded, i: int, on_message: Say | None):
+def _stored_index(ctx: Context, d: _Loaded, i: int, on_message: Say | None) -> PrebuiltIndex | None:
     """Set ``i``'s stored index for the neighbour searches of an analysis of ``d``, where the analysis would
     otherwise build and tune one: a space too large for memory (one that fits is searched exactly, in memory,
     and needs none). None when the set's index cannot serve, said with the reason (an index is then built and
