@@ -6,8 +6,9 @@ import faiss
 import numpy as np
 import pytest
 
-from featscope.cache.index import (build_index, deserialize_index, exact_neighbours, index_kind, knn_graph, neighbours,
-                                   normalize, search, serialize_index, tune_nprobe)
+from featscope.cache.index import (build_index, deserialize_index, exact_neighbours, index_kind, knn_graph,
+                                   measure_recall, neighbours, normalize, restrict_to, search, serialize_index,
+                                   tune_nprobe)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -185,6 +186,60 @@ def test_knn_graph_of_an_ivf_index_gives_each_row_its_neighbours_list(memory_max
     assert (graph == want).all()
     assert (graph == -1).any() and graph[11, 0] == 2900 and graph[2900, 0] == 11
     assert not (graph == np.arange(3000)[:, None]).any()
+
+
+# -- part of the indexed rows -----------------------------------------------------------------------
+
+def _brute_among(x: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """Exact k-NN of each of ``rows`` among ``rows`` only, as places in ``rows`` (brute force)."""
+    sims = _cosine(x[rows], x[rows])
+    np.fill_diagonal(sims, -np.inf)
+    return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq"])
+def test_knn_graph_of_some_rows_searches_among_them_only(kind):
+    """``rows`` (any order): each row's neighbours among those rows alone, given as places in ``rows``: with every
+    list probed (and IVF-PQ re-ranking every probed vector) the search is exact, so it equals brute force."""
+    x = _clustered(1500, d=16, centres=30, seed=4)
+    rows = np.random.default_rng(0).permutation(1500)[:1100]  # 400 rows left out, the rest shuffled
+    memory_max = 1500 * 16 * 4 - 1 if kind == "ivfpq" else 2 << 30
+    index = build_index(x, flat_max=2000 if kind == "flat" else 100, memory_max=memory_max)
+    assert index_kind(index) == kind
+    rerank = None
+    if kind != "flat":
+        faiss.extract_index_ivf(index).nprobe = faiss.extract_index_ivf(index).nlist
+        rerank = 1500 // 6  # k + 1 = 6 candidates per unit: every indexed vector re-scored
+    graph = knn_graph(index, x, 5, chunk=300, rows=rows, rerank=rerank)
+    assert graph.shape == (1100, 5) and graph.tolist() == _brute_among(x, rows, 5).tolist()
+    assert exact_neighbours(x, rows[:50], 5, among=rows, chunk=256).tolist() == \
+        rows[_brute_among(x, rows, 5)[:50]].tolist()  # exact search among the same rows, as positions of x
+    assert measure_recall(index, x, rows=rows, k=5, queries=100, rerank=rerank) == 1.0
+
+
+def test_measured_recall_is_what_tuning_measured_and_what_a_restricted_graph_finds():
+    x = _clustered(4000, d=32, centres=60, seed=2)
+    index = build_index(x, flat_max=100)
+    tuning = tune_nprobe(index, x, queries=200)
+    assert measure_recall(index, x, queries=200) == pytest.approx(tuning.recall)  # same queries, same search
+    faiss.extract_index_ivf(index).nprobe = 1  # fewer lists: recall on a subset well below 1
+    rows = np.sort(np.random.default_rng(1).choice(4000, 3000, replace=False))
+    got = measure_recall(index, x, rows=rows, queries=300)
+    # the reference: a restricted graph's first 10 neighbours of the same 300 seeded rows against brute force
+    sample = np.sort(np.random.default_rng(0).choice(rows, size=300, replace=False))
+    places = np.searchsorted(rows, sample)
+    graph = knn_graph(index, x, 10, rows=rows)[places]
+    truth = _brute_among(x, rows, 10)[places]
+    want = np.mean([len(set(g[g >= 0]) & set(t)) / 10 for g, t in zip(graph, truth)])
+    assert 0.3 < got < 0.99 and got == pytest.approx(want)
+
+
+@pytest.mark.parametrize("rows,match", [(np.array([0, 1, 1]), "repeat"), (np.array([0, 5000]), r"\[0, 4000\)"),
+                                        (np.array([[0, 1]]), "1-D"), (np.array([0.5]), "integer")])
+def test_rows_of_an_index_are_checked(rows, match):
+    index = build_index(_clustered(4000, d=8), flat_max=100)
+    with pytest.raises(ValueError, match=match):
+        restrict_to(index, rows)
 
 
 def test_a_float16_memory_map_indexes_like_its_float32_values(tmp_path):

@@ -10,7 +10,8 @@
 
 Embedding matrices whose float32 copy would exceed ``arrays.IN_MEMORY_MAX`` (a memory-mapped set of a
 million images) are read in chunks: streaming K-means, IVF neighbours with measured recall, streamed PCA,
-chunked L-BFGS probes (``probes_stream``), chunked CKA.
+chunked L-BFGS probes (``probes_stream``), chunked CKA. ``knn``: their approximate k-NN graphs, through an
+index built and tuned beforehand (an embedding set's stored index: ``PrebuiltIndex``) or one built on the spot.
 
 Submodules are imported on demand (``from featscope.analysis.pairs import closest_pairs``), so
 using one analysis does not pay for importing UMAP's compiler.

@@ -9,7 +9,12 @@ A space too large to copy into memory (``arrays.IN_MEMORY_MAX``; a memory-mapped
 read in chunks, and its neighbours come from a FAISS IVF index whose ``nprobe`` is tuned to recall@10 >= 0.95
 against exact search (exact search costs O(N^2 D), about a day for a million 2048-d vectors on a CPU). The
 measured recall is reported (``PairList.info``, ``Agreement.info``); neighbour *ranks* in B, which need an
-O(N^2 D) scan, are then counted up to ``rank_cap`` (see :func:`close_in_a_distant_in_b_ranks`).
+O(N^2 D) scan, are then counted up to ``rank_cap`` (see :func:`close_in_a_distant_in_b_ranks`). Building and
+tuning that index costs minutes per space at a million vectors: a caller holding one already (an embedding
+set's stored index) passes it (``index=``, ``index_a=``, ``index_b=``: a :class:`~featscope.analysis.knn.PrebuiltIndex`)
+and it is searched instead (``info["index_source"]`` says which; :mod:`featscope.analysis.knn`). A space that
+fits in memory ignores it: exact search is affordable there, and its result (recall 1) beats any index's and
+does not depend on whether one was stored.
 
 Exact duplicates: two rows with identical vectors are two different images with cosine 1. Only an
 image's own row is removed from its neighbour list (by position, never by score), so duplicates are
@@ -25,7 +30,8 @@ import faiss
 import numpy as np
 
 from featscope.analysis.arrays import embeddings_or_stream, fits_in_memory
-from featscope.cache.index import index_kind, normalize
+from featscope.analysis.knn import PrebuiltIndex, approximate_knn
+from featscope.cache.index import normalize
 
 _DEFAULT_CHUNK = 4096
 _COMPARE_BUDGET = 1 << 24  # elements of one (pairs x N) comparison block when counting ranks
@@ -70,34 +76,37 @@ class Agreement:
                 "worst": self.worst.tolist()}
 
 
-def closest_pairs(x: np.ndarray, n_pairs: int = 50, *, k: int = 10, chunk: int = _DEFAULT_CHUNK) -> PairList:
+def closest_pairs(x: np.ndarray, n_pairs: int = 50, *, k: int = 10, chunk: int = _DEFAULT_CHUNK,
+                  index: PrebuiltIndex | None = None) -> PairList:
     """The ``n_pairs`` most similar image pairs in one space (Fig. 3, left and right panels).
 
     Candidates are the pairs (i, j) with j among the ``k`` nearest neighbours of i (or i among j's);
     each unordered pair appears once with ``i < j``. ``k`` bounds the candidate set: the m-th most
     similar pair of the whole set is always among i's top-m neighbours, so ``k >= n_pairs`` makes the
     result exact (equal to an all-pairs search); a smaller ``k`` is faster and only misses pairs whose
-    images both have ``k`` closer neighbours elsewhere. Scores are float64 cosines.
+    images both have ``k`` closer neighbours elsewhere. Scores are float64 cosines. ``index``: x's
+    prebuilt index, searched instead of building one when x is too large for memory (module docstring).
     """
     xn = _Space(x, "x")
     _check_k(k, len(xn))
     _check_count(n_pairs, "n_pairs")
-    i, j, info = _knn_pairs(xn, k, chunk)
+    i, j, info = _knn_pairs(xn, k, chunk, index)
     score = _pair_cosine(xn, i, j, chunk)
     order = np.lexsort((j, i, -score))[:n_pairs]
     return PairList(i[order], j[order], score[order], info=info)
 
 
 def close_in_a_distant_in_b_clusters(labels_a_large: np.ndarray, labels_b_small: np.ndarray, x_a: np.ndarray,
-                                     n_pairs: int = 50, *, k: int = 10,
-                                     chunk: int = _DEFAULT_CHUNK) -> PairList:
+                                     n_pairs: int = 50, *, k: int = 10, chunk: int = _DEFAULT_CHUNK,
+                                     index_a: PrebuiltIndex | None = None) -> PairList:
     """Pairs close in space A but distant in space B by the study's cluster definition (appendix 6.1).
 
     *Close in A*: same cluster of A clustered with many clusters (``labels_a_large``, e.g. K > 1000).
     *Distant in B*: different clusters of B clustered with few clusters (``labels_b_small``, K < 5).
     The caller clusters (e.g. ``clustering.kmeans_labels``); candidates are A's k-NN pairs (see
     :func:`closest_pairs` for what ``k`` bounds), ranked by cosine in A, most similar first.
-    Extra columns: ``cluster_a`` (shared A cluster), ``cluster_b_i`` and ``cluster_b_j``.
+    Extra columns: ``cluster_a`` (shared A cluster), ``cluster_b_i`` and ``cluster_b_j``. ``index_a``: A's
+    prebuilt index (module docstring).
     """
     xn = _Space(x_a, "x_a")
     n = len(xn)
@@ -105,7 +114,7 @@ def close_in_a_distant_in_b_clusters(labels_a_large: np.ndarray, labels_b_small:
     lb = _labels(labels_b_small, "labels_b_small", n)
     _check_k(k, n)
     _check_count(n_pairs, "n_pairs")
-    i, j, info = _knn_pairs(xn, k, chunk)
+    i, j, info = _knn_pairs(xn, k, chunk, index_a)
     keep = (la[i] == la[j]) & (lb[i] != lb[j])
     i, j = i[keep], j[keep]
     score = _pair_cosine(xn, i, j, chunk)
@@ -115,7 +124,9 @@ def close_in_a_distant_in_b_clusters(labels_a_large: np.ndarray, labels_b_small:
 
 
 def close_in_a_distant_in_b_ranks(x_a: np.ndarray, x_b: np.ndarray, n_pairs: int = 50, *, k: int = 10,
-                                  chunk: int = _DEFAULT_CHUNK, rank_cap: int = 100) -> PairList:
+                                  chunk: int = _DEFAULT_CHUNK, rank_cap: int = 100,
+                                  index_a: PrebuiltIndex | None = None,
+                                  index_b: PrebuiltIndex | None = None) -> PairList:
     """Pairs close in space A but distant in space B by neighbour rank (Fig. 3, middle panel).
 
     Candidates are A's k-NN pairs. For each, the exact rank of j in i's neighbour list in B is
@@ -129,20 +140,21 @@ def close_in_a_distant_in_b_ranks(x_a: np.ndarray, x_b: np.ndarray, n_pairs: int
     A space B too large for memory is not scanned: ranks come from B's ``rank_cap`` nearest neighbours
     (IVF, tuned recall), so a rank below ``rank_cap`` is the neighbour's place in that list and every
     partner beyond it gets rank ``rank_cap``; pairs tied there are ordered by their B cosine, lowest first
-    (``info["rank_cap"]`` says so).
+    (``info["rank_cap"]`` says so; ``info["b"]`` how B's neighbours were found). ``index_a``, ``index_b``: the
+    spaces' prebuilt indexes (module docstring).
     """
     xa, xb = _Space(x_a, "x_a"), _Space(x_b, "x_b")
     _check_same_n(xa, xb)
     _check_k(k, len(xa))
     _check_count(n_pairs, "n_pairs")
-    i, j, info = _knn_pairs(xa, k, chunk)
+    i, j, info = _knn_pairs(xa, k, chunk, index_a)
     score = _pair_cosine(xa, i, j, chunk)
     score_b = _pair_cosine(xb, i, j, chunk)
     if xb.big:
         cap = min(int(rank_cap), len(xb) - 1)
-        nb, info_b = _knn(xb, cap, chunk=chunk)
+        nb, info_b = _knn(xb, cap, chunk=chunk, prebuilt=index_b)
         rank_ij, rank_ji = _capped_rank(nb, i, j, cap), _capped_rank(nb, j, i, cap)
-        info = {**info, "rank_cap": cap, "recall_b": info_b["recall"]}
+        info = {**info, "rank_cap": cap, "recall_b": info_b["recall"], "b": info_b}
     else:
         both = _ranks(xb, np.concatenate([i, j]), np.concatenate([j, i]), chunk)  # one scan of B for both
         rank_ij, rank_ji = both[:len(i)], both[len(i):]
@@ -160,25 +172,28 @@ def _capped_rank(nbrs: np.ndarray, i: np.ndarray, j: np.ndarray, cap: int) -> np
 
 
 def neighbourhood_agreement(x_a: np.ndarray, x_b: np.ndarray, k: int = 10, *, n_worst: int = 20,
-                            chunk: int = _DEFAULT_CHUNK) -> Agreement:
+                            chunk: int = _DEFAULT_CHUNK, index_a: PrebuiltIndex | None = None,
+                            index_b: PrebuiltIndex | None = None) -> Agreement:
     """Per-image overlap of the k nearest neighbours (self excluded) in spaces A and B.
 
     1 means image i has the same k neighbours in both spaces, 0 that they share none. ``worst`` holds
-    the ``n_worst`` least-agreeing images (lowest overlap first, ties by index).
+    the ``n_worst`` least-agreeing images (lowest overlap first, ties by index). ``info`` says how each
+    space's neighbours were found (``a``, ``b``); ``index_a``, ``index_b``: prebuilt indexes (module docstring).
     """
     xa, xb = _Space(x_a, "x_a"), _Space(x_b, "x_b")
     _check_same_n(xa, xb)
     _check_k(k, len(xa))
     if n_worst < 0:
         raise ValueError(f"n_worst must be >= 0, got {n_worst}")
-    (na, info_a), (nb, info_b) = _knn(xa, k, chunk=chunk), _knn(xb, k, chunk=chunk)
+    (na, info_a), (nb, info_b) = _knn(xa, k, chunk=chunk, prebuilt=index_a), _knn(xb, k, chunk=chunk, prebuilt=index_b)
     # slots an IVF search left empty (-1) get distinct negative fillers, so they never count as shared
     na = np.where(na < 0, -1 - np.arange(k), na)
     nb = np.where(nb < 0, -1 - k - np.arange(k), nb)
     both = np.sort(np.hstack([na, nb]), axis=1)  # each list has distinct entries: repeats = shared
     per_image = (both[:, 1:] == both[:, :-1]).sum(axis=1) / k
     worst = np.lexsort((np.arange(len(per_image)), per_image))[:n_worst]
-    info = {"exact": info_a["exact"] and info_b["exact"], "recall_a": info_a["recall"], "recall_b": info_b["recall"]}
+    info = {"exact": info_a["exact"] and info_b["exact"], "recall_a": info_a["recall"], "recall_b": info_b["recall"],
+            "a": info_a, "b": info_b}
     return Agreement(per_image, float(per_image.mean()), worst.astype(np.int64), k, info)
 
 
@@ -205,22 +220,20 @@ class _Space:
         return out
 
 
-def _knn(xn: _Space, k: int, *, chunk: int = _DEFAULT_CHUNK) -> tuple[np.ndarray, dict]:
+def _knn(xn: _Space, k: int, *, chunk: int = _DEFAULT_CHUNK,
+         prebuilt: PrebuiltIndex | None = None) -> tuple[np.ndarray, dict]:
     """Positions (N, k) of each row's ``k`` most cosine-similar other rows, and how they were found.
 
     In memory: exact (``IndexFlatIP``), queried ``chunk`` rows at a time; a row's own position is removed
-    (or, if duplicates pushed it out of the top k + 1, the last hit is dropped instead). Too large for memory:
-    an IVF index over the chunked rows with ``nprobe`` tuned to recall@10 >= 0.95 (slots it could not fill: -1).
+    (or, if duplicates pushed it out of the top k + 1, the last hit is dropped instead); ``prebuilt`` is not
+    used (module docstring). Too large for memory: ``prebuilt``, or an IVF index built over the chunked rows
+    with ``nprobe`` tuned to recall@10 >= 0.95 (:func:`featscope.analysis.knn.approximate_knn`; slots it could
+    not fill: -1).
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     if xn.big:
-        from featscope.cache.index import build_index, knn_graph, tune_nprobe
-
-        index = build_index(xn.data, flat_max=0)
-        tuning = tune_nprobe(index, xn.data)
-        return knn_graph(index, xn.data, k, rerank=tuning.rerank), {
-            "exact": False, "recall": tuning.recall, "nprobe": tuning.nprobe, "index": index_kind(index)}
+        return approximate_knn(xn.data, k, prebuilt=prebuilt, name=xn.name)
     n, d = xn.data.shape
     index = faiss.IndexFlatIP(d)
     index.add(xn.data)
@@ -234,9 +247,10 @@ def _knn(xn: _Space, k: int, *, chunk: int = _DEFAULT_CHUNK) -> tuple[np.ndarray
     return out, {"exact": True, "recall": 1.0}
 
 
-def _knn_pairs(xn: _Space, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray, dict]:
+def _knn_pairs(xn: _Space, k: int, chunk: int,
+               prebuilt: PrebuiltIndex | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Unique unordered k-NN pairs (i < j), as two int64 arrays sorted by (i, j), and how they were found."""
-    nbrs, info = _knn(xn, k, chunk=chunk)
+    nbrs, info = _knn(xn, k, chunk=chunk, prebuilt=prebuilt)
     rows = np.repeat(np.arange(len(xn), dtype=np.int64), k)
     cols = nbrs.reshape(-1)
     rows, cols = rows[cols >= 0], cols[cols >= 0]

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
 
 import faiss
 import numpy as np
@@ -26,6 +26,9 @@ from sklearn.preprocessing import StandardScaler
 
 from featscope.analysis.arrays import fits_in_memory
 from featscope.cache.index import normalize
+
+if TYPE_CHECKING:
+    from featscope.analysis.knn import PrebuiltIndex
 
 _Z95 = 1.959963984540054  # two-sided 95% standard-normal quantile
 
@@ -101,13 +104,15 @@ class ProbeResult:
 
 @dataclass(frozen=True)
 class KnnResult:
-    """Test top-1 ``accuracy`` of cosine k-NN voting, with its 95% Wilson interval."""
+    """Test top-1 ``accuracy`` of cosine k-NN voting, with its 95% Wilson interval, and how the neighbours
+    were found (``info``: exact, or the IVF index's recall, nprobe and source: :mod:`featscope.analysis.knn`)."""
 
     accuracy: float
     ci_low: float
     ci_high: float
     n_test: int
     k: int
+    info: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"accuracy": self.accuracy, "ci_low": self.ci_low, "ci_high": self.ci_high,
@@ -316,10 +321,12 @@ def _streamed_linear_probe(arr: np.ndarray, codes: np.ndarray, classes: np.ndarr
 
 
 def knn_accuracy(x: np.ndarray, labels: Sequence[Any] | np.ndarray, splits: Splits, *,
-                 k: int = 20) -> KnnResult:
+                 k: int = 20, index: PrebuiltIndex | None = None) -> KnnResult:
     """Top-1 accuracy of cosine k-NN classification of the test rows from the train+val rows.
 
-    Neighbours come from an exact FAISS ``IndexFlatIP`` on L2-normalised vectors. Each test row takes
+    Neighbours come from an exact FAISS ``IndexFlatIP`` on L2-normalised vectors (features too large for
+    memory: an IVF index tuned to recall@10 >= 0.95, ``index`` when given, x's prebuilt index, searched among
+    the train+val rows; see :func:`featscope.analysis.knn.approximate_search`). Each test row takes
     the class most frequent among its k neighbours; a tie in votes goes to the tied class with the
     larger summed cosine similarity (closer neighbours win), then to the first class in sorted order.
     """
@@ -329,13 +336,14 @@ def knn_accuracy(x: np.ndarray, labels: Sequence[Any] | np.ndarray, splits: Spli
         raise ValueError(f"k must be an int in [1, {len(db_rows)}] (train+val rows), got {k!r}")
     if fits_in_memory(arr):
         db = normalize(arr[db_rows])
-        index = faiss.IndexFlatIP(db.shape[1])
-        index.add(db)
-        sims, nbrs = index.search(normalize(arr[splits.test]), int(k))
+        flat = faiss.IndexFlatIP(db.shape[1])  # exact: affordable in memory (``index`` is not needed)
+        flat.add(db)
+        sims, nbrs = flat.search(normalize(arr[splits.test]), int(k))
+        info = {"exact": True, "recall": 1.0}
     else:  # too large for memory: an IVF index tuned to recall@10 >= 0.95 (probes_stream.knn_votes)
         from featscope.analysis.probes_stream import knn_votes
 
-        nbrs, sims, _ = knn_votes(arr, np.sort(db_rows), splits.test, int(k))
+        nbrs, sims, info = knn_votes(arr, np.sort(db_rows), splits.test, int(k), prebuilt=index)
         db_rows = np.sort(db_rows)
     n_cls = int(codes.max()) + 1
     valid = nbrs >= 0  # an IVF search may leave slots empty: they do not vote
@@ -349,4 +357,4 @@ def knn_accuracy(x: np.ndarray, labels: Sequence[Any] | np.ndarray, splits: Spli
     pred = np.argmax(np.where(tied, weight, -np.inf), axis=1)
     correct = int(np.sum(pred == codes[splits.test]))
     low, high = wilson_interval(correct, len(pred))
-    return KnnResult(correct / len(pred), low, high, len(pred), int(k))
+    return KnnResult(correct / len(pred), low, high, len(pred), int(k), info)

@@ -6,7 +6,8 @@ with torch's L-BFGS on the same objective (multinomial cross-entropy on standard
 ``||W||^2 / (2 C)`` per sample, intercept unpenalised, float64), its loss and gradient summed over row
 chunks read from the (memory-mapped) features: one pass over the training rows per evaluation, memory
 O(chunk D + classes D). The C search, refit and Wilson interval follow :func:`probes.linear_probe`.
-The k-NN probe searches the train+val rows through a FAISS IVF index tuned to recall@10 >= 0.95.
+The k-NN probe searches the train+val rows through a FAISS IVF index tuned to recall@10 >= 0.95 (the embedding
+set's stored index when the caller passes it, :mod:`featscope.analysis.knn`).
 """
 
 from __future__ import annotations
@@ -76,34 +77,12 @@ def predict(x: np.ndarray, rows: np.ndarray, coef: np.ndarray, intercept: np.nda
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-class Rows:
-    """Rows ``rows`` of ``x`` as an array-like (len, shape, slicing, fancy indexing) without copying them:
-    what FAISS index building reads in chunks."""
-
-    def __init__(self, x: np.ndarray, rows: np.ndarray) -> None:
-        self.x, self.idx = x, np.asarray(rows, dtype=np.int64)
-        self.shape, self.dtype = (len(self.idx), x.shape[1]), x.dtype
-
-    def __len__(self) -> int:
-        return len(self.idx)
-
-    def __getitem__(self, key):
-        return np.asarray(self.x[self.idx[key]])
-
-
-def knn_votes(x: np.ndarray, db_rows: np.ndarray, query_rows: np.ndarray, k: int,
-              chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, float]:
+def knn_votes(x: np.ndarray, db_rows: np.ndarray, query_rows: np.ndarray, k: int, chunk: int = 4096,
+              prebuilt=None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Cosine neighbours (positions into ``db_rows``, similarities) of each query row among ``db_rows``, via
-    an IVF index tuned to recall@10 >= 0.95; returns them with the measured recall."""
-    from featscope.cache.index import build_index, search, tune_nprobe
+    an IVF index tuned to recall@10 >= 0.95 (``prebuilt``, an index of x's rows built beforehand: searched among
+    ``db_rows`` once its recall there is measured, instead of building one); returns them with how they were
+    found (:func:`featscope.analysis.knn.approximate_search`)."""
+    from featscope.analysis.knn import approximate_search
 
-    db = Rows(x, db_rows)
-    index = build_index(db, flat_max=0)
-    tuning = tune_nprobe(index, db)
-    sims, found = [], []
-    for s in range(0, len(query_rows), chunk):
-        sc, pos = search(index, np.asarray(x[query_rows[s:s + chunk]], dtype=np.float32), k, vectors=db,
-                         rerank=tuning.rerank)
-        sims.append(sc)
-        found.append(pos)
-    return np.concatenate(found), np.concatenate(sims), tuning.recall
+    return approximate_search(x, db_rows, query_rows, k, prebuilt=prebuilt, chunk=chunk)

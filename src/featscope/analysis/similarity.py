@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from featscope.analysis.knn import PrebuiltIndex
 from featscope.analysis.pairs import neighbourhood_agreement
 
 _DEFAULT_CHUNK = 8192
@@ -57,12 +58,14 @@ def cka_matrix(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], *, debiased: 
     return out
 
 
-def mutual_knn_alignment(x: np.ndarray, y: np.ndarray, k: int = 10) -> float:
+def mutual_knn_alignment(x: np.ndarray, y: np.ndarray, k: int = 10, *, index_x: PrebuiltIndex | None = None,
+                         index_y: PrebuiltIndex | None = None) -> float:
     """Mean over images of |kNN_X(i) ∩ kNN_Y(i)| / k (cosine neighbours, the image itself excluded).
 
     1 when every image has the same k neighbours in both spaces; about k / (N - 1) for unrelated ones.
+    ``index_x``, ``index_y``: prebuilt indexes of spaces too large for memory (:mod:`featscope.analysis.pairs`).
     """
-    return neighbourhood_agreement(x, y, k, n_worst=0).mean
+    return neighbourhood_agreement(x, y, k, n_worst=0, index_a=index_x, index_b=index_y).mean
 
 
 def _hsic(x: np.ndarray, y: np.ndarray, mx: np.ndarray, my: np.ndarray, debiased: bool, chunk: int) -> float:

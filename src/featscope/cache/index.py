@@ -214,25 +214,91 @@ class Tuning:
                 "target": self.target, "queries": self.queries, "tried": [list(t) for t in self.tried]}
 
 
-def exact_neighbours(vectors: np.ndarray, rows: np.ndarray, k: int, *, chunk: int = 16384) -> np.ndarray:
+def exact_neighbours(vectors: np.ndarray, rows: np.ndarray, k: int, *, chunk: int = 16384,
+                     among: np.ndarray | None = None) -> np.ndarray:
     """Exact top-``k`` cosine neighbours (positions, best first) of ``rows`` of ``vectors``, each row's own
-    position excluded, by one chunked pass over the vectors: O(len(rows) * N * D) time, O(chunk) memory."""
+    position excluded, by one chunked pass over the vectors: O(len(rows) * N * D) time, O(chunk) memory.
+    ``among`` (positions): candidates are those rows only, as if ``vectors`` held nothing else."""
     rows = np.asarray(rows, dtype=np.int64)
     q = normalize(np.asarray(vectors[np.sort(rows)]))[np.argsort(np.argsort(rows))]
     best_s = np.full((len(rows), k), -np.inf, dtype=np.float32)
     best_p = np.full((len(rows), k), -1, dtype=np.int64)
-    for start, block in unit_chunks(vectors, chunk):
+    for pos, block in _candidate_blocks(vectors, among, chunk):
         sims = q @ block.T
-        own = (rows >= start) & (rows < start + len(block))
-        sims[np.flatnonzero(own), rows[own] - start] = -np.inf
+        sims[rows[:, None] == pos[None, :]] = -np.inf  # the query's own row
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if sims.shape[1] > k else \
             np.broadcast_to(np.arange(sims.shape[1]), sims.shape)
         s = np.concatenate([best_s, np.take_along_axis(sims, top, 1)], axis=1)
-        p = np.concatenate([best_p, top + start], axis=1)
+        p = np.concatenate([best_p, pos[top]], axis=1)
         keep = np.argpartition(-s, k - 1, axis=1)[:, :k]
         best_s, best_p = np.take_along_axis(s, keep, 1), np.take_along_axis(p, keep, 1)
     order = np.argsort(-best_s, axis=1, kind="stable")
     return np.take_along_axis(best_p, order, 1)
+
+
+def _candidate_blocks(vectors: np.ndarray, among: np.ndarray | None,
+                      chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(positions, normalised rows)`` blocks of ``vectors`` (of its rows ``among`` only, read in ascending order)."""
+    if among is None:
+        for start, block in unit_chunks(vectors, chunk):
+            yield np.arange(start, start + len(block), dtype=np.int64), block
+        return
+    among = np.unique(np.asarray(among, dtype=np.int64))
+    for s in range(0, len(among), chunk):
+        pos = among[s:s + chunk]
+        yield pos, normalize(np.asarray(vectors[pos]))
+
+
+def restrict_to(index: faiss.Index, rows: np.ndarray) -> faiss.SearchParameters:
+    """Search parameters under which ``index`` finds only its rows ``rows`` (positions), as if it held nothing
+    else (a FAISS ID selector, checked as lists are scanned); an IVF index keeps its ``nprobe`` (FAISS's
+    parameter object would otherwise probe a single list)."""
+    n = index.ntotal
+    keep = np.zeros(n, dtype=bool)
+    keep[_check_rows(rows, n)] = True
+    bitmap = np.packbits(keep, bitorder="little")
+    selector = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bitmap))
+    ivf = faiss.try_extract_index_ivf(index)
+    params = faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe) if ivf is not None else \
+        faiss.SearchParameters(sel=selector)
+    params.referenced_objects = [selector, bitmap]  # FAISS holds raw pointers: keep both alive with the parameters
+    return params
+
+
+def _check_rows(rows: np.ndarray, n: int) -> np.ndarray:
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+        raise ValueError(f"rows must be a 1-D array of integer row positions, got shape {rows.shape} dtype {rows.dtype}")
+    rows = rows.astype(np.int64, copy=False)
+    if len(rows) and (rows.min() < 0 or rows.max() >= n):
+        raise ValueError(f"rows must lie in [0, {n}) (the index's rows), got {rows.min()}..{rows.max()}")
+    if len(np.unique(rows)) != len(rows):
+        raise ValueError("rows must not repeat a position")
+    return rows
+
+
+def measure_recall(index: faiss.Index, vectors: np.ndarray, *, rows: np.ndarray | None = None, k: int = 10,
+                   queries: int = 500, seed: int = 0, rerank: int | None = None, chunk: int = _CHUNK) -> float:
+    """Recall@``k`` of ``index`` at its ``nprobe`` against exact search, as :func:`tune_nprobe` measures it
+    (``queries`` seeded rows, each searched as :func:`neighbours` does: own row excluded), among the index's
+    rows ``rows`` only when given: what a search restricted to part of the indexed rows (:func:`restrict_to`)
+    can be trusted to find, measured rather than assumed from the whole set's tuning."""
+    n = index.ntotal
+    if len(vectors) != n:
+        raise ValueError(f"vectors has {len(vectors)} rows but the index holds {n}; pass the indexed vectors")
+    members = np.arange(n, dtype=np.int64) if rows is None else _check_rows(rows, n)
+    if len(members) < 2:
+        raise ValueError("measuring recall needs at least two rows")
+    k = min(k, len(members) - 1)
+    sample = np.sort(np.random.default_rng(seed).choice(members, size=min(queries, len(members)), replace=False))
+    truth = exact_neighbours(vectors, sample, k, chunk=chunk, among=None if rows is None else members)
+    params = None if rows is None else restrict_to(index, members)
+    _, found = search(index, np.asarray(vectors[sample], dtype=np.float32), k + 1, vectors=vectors, rerank=rerank,
+                      params=params)
+    hits = 0
+    for row, f, t in zip(sample, found, truth):
+        hits += len(set(f[(f >= 0) & (f != row)][:k].tolist()) & set(t.tolist()))
+    return hits / (len(sample) * k)
 
 
 def tune_nprobe(index: faiss.Index, vectors: np.ndarray, *, k: int = 10, target: float = 0.95,
@@ -385,13 +451,14 @@ def deserialize_index(data: bytes) -> faiss.Index:
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int, *, vectors: np.ndarray | None = None,
-           rerank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+           rerank: int | None = None, params: faiss.SearchParameters | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` cosine matches of each query: (scores float32 [Q, k], positions int64 [Q, k]).
 
     ``k`` is capped at the index size. An IVF index may find fewer than ``k`` vectors in the lists
     it probes; missing slots have position -1 and score -inf. An IVF-PQ index's scores are approximate:
     given the indexed ``vectors``, its best ``rerank * k`` candidates (default 4 * k; the value
     :func:`tune_nprobe` chose, which the caller keeps with the index) are re-scored with exact cosines.
+    ``params``: FAISS search parameters, e.g. :func:`restrict_to` some of the indexed rows.
     """
     q = normalize(queries)
     if q.shape[1] != index.d:
@@ -403,9 +470,9 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, *, vectors: np.ndarr
         return np.zeros((len(q), k), np.float32), np.zeros((len(q), k), np.int64)
     rerank = DEFAULT_RERANK if rerank is None else int(rerank)
     if vectors is not None and rerank and index_kind(index) == "ivfpq":
-        _, cand = index.search(q, min(index.ntotal, max(k, rerank * k)))
+        _, cand = index.search(q, min(index.ntotal, max(k, rerank * k)), params=params)
         return _rerank(q, cand, vectors, k)
-    scores, positions = index.search(q, k)
+    scores, positions = index.search(q, k, params=params)
     scores[positions < 0] = -np.inf
     return scores.astype(np.float32, copy=False), positions.astype(np.int64, copy=False)
 
@@ -464,10 +531,15 @@ def neighbours(index: faiss.Index, vectors: np.ndarray, positions: np.ndarray | 
 
 
 def knn_graph(index: faiss.Index, vectors: np.ndarray, k: int, *, chunk: int = 4096,
-              rerank: int | None = None) -> np.ndarray:
+              rerank: int | None = None, rows: np.ndarray | None = None) -> np.ndarray:
     """Positions (N, k) of every row's ``k`` nearest other rows through ``index`` (exact for a flat index;
     IVF at its tuned recall), queried ``chunk`` rows at a time; slots an IVF search could not fill are -1.
     Each row's list is what :func:`neighbours` gives it (the row itself left out, duplicates kept).
+
+    ``rows`` (index positions, no repeats): the graph of those rows alone, each searched among them only
+    (:func:`restrict_to`), as if the index held nothing else; row ``r`` of the result is index row ``rows[r]``
+    and its neighbours are given as places in ``rows``. Recall on part of the rows is not the tuned recall
+    of the whole index: :func:`measure_recall` measures it.
 
     An IVF index's rows are queried grouped by the list that holds them (:func:`_list_order`): rows of one
     list probe the same lists, so an IVF-PQ re-rank block reads and normalises far fewer distinct candidate
@@ -476,21 +548,34 @@ def knn_graph(index: faiss.Index, vectors: np.ndarray, k: int, *, chunk: int = 4
     Every query is searched and re-ranked on its own, so the order changes no row's result (FAISS may score
     a batch of under 20 queries with another kernel, ulp apart: a last chunk that small holds other rows)."""
     n = index.ntotal
-    if not 1 <= k < n:
-        raise ValueError(f"k must be in [1, N) = [1, {n}), got {k}")
     if len(vectors) != n:
         raise ValueError(f"vectors has {len(vectors)} rows but the index holds {n}; pass the array the index was built from")
-    out = np.full((n, k), -1, dtype=np.int64)
+    place, params, m = None, None, n
+    if rows is not None:
+        rows = _check_rows(rows, n)
+        m = len(rows)
+        place = np.full(n, -1, dtype=np.int64)  # index position -> row of the result (-1: not graphed)
+        place[rows] = np.arange(m)
+        params = restrict_to(index, rows)
+    if not 1 <= k < m:
+        raise ValueError(f"k must be in [1, N) = [1, {m}), got {k}")
+    out = np.full((m, k), -1, dtype=np.int64)
     order = _list_order(index)
-    for start in range(0, n, chunk):
-        rows = order[start:start + chunk]
-        ascending = np.argsort(rows, kind="stable")
-        queries = np.empty((len(rows), vectors.shape[1]), dtype=np.float32)
-        queries[ascending] = np.asarray(vectors[rows[ascending]], dtype=np.float32)  # sorted reads: kind to memory maps
-        _, found = search(index, queries, k + 1, vectors=vectors, rerank=rerank)
-        keep = (found >= 0) & (found != rows[:, None])  # the row itself never; slots left empty neither
+    if place is not None:
+        order = order[place[order] >= 0]
+    for start in range(0, m, chunk):
+        pos = order[start:start + chunk]
+        ascending = np.argsort(pos, kind="stable")
+        queries = np.empty((len(pos), vectors.shape[1]), dtype=np.float32)
+        queries[ascending] = np.asarray(vectors[pos[ascending]], dtype=np.float32)  # sorted reads: kind to memory maps
+        _, found = search(index, queries, k + 1, vectors=vectors, rerank=rerank, params=params)
+        keep = (found >= 0) & (found != pos[:, None])  # the row itself never; slots left empty neither
         first = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # the first k kept hits, in rank order
-        out[rows] = np.where(np.take_along_axis(keep, first, 1), np.take_along_axis(found, first, 1), -1)
+        hits = np.where(np.take_along_axis(keep, first, 1), np.take_along_axis(found, first, 1), -1)
+        if place is None:
+            out[pos] = hits
+        else:
+            out[place[pos]] = np.where(hits >= 0, place[np.maximum(hits, 0)], -1)
     return out
 
 

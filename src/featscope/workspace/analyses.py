@@ -82,6 +82,10 @@ class _Loaded:
     sets: list[EmbeddingSet]
     vectors: list[np.ndarray]
     positions: np.ndarray  # data set positions of the common rows
+    # each set's stored (memory-mapped) array, what its stored index was built from, and the row of it each
+    # common row is (None: the common rows are all its rows, in its order, and ``vectors`` holds it as it is)
+    stored: list[np.ndarray] = field(default_factory=list)
+    stored_rows: list[np.ndarray | None] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- the runner
@@ -160,14 +164,17 @@ def _load(ctx: Context, rows: list[EmbeddingSet], say: Callable[[str], None]) ->
     if len(common) < min(len(p) for p in poss):
         say(f"{max(len(p) for p in poss) - len(common)} image(s) are missing from some embedding sets "
             f"(failed to decode there); comparing the {len(common)} images all sets embed")
-    vectors = []
+    vectors, stored_rows = [], []
     for m, p in zip(mats, poss):
+        rows_of = None
         if not (len(p) == len(common) and np.array_equal(p, common)):
             order = np.argsort(p)
-            m = m[order[np.searchsorted(p[order], common)]]
+            rows_of = order[np.searchsorted(p[order], common)].astype(np.int64)
+            m = m[rows_of]
+        stored_rows.append(rows_of)
         # float32 in memory when that fits (as always); a larger set stays memory-mapped, read in chunks
         vectors.append(np.asarray(m, dtype=np.float32) if fits_in_memory(m) else m)
-    return _Loaded(rows, vectors, common.astype(np.int64))
+    return _Loaded(rows, vectors, common.astype(np.int64), mats, stored_rows)
 
 
 def _record(ctx: Context, kind: str, inputs: list[int], params: dict[str, Any], key: str) -> int:

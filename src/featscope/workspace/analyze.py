@@ -6,9 +6,10 @@ the key records exactly what ran. Every function returns an :class:`AnalysisResu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
@@ -19,6 +20,11 @@ from featscope.workspace.backbones import get_backbone_row
 from featscope.workspace.context import Context, NotFound
 from featscope.workspace.datasets import get_dataset
 from featscope.workspace.embeddings import _embedding_row
+
+if TYPE_CHECKING:
+    from featscope.analysis.knn import PrebuiltIndex
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 Say = Callable[[str], None]
@@ -33,6 +39,24 @@ def _rows(ctx: Context, set_ids: Sequence[int]) -> list[EmbeddingSet]:
 
 def _n_common(ctx: Context, set_ids: Sequence[int]) -> int:
     return min(r.n for r in _rows(ctx, set_ids))
+
+
+def _stored_index(ctx: Context, d: _Loaded, i: int, on_message: Say | None) -> PrebuiltIndex | None:
+    """Set ``i``'s stored index for the neighbour searches of an analysis of ``d``, where the analysis would
+    otherwise build and tune one: a space too large for memory (one that fits is searched exactly, in memory,
+    and needs none). None when the set's index cannot serve, said with the reason (an index is then built and
+    tuned for the analysis, as before). The analysed rows may be some of the set's rows (those every compared
+    set embeds): the index is then searched among them only and its recall measured on them."""
+    from featscope.analysis.arrays import fits_in_memory
+    from featscope.workspace.indexes import analysis_index
+
+    if fits_in_memory(d.vectors[i]):
+        return None
+    pre, why = analysis_index(ctx, d.sets[i], d.stored[i], d.stored_rows[i])
+    if pre is None:
+        (on_message or log.info)(f"{why}; building and tuning an IVF index of its {len(d.vectors[i])} vectors for "
+                                 f"this analysis instead (minutes at a million images)")
+    return pre
 
 
 def _resolve_tap(ctx: Context, bb: BackboneRow, name: str) -> str:
@@ -125,7 +149,8 @@ def closest(ctx: Context, set_ids: Sequence[int], *, n_pairs: int = 50, k: int =
     params = {"n_pairs": int(n_pairs), "k": int(k)}
 
     def compute(d: _Loaded):
-        found = [closest_pairs(x, n_pairs, k=k) for x in d.vectors]
+        found = [closest_pairs(x, n_pairs, k=k, index=_stored_index(ctx, d, i, on_message))
+                 for i, x in enumerate(d.vectors)]
         spaces = [{"embedding_set": s.id, "pairs": _pairs_dict(pl), "knn": pl.info} for s, pl in zip(d.sets, found)]
         return {"spaces": spaces}, {}
 
@@ -159,11 +184,12 @@ def contrast(ctx: Context, a: int, b: int, *, definition: str = "ranks", n_pairs
     def compute(d: _Loaded):
         xa, xb = d.vectors
         if definition == "ranks":
-            pl = close_in_a_distant_in_b_ranks(xa, xb, n_pairs, k=k)
+            pl = close_in_a_distant_in_b_ranks(xa, xb, n_pairs, k=k, index_a=_stored_index(ctx, d, 0, on_message),
+                                               index_b=_stored_index(ctx, d, 1, on_message))
             return {"pairs": _pairs_dict(pl, ("score_b", "rank_b", "rank_b_ij", "rank_b_ji")), "knn": pl.info}, {}
         la = kmeans_labels(xa, k_large, seed=seed).labels
         lb = kmeans_labels(xb, int(k_small), seed=seed).labels
-        pl = close_in_a_distant_in_b_clusters(la, lb, xa, n_pairs, k=k)
+        pl = close_in_a_distant_in_b_clusters(la, lb, xa, n_pairs, k=k, index_a=_stored_index(ctx, d, 0, on_message))
         return {"pairs": _pairs_dict(pl, ("cluster_a", "cluster_b_i", "cluster_b_j")), "knn": pl.info}, {}
 
     return run(ctx, "contrast", [a, b], params, compute, force=force, cached_only=cached_only, on_message=on_message)
@@ -180,7 +206,9 @@ def agreement(ctx: Context, a: int, b: int, *, k: int = 10, n_worst: int = 20, f
     params = {"k": int(k), "n_worst": int(n_worst)}
 
     def compute(d: _Loaded):
-        ag = neighbourhood_agreement(d.vectors[0], d.vectors[1], k, n_worst=n_worst)
+        ag = neighbourhood_agreement(d.vectors[0], d.vectors[1], k, n_worst=n_worst,
+                                     index_a=_stored_index(ctx, d, 0, on_message),
+                                     index_b=_stored_index(ctx, d, 1, on_message))
         return ({"k": ag.k, "mean": ag.mean, "knn": ag.info,
                  "worst": [{"row": int(r), "overlap": float(ag.per_image[r])} for r in ag.worst]},
                 {"per_image": ag.per_image})
@@ -255,9 +283,9 @@ def probe(ctx: Context, embedding_set: int, *, val_fraction: float = 0.15, test_
         x = d.vectors[0]
         res = linear_probe(x, labels, splits, c_grid=grid, max_iter=max_iter, seed=seed)
         k = min(knn_k, len(splits.train) + len(splits.val))
-        knn = knn_accuracy(x, labels, splits, k=k)
+        knn = knn_accuracy(x, labels, splits, k=k, index=_stored_index(ctx, d, 0, on_message))
         data = {**res.to_dict(), "n_classes": len(res.classes), "knn_accuracy": knn.accuracy,
-                "knn_ci_low": knn.ci_low, "knn_ci_high": knn.ci_high, "knn_k": knn.k,
+                "knn_ci_low": knn.ci_low, "knn_ci_high": knn.ci_high, "knn_k": knn.k, "knn_search": knn.info,
                 "n_train": len(splits.train), "n_val": len(splits.val), "stratified": splits.stratified}
         arrays = {"coef": res.coef, "intercept": res.intercept, "scaler_mean": res.scaler_mean,
                   "scaler_scale": res.scaler_scale, "classes": np.asarray(res.classes, dtype=str),
@@ -396,7 +424,9 @@ def similarity(ctx: Context, a: int, b: int, *, k: int = 10, force: bool = False
     def compute(d: _Loaded):
         xa, xb = d.vectors
         data = {"cka": linear_cka(xa, xb), "cka_debiased": linear_cka(xa, xb, debiased=True) if len(xa) >= 4 else None,
-                "mutual_knn": mutual_knn_alignment(xa, xb, k), "k": int(k), "n": len(xa)}
+                "mutual_knn": mutual_knn_alignment(xa, xb, k, index_x=_stored_index(ctx, d, 0, on_message),
+                                                   index_y=_stored_index(ctx, d, 1, on_message)),
+                "k": int(k), "n": len(xa)}
         return data, {}
 
     return run(ctx, "similarity", [a, b], params, compute, force=force, cached_only=cached_only, on_message=on_message)

@@ -19,7 +19,10 @@ from typing import Any
 import faiss
 import numpy as np
 
+from featscope.analysis.knn import RECALL_TARGET, PrebuiltIndex
 from featscope.cache.index import build_index, index_kind, to_cpu, tune_nprobe
+from featscope.cache.store import CorruptArtifact
+from featscope.catalog import EmbeddingSet
 from featscope.workspace.context import Context
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,43 @@ def open_query_set(ctx: Context, key: str) -> QuerySet:
         ctx.query_cache[cache_key] = QuerySet(faiss.read_index(str(idx.file("index.faiss"))),
                                               idx.meta.get("rerank"), vectors, positions)
     return ctx.query_cache[cache_key]
+
+
+def analysis_index(ctx: Context, row: EmbeddingSet, vectors: np.ndarray,
+                   rows: np.ndarray | None = None) -> tuple[PrebuiltIndex | None, str]:
+    """Embedding set ``row``'s stored index, for an analysis to search instead of building and tuning one
+    (minutes per space at a million images), or None and the reason it cannot serve.
+
+    ``vectors``: the set's stored (memory-mapped) array; ``rows``: the row of it each analysed row is, when the
+    analysis compares only some of them (the images another set also embeds) or in another order. The index
+    shares the embeddings' artifact key, so it was built from exactly these vectors; it is used only if it is
+    intact, an IVF or IVF-PQ index (a flat one holds every vector in memory as float32, which a space too
+    large for memory must not, and compares every pair) holding as many rows as the set, and tuned for at
+    least the recall the analyses ask for (:data:`~featscope.analysis.knn.RECALL_TARGET`)."""
+    key = row.artifact_key
+    if not ctx.store.has("index", key):
+        return None, f"embedding set {row.id} has no stored index"
+    cached = ctx.query_cache.get(("query-set", 0, key))  # loaded (and checksummed) for neighbour queries
+    try:
+        art = ctx.store.get("index", key, verify=cached is None)
+    except CorruptArtifact as e:
+        return None, f"the stored index of embedding set {row.id} is corrupt ({e})"
+    meta = art.meta
+    if meta.get("kind") not in ("ivf", "ivfpq"):
+        return None, (f"the stored index of embedding set {row.id} is {meta.get('kind')} (exact: it would hold all "
+                      f"{row.n} vectors in memory and compare every pair)")
+    if float(meta.get("recall_target") or 0) < RECALL_TARGET:
+        return None, (f"the stored index of embedding set {row.id} was tuned for recall@10 >= "
+                      f"{meta.get('recall_target')}, below the {RECALL_TARGET} the analyses ask for")
+    index = cached.index if cached is not None else faiss.read_index(str(art.file("index.faiss")))
+    ivf = faiss.extract_index_ivf(index)
+    if (index.ntotal, index.d) != tuple(vectors.shape) or meta.get("n") != len(vectors) or \
+            index_kind(index) != meta["kind"] or ivf.nprobe != meta.get("nprobe"):
+        return None, (f"the stored index of embedding set {row.id} ({index.ntotal} x {index.d}, nprobe {ivf.nprobe}) "
+                      f"does not match its vectors {tuple(vectors.shape)} or its metadata (n {meta.get('n')}, "
+                      f"nprobe {meta.get('nprobe')})")
+    return PrebuiltIndex(index, vectors, int(meta["nprobe"]), int(meta.get("rerank") or 0),
+                         float(meta["recall_at_10"]), rows), ""
 
 
 def _advise_random(array: np.ndarray) -> None:
