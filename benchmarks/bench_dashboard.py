@@ -194,8 +194,8 @@ def baseline_page(n: int, root: Path) -> Path:
     layout and config, every point), linked by a plain Plotly listener. No Dash, no server."""
     import plotly
 
-    from featscope.frontend.components.figures import graph_config
     from featscope.frontend.components.layout import COLOUR_A, COLOUR_B
+    from featscope.frontend.pages.projections import map_config
     from featscope.frontend.scatter import Colouring, map_figure
 
     labels, _, _, maps = clustered(n, seed=n)
@@ -207,7 +207,7 @@ def baseline_page(n: int, root: Path) -> Path:
     page.write_text(f"""<html><body style="margin:0">
 <div style="display:flex;gap:16px;padding:16px"><div id="proj-a" style="width:660px;height:560px"></div>
 <div id="proj-b" style="width:660px;height:560px"></div></div><script src="{js.as_uri()}"></script><script>
-const figs = {json.dumps(figs)}, cfg = {json.dumps(graph_config("baseline"))};
+const figs = {json.dumps(figs)}, cfg = {json.dumps(map_config("A"))};
 Promise.all(['proj-a', 'proj-b'].map((id, i) => Plotly.newPlot(id, figs[i].data, figs[i].layout, cfg))).then(() => {{
   for (const [from, to] of [['proj-a', 'proj-b'], ['proj-b', 'proj-a']]) {{
     const gd = document.getElementById(from);
