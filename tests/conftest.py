@@ -205,3 +205,26 @@ def tiny_demo(tmp_path_factory):
         proc.kill()
         raise AssertionError(f"featscope demo did not stop on Ctrl-C:\n{log.read_text()[-3000:]}") from None
     assert code == 0, f"Ctrl-C while serving should exit 0, got {code}:\n{log.read_text()[-3000:]}"
+
+
+@pytest.fixture
+def one_faiss_thread():
+    """Tiny FAISS problems: one thread is fastest, and avoids OpenMP spin-waits on a busy machine."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+@pytest.fixture
+def no_building(monkeypatch):
+    """Analyses given a prebuilt (or stored) index: building or tuning one fails the test."""
+    import featscope.analysis.knn as knn
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an index was there to search: nothing may be built or tuned")
+
+    monkeypatch.setattr(knn, "build_index", refuse)
+    monkeypatch.setattr(knn, "tune_nprobe", refuse)

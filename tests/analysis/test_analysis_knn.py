@@ -39,15 +39,6 @@ def _prebuilt(x: np.ndarray, rows: np.ndarray | None = None, **build) -> Prebuil
     return PrebuiltIndex(index, x, tuning.nprobe, tuning.rerank, tuning.recall, rows)
 
 
-@pytest.fixture
-def no_building(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a prebuilt index was given: nothing may be built or tuned")
-
-    monkeypatch.setattr(knn, "build_index", refuse)
-    monkeypatch.setattr(knn, "tune_nprobe", refuse)
-
-
 def _same_pairs(got, want) -> None:
     for name in ("i", "j", "score"):
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name))

@@ -14,16 +14,6 @@ import featscope.analysis.knn as knn
 N, DIM = 3000, 24
 
 
-@pytest.fixture
-def one_faiss_thread():
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
 def _clustered(n_centres: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Well-separated clusters of N vectors, and each vector's cluster."""
     rng = np.random.default_rng(seed)
@@ -82,15 +72,6 @@ def _without_source(data):
     if isinstance(data, list):
         return [_without_source(v) for v in data]
     return data
-
-
-@pytest.fixture
-def no_building(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the stored index was there to search: nothing may be built or tuned")
-
-    monkeypatch.setattr(knn, "build_index", refuse)
-    monkeypatch.setattr(knn, "tune_nprobe", refuse)
 
 
 def test_the_stored_index_gives_the_results_of_building_one_and_nothing_is_built(spaces, monkeypatch):
