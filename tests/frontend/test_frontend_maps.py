@@ -21,12 +21,31 @@ def image_id(world):
     return world.ws.images("shapes", limit=5)[4].id
 
 
-def test_image_hero_shows_the_file_and_scopes_the_picker_to_its_dataset(world, image_id):
-    hero, scope = image_page.hero(world.svc, image_id)
+def test_image_hero_shows_the_file_and_the_page_scopes_the_picker_to_its_dataset(world, image_id):
+    from featscope.frontend.components import pickers
+    from featscope.frontend.wiring import page_layout
+
+    hero = image_page.hero(world.svc, image_id)
     info = world.ws.images("shapes", limit=5)[4]
-    assert scope == "shapes" and info.relpath in text_of(hero) and info.label in text_of(hero)
-    hero, scope = image_page.hero(world.svc, 999999)
-    assert "no image 999999" in text_of(hero) and scope is None
+    assert info.relpath in text_of(hero) and info.label in text_of(hero)
+    assert "no image 999999" in text_of(image_page.hero(world.svc, 999999))
+
+    def by_id(tree, ident):
+        return [c for c in find(tree, lambda c: getattr(c, "id", None) == ident)]
+
+    # the scope is the image's data set from the first render, and a linked pair of it is chosen there
+    page = page_layout(image_page.layout, world.svc)(image_id=str(image_id), a=str(world.a), b=str(world.b))
+    assert by_id(page, {"type": "fs-ab-scope", "page": "img"})[0].data == "shapes"
+    assert by_id(page, pickers.ab_id("img", "a"))[0].value == world.a
+    assert not by_id(page, {"type": "fs-ab-init", "page": "img"})
+    # a pair outside the scope is not chosen: the start-up callback picks one inside it
+    bar = page_layout(lambda: pickers.comparison_bar("img", world.a, world.b, scope="other-set"), world.svc)()
+    assert by_id(bar, {"type": "fs-ab-init", "page": "img"}) and by_id(bar, pickers.ab_id("img", "a"))[0].options == []
+    _, _, va, vb, _ = pickers.init_pair(world.svc, True, "other-set", {"a": world.a, "b": world.b}, None)
+    assert (va, vb) == (None, None)
+    # ids beyond the catalog's integer range, or an unknown image, give the plain page, not an error
+    page = page_layout(image_page.layout, world.svc)(image_id="9" * 25, a="9" * 25, b=str(world.b))
+    assert by_id(page, {"type": "fs-ab-init", "page": "img"})
 
 
 def test_heatmaps_are_jobs_then_figures_with_their_difference(world, image_id):

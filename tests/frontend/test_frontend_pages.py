@@ -270,6 +270,17 @@ def test_a_page_without_a_usable_pair_starts_empty_and_picks_one_in_the_browser(
     monkeypatch.setattr("featscope.frontend.services.cached_analysis", not_cached)
     page = _in_layout(projections.layout, world.svc, a=str(world.a), b=str(world.b))
     assert _by_id(page, "proj-a").figure["data"] == [] and _by_id(page, pickers.ab_id("proj", "a")).value == world.a
+    # a first render that fails (here: drawing the maps) or ids beyond the catalog's range: the plain page
+    monkeypatch.undo()
+
+    def broken(*_a, **_k):
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(projections, "maps_view", broken)
+    page = _in_layout(projections.layout, world.svc, a=str(world.a), b=str(world.b))
+    assert _by_id(page, "proj-a").figure["data"] == [] and _by_id(page, pickers.ab_id("proj", "a")).value == world.a
+    page = _in_layout(projections.layout, world.svc, a="9" * 25, b=str(world.b))
+    assert _by_id(page, {"type": "fs-ab-init", "page": "proj"}).data is True
     # outside the app (no services while the layout runs) the page is the plain, empty one
     plain = projections.layout(a=str(world.a), b=str(world.b))
     assert _by_id(plain, "proj-a").figure["data"] == [] and _by_id(plain, pickers.ab_id("proj", "a")).options == []

@@ -64,6 +64,9 @@ def test_the_api_still_answers(client):
 
 
 def test_dash_layout_and_callbacks_are_served(client):
+    index = client.get("/").text  # plotly.js loads with the page, deferred, from the app's own prefix
+    assert '<script src="/_dash-component-suites/plotly/package_data/plotly.min.js" defer="defer">' in index
+    assert client.get("/_dash-component-suites/plotly/package_data/plotly.min.js").status_code == 200
     layout = client.get("/_dash-layout")
     assert layout.status_code == 200 and "fs-comparison" in layout.text and "_pages_content" in layout.text
     deps = client.get("/_dash-dependencies").json()

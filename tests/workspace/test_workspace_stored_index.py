@@ -121,6 +121,33 @@ def test_a_missing_corrupt_or_flat_index_is_said_and_one_is_built(spaces):
     assert any(f"the stored index of embedding set {flat} is flat" in s for s in said)
 
 
+def test_an_index_short_of_its_recall_target_is_not_used(spaces, monkeypatch):
+    from types import SimpleNamespace
+
+    from featscope.workspace.indexes import analysis_index
+
+    ws, a, _, _, _ = spaces
+    row = next(e for e in ws.embedding_sets() if e.id == a)
+    from featscope.catalog import EmbeddingSet
+
+    with ws.ctx.session() as s:
+        db_row = s.get(EmbeddingSet, a)
+    vectors = ws.ctx.store.get("embeddings", row.artifact_key, mmap=True, verify=False).array("embeddings")
+    pre, why = analysis_index(ws.ctx, db_row, vectors)
+    assert pre is not None and why == ""  # as stored: usable
+    real_get = ws.ctx.store.get
+
+    def short(kind, key, **kw):
+        art = real_get(kind, key, **kw)
+        if kind != "index":
+            return art
+        return SimpleNamespace(meta={**art.meta, "recall_at_10": 0.9, "recall_below_target": True}, file=art.file)
+
+    monkeypatch.setattr(ws.ctx.store, "get", short)
+    pre, why = analysis_index(ws.ctx, db_row, vectors)
+    assert pre is None and "reached recall@10 0.9, below the" in why
+
+
 def _partial_set(ws, backbone: str, vectors: np.ndarray, positions: np.ndarray) -> int:
     """An embedding set holding only the images at ``positions`` (the others failed to decode for it)."""
     from featscope.cache.store import content_key

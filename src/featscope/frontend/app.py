@@ -21,17 +21,17 @@ from featscope.frontend.pages import PAGES
 from featscope.frontend.services import Services
 
 ASSETS = Path(__file__).parent / "assets"
-PLOTLY_JS = "/_dash-component-suites/plotly/package_data/plotly.min.js"  # the URL dcc.Graph itself would load
+PLOTLY_JS = "_dash-component-suites/plotly/package_data/plotly.min.js"  # what dcc.Graph itself would load
 SHARED = (furniture, figures, pickers)  # component modules that own callbacks
 
 
 def attach_dashboard(api: FastAPI) -> Dash:
     """Attach the dashboard to ``api`` (built by ``server.app.create_app``) and return the Dash app."""
     app = Dash(__name__, server=api, use_pages=True, pages_folder="", assets_folder=str(ASSETS),
-               title="featscope", update_title=None, serve_locally=True,
-               # plotly.js (4.8 MB) loads while the page asks for its layout and content, instead of once a
-               # graph first renders; dcc.Graph uses window.Plotly when it is there
-               external_scripts=[{"src": PLOTLY_JS, "defer": "defer"}])
+               title="featscope", update_title=None, serve_locally=True)
+    # plotly.js (4.8 MB) loads while the page asks for its layout and content, instead of once a graph first
+    # renders; dcc.Graph uses window.Plotly when it is there (read when the index page is rendered)
+    app.config.external_scripts = [{"src": app.config.requests_pathname_prefix + PLOTLY_JS, "defer": "defer"}]
     modules = [importlib.import_module(f"{__package__}.pages.{name}") for name in PAGES]
     services = Services(api.state)
     for module in modules:

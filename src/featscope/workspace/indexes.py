@@ -119,6 +119,9 @@ def analysis_index(ctx: Context, row: EmbeddingSet, vectors: np.ndarray,
     if meta.get("kind") not in ("ivf", "ivfpq"):
         return None, (f"the stored index of embedding set {row.id} is {meta.get('kind')} (exact: it would hold all "
                       f"{row.n} vectors in memory and compare every pair)")
+    if meta.get("recall_below_target"):
+        return None, (f"the stored index of embedding set {row.id} reached recall@10 {meta.get('recall_at_10')}, "
+                      f"below the {meta.get('recall_target')} it was tuned for")
     if float(meta.get("recall_target") or 0) < RECALL_TARGET:
         return None, (f"the stored index of embedding set {row.id} was tuned for recall@10 >= "
                       f"{meta.get('recall_target')}, below the {RECALL_TARGET} the analyses ask for")

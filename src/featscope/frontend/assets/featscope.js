@@ -331,6 +331,7 @@
             if (tries > 0) setTimeout(() => attach(tries - 1), 100);
             return;
           }
+          const changed = a.__fsMode !== mode;  // the mode is sent again with unchanged maps: keep the selection
           for (const [from, to, role] of [[a, b, "A"], [b, a, "B"]]) {
             from.__fsMode = mode;
             if (from.__fsLinked) continue;
@@ -359,9 +360,9 @@
               if (now !== from.__fsData) { from.__fsData = now; clearSelection(); } else repaint(from);
             });
           }
-          if (mode !== "webgl") clearSelection();
+          if (changed && mode !== "webgl") clearSelection();
         };
-        attach(30);
+        attach(100);
         return NO();
       },
 

@@ -7,6 +7,7 @@ so one pair of callbacks here serves every page. The choice is remembered in the
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from dash import ALL, MATCH, Input, Output, State, dcc, html
@@ -16,25 +17,35 @@ from featscope.frontend.components.layout import badge
 from featscope.frontend.services import Services
 from featscope.frontend.wiring import callback, clientside, layout_services, triggered_id
 
+log = logging.getLogger(__name__)
+
 
 def ab_id(page: Any, role: str) -> dict[str, Any]:
     return {"type": "fs-ab", "role": role, "page": page}
 
 
-def comparison_bar(page: str, a: Any = None, b: Any = None) -> html.Div:
-    """Two set pickers and a swap button; ``a``/``b`` are the URL's ``?a=&b=`` (strings) when given. A page
-    may limit the choice to one data set by setting ``{"type": "fs-ab-scope", "page": page}``'s data.
+def comparison_bar(page: str, a: Any = None, b: Any = None, scope: str | None = None) -> html.Div:
+    """Two set pickers and a swap button; ``a``/``b`` are the URL's ``?a=&b=`` (strings) when given. ``scope``
+    limits the choice to one data set (the image page: the image's own); a page may also change it later by
+    setting ``{"type": "fs-ab-scope", "page": page}``'s data.
 
     A valid URL pair is rendered chosen (options, values, the line describing them), so the page's own
     callbacks start with the first render instead of after a round trip that picks it (about a third of a
     second of every linked page's load). Without one the bar carries ``fs-ab-init``, whose callback picks
     the remembered or the newest comparable pair; the nav links carry the remembered pair, so in-app
     navigation takes the first path."""
-    svc, pa, pb = layout_services(), _int(a), _int(b)
-    chosen = svc is not None and data.valid_pair(svc.ctx, pa, pb)
-    opts_a, opts_b, note = pair_view(svc, pa, pb, None) if chosen else ([], [], None)
+    svc, pa, pb = layout_services(), as_id(a), as_id(b)
+    chosen, (opts_a, opts_b, note) = False, ([], [], None)
+    if svc is not None:
+        try:
+            chosen = data.valid_pair(svc.ctx, pa, pb) and (scope is None or data.set_info(svc.ctx, pa).dataset == scope)
+            if chosen:
+                opts_a, opts_b, note = pair_view(svc, pa, pb, scope)
+        except Exception:  # noqa: BLE001 - the page must render; the start-up callback picks the pair instead
+            log.exception("the A/B bar of %s could not use the pair a=%r b=%r", page, a, b)
+            chosen, (opts_a, opts_b, note) = False, ([], [], None)
     return html.Div(className="fs-abbar", children=[
-        dcc.Store(id={"type": "fs-ab-scope", "page": page}),
+        dcc.Store(id={"type": "fs-ab-scope", "page": page}, data=scope),
         dcc.Store(id={"type": "fs-ab-url", "page": page}, data={"a": pa, "b": pb}),
         None if chosen else dcc.Store(id={"type": "fs-ab-init", "page": page}, data=True),
         html.Div([badge("A"), dcc.Dropdown(id=ab_id(page, "a"), value=pa, options=opts_a, clearable=False,
@@ -49,11 +60,13 @@ def comparison_bar(page: str, a: Any = None, b: Any = None) -> html.Div:
     ])
 
 
-def _int(v: Any) -> int | None:
+def as_id(v: Any) -> int | None:
+    """An id from a URL or a store: an int in SQLite's range, else None."""
     try:
-        return int(v) if v not in (None, "") else None
+        x = int(v) if v not in (None, "") else None
     except (TypeError, ValueError):
         return None
+    return x if x is None or -(1 << 63) <= x < (1 << 63) else None
 
 
 def choose_pair(svc: Services, a: int | None, b: int | None, remembered: dict | None, *, swap: bool = False,
@@ -70,7 +83,7 @@ def choose_pair(svc: Services, a: int | None, b: int | None, remembered: dict | 
 
     if a is None:
         for source in (url, remembered):
-            pa, pb = _int((source or {}).get("a")), _int((source or {}).get("b"))
+            pa, pb = as_id((source or {}).get("a")), as_id((source or {}).get("b"))
             if fits(pa):
                 a, b = pa, pb
                 break

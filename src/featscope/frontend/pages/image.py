@@ -13,7 +13,7 @@ from featscope.frontend.components.pickers import ab_id, comparison_bar
 from featscope.frontend.components.progress import retry_input
 from featscope.frontend.components.thumbs import thumb, thumb_grid
 from featscope.frontend.services import Services
-from featscope.frontend.wiring import callback, triggered_id
+from featscope.frontend.wiring import callback, layout_services, triggered_id
 from featscope.workspace import NotFound
 
 PAGE = {"path_template": "/image/<image_id>", "path": "/image", "name": "Image", "title": "featscope · image",
@@ -34,7 +34,7 @@ def layout(image_id: str | None = None, a: str | None = None, b: str | None = No
                     figure="Figs. 4, 5"),
         dcc.Store(id="img-id", data=ident),
         html.Div(id="img-hero"),
-        comparison_bar("img", a, b),
+        comparison_bar("img", a, b, scope=_dataset_of(layout_services(), ident)),
         maps.controls("img", **first),
         maps.panels("img"),
         html.H2("Nearest neighbours", className="fs-section-title"),
@@ -45,6 +45,18 @@ def layout(image_id: str | None = None, a: str | None = None, b: str | None = No
                  className="fs-side-b"),
         ]),
     ])
+
+
+def _dataset_of(svc: Services | None, image_id: int | None) -> str | None:
+    """The data set (as the pickers name it) the image belongs to: its A/B sets must embed it."""
+    from featscope.catalog import Dataset, Image
+
+    if svc is None or image_id is None or not image_id < (1 << 63):
+        return None
+    with svc.ctx.session() as s:
+        row = s.get(Image, int(image_id))
+        ds = s.get(Dataset, row.dataset_id) if row is not None else None
+    return None if ds is None else ds.name if ds.version == 1 else f"{ds.name}@{ds.version}"
 
 
 def _image(svc: Services, image_id: int | None):
@@ -60,21 +72,20 @@ def _image(svc: Services, image_id: int | None):
     return {"image_id": int(image_id)}, path
 
 
-@callback(Output("img-hero", "children"), Output({"type": "fs-ab-scope", "page": "img"}, "data"),
-          Input("img-id", "data"))
+@callback(Output("img-hero", "children"), Input("img-id", "data"))
 def hero(svc: Services, image_id: int | None):
-    """The image, where it comes from, and the data set its A/B sets must embed."""
+    """The image and where it comes from (its data set scopes the A/B pickers from the page's first render)."""
     from featscope.catalog import Dataset, Image
 
     if image_id is None:
         return empty_state("No image chosen", "Open an image from the pairs or projections pages, or upload one.",
-                           links=[("Pairs", "/pairs"), ("Upload", "/upload")]), None
+                           links=[("Pairs", "/pairs"), ("Upload", "/upload")])
     with svc.ctx.session() as s:
         row = s.get(Image, int(image_id))
         ds = s.get(Dataset, row.dataset_id) if row is not None else None
     if row is None:
         return error_box(f"There is no image {image_id} in the catalog; open one from the pairs or projections "
-                         f"pages."), None
+                         f"pages.")
     name = ds.name if ds.version == 1 else f"{ds.name}@{ds.version}"
     facts = [("File", html.Code(row.relpath)), ("Data set", name), ("Label", row.label or "—"),
              ("Size", f"{row.width} × {row.height}" if row.width else "—"), ("Boxes", len(row.boxes or []))]
@@ -85,7 +96,7 @@ def hero(svc: Services, image_id: int | None):
         html.Dl([x for k, v in facts for x in (html.Dt(k), html.Dd(v))], className="fs-kv"),
     ])
     return card(None, [body, html.A("Open the original file", href=f"/api/v1/images/{row.id}/file", target="_blank",
-                                    className="fs-button fs-button-small")]), name
+                                    className="fs-button fs-button-small")])
 
 
 @callback(*maps.outputs("img", "heat"), Input(ab_id("img", "a"), "value"), Input(ab_id("img", "b"), "value"),

@@ -8,6 +8,7 @@ overlay, and a selection is applied on the server to every point.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from dash import Input, Output, Patch, State, dcc, html, no_update
 from featscope.frontend import data, raster, standard
 from featscope.frontend.components.figures import download_bar, empty_figure, graph_config
 from featscope.frontend.components.layout import COLOUR_A, COLOUR_B, badge, card, empty_state, error_box, page_header
-from featscope.frontend.components.pickers import ab_id, comparison_bar
+from featscope.frontend.components.pickers import ab_id, as_id, comparison_bar
 from featscope.frontend.components.progress import job_area, resolve, retry_input
 from featscope.frontend.components.thumbs import thumb_grid
 from featscope.frontend.scatter import Colouring, legend_items, map_figure, raster_figure
@@ -24,6 +25,7 @@ from featscope.frontend.services import Services
 from featscope.frontend.wiring import callback, clientside, layout_services, triggered_id
 from featscope.workspace.analyses import AnalysisResult
 
+log = logging.getLogger(__name__)
 PAGE = {"path": "/projections", "name": "Projections", "title": "featscope · projections (Fig. 7)", "order": 30,
         "nav": True, "pair": True}
 GRID_MAX = 60
@@ -127,9 +129,11 @@ def show(svc: Services, a: int | None, b: int | None, method: str, colour: str, 
 
 def _meta(proj: AnalysisResult, agreement: AnalysisResult | None, a: int, b: int, colour: str) -> dict:
     """What the maps show: the page's link to its projection, and the key telling whether they are on the page."""
-    meta = {"analysis": proj.id, "a": a, "b": b, "colour": colour, "n": len(proj.arrays["coords_0"])}
+    # an analysis recomputed (force) keeps its catalog id: its compute time tells the new result from the old
+    meta = {"analysis": proj.id, "a": a, "b": b, "colour": colour, "n": len(proj.arrays["coords_0"]),
+            "computed": proj.seconds}
     if colour == "agreement" and agreement is not None:
-        meta["agreement"] = agreement.id
+        meta["agreement"] = [agreement.id, agreement.seconds]
     return meta
 
 
@@ -147,11 +151,8 @@ def first_render(svc: Services | None, a: Any, b: Any, method: str = "tsne", col
     otherwise (the ``show`` callback then fetches or computes them). Cached results appear at once: the maps
     arrive with the page instead of one more round trip after it, and the callback's first run, seeing them
     on the page, sends nothing."""
-    try:
-        a, b = int(a), int(b)
-    except (TypeError, ValueError):
-        return {}
-    if svc is None or not data.valid_pair(svc.ctx, a, b):
+    a, b = as_id(a), as_id(b)
+    if svc is None or a is None or b is None or not data.valid_pair(svc.ctx, a, b):
         return {}
     from featscope.frontend.services import cached_analysis
     from featscope.workspace import NotFound
@@ -159,9 +160,12 @@ def first_render(svc: Services | None, a: Any, b: Any, method: str = "tsne", col
 
     try:
         proj = next(cached_analysis(svc, need) for need in needs_for(svc, a, b, method, colour))
+        return maps_view(svc, proj, None, a, b, colour, _meta(proj, None, a, b, colour))
     except (NotCached, ValueError, NotFound):
         return {}
-    return maps_view(svc, proj, None, a, b, colour, _meta(proj, None, a, b, colour))
+    except Exception:  # noqa: BLE001 - the page must render; the show callback then reports what failed
+        log.exception("projections: the first render of a=%s b=%s failed; leaving the maps to the callback", a, b)
+        return {}
 
 
 def colouring_for(svc: Services, proj: AnalysisResult, agreement: AnalysisResult | None, colour: str):
