@@ -9,9 +9,8 @@ draws it) and returned as a highlight raster for both maps.
 from __future__ import annotations
 
 import base64
-import functools
 import io
-import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +32,10 @@ class Frame:
     y0: float
     y1: float
 
+    def __post_init__(self) -> None:  # always Python floats: datashader's kernels are compiled per argument type
+        for name in ("x0", "x1", "y0", "y1"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+
     @classmethod
     def of(cls, coords: np.ndarray, pad: float = 0.03) -> "Frame":
         lo, hi = coords.min(axis=0).astype(float), coords.max(axis=0).astype(float)
@@ -47,19 +50,22 @@ class Frame:
                 "sizey": self.y1 - self.y0, "sizing": "stretch", "layer": "below", "name": name}
 
 
-@functools.lru_cache(maxsize=1)
-def warm_up() -> threading.Thread:
-    """In the background, once per process: import what a large projection page needs and compile
-    datashader's kernels (numba compiles on first use; together several seconds)."""
+def warm_up(class_counts: Iterable[int] = (1,)) -> None:
+    """Import what a large projection page needs and compile datashader's kernels (numba compiles on first use:
+    together several seconds), for maps of ``class_counts`` classes. The server runs it in the background at
+    start-up (:func:`featscope.frontend.app._warm_rasters`), with the class counts of the data sets it has.
 
-    def warm() -> None:
-        import featscope.analysis.projection  # noqa: F401 - faiss, scipy, scikit-learn
-        render_categories(np.zeros((8, 2), np.float32), np.zeros(8, np.int16), ["#000000"], Frame(-1, 1, -1, 1))
-        render_mask(np.zeros((8, 2), np.float32), np.ones(8, bool), Frame(-1, 1, -1, 1))
+    numba compiles a kernel per argument types and datashader builds one per categorical schema, so the
+    warm-up draws with float bounds (as :meth:`Frame.of` makes them) and with each data set's number of
+    classes: a warm-up of one class and int bounds compiled kernels no page used, and each page's first map
+    then compiled its own (0.5-0.9 s at a million points)."""
+    import featscope.analysis.projection  # noqa: F401 - faiss, scipy, scikit-learn
 
-    thread = threading.Thread(target=warm, name="featscope-datashader-warmup", daemon=True)
-    thread.start()
-    return thread
+    frame, points = Frame(-1.0, 1.0, -1.0, 1.0), np.zeros((8, 2), np.float32)
+    for k in sorted({max(1, int(k)) for k in class_counts}):
+        render_categories(points, np.zeros(8, np.int16), ["#000000"] * k, frame)
+    render_values(points, np.zeros(8, np.float32), ["#000000", "#ffffff"], frame)
+    render_mask(points, np.ones(8, bool), frame)
 
 
 def _canvas(frame: Frame):
