@@ -111,3 +111,9 @@ def test_the_server_warms_up_when_a_set_is_raster_sized(world, monkeypatch):
     thread = _warm_rasters(world.svc)
     thread.join(timeout=120)
     assert not thread.is_alive() and ("frontend-dataset-points", ds, "") in ctx.query_cache
+
+
+def test_a_frame_spans_the_points_padded_and_ignores_nan_rows():
+    coords = np.array([[0.0, 10.0], [4.0, -2.0], [np.nan, np.nan], [2.0, 6.0]], np.float32)
+    frame = raster.Frame.of(coords, pad=0.25)
+    assert (frame.x0, frame.x1, frame.y0, frame.y1) == (-1.0, 5.0, -5.0, 13.0)
