@@ -243,7 +243,9 @@ def linear_probe(x: np.ndarray, labels: Sequence[Any] | np.ndarray, splits: Spli
     multinomial logistic regression (lbfgs), score top-1 on val. The best C (ties -> the smaller,
     more regularised C) is refit on train+val (scaler too) and scored on test. ``splits`` defaults
     to ``make_splits(labels, seed=seed)``. The search runs along the regularisation path with warm
-    starts (:func:`_search`); the reported probe is a cold refit.
+    starts (:func:`_search`); the reported probe is a cold refit. Features whose float32 copy exceeds
+    ``arrays.IN_MEMORY_MAX`` are fitted on the same objective by :mod:`probes_stream` (same solver settings;
+    float32 working copy within a memory budget; refit warm-started from the chosen C's solution).
 
     ``blas_threads`` (default 1; ``None`` leaves the BLAS library's own setting): each L-BFGS step is a
     few small matrix products, too small to gain from threads, and BLAS threads that spin-wait for
