@@ -310,7 +310,8 @@ def _streamed_linear_probe(arr: np.ndarray, codes: np.ndarray, classes: np.ndarr
     if len(splits.val):
         data = ps.Standardised(arr, train, mean, scale, budget=budget)
         term = ps.CrossEntropy(data, codes[train], n_cls)
-        val = ps.Standardised(arr, splits.val, mean, scale, budget=budget - (data.nbytes if data.copy is not None else 0))
+        left = budget - (data.nbytes if data.copy is not None else 0)
+        val = ps.Standardised(arr, splits.val, mean, scale, budget=left)
         for i in np.argsort(grid, kind="stable"):
             init = ps.fit(term, float(grid[i]), max_iter, init)[:2]
             solutions[i] = init
