@@ -243,7 +243,9 @@ def linear_probe(x: np.ndarray, labels: Sequence[Any] | np.ndarray, splits: Spli
     multinomial logistic regression (lbfgs), score top-1 on val. The best C (ties -> the smaller,
     more regularised C) is refit on train+val (scaler too) and scored on test. ``splits`` defaults
     to ``make_splits(labels, seed=seed)``. The search runs along the regularisation path with warm
-    starts (:func:`_search`); the reported probe is a cold refit.
+    starts (:func:`_search`); the reported probe is a cold refit. Features whose float32 copy exceeds
+    ``arrays.IN_MEMORY_MAX`` are fitted on the same objective by :mod:`probes_stream` (same solver settings;
+    float32 working copy within a memory budget; refit warm-started from the chosen C's solution).
 
     ``blas_threads`` (default 1; ``None`` leaves the BLAS library's own setting): each L-BFGS step is a
     few small matrix products, too small to gain from threads, and BLAS threads that spin-wait for
@@ -294,25 +296,37 @@ def linear_probe(x: np.ndarray, labels: Sequence[Any] | np.ndarray, splits: Spli
 
 
 def _streamed_linear_probe(arr: np.ndarray, codes: np.ndarray, classes: np.ndarray, splits: Splits,
-                           grid: np.ndarray, max_iter: int) -> ProbeResult:
+                           grid: np.ndarray, max_iter: int, budget: int | None = None) -> ProbeResult:
     """:func:`linear_probe` for features too large for memory (see :mod:`probes_stream`): same C search along
-    the path with warm starts, cold refit on train+val, test top-1 with its Wilson interval."""
+    the path with warm starts, refit on train+val (warm-started from the chosen C's solution), test top-1 with
+    its Wilson interval. ``budget``: bytes for standardised working copies (default
+    :func:`probes_stream.working_copy_budget`)."""
     from featscope.analysis import probes_stream as ps
 
+    budget = ps.working_copy_budget() if budget is None else int(budget)
     n_cls, train = len(classes), splits.train
     mean, scale = ps.scaler(arr, train)
-    val_acc, init = np.full(grid.size, np.nan), None
+    val_acc, init, solutions = np.full(grid.size, np.nan), None, {}
     if len(splits.val):
+        data = ps.Standardised(arr, train, mean, scale, budget=budget)
+        term = ps.CrossEntropy(data, codes[train], n_cls)
+        left = budget - (data.nbytes if data.copy is not None else 0)
+        val = ps.Standardised(arr, splits.val, mean, scale, budget=left)
         for i in np.argsort(grid, kind="stable"):
-            coef, intercept, _ = ps.fit(arr, codes, train, n_cls, float(grid[i]), mean, scale, max_iter, init)
-            init = (coef, intercept)
-            val_acc[i] = float(np.mean(ps.predict(arr, splits.val, coef, intercept, mean, scale) == codes[splits.val]))
+            init = ps.fit(term, float(grid[i]), max_iter, init)[:2]
+            solutions[i] = init
+            val_acc[i] = float(np.mean(ps.predict_standardised(val, *init) == codes[splits.val]))
+        del data, term, val  # free the working copies before the refit's
         best = int(min(np.flatnonzero(val_acc == val_acc.max()), key=lambda j: grid[j]))
     else:
         best = 0
     fit_rows = np.sort(np.concatenate([train, splits.val]))
-    mean, scale = ps.scaler(arr, fit_rows)
-    coef, intercept, converged = ps.fit(arr, codes, fit_rows, n_cls, float(grid[best]), mean, scale, max_iter)
+    new_mean, new_scale = ps.scaler(arr, fit_rows)
+    start = ps.rescaled(*solutions[best], mean, scale, new_mean, new_scale) if best in solutions else None
+    mean, scale = new_mean, new_scale
+    term = ps.CrossEntropy(ps.Standardised(arr, fit_rows, mean, scale, budget=budget), codes[fit_rows], n_cls)
+    coef, intercept, converged = ps.fit(term, float(grid[best]), max_iter, start)
+    del term
     correct = int(np.sum(ps.predict(arr, splits.test, coef, intercept, mean, scale) == codes[splits.test]))
     low, high = wilson_interval(correct, len(splits.test))
     return ProbeResult(accuracy=correct / len(splits.test), ci_low=low, ci_high=high, n_test=len(splits.test),

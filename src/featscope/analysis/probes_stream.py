@@ -2,25 +2,63 @@
 
 scikit-learn's L-BFGS logistic regression needs the training rows in memory as float64 (11 GB for the
 650,000 training rows of a million 2048-d images), so a set above ``arrays.IN_MEMORY_MAX`` is fitted here
-with torch's L-BFGS on the same objective (multinomial cross-entropy on standardised features plus
-``||W||^2 / (2 C)`` per sample, intercept unpenalised, float64), its loss and gradient summed over row
-chunks read from the (memory-mapped) features: one pass over the training rows per evaluation, memory
-O(chunk D + classes D). The C search, refit and Wilson interval follow :func:`probes.linear_probe`.
-The k-NN probe searches the train+val rows through a FAISS IVF index tuned to recall@10 >= 0.95 (the embedding
-set's stored index when the caller passes it, :mod:`featscope.analysis.knn`).
+on the same objective (multinomial cross-entropy on standardised features, mean over the rows, plus
+``||W||^2 / (2 C n)``, intercept unpenalised) with the same solver and stopping rule as scikit-learn's
+``lbfgs`` (scipy's L-BFGS-B, ``gtol=1e-4`` on the gradient's largest entry, ``ftol=64 eps``, 50 line-search
+steps), its loss and gradient written here as sums over row blocks:
+
+- the training rows are standardised once into a float32 working copy when it fits
+  :func:`working_copy_budget` (5.3 GB for 650,000 x 2048), instead of being read from the memory-mapped
+  float16 set and converted on every evaluation (half of each evaluation's time in the torch/float64
+  version this replaced); above the budget the blocks are re-read and converted on every pass;
+- the two matrix products of an evaluation (logits, gradient) run in float32 (twice float64's speed) with
+  the softmax, the loss and the sums over blocks in float64: float32 rounding in the products (about
+  1e-7 relative) stays far below the stopping tolerance;
+- the data term at the warm start of each C (the previous C's solution) is the one last evaluated, so it
+  is reused, and the refit on train+val starts from the chosen C's solution carried over to the refit's
+  scaler (the problem is strictly convex: the optimum is the cold-start one up to the tolerance).
+
+The C search, refit and Wilson interval follow :func:`probes.linear_probe`. The k-NN probe searches the
+train+val rows through a FAISS IVF index tuned to recall@10 >= 0.95 (the embedding set's stored index when
+the caller passes it, :mod:`featscope.analysis.knn`).
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-from featscope.analysis.arrays import CHUNK
+from featscope.analysis import arrays
+
+# Bytes the probe may spend on standardised float32 copies of its rows (the training rows, then the
+# validation rows); None: half the memory the system reports available when the probe starts (about 9 GiB
+# on an idle 24 GiB machine: enough for the 650,000 training rows of a million 2048-d images).
+WORKING_COPY_MAX: int | None = None
+TOL = 1e-4  # scikit-learn LogisticRegression's default tol (gtol of its L-BFGS-B)
 
 
-def scaler(x: np.ndarray, rows: np.ndarray, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
+def working_copy_budget() -> int:
+    """Bytes for working copies: :data:`WORKING_COPY_MAX` when set, else half the available memory now."""
+    if WORKING_COPY_MAX is not None:
+        return int(WORKING_COPY_MAX)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def scaler(x: np.ndarray, rows: np.ndarray, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean and scale (population std, 1 where it is 0: StandardScaler's convention) of ``x[rows]``, in float64."""
     total, sq = np.zeros(x.shape[1]), np.zeros(x.shape[1])
-    for block in _blocks(x, rows, chunk):
+    for block in _blocks(x, rows, chunk or arrays.CHUNK):
         total += block.sum(axis=0)
         sq += np.einsum("nd,nd->d", block, block)
     mean = total / len(rows)
@@ -36,44 +74,129 @@ def _blocks(x: np.ndarray, rows: np.ndarray, chunk: int):
         yield block
 
 
-def fit(x: np.ndarray, y: np.ndarray, rows: np.ndarray, n_classes: int, c: float, mean: np.ndarray,
-        scale: np.ndarray, max_iter: int, init: tuple[np.ndarray, np.ndarray] | None = None,
-        chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Multinomial logistic regression on standardised ``x[rows]``; returns (coef, intercept, converged)."""
-    import torch
-    import torch.nn.functional as F
+class Standardised:
+    """The rows ``(x[rows] - mean) / scale`` as float32 blocks of ``chunk`` rows (see the module docstring).
 
-    d = x.shape[1]
-    w = torch.zeros(n_classes, d, dtype=torch.float64) if init is None else torch.tensor(init[0])
-    b = torch.zeros(n_classes, dtype=torch.float64) if init is None else torch.tensor(init[1])
-    w.requires_grad_(True)
-    b.requires_grad_(True)
-    labels = torch.from_numpy(y[rows].astype(np.int64))
-    n = len(rows)
-    opt = torch.optim.LBFGS([w, b], max_iter=max_iter, tolerance_grad=1e-4, tolerance_change=1e-10,
-                            history_size=10, line_search_fn="strong_wolfe")
+    Held as one in-memory working copy when its ``len(rows) * D * 4`` bytes fit ``budget`` (default
+    :func:`working_copy_budget`), else read from ``x`` and standardised block by block on every pass.
+    Both give the same blocks, bit for bit, so the probe's result does not depend on the budget."""
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        total = 0.0
-        for s, block in zip(range(0, n, chunk), _blocks(x, rows, chunk)):
-            z = torch.from_numpy((block - mean) / scale) @ w.T + b
-            loss = F.cross_entropy(z, labels[s:s + chunk], reduction="sum") / n
-            loss.backward()
-            total += float(loss.detach())
-        penalty = (w * w).sum() / (2.0 * c * n)
-        penalty.backward()
-        return torch.tensor(total + float(penalty.detach()), dtype=torch.float64)
+    def __init__(self, x: np.ndarray, rows: np.ndarray, mean: np.ndarray, scale: np.ndarray,
+                 chunk: int | None = None, budget: int | None = None) -> None:
+        self.x, self.rows, self.chunk, self.dim = x, rows, int(chunk or arrays.CHUNK), x.shape[1]
+        self.mean, self.scale = mean.astype(np.float32), scale.astype(np.float32)
+        self.copy: np.ndarray | None = None
+        if self.nbytes <= (working_copy_budget() if budget is None else budget):
+            copy = np.empty((len(rows), self.dim), dtype=np.float32)
+            for s, block in self._read():
+                copy[s:s + len(block)] = block
+            self.copy = copy
 
-    opt.step(closure)
-    n_iter = opt.state[opt._params[0]].get("n_iter", max_iter)
-    return w.detach().numpy().copy(), b.detach().numpy().copy(), bool(n_iter < max_iter)
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the working copy (held or not)."""
+        return len(self.rows) * self.dim * 4
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _read(self):
+        for s in range(0, len(self.rows), self.chunk):
+            block = np.asarray(self.x[self.rows[s:s + self.chunk]], dtype=np.float32)
+            if not np.isfinite(block).all():
+                raise ValueError("x contains NaN or inf; drop or repair those rows first")
+            block -= self.mean
+            block /= self.scale
+            yield s, block
+
+    def blocks(self):
+        """``(start, float32 block)`` over the rows, in order."""
+        if self.copy is None:
+            yield from self._read()
+        else:
+            for s in range(0, len(self.rows), self.chunk):
+                yield s, self.copy[s:s + self.chunk]
+
+
+class CrossEntropy:
+    """Mean multinomial cross-entropy of softmax(x W^T + b) over ``data``'s rows with class codes ``y``, and
+    its gradient, at ``params`` = [W.ravel(), b] (float64). Remembers its last evaluation: L-BFGS-B's first
+    evaluation at a warm start (the previous C's last point) is then free."""
+
+    def __init__(self, data: Standardised, y: np.ndarray, n_classes: int) -> None:
+        self.data, self.y, self.k = data, np.asarray(y, dtype=np.intp), int(n_classes)
+        self.evaluations = 0
+        self._last: tuple[np.ndarray, float, np.ndarray] | None = None
+
+    def __call__(self, params: np.ndarray) -> tuple[float, np.ndarray]:
+        if self._last is not None and np.array_equal(self._last[0], params):
+            return self._last[1], self._last[2]
+        k, d = self.k, self.data.dim
+        w32, b = params[:k * d].reshape(k, d).astype(np.float32), params[k * d:]
+        loss, gw, gb = 0.0, np.zeros((k, d)), np.zeros(k)
+        for s, xb in self.data.blocks():
+            z = (xb @ w32.T).astype(np.float64)  # float32 product, float64 softmax and sums
+            z += b
+            z -= z.max(axis=1, keepdims=True)
+            p = np.exp(z)
+            total = p.sum(axis=1)
+            at = (np.arange(len(xb)), self.y[s:s + len(xb)])
+            loss += float(np.log(total).sum() - z[at].sum())
+            p /= total[:, None]
+            p[at] -= 1.0  # d loss / d z = softmax - one-hot
+            gb += p.sum(axis=0)
+            gw += p.astype(np.float32).T @ xb
+        n = len(self.data)
+        grad = np.concatenate([gw.ravel(), gb]) / n
+        self._last = (params.copy(), loss / n, grad)
+        self.evaluations += 1
+        return loss / n, grad
+
+
+def fit(term: CrossEntropy, c: float, max_iter: int,
+        init: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Minimise ``term + ||W||^2 / (2 C n)`` from ``init`` (coef, intercept; zeros when None) with scikit-learn
+    lbfgs's L-BFGS-B settings; returns (coef, intercept, converged: fewer than ``max_iter`` iterations,
+    scikit-learn's rule)."""
+    from scipy.optimize import minimize
+
+    k, d, n = term.k, term.data.dim, len(term.data)
+    x0 = np.zeros(k * d + k) if init is None else np.concatenate([np.ravel(init[0]), np.ravel(init[1])])
+    x0 = x0.astype(np.float64)
+    reg = 1.0 / (c * n)
+
+    def objective(params: np.ndarray) -> tuple[float, np.ndarray]:
+        loss, grad = term(params)
+        w = params[:k * d]
+        grad = grad.copy()
+        grad[:k * d] += reg * w
+        return loss + 0.5 * reg * float(w @ w), grad
+
+    res = minimize(objective, x0, method="L-BFGS-B", jac=True,
+                   options={"maxiter": max_iter, "maxls": 50, "gtol": TOL, "ftol": 64 * np.finfo(float).eps})
+    return res.x[:k * d].reshape(k, d).copy(), res.x[k * d:].copy(), bool(res.nit < max_iter)
+
+
+def rescaled(coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray, scale: np.ndarray, new_mean: np.ndarray,
+             new_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The probe (coef, intercept) on features standardised by (mean, scale) rewritten for (new_mean,
+    new_scale), same logits for every x: the refit's warm start."""
+    coef_new = coef * (new_scale / scale)
+    return coef_new, intercept + coef @ ((new_mean - mean) / scale)
+
+
+def predict_standardised(data: Standardised, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+    """Class codes predicted for ``data``'s rows."""
+    w32 = coef.astype(np.float32)
+    out = [np.argmax((xb @ w32.T).astype(np.float64) + intercept, axis=1) for _, xb in data.blocks()]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
 def predict(x: np.ndarray, rows: np.ndarray, coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray,
-            scale: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
-    """Class codes predicted for ``x[rows]``."""
-    out = [np.argmax(((block - mean) / scale) @ coef.T + intercept, axis=1) for block in _blocks(x, rows, chunk)]
+            scale: np.ndarray, chunk: int | None = None) -> np.ndarray:
+    """Class codes predicted for ``x[rows]`` in float64 (the test rows: as :meth:`ProbeResult.predict` would)."""
+    blocks = _blocks(x, rows, chunk or arrays.CHUNK)
+    out = [np.argmax(((block - mean) / scale) @ coef.T + intercept, axis=1) for block in blocks]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
