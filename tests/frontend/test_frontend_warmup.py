@@ -78,7 +78,7 @@ def test_after_the_warm_up_a_page_map_compiles_nothing(monkeypatch):
     categorical schema, so a warm-up with int bounds or another number of classes leaves the page to compile."""
     from numba.core.dispatcher import Dispatcher
 
-    from featscope.frontend.scatter import palette
+    from featscope.frontend.scatter import AGREEMENT_SCALE, palette
 
     raster.warm_up([13])  # a class count no other test draws
     compiled: list[str] = []
@@ -94,7 +94,7 @@ def test_after_the_warm_up_a_page_map_compiles_nothing(monkeypatch):
     codes = rng.integers(-1, 13, 500).astype(np.int16)
     frame = raster.Frame.of(coords)
     assert raster.render_categories(coords, codes, palette(13), frame).startswith("data:image/png;base64,")
-    raster.render_values(coords, rng.random(500).astype(np.float32), ["#000000", "#ffffff"], frame)
+    raster.render_values(coords, rng.random(500).astype(np.float32), AGREEMENT_SCALE, frame)
     raster.render_mask(coords, codes > 5, frame)
     assert compiled == []
 
@@ -108,9 +108,49 @@ def test_the_server_warms_up_when_a_set_is_raster_sized(world, monkeypatch):
     assert _warm_rasters(world.svc) is None  # 24 images: WebGL maps, nothing to warm
     monkeypatch.setattr(raster, "RASTER_ABOVE", 10)
     ctx.query_cache.pop(("frontend-dataset-points", ds, ""), None)
+    warmed: list[list[int]] = []
+    monkeypatch.setattr(raster, "warm_up", lambda counts: warmed.append(list(counts)))
     thread = _warm_rasters(world.svc)
     thread.join(timeout=120)
     assert not thread.is_alive() and ("frontend-dataset-points", ds, "") in ctx.query_cache
+    assert warmed == [[1, 3]]  # the default and the data set's three classes
+
+
+def test_a_failing_table_read_still_compiles_the_kernels(world, monkeypatch):
+    from featscope.frontend.app import _warm_rasters
+
+    monkeypatch.setattr(raster, "RASTER_ABOVE", 10)
+    monkeypatch.setattr(data, "dataset_points", lambda ctx, i: (_ for _ in ()).throw(RuntimeError("db gone")))
+    warmed: list[list[int]] = []
+    monkeypatch.setattr(raster, "warm_up", lambda counts: warmed.append(list(counts)))
+    _warm_rasters(world.svc).join(timeout=120)
+    assert warmed == [[1]]
+
+
+def test_concurrent_first_reads_of_a_table_read_it_once(world, monkeypatch):
+    import threading
+    import time
+
+    ctx = world.ws.ctx
+    ds = _dataset_id(world)
+    ctx.query_cache.pop(("frontend-dataset-points", ds, ""), None)
+    real, reads, gate = data._read_points, [], threading.Event()
+
+    def slow(ctx_, dataset_id):
+        reads.append(dataset_id)
+        gate.wait(5)
+        return real(ctx_, dataset_id)
+
+    monkeypatch.setattr(data, "_read_points", slow)
+    got: list = []
+    threads = [threading.Thread(target=lambda: got.append(data.dataset_points(ctx, ds))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)  # all three have asked by now: one reads, two wait
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert reads == [ds] and len(got) == 3 and got[0] is got[1] is got[2]
 
 
 def test_a_frame_spans_the_points_padded_and_ignores_nan_rows():

@@ -245,7 +245,8 @@ def linear_probe(x: np.ndarray, labels: Sequence[Any] | np.ndarray, splits: Spli
     to ``make_splits(labels, seed=seed)``. The search runs along the regularisation path with warm
     starts (:func:`_search`); the reported probe is a cold refit. Features whose float32 copy exceeds
     ``arrays.IN_MEMORY_MAX`` are fitted on the same objective by :mod:`probes_stream` (same solver settings;
-    float32 working copy within a memory budget; refit warm-started from the chosen C's solution).
+    float32 working copy within a memory budget; for two classes a two-row softmax, i.e. the binary model
+    with C doubled).
 
     ``blas_threads`` (default 1; ``None`` leaves the BLAS library's own setting): each L-BFGS step is a
     few small matrix products, too small to gain from threads, and BLAS threads that spin-wait for
@@ -298,15 +299,15 @@ def linear_probe(x: np.ndarray, labels: Sequence[Any] | np.ndarray, splits: Spli
 def _streamed_linear_probe(arr: np.ndarray, codes: np.ndarray, classes: np.ndarray, splits: Splits,
                            grid: np.ndarray, max_iter: int, budget: int | None = None) -> ProbeResult:
     """:func:`linear_probe` for features too large for memory (see :mod:`probes_stream`): same C search along
-    the path with warm starts, refit on train+val (warm-started from the chosen C's solution), test top-1 with
-    its Wilson interval. ``budget``: bytes for standardised working copies (default
+    the path with warm starts, cold refit on train+val (as the in-memory path), test top-1 with its Wilson
+    interval. ``budget``: bytes for standardised working copies (default
     :func:`probes_stream.working_copy_budget`)."""
     from featscope.analysis import probes_stream as ps
 
     budget = ps.working_copy_budget() if budget is None else int(budget)
     n_cls, train = len(classes), splits.train
     mean, scale = ps.scaler(arr, train)
-    val_acc, init, solutions = np.full(grid.size, np.nan), None, {}
+    val_acc, init = np.full(grid.size, np.nan), None
     if len(splits.val):
         data = ps.Standardised(arr, train, mean, scale, budget=budget)
         term = ps.CrossEntropy(data, codes[train], n_cls)
@@ -314,18 +315,17 @@ def _streamed_linear_probe(arr: np.ndarray, codes: np.ndarray, classes: np.ndarr
         val = ps.Standardised(arr, splits.val, mean, scale, budget=left)
         for i in np.argsort(grid, kind="stable"):
             init = ps.fit(term, float(grid[i]), max_iter, init)[:2]
-            solutions[i] = init
             val_acc[i] = float(np.mean(ps.predict_standardised(val, *init) == codes[splits.val]))
         del data, term, val  # free the working copies before the refit's
         best = int(min(np.flatnonzero(val_acc == val_acc.max()), key=lambda j: grid[j]))
     else:
         best = 0
     fit_rows = np.sort(np.concatenate([train, splits.val]))
-    new_mean, new_scale = ps.scaler(arr, fit_rows)
-    start = ps.rescaled(*solutions[best], mean, scale, new_mean, new_scale) if best in solutions else None
-    mean, scale = new_mean, new_scale
+    mean, scale = ps.scaler(arr, fit_rows)
     term = ps.CrossEntropy(ps.Standardised(arr, fit_rows, mean, scale, budget=budget), codes[fit_rows], n_cls)
-    coef, intercept, converged = ps.fit(term, float(grid[best]), max_iter, start)
+    # a cold refit, as the in-memory path's: at a large C the problem is ill-conditioned and a start from the
+    # train-only solution can stop, within the gradient tolerance, at another point than a cold start
+    coef, intercept, converged = ps.fit(term, float(grid[best]), max_iter)
     del term
     correct = int(np.sum(ps.predict(arr, splits.test, coef, intercept, mean, scale) == codes[splits.test]))
     low, high = wilson_interval(correct, len(splits.test))

@@ -15,8 +15,10 @@ steps), its loss and gradient written here as sums over row blocks:
   the softmax, the loss and the sums over blocks in float64: float32 rounding in the products (about
   1e-7 relative) stays far below the stopping tolerance;
 - the data term at the warm start of each C (the previous C's solution) is the one last evaluated, so it
-  is reused, and the refit on train+val starts from the chosen C's solution carried over to the refit's
-  scaler (the problem is strictly convex: the optimum is the cold-start one up to the tolerance).
+  is reused; the refit on train+val starts cold, as the in-memory path's.
+
+For two classes the objective differs from the in-memory path's: scikit-learn fits one weight vector (a
+sigmoid), this a two-row softmax with both rows penalised, which is the binary model with C doubled.
 
 The C search, refit and Wilson interval follow :func:`probes.linear_probe`. The k-NN probe searches the
 train+val rows through a FAISS IVF index tuned to recall@10 >= 0.95 (the embedding set's stored index when
@@ -32,27 +34,49 @@ import numpy as np
 from featscope.analysis import arrays
 
 # Bytes the probe may spend on standardised float32 copies of its rows (the training rows, then the
-# validation rows); None: half the memory the system reports available when the probe starts (about 9 GiB
-# on an idle 24 GiB machine: enough for the 650,000 training rows of a million 2048-d images).
+# validation rows); None: half the memory available when the probe starts, the system's or, in a container
+# with a memory limit, the container's (about 9 GiB on an idle 24 GiB machine: enough for the 650,000
+# training rows of a million 2048-d images). Several probes running at once each see the same figure.
 WORKING_COPY_MAX: int | None = None
 TOL = 1e-4  # scikit-learn LogisticRegression's default tol (gtol of its L-BFGS-B)
 
 
 def working_copy_budget() -> int:
-    """Bytes for working copies: :data:`WORKING_COPY_MAX` when set, else half the available memory now."""
+    """Bytes for working copies: :data:`WORKING_COPY_MAX` when set, else half the memory available now (the
+    lesser of the system's and the cgroup's limit less its use)."""
     if WORKING_COPY_MAX is not None:
         return int(WORKING_COPY_MAX)
+    available = [v for v in (_system_available(), _cgroup_available()) if v is not None]
+    return min(available) // 2 if available else 0
+
+
+def _system_available() -> int | None:
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024 // 2
+                    return int(line.split()[1]) * 1024
     except OSError:
         pass
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
-        return 0
+        return None
+
+
+def _cgroup_available(root: str = "/sys/fs/cgroup") -> int | None:
+    """The container's memory limit less its use (cgroup v2, else v1); None without a limit."""
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            limit = open(os.path.join(root, limit_file)).read().strip()
+            usage = int(open(os.path.join(root, usage_file)).read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or not limit.isdigit() or int(limit) >= 1 << 60:  # v1 reports "no limit" as ~2^63
+            return None
+        return max(0, int(limit) - usage)
+    return None
 
 
 def scaler(x: np.ndarray, rows: np.ndarray, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -175,14 +199,6 @@ def fit(term: CrossEntropy, c: float, max_iter: int,
     res = minimize(objective, x0, method="L-BFGS-B", jac=True,
                    options={"maxiter": max_iter, "maxls": 50, "gtol": TOL, "ftol": 64 * np.finfo(float).eps})
     return res.x[:k * d].reshape(k, d).copy(), res.x[k * d:].copy(), bool(res.nit < max_iter)
-
-
-def rescaled(coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray, scale: np.ndarray, new_mean: np.ndarray,
-             new_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The probe (coef, intercept) on features standardised by (mean, scale) rewritten for (new_mean,
-    new_scale), same logits for every x: the refit's warm start."""
-    coef_new = coef * (new_scale / scale)
-    return coef_new, intercept + coef @ ((new_mean - mean) / scale)
 
 
 def predict_standardised(data: Standardised, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:

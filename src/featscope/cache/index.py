@@ -490,16 +490,15 @@ def _rerank(q: np.ndarray, cand: np.ndarray, vectors: np.ndarray, k: int, budget
 
     Queries that search the same part of the space share most of their candidates, so they are scored
     together: queries are ordered by ``key`` (e.g. the coarse list each one probes first; by default the
-    least candidate position, a min-hash: two queries get the same with probability the Jaccard overlap of
-    their candidate sets), then cut greedily into blocks whose distinct candidate rows stay within
+    least candidate position: queries whose candidate sets overlap much tend to share it, and it needs no
+    extra search), then cut greedily into blocks whose distinct candidate rows stay within
     ``_RERANK_SPREAD`` times one query's (and ``budget`` bytes of scores). Each block's distinct rows are read
     once, converted to float32 and normalised a tile at a time (cache-sized, into one reused buffer: a fresh
     64 MB array per block spent more time in page faults than in arithmetic, and numpy's float16 cast is
     scalar), and scored against all the block's queries by one BLAS product; each query then takes its own
-    candidates' scores. Before, each block of ~10 queries gathered a (block, candidates, D) float32 copy
-    and re-read and re-normalised every row for every block it appeared in: 7 ms per query at 630
-    candidates of 2048-d (``benchmarks/bench_rerank.py``). Each query's result depends on its own scores only,
-    so the order and the blocks change nothing but rounding (BLAS vs a dot product: float32 ulps)."""
+    candidates' scores (``benchmarks/bench_rerank.py`` measures it against a per-block gather of every
+    query's candidates). Each query's result depends on its own scores only; which queries share its block
+    changes them by float32 rounding at most (a BLAS product's summation order), so near ties may swap."""
     n_q, c = cand.shape
     scores = np.full((n_q, k), -np.inf, dtype=np.float32)
     positions = np.full((n_q, k), -1, dtype=np.int64)
@@ -534,15 +533,17 @@ def _min_hash(cand: np.ndarray) -> np.ndarray:
 def _sharing_blocks(cand: np.ndarray, order: np.ndarray, spread: int, most: int) -> Iterator[np.ndarray]:
     """Runs of ``order`` (query numbers), each at most ``most`` queries and, past its first query, at most
     ``spread`` distinct candidate rows (counted with a mark per row, reset after each block)."""
-    seen = np.zeros(int(cand.max()) + 2, dtype=bool)  # + 2: row -1 marks the last slot, never counted
+    seen = np.zeros(max(int(cand.max()), 0) + 1, dtype=bool)
     start, count = 0, 0
     for i, query in enumerate(order):
         row = cand[query]
-        new = row[~seen[row]]
+        row = row[row >= 0]  # -1: a slot FAISS could not fill, no row to read
+        new = np.unique(row[~seen[row]])
         if i > start and (i - start >= most or count + len(new) > spread):
             yield order[start:i]
-            seen[cand[order[start:i]]] = False
-            start, count, new = i, 0, row
+            done = cand[order[start:i]]
+            seen[done[done >= 0]] = False
+            start, count, new = i, 0, np.unique(row)
         seen[new] = True
         count += len(new)
     yield order[start:]
@@ -576,7 +577,7 @@ def _block_scores(qb: np.ndarray, cb: np.ndarray, vectors: np.ndarray, tile: np.
 
 def _as_float32(src: np.ndarray, out: np.ndarray) -> None:
     """``out[:] = src`` as float32: float16 through torch, whose cast is vectorised (numpy's is a scalar loop,
-    20 times slower: it was most of the re-ranking time); values are the same (float16 -> float32 is exact)."""
+    7 to 20 times slower as measured here: it was most of the re-ranking time); values are the same (float16 -> float32 is exact)."""
     import torch
 
     if src.dtype == np.float16:

@@ -63,14 +63,22 @@ def _warm_rasters(services: Services) -> threading.Thread | None:
     if largest <= raster.RASTER_ABOVE:
         return None
 
-    def warm() -> None:
+    def warm() -> None:  # a warm-up only saves time: whatever fails here, the page does itself
         counts = [1]
         try:
-            counts += [len(data.dataset_points(services.ctx, i).classes)
-                       for i in data.warm_points(services.ctx, raster.RASTER_ABOVE)]
-        except Exception:  # noqa: BLE001 - a warm-up only saves time; the page reads the table itself
-            log.warning("reading the image tables at start-up failed", exc_info=True)
-        raster.warm_up(counts)
+            ids = data.large_datasets(services.ctx, raster.RASTER_ABOVE)
+        except Exception:  # noqa: BLE001
+            log.warning("start-up warm-up: finding the large data sets failed", exc_info=True)
+            ids = []
+        for dataset_id in ids:
+            try:
+                counts.append(len(data.dataset_points(services.ctx, dataset_id).classes))
+            except Exception:  # noqa: BLE001
+                log.warning("start-up warm-up: reading data set %s's images failed", dataset_id, exc_info=True)
+        try:
+            raster.warm_up(counts)
+        except Exception:  # noqa: BLE001
+            log.warning("start-up warm-up: compiling the raster kernels failed", exc_info=True)
 
     thread = threading.Thread(target=warm, name="featscope-raster-warmup", daemon=True)
     thread.start()

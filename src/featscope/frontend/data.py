@@ -3,6 +3,7 @@ catalog images of given data set positions without reading a whole (possibly mil
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,20 +141,30 @@ class DatasetPoints:
 def dataset_points(ctx: Context, dataset_id: int) -> DatasetPoints:
     """The data set's images as arrays, read in one scan and kept per workspace (data sets never change).
 
-    A million images take about 0.8 s to read (most of it the database driver making the rows), so the server
-    reads the tables of data sets big enough for a raster map once at start-up (:func:`warm_points`) and the
-    first visit of their projection page finds them ready. The columns are built with ``np.fromiter`` and a
-    dict of label codes: pandas' ``from_records`` took 0.44 s of that million-row read."""
+    A million images take about 0.8 s to read, most of it the database driver making the rows, so the server
+    reads the tables of data sets big enough for a raster map at start-up (:func:`warm_points`) and the first
+    visit of their projection page finds them ready. One read per data set at a time: a page asking while the
+    start-up read runs waits for it rather than reading the table a second time alongside."""
     key = ("frontend-dataset-points", int(dataset_id), "")
     hit = ctx.query_cache.get(key)
     if hit is not None:
         return hit
+    lock = ctx.query_cache.setdefault(("frontend-dataset-points-lock", int(dataset_id), ""), threading.Lock())
+    with lock:
+        hit = ctx.query_cache.get(key)
+        if hit is None:
+            hit = ctx.query_cache[key] = _read_points(ctx, dataset_id)
+    return hit
+
+
+def _read_points(ctx: Context, dataset_id: int) -> DatasetPoints:
     rows = _plain_rows(ctx, select(Image.position, Image.id, Image.label).where(
         Image.dataset_id == dataset_id, Image.position.is_not(None)))
     n = len(rows)
+    # columns by np.fromiter and label codes by a dict: a DataFrame of the rows took longer than the scan
     positions = np.fromiter((r[0] for r in rows), np.int64, n)
     ids = np.fromiter((r[1] for r in rows), np.int64, n)
-    first_seen: dict = {}
+    first_seen: dict[str | None, int] = {}
     raw = np.fromiter((first_seen.setdefault(r[2], len(first_seen)) for r in rows), np.int32, n)
     del rows
     classes = sorted(str(c) for c in first_seen if c is not None)
@@ -163,21 +174,23 @@ def dataset_points(ctx: Context, dataset_id: int) -> DatasetPoints:
     if n > 1 and not bool(np.all(positions[1:] > positions[:-1])):  # the scan's order is not promised
         order = np.argsort(positions, kind="stable")
         positions, ids, codes = positions[order], ids[order], codes[order]
-    points = DatasetPoints(positions, ids, codes, classes)
-    ctx.query_cache[key] = points
-    return points
+    return DatasetPoints(positions, ids, codes, classes)
+
+
+def large_datasets(ctx: Context, min_images: int, most: int = 4) -> list[int]:
+    """Ids of the ``most`` newest data sets having an embedding set of more than ``min_images`` images."""
+    with ctx.session() as s:
+        return [int(i) for i in s.scalars(
+            select(EmbeddingSet.dataset_id).where(EmbeddingSet.n > min_images).group_by(EmbeddingSet.dataset_id)
+            .order_by(func.max(EmbeddingSet.id).desc()).limit(most)).all()]
 
 
 def warm_points(ctx: Context, min_images: int, most: int = 4) -> list[int]:
-    """Read (:func:`dataset_points`) the tables of the ``most`` newest data sets having an embedding set of more
-    than ``min_images`` images; returns their ids. Run at server start, in the background."""
-    with ctx.session() as s:
-        ids = s.scalars(select(EmbeddingSet.dataset_id).where(EmbeddingSet.n > min_images)
-                        .group_by(EmbeddingSet.dataset_id).order_by(func.max(EmbeddingSet.id).desc())
-                        .limit(most)).all()
+    """Read (:func:`dataset_points`) the tables of :func:`large_datasets`; returns their ids."""
+    ids = large_datasets(ctx, min_images, most)
     for dataset_id in ids:
-        dataset_points(ctx, int(dataset_id))
-    return [int(i) for i in ids]
+        dataset_points(ctx, dataset_id)
+    return ids
 
 
 def _plain_rows(ctx: Context, stmt) -> list[tuple]:
