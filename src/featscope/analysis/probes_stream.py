@@ -28,6 +28,7 @@ the caller passes it, :mod:`featscope.analysis.knn`).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -69,8 +70,8 @@ def _cgroup_available(root: str = "/sys/fs/cgroup") -> int | None:
     for limit_file, usage_file in (("memory.max", "memory.current"),
                                    ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
         try:
-            limit = open(os.path.join(root, limit_file)).read().strip()
-            usage = int(open(os.path.join(root, usage_file)).read().strip())
+            limit = Path(root, limit_file).read_text().strip()
+            usage = int(Path(root, usage_file).read_text().strip())
         except (OSError, ValueError):
             continue
         if limit == "max" or not limit.isdigit() or int(limit) >= 1 << 60:  # v1 reports "no limit" as ~2^63

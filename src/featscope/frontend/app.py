@@ -66,15 +66,10 @@ def _warm_rasters(services: Services) -> threading.Thread | None:
     def warm() -> None:  # a warm-up only saves time: whatever fails here, the page does itself
         counts = [1]
         try:
-            ids = data.large_datasets(services.ctx, raster.RASTER_ABOVE)
+            counts += [len(data.dataset_points(services.ctx, i).classes)  # read just now: cached
+                       for i in data.warm_points(services.ctx, raster.RASTER_ABOVE)]
         except Exception:  # noqa: BLE001
             log.warning("start-up warm-up: finding the large data sets failed", exc_info=True)
-            ids = []
-        for dataset_id in ids:
-            try:
-                counts.append(len(data.dataset_points(services.ctx, dataset_id).classes))
-            except Exception:  # noqa: BLE001
-                log.warning("start-up warm-up: reading data set %s's images failed", dataset_id, exc_info=True)
         try:
             raster.warm_up(counts)
         except Exception:  # noqa: BLE001

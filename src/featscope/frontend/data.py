@@ -3,6 +3,7 @@ catalog images of given data set positions without reading a whole (possibly mil
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ from featscope.catalog import EmbeddingSet, Image
 from featscope.workspace.context import Context
 from featscope.workspace.embeddings import EmbeddingSetInfo, list_embeddings
 
+log = logging.getLogger(__name__)
 _CHUNK = 5000  # positions per IN (...) query, well under every database's parameter limit
 
 
@@ -186,11 +188,17 @@ def large_datasets(ctx: Context, min_images: int, most: int = 4) -> list[int]:
 
 
 def warm_points(ctx: Context, min_images: int, most: int = 4) -> list[int]:
-    """Read (:func:`dataset_points`) the tables of :func:`large_datasets`; returns their ids."""
-    ids = large_datasets(ctx, min_images, most)
-    for dataset_id in ids:
-        dataset_points(ctx, dataset_id)
-    return ids
+    """Read (:func:`dataset_points`) the tables of :func:`large_datasets`; returns the ids of those read. Run at
+    server start in the background: a table that fails to read is logged and left to the page."""
+    done = []
+    for dataset_id in large_datasets(ctx, min_images, most):
+        try:
+            dataset_points(ctx, dataset_id)
+        except Exception:  # noqa: BLE001 - a warm-up only saves time
+            log.warning("start-up warm-up: reading data set %s's images failed", dataset_id, exc_info=True)
+            continue
+        done.append(dataset_id)
+    return done
 
 
 def _plain_rows(ctx: Context, stmt) -> list[tuple]:
