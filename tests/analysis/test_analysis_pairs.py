@@ -301,3 +301,22 @@ def test_agreement_and_capped_ranks_of_spaces_too_large_for_memory(big):
     assert agree >= 0.95 and (pl.extra["rank_b"] == 25).all()  # B has 3 clusters: plenty of distant pairs
     # pairs tied at the cap come lowest B cosine first
     assert np.all(np.diff(pl.extra["score_b"]) >= -1e-12)
+
+
+def test_progress_reports_every_row_of_each_graph_in_order(big):
+    """``progress(done, total)`` over the k-NN graphs a function searches: rising, complete at the end, and the
+    same pairs as without it; in memory (one exact graph) and too large for memory (IVF graphs of A, then B)."""
+    x = _data()
+    calls = []
+    got = closest_pairs(x, 10, k=5, chunk=50, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(50, 120), (100, 120), (120, 120)]
+    assert got.to_dict() == closest_pairs(x, 10, k=5, chunk=50).to_dict()
+    xa, xb = big
+    for fn, graphs in ((lambda **kw: close_in_a_distant_in_b_ranks(xa, xb, 30, k=5, rank_cap=25, **kw), 2),
+                       (lambda **kw: neighbourhood_agreement(xa, xb, 10, **kw), 2),
+                       (lambda **kw: closest_pairs(xa, 20, k=10, **kw), 1)):
+        calls = []
+        fn(progress=lambda d, t: calls.append((d, t)))
+        done = [d for d, _ in calls]
+        assert {t for _, t in calls} == {graphs * 3000} and done == sorted(set(done)) and done[-1] == graphs * 3000
+        assert 3000 in done

@@ -5,6 +5,7 @@ references), and a missing or unusable index said and replaced by one built as b
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -213,3 +214,30 @@ def test_the_knn_probe_searches_the_stored_index_among_the_train_and_val_rows(sp
     splits = Splits(res.arrays["train"], res.arrays["val"], res.arrays["test"], True)
     want = knn_accuracy(xa.astype(np.float32), labels, splits, k=7)
     assert want.info["exact"] and abs(res.data["knn_accuracy"] - want.accuracy) <= 2 / want.n_test
+
+
+def test_pair_analyses_of_large_sets_report_their_neighbour_search_progress(spaces, monkeypatch):
+    """A million-row k-NN graph takes minutes: closest, contrast and agreement report the rows searched, as one
+    rising fraction over every graph they search, and say it at each tenth of a graph that large (the limit is
+    lowered to this set's 3000 rows here)."""
+    from featscope.workspace import analyze
+
+    ws, a, b, _, _ = spaces
+    monkeypatch.setattr(analyze, "_SAY_ROWS", N)
+    runs = {"closest": lambda **kw: ws.closest_pairs([a, b], **kw),
+            "contrast": lambda **kw: ws.contrast_pairs(a, b, k=5, n_pairs=30, **kw),
+            "clusters": lambda **kw: ws.contrast_pairs(a, b, definition="clusters", k=5, k_large=40, k_small=3, **kw),
+            "agreement": lambda **kw: ws.agreement(a, b, **kw)}
+    graphs = {"closest": 2, "contrast": 2, "clusters": 1, "agreement": 2}  # graphs of N rows each searches
+    for name, call in runs.items():
+        seen, said = [], []
+        call(force=True, progress=lambda done, total: seen.append((done, total)), on_message=said.append)
+        done = [d for d, _ in seen]
+        assert {t for _, t in seen} == {graphs[name] * N}, name
+        assert done == sorted(set(done)) and done[-1] == graphs[name] * N, name  # rising, ends complete
+        assert graphs[name] == 1 or N in done, name  # the first graph completes before the second starts
+        counts = [re.search(r": ([\d,]+) of ([\d,]+) rows searched$", m) for m in said if "rows searched" in m]
+        counts = [(int(c[1].replace(",", "")), int(c[2].replace(",", ""))) for c in counts]
+        # one line at each tenth reached (this set's 3000 rows are one chunk of queries: the last tenth only)
+        assert counts and counts[-1][0] == counts[-1][1] and all(d <= t for d, t in counts), (name, said)
+        assert sum(d == t for d, t in counts) == (2 if name == "closest" else 1), (name, said)  # closest: a graph a set

@@ -18,6 +18,7 @@ search is restricted to the analysed rows and the recall is measured again on th
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import faiss
@@ -57,30 +58,32 @@ class PrebuiltIndex:
 
 
 def approximate_knn(x: np.ndarray, k: int, *, prebuilt: PrebuiltIndex | None = None, chunk: int = 4096,
-                    name: str = "x") -> tuple[np.ndarray, dict]:
+                    name: str = "x", progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, dict]:
     """Positions (N, k) of each row's ``k`` most cosine-similar other rows of ``x`` (-1: a slot the IVF search
     could not fill), and how they were found (module docstring).
 
     With ``prebuilt``, its index is searched and nothing is built or tuned. When it holds other rows besides
     the analysed ones (``prebuilt.rows``), the restricted search's recall is measured first (500 queries
     against exact search among the analysed rows); if it falls short of the target (or of the index's own
-    tuned recall, when that is lower), the index is not used and one is built for the analysed rows."""
+    tuned recall, when that is lower), the index is not used and one is built for the analysed rows.
+    ``progress(done, total)``: rows graphed so far (:func:`~featscope.cache.index.knn_graph`)."""
     if prebuilt is not None:
         _check_prebuilt(prebuilt, x, name)
         if prebuilt.rows is None:
-            graph = knn_graph(prebuilt.index, prebuilt.vectors, k, chunk=chunk, rerank=prebuilt.rerank)
+            graph = knn_graph(prebuilt.index, prebuilt.vectors, k, chunk=chunk, rerank=prebuilt.rerank,
+                              progress=progress)
             return graph, _info(prebuilt.kind, prebuilt.recall, prebuilt.nprobe, prebuilt.rerank, "stored")
         recall = measure_recall(prebuilt.index, prebuilt.vectors, rows=prebuilt.rows, rerank=prebuilt.rerank)
         if recall >= min(RECALL_TARGET, prebuilt.recall):
             graph = knn_graph(prebuilt.index, prebuilt.vectors, k, chunk=chunk, rerank=prebuilt.rerank,
-                              rows=prebuilt.rows)
+                              rows=prebuilt.rows, progress=progress)
             return graph, {**_info(prebuilt.kind, recall, prebuilt.nprobe, prebuilt.rerank,
                                    "stored, searched among the analysed rows"), "index_rows": int(prebuilt.index.ntotal)}
         log.info("%s: the prebuilt index restricted to the %d analysed rows of its %d reaches recall@10 %.3f only; "
                  "building and tuning an index of those rows", name, len(prebuilt.rows), prebuilt.index.ntotal, recall)
     index = build_index(x, flat_max=0)
     tuning = tune_nprobe(index, x, target=RECALL_TARGET)
-    graph = knn_graph(index, x, k, chunk=chunk, rerank=tuning.rerank)
+    graph = knn_graph(index, x, k, chunk=chunk, rerank=tuning.rerank, progress=progress)
     return graph, _info(index_kind(index), tuning.recall, tuning.nprobe, tuning.rerank, "built")
 
 

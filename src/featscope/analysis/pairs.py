@@ -24,6 +24,7 @@ pair lists are sorted deterministically (score, then i, then j).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import faiss
@@ -35,6 +36,7 @@ from featscope.cache.index import normalize
 
 _DEFAULT_CHUNK = 4096
 _COMPARE_BUDGET = 1 << 24  # elements of one (pairs x N) comparison block when counting ranks
+Progress = Callable[[int, int], None]  # (rows done, rows in all) of the k-NN graphs a function builds
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,7 +79,7 @@ class Agreement:
 
 
 def closest_pairs(x: np.ndarray, n_pairs: int = 50, *, k: int = 10, chunk: int = _DEFAULT_CHUNK,
-                  index: PrebuiltIndex | None = None) -> PairList:
+                  index: PrebuiltIndex | None = None, progress: Progress | None = None) -> PairList:
     """The ``n_pairs`` most similar image pairs in one space (Fig. 3, left and right panels).
 
     Candidates are the pairs (i, j) with j among the ``k`` nearest neighbours of i (or i among j's);
@@ -86,11 +88,12 @@ def closest_pairs(x: np.ndarray, n_pairs: int = 50, *, k: int = 10, chunk: int =
     result exact (equal to an all-pairs search); a smaller ``k`` is faster and only misses pairs whose
     images both have ``k`` closer neighbours elsewhere. Scores are float64 cosines. ``index``: x's
     prebuilt index, searched instead of building one when x is too large for memory (module docstring).
+    ``progress(done, total)``: rows of the k-NN graph done so far.
     """
     xn = _Space(x, "x")
     _check_k(k, len(xn))
     _check_count(n_pairs, "n_pairs")
-    i, j, info = _knn_pairs(xn, k, chunk, index)
+    i, j, info = _knn_pairs(xn, k, chunk, index, progress)
     score = _pair_cosine(xn, i, j, chunk)
     order = np.lexsort((j, i, -score))[:n_pairs]
     return PairList(i[order], j[order], score[order], info=info)
@@ -98,7 +101,7 @@ def closest_pairs(x: np.ndarray, n_pairs: int = 50, *, k: int = 10, chunk: int =
 
 def close_in_a_distant_in_b_clusters(labels_a_large: np.ndarray, labels_b_small: np.ndarray, x_a: np.ndarray,
                                      n_pairs: int = 50, *, k: int = 10, chunk: int = _DEFAULT_CHUNK,
-                                     index_a: PrebuiltIndex | None = None) -> PairList:
+                                     index_a: PrebuiltIndex | None = None, progress: Progress | None = None) -> PairList:
     """Pairs close in space A but distant in space B by the study's cluster definition (appendix 6.1).
 
     *Close in A*: same cluster of A clustered with many clusters (``labels_a_large``, e.g. K > 1000).
@@ -106,7 +109,7 @@ def close_in_a_distant_in_b_clusters(labels_a_large: np.ndarray, labels_b_small:
     The caller clusters (e.g. ``clustering.kmeans_labels``); candidates are A's k-NN pairs (see
     :func:`closest_pairs` for what ``k`` bounds), ranked by cosine in A, most similar first.
     Extra columns: ``cluster_a`` (shared A cluster), ``cluster_b_i`` and ``cluster_b_j``. ``index_a``: A's
-    prebuilt index (module docstring).
+    prebuilt index (module docstring); ``progress``: as in :func:`closest_pairs`.
     """
     xn = _Space(x_a, "x_a")
     n = len(xn)
@@ -114,7 +117,7 @@ def close_in_a_distant_in_b_clusters(labels_a_large: np.ndarray, labels_b_small:
     lb = _labels(labels_b_small, "labels_b_small", n)
     _check_k(k, n)
     _check_count(n_pairs, "n_pairs")
-    i, j, info = _knn_pairs(xn, k, chunk, index_a)
+    i, j, info = _knn_pairs(xn, k, chunk, index_a, progress)
     keep = (la[i] == la[j]) & (lb[i] != lb[j])
     i, j = i[keep], j[keep]
     score = _pair_cosine(xn, i, j, chunk)
@@ -126,7 +129,7 @@ def close_in_a_distant_in_b_clusters(labels_a_large: np.ndarray, labels_b_small:
 def close_in_a_distant_in_b_ranks(x_a: np.ndarray, x_b: np.ndarray, n_pairs: int = 50, *, k: int = 10,
                                   chunk: int = _DEFAULT_CHUNK, rank_cap: int = 100,
                                   index_a: PrebuiltIndex | None = None,
-                                  index_b: PrebuiltIndex | None = None) -> PairList:
+                                  index_b: PrebuiltIndex | None = None, progress: Progress | None = None) -> PairList:
     """Pairs close in space A but distant in space B by neighbour rank (Fig. 3, middle panel).
 
     Candidates are A's k-NN pairs. For each, the exact rank of j in i's neighbour list in B is
@@ -141,18 +144,20 @@ def close_in_a_distant_in_b_ranks(x_a: np.ndarray, x_b: np.ndarray, n_pairs: int
     (IVF, tuned recall), so a rank below ``rank_cap`` is the neighbour's place in that list and every
     partner beyond it gets rank ``rank_cap``; pairs tied there are ordered by their B cosine, lowest first
     (``info["rank_cap"]`` says so; ``info["b"]`` how B's neighbours were found). ``index_a``, ``index_b``: the
-    spaces' prebuilt indexes (module docstring).
+    spaces' prebuilt indexes (module docstring). ``progress(done, total)``: rows of the k-NN graphs done so far
+    (A's, then B's when B is too large for memory).
     """
     xa, xb = _Space(x_a, "x_a"), _Space(x_b, "x_b")
     _check_same_n(xa, xb)
     _check_k(k, len(xa))
     _check_count(n_pairs, "n_pairs")
-    i, j, info = _knn_pairs(xa, k, chunk, index_a)
+    first, second = _stages(progress, len(xa), 2 if xb.big else 1)
+    i, j, info = _knn_pairs(xa, k, chunk, index_a, first)
     score = _pair_cosine(xa, i, j, chunk)
     score_b = _pair_cosine(xb, i, j, chunk)
     if xb.big:
         cap = min(int(rank_cap), len(xb) - 1)
-        nb, info_b = _knn(xb, cap, chunk=chunk, prebuilt=index_b)
+        nb, info_b = _knn(xb, cap, chunk=chunk, prebuilt=index_b, progress=second)
         rank_ij, rank_ji = _capped_rank(nb, i, j, cap), _capped_rank(nb, j, i, cap)
         info = {**info, "rank_cap": cap, "recall_b": info_b["recall"], "b": info_b}
     else:
@@ -173,19 +178,22 @@ def _capped_rank(nbrs: np.ndarray, i: np.ndarray, j: np.ndarray, cap: int) -> np
 
 def neighbourhood_agreement(x_a: np.ndarray, x_b: np.ndarray, k: int = 10, *, n_worst: int = 20,
                             chunk: int = _DEFAULT_CHUNK, index_a: PrebuiltIndex | None = None,
-                            index_b: PrebuiltIndex | None = None) -> Agreement:
+                            index_b: PrebuiltIndex | None = None, progress: Progress | None = None) -> Agreement:
     """Per-image overlap of the k nearest neighbours (self excluded) in spaces A and B.
 
     1 means image i has the same k neighbours in both spaces, 0 that they share none. ``worst`` holds
     the ``n_worst`` least-agreeing images (lowest overlap first, ties by index). ``info`` says how each
-    space's neighbours were found (``a``, ``b``); ``index_a``, ``index_b``: prebuilt indexes (module docstring).
+    space's neighbours were found (``a``, ``b``); ``index_a``, ``index_b``: prebuilt indexes (module docstring);
+    ``progress(done, total)``: rows of the two k-NN graphs done so far.
     """
     xa, xb = _Space(x_a, "x_a"), _Space(x_b, "x_b")
     _check_same_n(xa, xb)
     _check_k(k, len(xa))
     if n_worst < 0:
         raise ValueError(f"n_worst must be >= 0, got {n_worst}")
-    (na, info_a), (nb, info_b) = _knn(xa, k, chunk=chunk, prebuilt=index_a), _knn(xb, k, chunk=chunk, prebuilt=index_b)
+    first, second = _stages(progress, len(xa), 2)
+    na, info_a = _knn(xa, k, chunk=chunk, prebuilt=index_a, progress=first)
+    nb, info_b = _knn(xb, k, chunk=chunk, prebuilt=index_b, progress=second)
     # slots an IVF search left empty (-1) get distinct negative fillers, so they never count as shared
     na = np.where(na < 0, -1 - np.arange(k), na)
     nb = np.where(nb < 0, -1 - k - np.arange(k), nb)
@@ -220,20 +228,20 @@ class _Space:
         return out
 
 
-def _knn(xn: _Space, k: int, *, chunk: int = _DEFAULT_CHUNK,
-         prebuilt: PrebuiltIndex | None = None) -> tuple[np.ndarray, dict]:
+def _knn(xn: _Space, k: int, *, chunk: int = _DEFAULT_CHUNK, prebuilt: PrebuiltIndex | None = None,
+         progress: Progress | None = None) -> tuple[np.ndarray, dict]:
     """Positions (N, k) of each row's ``k`` most cosine-similar other rows, and how they were found.
 
     In memory: exact (``IndexFlatIP``), queried ``chunk`` rows at a time; a row's own position is removed
     (or, if duplicates pushed it out of the top k + 1, the last hit is dropped instead); ``prebuilt`` is not
     used (module docstring). Too large for memory: ``prebuilt``, or an IVF index built over the chunked rows
     with ``nprobe`` tuned to recall@10 >= 0.95 (:func:`featscope.analysis.knn.approximate_knn`; slots it could
-    not fill: -1).
+    not fill: -1). ``progress(done, total)`` after each chunk of rows.
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     if xn.big:
-        return approximate_knn(xn.data, k, prebuilt=prebuilt, name=xn.name)
+        return approximate_knn(xn.data, k, prebuilt=prebuilt, name=xn.name, progress=progress)
     n, d = xn.data.shape
     index = faiss.IndexFlatIP(d)
     index.add(xn.data)
@@ -244,19 +252,31 @@ def _knn(xn: _Space, k: int, *, chunk: int = _DEFAULT_CHUNK,
         drop = found == rows[:, None]
         drop[~drop.any(axis=1), -1] = True
         out[rows] = found[~drop].reshape(len(rows), k)
+        if progress is not None:
+            progress(int(rows[-1]) + 1, n)
     return out, {"exact": True, "recall": 1.0}
 
 
-def _knn_pairs(xn: _Space, k: int, chunk: int,
-               prebuilt: PrebuiltIndex | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+def _knn_pairs(xn: _Space, k: int, chunk: int, prebuilt: PrebuiltIndex | None = None,
+               progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Unique unordered k-NN pairs (i < j), as two int64 arrays sorted by (i, j), and how they were found."""
-    nbrs, info = _knn(xn, k, chunk=chunk, prebuilt=prebuilt)
+    nbrs, info = _knn(xn, k, chunk=chunk, prebuilt=prebuilt, progress=progress)
     rows = np.repeat(np.arange(len(xn), dtype=np.int64), k)
     cols = nbrs.reshape(-1)
     rows, cols = rows[cols >= 0], cols[cols >= 0]
     lo, hi = np.minimum(rows, cols), np.maximum(rows, cols)
     key = np.unique(lo * len(xn) + hi)
     return key // len(xn), key % len(xn), info
+
+
+def _stages(progress: Progress | None, n: int, graphs: int) -> tuple[Progress | None, Progress | None]:
+    """Callbacks for the first and second of the ``graphs`` (1 or 2) k-NN graphs of ``n`` rows a function builds
+    in turn, each reporting to ``progress`` as its part of the whole (``graphs * n`` rows); None where there is
+    no such graph or no ``progress``."""
+    if progress is None:
+        return None, None
+    calls = [lambda done, _total, g=g: progress(g * n + done, graphs * n) for g in range(graphs)]
+    return calls[0], (calls[1] if graphs > 1 else None)
 
 
 def _pair_cosine(xn: _Space, i: np.ndarray, j: np.ndarray, chunk: int) -> np.ndarray:

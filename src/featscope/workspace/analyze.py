@@ -59,6 +59,29 @@ def _stored_index(ctx: Context, d: _Loaded, i: int, on_message: Say | None) -> P
     return pre
 
 
+_SAY_ROWS = 100_000
+
+
+def _graph_progress(progress: Progress | None, on_message: Say | None, what: str, part: int = 0,
+                    parts: int = 1) -> Progress | None:
+    """A pair analysis's k-NN graph progress ``(rows done, rows in all)``, passed on to ``progress`` as part
+    ``part`` of ``parts`` equal parts (one per space searched) and, for a graph of ``_SAY_ROWS`` rows or more,
+    said at every tenth (``what``: which graph). A million-row graph takes minutes on a CPU, and a job (or the
+    CLI) shows how far it is; a small one takes a moment and says nothing."""
+    if progress is None and on_message is None:
+        return None
+    said = [0]
+
+    def report(done: int, total: int) -> None:
+        if progress is not None:
+            progress(part * total + done, parts * total)
+        tenth = 10 * done // max(total, 1)
+        if on_message is not None and total >= _SAY_ROWS and tenth > said[0]:
+            said[0] = tenth
+            on_message(f"{what}: {done:,} of {total:,} rows searched")
+    return report
+
+
 def _resolve_tap(ctx: Context, bb: BackboneRow, name: str) -> str:
     """Public tap name for ``name`` (a tap or a study alias such as conv5), loading the backbone only for aliases."""
     if name in bb.taps:
@@ -138,7 +161,7 @@ def _pairs_dict(pl, extra: Sequence[str] = ()) -> list[dict[str, Any]]:
 
 
 def closest(ctx: Context, set_ids: Sequence[int], *, n_pairs: int = 50, k: int = 10, force: bool = False, cached_only: bool = False,
-            on_message: Say | None = None) -> AnalysisResult:
+            on_message: Say | None = None, progress: Progress | None = None) -> AnalysisResult:
     """The ``n_pairs`` most similar image pairs in each embedding set (self-matches and duplicates removed)."""
     from featscope.analysis.pairs import closest_pairs
 
@@ -149,7 +172,9 @@ def closest(ctx: Context, set_ids: Sequence[int], *, n_pairs: int = 50, k: int =
     params = {"n_pairs": int(n_pairs), "k": int(k)}
 
     def compute(d: _Loaded):
-        found = [closest_pairs(x, n_pairs, k=k, index=_stored_index(ctx, d, i, on_message))
+        found = [closest_pairs(x, n_pairs, k=k, index=_stored_index(ctx, d, i, on_message),
+                               progress=_graph_progress(progress, on_message, f"neighbours in set {d.sets[i].id}",
+                                                        i, len(d.vectors)))
                  for i, x in enumerate(d.vectors)]
         spaces = [{"embedding_set": s.id, "pairs": _pairs_dict(pl), "knn": pl.info} for s, pl in zip(d.sets, found)]
         return {"spaces": spaces}, {}
@@ -159,7 +184,7 @@ def closest(ctx: Context, set_ids: Sequence[int], *, n_pairs: int = 50, k: int =
 
 def contrast(ctx: Context, a: int, b: int, *, definition: str = "ranks", n_pairs: int = 50, k: int = 10,
              k_large: int | None = None, k_small: int = 4, seed: int = 0, force: bool = False, cached_only: bool = False,
-             on_message: Say | None = None) -> AnalysisResult:
+             on_message: Say | None = None, progress: Progress | None = None) -> AnalysisResult:
     """Pairs close in A but distant in B, ranked.
 
     ``definition="ranks"``: by the partner's exact rank in B's neighbour lists. ``"clusters"``: the
@@ -185,18 +210,20 @@ def contrast(ctx: Context, a: int, b: int, *, definition: str = "ranks", n_pairs
         xa, xb = d.vectors
         if definition == "ranks":
             pl = close_in_a_distant_in_b_ranks(xa, xb, n_pairs, k=k, index_a=_stored_index(ctx, d, 0, on_message),
-                                               index_b=_stored_index(ctx, d, 1, on_message))
+                                               index_b=_stored_index(ctx, d, 1, on_message),
+                                               progress=_graph_progress(progress, on_message, "neighbours in A, then B"))
             return {"pairs": _pairs_dict(pl, ("score_b", "rank_b", "rank_b_ij", "rank_b_ji")), "knn": pl.info}, {}
         la = kmeans_labels(xa, k_large, seed=seed).labels
         lb = kmeans_labels(xb, int(k_small), seed=seed).labels
-        pl = close_in_a_distant_in_b_clusters(la, lb, xa, n_pairs, k=k, index_a=_stored_index(ctx, d, 0, on_message))
+        pl = close_in_a_distant_in_b_clusters(la, lb, xa, n_pairs, k=k, index_a=_stored_index(ctx, d, 0, on_message),
+                                              progress=_graph_progress(progress, on_message, "neighbours in A"))
         return {"pairs": _pairs_dict(pl, ("cluster_a", "cluster_b_i", "cluster_b_j")), "knn": pl.info}, {}
 
     return run(ctx, "contrast", [a, b], params, compute, force=force, cached_only=cached_only, on_message=on_message)
 
 
 def agreement(ctx: Context, a: int, b: int, *, k: int = 10, n_worst: int = 20, force: bool = False, cached_only: bool = False,
-              on_message: Say | None = None) -> AnalysisResult:
+              on_message: Say | None = None, progress: Progress | None = None) -> AnalysisResult:
     """Per-image overlap of the k nearest neighbours in A and in B; the least-agreeing images."""
     from featscope.analysis.pairs import neighbourhood_agreement
 
@@ -208,7 +235,8 @@ def agreement(ctx: Context, a: int, b: int, *, k: int = 10, n_worst: int = 20, f
     def compute(d: _Loaded):
         ag = neighbourhood_agreement(d.vectors[0], d.vectors[1], k, n_worst=n_worst,
                                      index_a=_stored_index(ctx, d, 0, on_message),
-                                     index_b=_stored_index(ctx, d, 1, on_message))
+                                     index_b=_stored_index(ctx, d, 1, on_message),
+                                     progress=_graph_progress(progress, on_message, "neighbours in A, then B"))
         return ({"k": ag.k, "mean": ag.mean, "knn": ag.info,
                  "worst": [{"row": int(r), "overlap": float(ag.per_image[r])} for r in ag.worst]},
                 {"per_image": ag.per_image})
