@@ -49,9 +49,9 @@ def occlusion_table(columns: list[tuple[Any, dict[str, Any]]], table_id: str) ->
         label = [html.Strong(name) if name in STUDY_LEVELS else name,
                  html.Span(f" {100 * first['low']:g}-{100 * first['high']:g}% hidden", className="fs-muted")]
         body.append(html.Tr([html.Td(label), *cells], className="fs-row-study" if name in STUDY_LEVELS else None))
-    body.append(html.Tr([html.Td("score threshold", className="fs-muted"),
-                         *[html.Td(f"{res.get('score', 0.5):.2f}", className="fs-num fs-muted")
-                           for _, res in columns]]))
+    foot = html.Tfoot(html.Tr([html.Td("score threshold", className="fs-muted"),
+                               *[html.Td(f"{res.get('score', 0.5):.2f}", className="fs-num fs-muted")
+                                 for _, res in columns]]))
     res0 = columns[0][1]
     note = html.Div(f"An object is missed when no box of its class scoring at least the run's score threshold "
                     f"overlaps it at IoU {res0.get('iou', 0.5):g} or more. The threshold is 0.5, or the run's N-th "
@@ -59,4 +59,4 @@ def occlusion_table(columns: list[tuple[Any, dict[str, Any]]], table_id: str) ->
                     f"trained detector scores everything lower and at 0.5 would miss every object. Bold rows: the "
                     f"levels the study reports (VOC07: 14.7% / 15.7% from IMAGENET-CLS, 10.1% / 10.8% from "
                     f"OPENIMAGES).", className="fs-muted fs-small")
-    return html.Div([html.Table([head, html.Tbody(body)], className="fs-table", id=table_id), note])
+    return html.Div([html.Table([head, html.Tbody(body), foot], className="fs-table", id=table_id), note])
