@@ -147,6 +147,8 @@ def test_images_at_each_runs_operating_score(scene):
     assert [s["label"] for s in shows][1:] == ["only B finds an occluded object (0)",
                                                "only A finds an occluded object (0)"]
     assert "at each run's operating score (A >= 0.2, B >= 0.5), only B finds an occluded object in 0" in status
+    options, _, _, status = detections.images(svc, a, b, "only-b", 0.5, "own", None, None, None, {})
+    assert options == [] and "at the runs' operating scores; show all images, or choose one threshold" in text_of(status)
     assert detections.slider_enabled("own") is True and detections.slider_enabled("one") is False
 
 

@@ -90,7 +90,7 @@ def _print_missed(m: dict) -> None:
     rows = [{"occlusion": b["name"], "range": f"{b['low']:g}-{b['high']:g}", "objects": b["objects"],
              "missed": b["missed"], "rate": b["rate"]} for b in m["bins"]]
     emit(rows, ["occlusion", "range", "objects", "missed", "rate"], False,
-         f"missed objects by occlusion (IoU >= {m['iou']:g}, score >= {m['score']:g})")
+         f"missed objects by occlusion (IoU >= {m['iou']:g}, score >= {m['score']:.2f})")
 
 
 def _print_segmentation(ev: dict) -> None:

@@ -191,9 +191,13 @@ def images(svc: Services, a, b, show, score, mode, _prev, _next, current, query)
              {"label": f"only B finds an occluded object ({len(c.only_b)})", "value": "only-b"},
              {"label": f"only A finds an occluded object ({len(c.only_a)})", "value": "only-a"}]
     if not chosen:
-        why = ("The two runs share no test image: choose two runs tested on the same data set."
-               if not c.relpaths else "No image of this kind at this score threshold; show all images, or move "
-                                      "the threshold.")
+        if not c.relpaths:
+            why = "The two runs share no test image: choose two runs tested on the same data set."
+        elif mode == ONE:
+            why = "No image of this kind at this score threshold; show all images, or move the threshold."
+        else:
+            why = ("No image of this kind at the runs' operating scores; show all images, or choose one threshold "
+                   "for both and move it.")
         return [], None, shows, html.Div(why, className="fs-muted")
     current = current if current in chosen else ((query or {}).get("image") if (query or {}).get("image") in chosen
                                                  else chosen[0])
