@@ -134,6 +134,17 @@ def test_table3_needs_fewer_misses_at_low_and_at_medium_occlusion():
     assert F.table3(None, det).verdict == F.NOT_MEASURED
     few = F.table3(cls, det, {"none": 90, "low": 12, "medium": 4})
     assert few.verdict == F.NOT_MEASURED and few.measured.startswith("too few test objects to compare: 4 at medium")
+    # the rule names the thresholds; the measurement the ones each detector was judged at
+    assert "IoU 0.5; score 0.5, or each detector's N-th best score when it has fewer than N boxes that high" in f.rule
+    weak = F.table3(cls, det, {"none": 9, "low": 10, "medium": 5, "high": 2}, {"cls": 0.1902, "det": 0.2429}, 186)
+    assert weak.measured.endswith("(of 10 / 5 objects); at score 0.19 (cls) / 0.24 (det), each one's N-th best, "
+                                  "N = 186 test objects")
+    assert weak.values["score"] == {"cls": 0.1902, "det": 0.2429} and weak.verdict == F.REPRODUCED
+    one = F.table3(cls, det, None, {"cls": 0.5, "det": 0.31})
+    assert one.measured.endswith("from det; at score 0.50 (cls) / 0.31 (det), det's N-th best, N = the test "
+                                 "set's objects")
+    assert F.table3(cls, det, None, {"cls": 0.5, "det": 0.5}).measured.endswith("from det; at score 0.50 (cls) / "
+                                                                                 "0.50 (det)")
 
 
 def test_fig8_counts_images_only_one_detector_gets_right():
@@ -143,6 +154,11 @@ def test_fig8_counts_images_only_one_detector_gets_right():
     assert F.fig8(2, 2, 40).verdict == F.NOT_REPRODUCED
     assert F.fig8(1, 3, 40).verdict == F.NOT_REPRODUCED
     assert F.fig8(None, None).verdict == F.NOT_MEASURED and F.fig8(None, None).link == "/detections"
+    assert "each detector's N-th best score" in f.rule and "IoU 0.5" in f.rule
+    weak = F.fig8(5, 2, 40, scores={"cls": 0.1902, "det": 0.2429}, n_objects=186)
+    assert weak.measured == ("of 40 test images, 5 with an occluded object only the detector from det finds, 2 with "
+                             "one only the detector from cls finds; at score 0.19 (cls) / 0.24 (det), each one's "
+                             "N-th best, N = 186 test objects")
 
 
 def test_table4_and_fig2():
@@ -165,14 +181,18 @@ def test_table4_and_fig2():
 def test_judge_reads_the_new_measurements():
     m = {"heldout": {"classes": ["star"], "cls": 0.3, "without": 0.4, "with": 0.5},
          "missed_by_occlusion": {"cls": {"low": 0.3, "medium": 0.4}, "det": {"low": 0.35, "medium": 0.3},
-                                 "objects": {"low": 8, "medium": 6}},
-         "fig8": {"only_det": 3, "only_cls": 1, "images": 8, "link": "/detections?a=5&b=6&show=only-b"},
+                                 "objects": {"low": 8, "medium": 6}, "score": {"cls": 0.2, "det": 0.5},
+                                 "n_objects": 30},
+         "fig8": {"only_det": 3, "only_cls": 1, "images": 8, "link": "/detections?a=5&b=6&show=only-b",
+                  "score": {"cls": 0.2, "det": 0.5}},
          "segmentation": {"cls": {"miou": 0.5, "trimap": {1: 0.5}, "anti_trimap": {1: 0.8, 4: 0.9}},
                           "det": {"miou": 0.4, "trimap": {1: 0.6}, "anti_trimap": {1: 0.85, 4: 0.95}}}}
     got = {f.key: f for f in F.judge(m)}
     assert got["table2"].verdict == got["fig8"].verdict == got["fig2"].verdict == F.REPRODUCED
     assert got["table3"].verdict == got["table4"].verdict == F.NOT_REPRODUCED
     assert got["fig8"].link == "/detections?a=5&b=6&show=only-b"
+    assert got["table3"].measured.endswith("at score 0.20 (cls) / 0.50 (det), cls's N-th best, N = 30 test objects")
+    assert got["fig8"].measured.endswith("at score 0.20 (cls) / 0.50 (det), cls's N-th best, N = 30 test objects")
     assert [f.key for f in F.judge(m)] == list(F.ORDER) and len(F.ORDER) == 16
 
 

@@ -128,6 +128,35 @@ def test_every_finding_is_measured_and_printed_as_computed(tiny_demo):
         assert f.measured in output
 
 
+def test_table3_and_fig8_judge_each_detector_at_its_operating_score(tiny_demo):
+    """The study page's Table 3 and Fig. 8 count each fine-tuned detector at its operating score, worked out here
+    from its kept boxes: 0.5 when N of them reach it (N = the test set's objects), else its N-th best."""
+    from featscope.config import Settings
+    from featscope.demo.study import measure
+    from featscope.training.detections import doc_arrays
+    from featscope.training.errors import missed_by_occlusion
+    from featscope.workspace import Workspace
+    from featscope.workspace.detection_errors import compare
+
+    _, data_dir, _ = tiny_demo
+    ws, manifest = Workspace(Settings(data_dir=data_dir)), read_manifest(data_dir)
+    m = measure(ws, manifest)
+    occ, fig8 = m["missed_by_occlusion"], m["fig8"]
+    docs, expected = {}, {}
+    for role in ("cls", "det"):
+        docs[role] = ws.run_detections(manifest["runs"][f"finetune-det-{role}"])
+        scores = sorted((p["score"] for im in docs[role]["images"] for p in im["pred"]), reverse=True)
+        n = sum(len(im["gt"]) for im in docs[role]["images"])
+        enough = not scores or sum(s >= 0.5 for s in scores) >= n
+        expected[role] = 0.5 if enough else min(0.5, scores[min(n, len(scores)) - 1])
+        assert occ["score"][role] == expected[role] and fig8["score"][role] == expected[role]
+        assert occ["n_objects"] == n
+        by_hand = missed_by_occlusion(*doc_arrays(docs[role]), score=expected[role])
+        assert occ[role] == {b["name"]: b["rate"] for b in by_hand["bins"]}
+    c = compare(docs["cls"], docs["det"], score=expected["cls"], score_b=expected["det"])
+    assert (fig8["only_cls"], fig8["only_det"], fig8["images"]) == (len(c.only_a), len(c.only_b), len(c.relpaths))
+
+
 def test_a_second_run_is_all_cache_hits(tiny_demo):
     base, data_dir, _ = tiny_demo
     env = {**os.environ, "FEATSCOPE_DATA_DIR": str(data_dir), "DEMO_SERVE": "0", "OMP_NUM_THREADS": "1",

@@ -38,8 +38,10 @@ def _run(ctx, run_dir: Path, *, name: str, task: str, dataset_id: int | None, in
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory, make_images):
-    """Three images of a data set, and two detection runs on them: A misses the occluded red object of image 0,
-    B finds it; B misses image 1's blue object (not occluded)."""
+    """Three images of a data set, and two detection runs on them: at 0.5, A misses the occluded red object of
+    image 0 (its box there scores 0.2), B finds it; B misses image 1's blue object (not occluded). A has 3 of its
+    4 boxes at 0.5 or more for 4 objects, so its operating score is its 4th best, 0.2 (B's stays 0.5): at those
+    scores both find the red object. The stored evaluations are those of an older rule (score 0.5)."""
     from featscope.server.settings import ServerSettings
     from featscope.workspace import Workspace
     from featscope.workspace.datasets import readable_images
@@ -117,28 +119,42 @@ def test_the_pair_defaults_to_the_url_then_the_demo_then_the_newest(scene):
 
 def test_images_all_and_the_fig8_picks(scene, monkeypatch):
     svc, a, b, rel, _ = scene
-    options, value, shows, status = detections.images(svc, a, b, "all", 0.5, None, None, None, {})
+    options, value, shows, status = detections.images(svc, a, b, "all", 0.5, "one", None, None, None, {})
     assert [o["value"] for o in options] == rel and value == rel[0]
     assert "only B finds an occluded one" in options[0]["label"] and "missed 1 (A) 0 (B)" in options[0]["label"]
     assert [s["label"] for s in shows] == ["all common test images (3)", "only B finds an occluded object (1)",
                                            "only A finds an occluded object (0)"]
     assert "Image 1 of 3" in status
-    options, value, _, _ = detections.images(svc, a, b, "only-b", 0.5, None, None, None, {})
+    options, value, _, _ = detections.images(svc, a, b, "only-b", 0.5, "one", None, None, None, {})
     assert [o["value"] for o in options] == [rel[0]] and value == rel[0]
     # at 0.15 A's low-scoring red box counts: nobody finds an occluded object the other misses
-    options, value, _, status = detections.images(svc, a, b, "only-b", 0.15, None, None, None, {})
+    options, value, _, status = detections.images(svc, a, b, "only-b", 0.15, "one", None, None, None, {})
     assert options == [] and value is None and "No image of this kind" in text_of(status)
     # the URL's image first; Next and Previous step through the list, wrapping around
-    assert detections.images(svc, a, b, "all", 0.5, None, None, None, {"image": rel[2]})[1] == rel[2]
+    assert detections.images(svc, a, b, "all", 0.5, "one", None, None, None, {"image": rel[2]})[1] == rel[2]
     monkeypatch.setattr(detections, "triggered_id", lambda: "det-next")
-    assert detections.images(svc, a, b, "all", 0.5, None, 1, rel[2], {})[1] == rel[0]
+    assert detections.images(svc, a, b, "all", 0.5, "one", None, 1, rel[2], {})[1] == rel[0]
     monkeypatch.setattr(detections, "triggered_id", lambda: "det-prev")
-    assert detections.images(svc, a, b, "all", 0.5, 1, 1, rel[0], {})[1] == rel[2]
+    assert detections.images(svc, a, b, "all", 0.5, "one", 1, 1, rel[0], {})[1] == rel[2]
+
+
+def test_images_at_each_runs_operating_score(scene):
+    """The page's default (and the study page's Fig. 8): A at 0.2 finds the occluded red object too."""
+    svc, a, b, rel, _ = scene
+    options, value, shows, status = detections.images(svc, a, b, "all", 0.5, "own", None, None, None, {})
+    assert [o["value"] for o in options] == rel and "missed 0 (A) 0 (B)" in options[0]["label"]
+    assert "missed 0 (A) 1 (B)" in options[1]["label"]
+    assert [s["label"] for s in shows][1:] == ["only B finds an occluded object (0)",
+                                               "only A finds an occluded object (0)"]
+    assert "at each run's operating score (A >= 0.2, B >= 0.5), only B finds an occluded object in 0" in status
+    options, _, _, status = detections.images(svc, a, b, "only-b", 0.5, "own", None, None, None, {})
+    assert options == [] and "at the runs' operating scores; show all images, or choose one threshold" in text_of(status)
+    assert detections.slider_enabled("own") is True and detections.slider_enabled("one") is False
 
 
 def test_draw_shows_each_detectors_boxes_and_what_it_misses(scene):
     svc, a, b, rel, _ = scene
-    fig_a, data_a, fig_b, data_b, sum_a, sum_b, name_a, name_b = detections.draw(svc, a, b, rel[0], 0.5)
+    fig_a, data_a, fig_b, data_b, sum_a, sum_b, name_a, name_b = detections.draw(svc, a, b, rel[0], 0.5, "one")
     shapes_a, shapes_b = fig_a["layout"]["shapes"], fig_b["layout"]["shapes"]
     # A: 2 objects + 1 box above 0.5 (its red box scores 0.2); B: 2 objects + 2 boxes
     assert len(shapes_a) == 3 and len(shapes_b) == 4
@@ -155,29 +171,37 @@ def test_draw_shows_each_detectors_boxes_and_what_it_misses(scene):
     assert "from cls-x" in name_a and "from det-x" in name_b
     assert [r["found"] for r in data_a["rows"] if r["kind"] == "ground truth"] == [False, True]
     assert len(data_b["rows"]) == 4
-    lower = detections.draw(svc, a, b, rel[0], 0.1)
+    lower = detections.draw(svc, a, b, rel[0], 0.1, "one")
     assert len(lower[0]["layout"]["shapes"]) == 4 and "missed 0 of 2" in lower[4]
+    # each at its operating score: A's red box at 0.2 is drawn and finds the occluded object; B as at 0.5
+    own = detections.draw(svc, a, b, rel[0], 0.9, "own")  # the slider's value plays no part
+    assert own[4] == "2 boxes at score >= 0.2; missed 0 of 2 objects" and own[5] == sum_b
+    assert own[1]["meta"]["score"] == 0.2 and own[3]["meta"]["score"] == 0.5
 
 
 def test_bad_choices_are_explained(scene):
     svc, a, b, rel, root = scene
     seg = _run(svc.ctx, root / "runs" / "seg", name="seg", task="finetune-seg", dataset_id=None, init="", result={},
                classes=[])
-    status = detections.images(svc, a, seg, "all", 0.5, None, None, None, {})[3]
+    status = detections.images(svc, a, seg, "all", 0.5, "one", None, None, None, {})[3]
     assert "is a finetune-seg run; choose a detection fine-tuning run" in text_of(status)
-    fig = detections.draw(svc, a, b, "nowhere.png", 0.5)[0]
+    fig = detections.draw(svc, a, b, "nowhere.png", 0.5, "one")[0]
     assert fig["data"] == [] and "no longer in the catalog" in fig["layout"]["annotations"][0]["text"]
-    assert detections.draw(svc, None, b, rel[0], 0.5)[1] is None
+    assert detections.draw(svc, None, b, rel[0], 0.5, "one")[1] is None
 
 
 def test_table3_of_the_pair(scene):
+    """Recounted from each run's detections.json at its operating score (A 0.2, B 0.5), not its stored rates."""
     svc, a, b, _, _ = scene
     table = detections.table3(svc, a, b)
     rows = find(table, lambda c: type(c).__name__ == "Tr")
     text = [text_of(r) for r in rows]
     assert text[0] == "Occlusion A · from cls-x B · from det-x"
-    assert text[3] == "medium 25-50% hidden 100.0% 1 of 1 0.0% 0 of 1"
+    assert text[1] == "none 0-1% hidden 0.0% 0 of 2 50.0% 1 of 2"
+    assert text[3] == "medium 25-50% hidden 0.0% 0 of 1 0.0% 0 of 1"
     assert text[2] == "low 1-25% hidden — 0 of 0 — 0 of 0"  # an empty bin has no rate
+    assert text[5] == "score threshold 0.20 0.50"
+    assert "or the run's N-th best box score when fewer than N of its boxes score 0.5" in text_of(table)
 
 
 def test_runs_page_table2_table3_and_fig2(scene):
@@ -191,7 +215,16 @@ def test_runs_page_table2_table3_and_fig2(scene):
     # det-x held out red; the fine-tuning from it beside the one from cls-x on the same data
     assert "never saw red" in text and "AP@0.7 on red AP@0.7 on the other classes AP@0.7, all" in text
     assert f"{a} · from cls-x 20.0% 60.0% 50.0% {b} · from det-x (without them) 90.0% 50.0% 70.0%" in text
-    assert "medium 25-50% hidden 100.0% 1 of 1 0.0% 0 of 1" in text_of(table3)
+    assert "medium 25-50% hidden 0.0% 0 of 1 0.0% 0 of 1" in text_of(table3)
+    # a run that kept no boxes shows its stored rates (and their score)
+    old = _run(svc.ctx, root / "runs" / "old", name="ft-old", task="finetune-det", dataset_id=None,
+               init="backbone cls-x (run:1)", classes=["blue", "red"],
+               result={"eval": {"missed_by_occlusion": _missed({"none": (1, 4), "low": (2, 2), "medium": (1, 1),
+                                                                "high": (0, 0)})}})
+    occlusion = text_of(runs.study_results(svc, None)[1])
+    assert f"{old} · from cls-x" in occlusion
+    assert "none 0-1% hidden 0.0% 0 of 2 50.0% 1 of 2 25.0% 1 of 4" in occlusion
+    assert "score threshold 0.20 0.50 0.50" in occlusion
     assert [t["name"] for t in fig2["data"]] == [f"{seg} · from cls-x · trimap", f"{seg} · from cls-x · anti-trimap"]
     assert fig2["data"][0]["x"] == [1, 2] and fig2["data"][0]["y"] == [0.5, 0.6]  # 4 px: no pixel, no point
     assert fig2["data"][0]["line"]["dash"] == "solid" and fig2["data"][1]["line"]["dash"] == "dash"
@@ -202,3 +235,15 @@ def test_runs_page_table2_table3_and_fig2(scene):
 
 def test_runs_page_table2_says_what_to_do_without_held_out_classes(tmp_path):
     assert "holdout_classes" in text_of(runs.heldout_tables([]))
+
+
+def test_the_score_mode_follows_the_url():
+    """Without ``score`` in the URL (the study page's Fig. 8 link) each run is shown at its operating score; a
+    ``score`` sets the one threshold for both."""
+    def controls(page):
+        by_id = {c.id: c for c in find(page, lambda c: getattr(c, "id", None) in ("det-mode", "det-score"))}
+        return by_id["det-mode"].value, by_id["det-score"].value, by_id["det-score"].disabled
+
+    assert controls(detections.layout(a="1", b="2", show="only-b")) == ("own", 0.5, True)
+    assert controls(detections.layout(score="0.3")) == ("one", 0.3, False)
+    assert controls(detections.layout(score="nonsense")) == ("own", 0.5, True)

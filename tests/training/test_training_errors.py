@@ -1,4 +1,5 @@
-"""missed_by_occlusion and its matching rule on hand-made images whose IoUs are worked out in the comments."""
+"""missed_by_occlusion and its matching rule on hand-made images whose IoUs are worked out in the comments, and the
+operating score the missed objects are counted at."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from featscope.training.errors import OCCLUSION_BINS, match_detections, missed_by_occlusion
+from featscope.training.errors import OCCLUSION_BINS, match_detections, missed_by_occlusion, operating_score
 
 CAT, DOG = 1, 2
 NAN = math.nan
@@ -118,3 +119,48 @@ def test_custom_bins():
     g1, p1 = _image_one()
     out = missed_by_occlusion([g1], [p1], bins=[("visible", 0, 0.2), ("occluded", 0.2, 1)])
     assert [(b["name"], b["objects"], b["missed"]) for b in out["bins"]] == [("visible", 2, 1), ("occluded", 2, 1)]
+
+
+def test_operating_score_is_the_ceiling_when_enough_boxes_reach_it():
+    assert operating_score([0.9, 0.5, 0.3], 2) == 0.5  # exactly N = 2 boxes at 0.5 or above
+    assert operating_score([0.9, 0.8, 0.7, 0.1], 2) == 0.5  # more than N
+    assert operating_score([0.9, 0.8], 5) == 0.5  # fewer than N boxes in all, every one above 0.5: never above it
+    assert operating_score([0.9, 0.6, 0.65], 2, ceiling=0.7) == 0.65  # the 2nd best under a ceiling of 0.7
+    assert operating_score([0.9, 0.7, 0.65], 2, ceiling=0.7) == 0.7
+
+
+def test_operating_score_is_the_nth_best_of_a_weak_detector():
+    assert operating_score([0.9, 0.4, 0.3, 0.2], 3) == pytest.approx(0.3)  # one box at 0.5: the 3rd best
+    assert operating_score([0.1, 0.4, 0.3], 2) == pytest.approx(0.3)  # order of the input does not matter
+    assert operating_score(np.array([0.4, 0.3]), 5) == pytest.approx(0.3)  # fewer than N: the lowest
+    # ties with the N-th best all count: at 0.3 four boxes are kept for N = 3
+    scores = [0.4, 0.3, 0.3, 0.3, 0.1]
+    at = operating_score(scores, 3)
+    assert at == pytest.approx(0.3) and sum(s >= at for s in scores) == 4
+    assert operating_score([], 3) == 0.5  # no box at all: it misses everything at any threshold
+    assert operating_score([0.2, 0.1], 0) == 0.5  # no object to find
+
+
+def test_operating_score_against_its_definition():
+    """The largest threshold (a box's score, or the ceiling) no higher than the ceiling that keeps at least
+    min(N, boxes) boxes, by brute force over every candidate."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        scores = np.round(rng.uniform(0, 1, rng.integers(0, 12)) ** rng.uniform(0.3, 3), 2)  # rounding: ties
+        n, ceiling = int(rng.integers(0, 15)), float(rng.choice([0.5, 0.3, 1.0]))
+        need = min(n, scores.size)
+        ok = [t for t in {*scores.tolist(), ceiling} if t <= ceiling and (scores >= t).sum() >= need]
+        assert operating_score(scores, n, ceiling) == max(ok), (scores, n, ceiling)
+
+
+def test_operating_score_bad_input():
+    with pytest.raises(ValueError, match="finite"):
+        operating_score([0.3, NAN], 2)
+    with pytest.raises(ValueError, match="one flat list"):
+        operating_score([[0.3, 0.2]], 2)
+    for bad in (-1, 2.5, True, None):
+        with pytest.raises(ValueError, match="whole number >= 0"):
+            operating_score([0.3], bad)
+    for bad in (0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"ceiling must lie in \(0, 1\]"):
+            operating_score([0.3], 1, ceiling=bad)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from featscope.workspace.detection_errors import OCCLUDED, compare, matches
+from featscope.workspace.detection_errors import OCCLUDED, DetectionPair, compare, matches, run_missed_by_occlusion
 
 
 def gt(label, box, occlusion=None):
@@ -63,6 +63,47 @@ def test_compare_finds_the_common_images_and_the_fig8_picks():
     assert high.only_a == high.only_b == [] and high.missed["1.png"] == ([0, 1, 2], [0, 1, 2])
     # an object counts as occluded from OCCLUDED up: 0.3 is not, with the bar at 0.5
     assert compare(doc_a, doc_b, score=0.5, occluded=0.5).only_a == []
+
+
+def test_compare_each_run_at_its_own_score():
+    """A weak A (every box at 0.3) against a confident B: at 0.5 for both A finds nothing, so every occluded
+    object B finds counts for B; at A's own operating score A is judged on what it does find."""
+    weak = {0: pred("star", [0, 0, 10, 10], 0.3), 1: pred("star", [50, 50, 60, 60], 0.3)}
+    strong = {0: pred("star", [0, 0, 10, 10], 0.9), 1: pred("star", [50, 50, 60, 60], 0.9)}
+    doc_a = {"images": [image("1.png", TRUTH, [weak[0], weak[1]]), image("2.png", TRUTH, [weak[0]])]}
+    doc_b = {"images": [image("1.png", TRUTH, [strong[0], strong[1]]), image("2.png", TRUTH, [strong[0], strong[1]])]}
+    same = compare(doc_a, doc_b, score=0.5)
+    assert same.only_b == ["1.png", "2.png"] and same.score == same.score_b == 0.5
+    own = compare(doc_a, doc_b, score=0.3, score_b=0.5)
+    assert own.only_b == ["2.png"] and own.only_a == [] and (own.score, own.score_b) == (0.3, 0.5)
+    assert own.missed == {"1.png": ([2], [2]), "2.png": ([1, 2], [2])}
+    # the pair's operating scores: 6 objects; A has 3 boxes (fewer than N: its lowest, 0.3), B 4 at 0.9 (< 6: 0.5)
+    pair = DetectionPair((None, None), (doc_a, doc_b), ({}, {}))
+    assert pair.operating_scores() == (0.3, 0.5)
+    assert pair.compare() == own
+    with pytest.raises(ValueError, match="score_b must lie in"):
+        compare(doc_a, doc_b, score=0.5, score_b=-0.1)
+
+
+def test_run_missed_by_occlusion_prefers_the_runs_boxes(tmp_path):
+    from types import SimpleNamespace
+
+    from featscope.training.detections import write_detections
+
+    stored = {"iou": 0.5, "score": 0.5, "bins": [{"name": "medium", "low": 0.25, "high": 0.5, "objects": 1,
+                                                  "missed": 1, "rate": 1.0}]}
+    run = SimpleNamespace(id=7, dir=str(tmp_path), result={"eval": {"missed_by_occlusion": stored}})
+    assert run_missed_by_occlusion(run) is stored  # no detections.json: the stored evaluation
+    # its boxes: 3 objects, one box at 0.3 on the occluded star; at that operating score it is found
+    write_detections(tmp_path, {"classes": ["cross", "star"], "score_floor": 0.05,
+                                "images": [image("1.png", TRUTH, [pred("star", [50, 50, 60, 60], 0.3)])]})
+    res = run_missed_by_occlusion(run)
+    assert res["score"] == 0.3 and res["n_objects"] == 3 and res["n_missed"] == 2
+    assert [(b["name"], b["objects"], b["missed"]) for b in res["bins"]] == [
+        ("none", 1, 1), ("low", 0, 0), ("medium", 1, 0), ("high", 0, 0)]
+    (tmp_path / "detections.json").write_text("{not json")  # a damaged file: the stored rates still stand
+    assert run_missed_by_occlusion(run) is stored
+    assert run_missed_by_occlusion(SimpleNamespace(id=8, dir="", result={})) is None
 
 
 def test_compare_checks_its_threshold():

@@ -193,6 +193,7 @@ def test_detection_finetuning_keeps_its_test_boxes_and_missed_objects(trained):
     from featscope.training.errors import missed_by_occlusion
     from featscope.workspace import NotFound
     from featscope.workspace.datasets import readable_images
+    from featscope.workspace.detection_errors import run_missed_by_occlusion
 
     ws, cls, det = trained
     test = _with_occlusion(ws)
@@ -211,7 +212,12 @@ def test_detection_finetuning_keeps_its_test_boxes_and_missed_objects(trained):
         assert [p["score"] for p in d["pred"]] == sorted((p["score"] for p in d["pred"]), reverse=True)
         n_objects += len(d["gt"])
     missed = run.result["eval"]["missed_by_occlusion"]
-    assert (missed["iou"], missed["score"], missed["n_objects"]) == (0.5, 0.5, n_objects)
+    assert (missed["iou"], missed["score_ceiling"], missed["n_objects"]) == (0.5, 0.5, n_objects)
+    # the operating score: 0.5 when N boxes reach it, else the N-th best box (the lowest when fewer than N)
+    scores = sorted((p["score"] for d in doc["images"] for p in d["pred"]), reverse=True)
+    expected = 0.5 if not scores or sum(s >= 0.5 for s in scores) >= n_objects else \
+        min(0.5, scores[min(n_objects, len(scores)) - 1])
+    assert missed["score"] == pytest.approx(expected, abs=1e-4)  # the file keeps scores to 4 decimals
     assert [b["name"] for b in missed["bins"]] == ["none", "low", "medium", "high"]
     assert [b["objects"] for b in missed["bins"]] == [
         sum(1 for d in doc["images"] for g in d["gt"] if g["occlusion"] == v) for v in (0.0, 0.1, 0.3, 0.6)]
@@ -225,8 +231,11 @@ def test_detection_finetuning_keeps_its_test_boxes_and_missed_objects(trained):
                    {"occlusion": np.array([x["occlusion"] for x in items], float)})}
 
     again = missed_by_occlusion([arrays(d["gt"], False) for d in doc["images"]],
-                                [arrays(d["pred"], True) for d in doc["images"]])
+                                [arrays(d["pred"], True) for d in doc["images"]], score=missed["score"])
     assert [b["missed"] for b in again["bins"]] == [b["missed"] for b in missed["bins"]]
+    recounted = run_missed_by_occlusion(run)  # what the dashboard and the study page show: from the file
+    assert [b["missed"] for b in recounted["bins"]] == [b["missed"] for b in missed["bins"]]
+    assert recounted["score"] == pytest.approx(missed["score"], abs=1e-4)
     with pytest.raises(NotFound, match="only detection fine-tuning runs keep their test-set boxes"):
         ws.run_detections(cls.id)
 
@@ -278,7 +287,12 @@ def test_runs_show_prints_segmentation_and_missed_objects(trained, monkeypatch):
     assert "IoU per class" in r.output and "trimap" in r.output and "anti-trimap" in r.output, r.output
     r = _cli(ws, monkeypatch, "runs", "show", str(det.id))
     assert r.exit_code == 0 and "missed objects by occlusion" in r.output, r.output  # the study sets carry occlusion
-    for b in det.result["eval"]["missed_by_occlusion"]["bins"]:
+    from featscope.workspace.detection_errors import run_missed_by_occlusion
+
+    shown = run_missed_by_occlusion(det)  # recounted from its detections.json, as the dashboard shows it
+    for b in shown["bins"]:
         assert f"{b['name']} " in r.output and f"{b['low']:g}-{b['high']:g}" in r.output
+    # the run's operating score, in the table's title (which the terminal's width may wrap)
+    assert f"(IoU >= 0.5, score >= {shown['score']:.2f})" in " ".join(r.output.split()), r.output
     r = _cli(ws, monkeypatch, "runs", "list")
     assert r.exit_code == 0 and "mIoU" in r.output

@@ -71,10 +71,18 @@ def runs_show(run_ref: str = typer.Argument(..., metavar="RUN", help="Run id or 
         out.print(f"  top-1 {ev['top1']:.4f} [95% CI {ev['ci_low']:.4f}, {ev['ci_high']:.4f}] on {ev['n']} images")
     if "ap" in ev:
         emit([{"IoU": t, "AP": v} for t, v in ev["ap"].items()], ["IoU", "AP"], False, "AP by IoU threshold")
-    if ev.get("missed_by_occlusion"):
-        _print_missed(ev["missed_by_occlusion"])
+    missed = _missed_by_occlusion(info)
+    if missed:
+        _print_missed(missed)
     if "miou" in ev:
         _print_segmentation(ev)
+
+
+def _missed_by_occlusion(info) -> dict | None:
+    """Table 3 of a detection run at its operating score (recomputed from its kept boxes when it has them)."""
+    from featscope.workspace.detection_errors import run_missed_by_occlusion
+
+    return run_missed_by_occlusion(info) if info.task == "finetune-det" else None
 
 
 def _print_missed(m: dict) -> None:
@@ -82,7 +90,7 @@ def _print_missed(m: dict) -> None:
     rows = [{"occlusion": b["name"], "range": f"{b['low']:g}-{b['high']:g}", "objects": b["objects"],
              "missed": b["missed"], "rate": b["rate"]} for b in m["bins"]]
     emit(rows, ["occlusion", "range", "objects", "missed", "rate"], False,
-         f"missed objects by occlusion (IoU >= {m['iou']:g}, score >= {m['score']:g})")
+         f"missed objects by occlusion (IoU >= {m['iou']:g}, score >= {m['score']:.2f})")
 
 
 def _print_segmentation(ev: dict) -> None:

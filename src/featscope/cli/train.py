@@ -115,9 +115,10 @@ def _print_run(info, as_json: bool) -> None:
         out.print(f"  top-1 {ev['top1']:.4f} [95% CI {ev['ci_low']:.4f}, {ev['ci_high']:.4f}] on {ev['n']} images")
     if "ap" in ev:
         out.print("  AP by IoU: " + "  ".join(f"{t}: {v:.3f}" for t, v in ev["ap"].items()))
-    if ev.get("missed_by_occlusion"):
-        out.print("  missed objects by occlusion: " + "  ".join(
-            f"{b['name']}: {b['rate']:.3f} ({b['missed']}/{b['objects']})" for b in ev["missed_by_occlusion"]["bins"]
+    missed = ev.get("missed_by_occlusion")
+    if missed:
+        out.print(f"  missed objects by occlusion (score >= {missed.get('score', 0.5):.2f}): " + "  ".join(
+            f"{b['name']}: {b['rate']:.3f} ({b['missed']}/{b['objects']})" for b in missed["bins"]
             if b["rate"] is not None))
     if "miou" in ev:
         out.print(f"  mIoU {ev['miou']:.4f}, pixel accuracy {ev['pixel_accuracy']:.4f} on {ev['n']} images")

@@ -32,7 +32,8 @@ def _cached(fn, *args, **kwargs):
         return None
 
 
-def _run_eval(ws: Workspace, manifest: dict[str, Any], key: str) -> dict[str, Any] | None:
+def _run_info(ws: Workspace, manifest: dict[str, Any], key: str):
+    """The manifest's run ``key`` (``RunInfo``) when it exists and is done, else None."""
     run_id = (manifest.get("runs") or {}).get(key)
     if run_id is None:
         return None
@@ -40,7 +41,12 @@ def _run_eval(ws: Workspace, manifest: dict[str, Any], key: str) -> dict[str, An
         run = ws.run(run_id)
     except NotFound:
         return None
-    return (run.result or {}).get("eval") if run.state == "done" else None
+    return run if run.state == "done" else None
+
+
+def _run_eval(ws: Workspace, manifest: dict[str, Any], key: str) -> dict[str, Any] | None:
+    run = _run_info(ws, manifest, key)
+    return (run.result or {}).get("eval") if run is not None else None
 
 
 def _finetune(ws: Workspace, manifest: dict[str, Any]) -> tuple[dict, dict]:
@@ -70,19 +76,27 @@ def _heldout(ws: Workspace, manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def _occlusion(ws: Workspace, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Table 3: each detection fine-tuning run's missed-object rate per occlusion bin (IoU 0.5, score 0.5)."""
+    """Table 3: each detection fine-tuning run's missed-object rate per occlusion bin, at IoU 0.5 and its
+    operating score (0.5, or its N-th best score when fewer than N of its boxes score 0.5, N = the test set's
+    objects), from its ``detections.json`` when it kept one, else its stored evaluation."""
+    from featscope.workspace.detection_errors import run_missed_by_occlusion
+
     out: dict[str, Any] = {}
     for role in ROLES:
-        missed = (_run_eval(ws, manifest, f"finetune-det-{role}") or {}).get("missed_by_occlusion")
+        run = _run_info(ws, manifest, f"finetune-det-{role}")
+        missed = run_missed_by_occlusion(run) if run is not None else None
         if missed:
             out[role] = {b["name"]: b["rate"] for b in missed["bins"]}
             out["objects"] = {b["name"]: b["objects"] for b in missed["bins"]}
+            out.setdefault("score", {})[role] = missed.get("score", 0.5)
+            out["n_objects"] = missed.get("n_objects")
     return out if all(r in out for r in ROLES) else {}
 
 
 def _fig8(ws: Workspace, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Fig. 8: test images where only one of the two fine-tuned detectors finds an occluded object."""
-    from featscope.workspace.detection_errors import compare, detection_pair
+    """Fig. 8: test images where only one of the two fine-tuned detectors finds an occluded object, each detector
+    at its own operating score (the one its Table 3 rates are counted at)."""
+    from featscope.workspace.detection_errors import detection_pair
 
     ids = [(manifest.get("runs") or {}).get(f"finetune-det-{r}") for r in ROLES]
     if None in ids:
@@ -92,8 +106,9 @@ def _fig8(ws: Workspace, manifest: dict[str, Any]) -> dict[str, Any]:
     except (NotFound, ValueError, OSError) as e:
         log.info("Fig. 8 not measured: %s", e)
         return {}
-    c = compare(*pair.docs, score=0.5)
+    c = pair.compare()
     return {"only_cls": len(c.only_a), "only_det": len(c.only_b), "images": len(c.relpaths),
+            "score": {"cls": c.score, "det": c.score_b},
             "link": f"/detections?{urlencode({'a': ids[0], 'b': ids[1], 'show': 'only-b'})}"}
 
 

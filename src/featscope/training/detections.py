@@ -1,7 +1,8 @@
 """A detection fine-tuning run's test-set boxes, kept for error analysis (``detections.json`` in the run dir).
 
 Public names: :data:`DETECTIONS`, :data:`SCORE_FLOOR`, :func:`detections_doc`, :func:`write_detections`,
-:func:`read_detections`, :func:`occlusion_analysis`.
+:func:`read_detections`, :func:`occlusion_analysis`, :func:`doc_arrays`, :func:`doc_operating_score`,
+:func:`doc_occlusion_analysis`, :func:`run_occlusion_analysis`.
 
 The file keeps, per test image, its ground truth (label, box, occlusion or null) and every prediction
 scoring at least :data:`SCORE_FLOOR` (torchvision's own ``box_score_thresh``), so the missed-object
@@ -28,7 +29,9 @@ from featscope.cache.store import atomic_write_bytes
 
 DETECTIONS = "detections.json"
 SCORE_FLOOR = 0.05
-MISSED_IOU, MISSED_SCORE = 0.5, 0.5  # the thresholds of the run's missed-object rates
+# The thresholds of the run's missed-object rates: IoU 0.5, and score 0.5 unless the detector has fewer than
+# N boxes scoring that high (N = the test set's objects), then its N-th best score (errors.operating_score).
+MISSED_IOU, MISSED_SCORE = 0.5, 0.5
 
 
 def _box(b: Sequence[float]) -> list[float]:
@@ -89,13 +92,75 @@ def _read(path: str, _size: int, _mtime_ns: int) -> dict[str, Any]:
 
 def occlusion_analysis(ground_truth: Sequence[dict[str, Any]], predictions: Sequence[dict[str, Any]]
                        ) -> dict[str, Any] | None:
-    """Missed objects per occlusion bin (:func:`featscope.training.errors.missed_by_occlusion` at IoU 0.5,
-    score 0.5) without the per-image lists, or None when no ground-truth object has a known occlusion."""
+    """Missed objects per occlusion bin without the per-image lists, or None when no ground-truth object has a
+    known occlusion: :func:`featscope.training.errors.missed_by_occlusion` at IoU 0.5 and the detector's
+    :func:`~featscope.training.errors.operating_score` (0.5, or its N-th best score when it has fewer than N
+    boxes scoring 0.5, N = the test set's objects), counted over the predictions scoring at least
+    :data:`SCORE_FLOOR` (the ones ``detections.json`` keeps, so a run's stored rates and those recomputed from
+    its file agree). The result's ``score`` is the threshold used, ``score_ceiling`` the 0.5 it starts from."""
     from featscope.training.errors import missed_by_occlusion
 
     known = any(np.isfinite(np.asarray(g.get("occlusion", []), dtype=np.float64)).any() for g in ground_truth)
     if not known:
         return None
     gts = [{"boxes": g["boxes"], "labels": g["labels"], "occlusion": g["occlusion"]} for g in ground_truth]
-    res = missed_by_occlusion(gts, predictions, iou=MISSED_IOU, score=MISSED_SCORE)
-    return {k: v for k, v in res.items() if k != "missed"}
+    scores = np.concatenate([np.asarray(p["scores"], dtype=np.float64).reshape(-1) for p in predictions]
+                            ) if predictions else np.zeros(0)
+    n_objects = sum(len(np.asarray(g["labels"]).reshape(-1)) for g in ground_truth)
+    score = _operating(scores, n_objects)
+    res = missed_by_occlusion(gts, predictions, iou=MISSED_IOU, score=score)
+    return {**{k: v for k, v in res.items() if k != "missed"}, "score_ceiling": MISSED_SCORE}
+
+
+def doc_arrays(doc: dict[str, Any]) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+    """(ground truth, predictions) per image of a detections document, as :func:`occlusion_analysis` takes them
+    (labels are the class names; a null occlusion is NaN)."""
+    gts, preds = [], []
+    for im in doc.get("images") or []:
+        gt, pred = im.get("gt") or [], im.get("pred") or []
+        gts.append({"boxes": np.array([g["box"] for g in gt], dtype=np.float64).reshape(-1, 4),
+                    "labels": np.array([g["label"] for g in gt], dtype=object),
+                    "occlusion": np.array([np.nan if g.get("occlusion") is None else g["occlusion"] for g in gt],
+                                          dtype=np.float64)})
+        preds.append({"boxes": np.array([p["box"] for p in pred], dtype=np.float64).reshape(-1, 4),
+                      "labels": np.array([p["label"] for p in pred], dtype=object),
+                      "scores": np.array([p["score"] for p in pred], dtype=np.float64)})
+    return gts, preds
+
+
+def doc_operating_score(doc: dict[str, Any]) -> float:
+    """The score threshold a detections document's detector is judged at (see :func:`occlusion_analysis`): 0.5,
+    or its N-th best score when fewer than N of its boxes score 0.5 (N = the document's ground-truth objects)."""
+    images = doc.get("images") or []
+    scores = np.array([p["score"] for im in images for p in im.get("pred") or []], dtype=np.float64)
+    return _operating(scores, sum(len(im.get("gt") or []) for im in images))
+
+
+def _operating(scores: np.ndarray, n_objects: int) -> float:
+    """The operating score over the boxes scoring at least :data:`SCORE_FLOOR` (those a detections document keeps)."""
+    from featscope.training.errors import operating_score
+
+    return operating_score(scores[scores >= SCORE_FLOOR], n_objects, MISSED_SCORE)
+
+
+def doc_occlusion_analysis(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """:func:`occlusion_analysis` of a run's detections document: runs recorded before the operating-score rule
+    get it without running the network again."""
+    return occlusion_analysis(*doc_arrays(doc))
+
+
+def run_occlusion_analysis(run_dir: Path) -> dict[str, Any] | None:
+    """:func:`doc_occlusion_analysis` of the run's ``detections.json``, None when it has none (or no object of
+    known occlusion); shared: do not modify it. Memoised by the file's size and modification time, as
+    :func:`read_detections` is: the dashboard's run table asks on every poll."""
+    path = Path(run_dir) / DETECTIONS
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return _analysis(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _analysis(path: str, size: int, mtime_ns: int) -> dict[str, Any] | None:
+    return doc_occlusion_analysis(_read(path, size, mtime_ns))

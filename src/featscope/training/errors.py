@@ -1,6 +1,7 @@
 """Detection error analysis: which ground-truth objects a detector misses, binned by how occluded they are.
 
-Public names: :data:`OCCLUSION_BINS`, :func:`match_detections`, :func:`missed_by_occlusion`.
+Public names: :data:`OCCLUSION_BINS`, :func:`match_detections`, :func:`missed_by_occlusion`,
+:func:`operating_score`.
 
 The study (its Table 3 and Fig. 8) compares detectors fine-tuned from a classification- and a
 detection-pretrained backbone by the share of objects they miss at each occlusion level, following Hoiem
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["OCCLUSION_BINS", "match_detections", "missed_by_occlusion"]
+__all__ = ["OCCLUSION_BINS", "match_detections", "missed_by_occlusion", "operating_score"]
 
 # (name, low, high): an object falls in the bin with low <= occlusion < high; the last bin also takes
 # occlusion == high. The levels follow the spirit of Hoiem et al.'s none / low / medium / high occlusion
@@ -66,6 +67,38 @@ def match_detections(gt_boxes: np.ndarray, gt_labels: np.ndarray, boxes: np.ndar
         if overlaps[best] >= iou and matched[same[best]] < 0:
             matched[same[best]] = p
     return matched
+
+
+def operating_score(scores: Sequence[float] | np.ndarray, n_objects: int, ceiling: float = 0.5) -> float:
+    """The score threshold at which a detector's misses are counted: ``ceiling`` when at least ``n_objects``
+    of its detections score ``>= ceiling``, otherwise the score of its ``n_objects``-th best detection (its
+    lowest when it has fewer); never above ``ceiling``.
+
+    ``scores``: every detection of the detector over the whole test set, all classes; ``n_objects``: the
+    test set's number of ground-truth objects (N). Why: 0.5 is the usual operating point, but a weakly
+    trained detector (a short CPU fine-tuning) scores everything below it and at 0.5 would miss every
+    object whatever backbone it started from, so the comparison would say nothing. At its N-th best score a
+    detector claims as many objects as there are, which puts two detectors of different confidence on an
+    equal footing (Hoiem et al.'s error analysis likewise looks at each detector's top-N detections). The
+    detections tied with the N-th best one all count (a threshold keeps every box scoring at least it), so
+    a few more than N may be kept. A detector without any detection gets ``ceiling``: it misses everything
+    at any threshold.
+    """
+    arr = np.asarray(scores, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"scores must be one flat list of detection scores, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("scores must be finite numbers; drop or fix the NaN / infinite detection scores")
+    if isinstance(n_objects, bool) or not isinstance(n_objects, (int, np.integer)) or n_objects < 0:
+        raise ValueError(f"n_objects must be a whole number >= 0 (the test set's ground-truth objects), "
+                         f"got {n_objects!r}")
+    if not (0 < ceiling <= 1):
+        raise ValueError(f"ceiling must lie in (0, 1], got {ceiling}")
+    n = int(n_objects)
+    if n == 0 or arr.size == 0 or int((arr >= ceiling).sum()) >= n:
+        return float(ceiling)
+    ranked = np.sort(arr)[::-1]
+    return float(min(ceiling, ranked[min(n, ranked.size) - 1]))
 
 
 def missed_by_occlusion(ground_truth: Sequence[dict[str, Any]], predictions: Sequence[dict[str, Any]], *,

@@ -142,7 +142,9 @@ class DetectionTask:
 
     def score(self, gts: list[dict[str, np.ndarray]], preds: list[dict[str, np.ndarray]]) -> dict[str, Any]:
         """AP at IoU 0.1..0.9 (pycocotools); ``map_50`` is AP at IoU 0.5; ``missed_by_occlusion`` (objects
-        missed at IoU 0.5, score 0.5, per occlusion bin) when the ground truth says how occluded objects are."""
+        missed at IoU 0.5 and the detector's operating score, per occlusion bin: see
+        :func:`~featscope.training.detections.occlusion_analysis`) when the ground truth says how occluded
+        objects are."""
         res = ev.detection_ap(gts, preds, len(self.classes))
         res["per_class"] = {self.classes[k - 1]: v for k, v in res["per_class"].items()}
         res["map_50"] = res["ap"]["0.5"]

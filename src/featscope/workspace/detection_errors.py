@@ -1,7 +1,7 @@
 """Two detection fine-tuning runs' boxes on their common test images, and where one finds what the other misses.
 
 Public names: :data:`OCCLUDED`, :class:`Comparison`, :class:`DetectionPair`, :func:`matches`, :func:`compare`,
-:func:`detection_runs`, :func:`detection_pair`.
+:func:`detection_runs`, :func:`detection_pair`, :func:`run_missed_by_occlusion`.
 
 The study's Fig. 8 shows the boxes of the detectors fine-tuned from a classification- and from a
 detection-pretrained backbone side by side on the same test images, chosen where the detection-pretrained one
@@ -10,11 +10,15 @@ finds an occluded object that the other misses. A run keeps its test-set boxes (
 higher score threshold is applied here without running a network: an object is *found* at a threshold when a
 prediction of its class scoring at least that much matches it at IoU >= 0.5, matched as in
 :func:`featscope.training.errors.match_detections` (greedy by score, as the run's missed-object rates are).
-The dashboard's ``/detections`` page and the study page's Fig. 8 count both read these functions.
+The dashboard's ``/detections`` page and the study page's Fig. 8 count both read these functions. The study
+page compares each detector at its own operating score (:func:`featscope.training.detections.doc_operating_score`:
+0.5, or its N-th best score when fewer than N of its boxes score 0.5, N = the test set's objects), the score its
+missed-object rates (Table 3) are counted at.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +27,9 @@ import numpy as np
 from featscope.training.errors import OCCLUSION_BINS, match_detections
 from featscope.workspace.context import Context, NotFound
 
-__all__ = ["OCCLUDED", "Comparison", "DetectionPair", "matches", "compare", "detection_runs", "detection_pair"]
+log = logging.getLogger(__name__)
+__all__ = ["OCCLUDED", "Comparison", "DetectionPair", "matches", "compare", "detection_runs", "detection_pair",
+           "run_missed_by_occlusion"]
 
 # An object counts as occluded from the lower edge of the "low" occlusion bin up (1% of its area hidden).
 OCCLUDED: float = next(low for name, low, _ in OCCLUSION_BINS if name == "low")
@@ -53,7 +59,8 @@ class Comparison:
     """Two runs' outcomes on the test images they share (same file, same ground truth).
 
     ``missed[relpath]``: (ground-truth indices run A misses, those run B misses); ``only_a``: images where A
-    finds an occluded object that B misses (``only_b`` the converse), in A's order."""
+    finds an occluded object that B misses (``only_b`` the converse), in A's order. ``score`` is A's score
+    threshold, ``score_b`` B's."""
 
     score: float
     iou: float
@@ -62,23 +69,32 @@ class Comparison:
     missed: dict[str, tuple[list[int], list[int]]]
     only_a: list[str]
     only_b: list[str]
+    score_b: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.score_b is None:
+            object.__setattr__(self, "score_b", self.score)
 
 
 def compare(doc_a: dict[str, Any], doc_b: dict[str, Any], *, score: float = 0.5, iou: float = MATCH_IOU,
-            occluded: float = OCCLUDED) -> Comparison:
-    """Which objects each run misses at ``score`` on the images both documents hold, and Fig. 8's picks.
+            occluded: float = OCCLUDED, score_b: float | None = None) -> Comparison:
+    """Which objects each run misses on the images both documents hold, and Fig. 8's picks: run A's boxes at
+    ``score``, run B's at ``score_b`` (default: ``score``), so each detector can be judged at its own operating
+    score.
 
     An image is common when both documents have its ``relpath`` with the same ground truth (labels and boxes);
     objects of unknown occlusion never count as occluded."""
-    if not 0 <= score <= 1:
-        raise ValueError(f"score must lie in [0, 1], got {score}")
+    score_b = score if score_b is None else score_b
+    for name, value in (("score", score), ("score_b", score_b)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"{name} must lie in [0, 1], got {value}")
     b_images = {im["relpath"]: im for im in doc_b.get("images") or []}
     relpaths, missed, only_a, only_b = [], {}, [], []
     for im in doc_a.get("images") or []:
         other = b_images.get(im["relpath"])
         if other is None or _truth(other) != _truth(im):
             continue
-        ma, mb = matches(im, score=score, iou=iou), matches(other, score=score, iou=iou)
+        ma, mb = matches(im, score=score, iou=iou), matches(other, score=score_b, iou=iou)
         relpaths.append(im["relpath"])
         missed[im["relpath"]] = ([k for k, p in enumerate(ma) if p < 0], [k for k, p in enumerate(mb) if p < 0])
         hidden = [k for k, g in enumerate(im["gt"]) if g.get("occlusion") is not None and g["occlusion"] >= occluded]
@@ -86,7 +102,7 @@ def compare(doc_a: dict[str, Any], doc_b: dict[str, Any], *, score: float = 0.5,
             only_a.append(im["relpath"])
         if any(mb[k] >= 0 and ma[k] < 0 for k in hidden):
             only_b.append(im["relpath"])
-    return Comparison(float(score), float(iou), float(occluded), relpaths, missed, only_a, only_b)
+    return Comparison(float(score), float(iou), float(occluded), relpaths, missed, only_a, only_b, float(score_b))
 
 
 @dataclass(frozen=True)
@@ -97,6 +113,18 @@ class DetectionPair:
     runs: tuple[Any, Any]  # RunInfo
     docs: tuple[dict[str, Any], dict[str, Any]]
     image_ids: tuple[dict[str, int], dict[str, int]]
+
+    def operating_scores(self) -> tuple[float, float]:
+        """Each run's operating score (the threshold of its missed-object rates; see
+        :func:`featscope.training.detections.doc_operating_score`)."""
+        from featscope.training.detections import doc_operating_score
+
+        return doc_operating_score(self.docs[0]), doc_operating_score(self.docs[1])
+
+    def compare(self, **kwargs: Any) -> Comparison:
+        """:func:`compare` of the two runs, each at its own operating score (the study page's Fig. 8)."""
+        a, b = self.operating_scores()
+        return compare(*self.docs, score=a, score_b=b, **kwargs)
 
 
 def detection_runs(ctx: Context) -> list:
@@ -131,3 +159,23 @@ def detection_pair(ctx: Context, run_a: int | str, run_b: int | str) -> Detectio
     docs = (run_detections(ctx, runs[0].id), run_detections(ctx, runs[1].id))
     return DetectionPair(runs, docs, (_image_ids(ctx, runs[0]), _image_ids(ctx, runs[1])))
 
+
+
+def run_missed_by_occlusion(run) -> dict[str, Any] | None:
+    """A detection fine-tuning run's missed-object rates per occlusion bin (Table 3; ``RunInfo`` ``run``):
+    recomputed from its ``detections.json`` when it has one, so runs recorded before the operating-score rule
+    follow it too, else the rates stored in its evaluation (``result["eval"]["missed_by_occlusion"]``); None
+    when it has neither. Shared: do not modify the result."""
+    from pathlib import Path
+
+    from featscope.training.detections import run_occlusion_analysis
+
+    if getattr(run, "dir", None):
+        try:
+            res = run_occlusion_analysis(Path(run.dir))
+        except (OSError, ValueError, KeyError, TypeError) as e:  # a damaged file: the stored rates still stand
+            log.warning("run %s: cannot read its detections (%s); showing its stored missed-object rates", run.id, e)
+            res = None
+        if res is not None:
+            return res
+    return ((run.result or {}).get("eval") or {}).get("missed_by_occlusion") or None

@@ -19,8 +19,14 @@ def init_name(run) -> str:
 
 
 def missed_by_occlusion(run) -> dict[str, Any] | None:
-    """The run's missed-object rates per occlusion bin (``result["eval"]["missed_by_occlusion"]``), if it has them."""
-    return ((run.result or {}).get("eval") or {}).get("missed_by_occlusion") or None
+    """The run's missed-object rates per occlusion bin, if it has them: from its ``detections.json`` at its
+    operating score when it kept one, else its stored evaluation (see
+    :func:`featscope.workspace.detection_errors.run_missed_by_occlusion`)."""
+    from featscope.workspace.detection_errors import run_missed_by_occlusion
+
+    if run.task != "finetune-det":
+        return None
+    return run_missed_by_occlusion(run)
 
 
 def occlusion_table(columns: list[tuple[Any, dict[str, Any]]], table_id: str) -> Any:
@@ -43,9 +49,14 @@ def occlusion_table(columns: list[tuple[Any, dict[str, Any]]], table_id: str) ->
         label = [html.Strong(name) if name in STUDY_LEVELS else name,
                  html.Span(f" {100 * first['low']:g}-{100 * first['high']:g}% hidden", className="fs-muted")]
         body.append(html.Tr([html.Td(label), *cells], className="fs-row-study" if name in STUDY_LEVELS else None))
+    foot = html.Tfoot(html.Tr([html.Td("score threshold", className="fs-muted"),
+                               *[html.Td(f"{res.get('score', 0.5):.2f}", className="fs-num fs-muted")
+                                 for _, res in columns]]))
     res0 = columns[0][1]
-    note = html.Div(f"An object is missed when no box of its class scoring at least {res0.get('score', 0.5):g} "
-                    f"overlaps it at IoU {res0.get('iou', 0.5):g} or more. Bold rows: the levels the study reports "
-                    f"(VOC07: 14.7% / 15.7% from IMAGENET-CLS, 10.1% / 10.8% from OPENIMAGES).",
-                    className="fs-muted fs-small")
-    return html.Div([html.Table([head, html.Tbody(body)], className="fs-table", id=table_id), note])
+    note = html.Div(f"An object is missed when no box of its class scoring at least the run's score threshold "
+                    f"overlaps it at IoU {res0.get('iou', 0.5):g} or more. The threshold is 0.5, or the run's N-th "
+                    f"best box score when fewer than N of its boxes score 0.5 (N = its test set's objects): a weakly "
+                    f"trained detector scores everything lower and at 0.5 would miss every object. Bold rows: the "
+                    f"levels the study reports (VOC07: 14.7% / 15.7% from IMAGENET-CLS, 10.1% / 10.8% from "
+                    f"OPENIMAGES).", className="fs-muted fs-small")
+    return html.Div([html.Table([head, html.Tbody(body), foot], className="fs-table", id=table_id), note])

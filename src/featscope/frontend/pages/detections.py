@@ -3,7 +3,10 @@ test image, the objects each misses (with how occluded they are), and missed-obj
 
 The page reads what the runs kept (``detections.json``: every box scoring at least 0.05, the ground truth with
 its occlusion) through :mod:`featscope.workspace.detection_errors`; the score threshold only filters and
-re-matches those boxes, no network runs. ``?a=RUN&b=RUN&image=RELPATH&show=only-b`` opens a given view.
+re-matches those boxes, no network runs. By default each run is shown at its own operating score (0.5, or its
+N-th best box score when fewer than N of its boxes score 0.5, N = the test set's objects), as the study page
+counts Fig. 8 and Table 3; the slider sets one threshold for both instead.
+``?a=RUN&b=RUN&image=RELPATH&show=only-b&score=0.5`` opens a given view (a ``score`` sets the one threshold).
 """
 
 from __future__ import annotations
@@ -25,14 +28,15 @@ PAGE = {"path": "/detections", "name": "Detections", "title": "featscope · dete
 MISSED = "#d62728"
 TRUTH = "#1f2430"
 SHOW = ("all", "only-b", "only-a")
+OWN, ONE = "own", "one"  # score modes: each run's operating score, or the slider's one threshold for both
 
 
 def layout(a: str | None = None, b: str | None = None, image: str | None = None, show: str | None = None,
            score: str | None = None, **_query: Any) -> html.Div:
     try:
-        first_score = min(0.95, max(0.05, float(score))) if score else 0.5
+        first_score = min(0.95, max(0.05, float(score))) if score else None
     except ValueError:
-        first_score = 0.5
+        first_score = None
     query = {"a": int(a) if a and a.isdigit() else None, "b": int(b) if b and b.isdigit() else None,
              "image": image or None}
     return html.Div([
@@ -49,10 +53,16 @@ def layout(a: str | None = None, b: str | None = None, image: str | None = None,
                 html.Div([html.Label([badge("B"), " detector"], className="fs-label"),
                           dcc.Dropdown(id="det-run-b", clearable=False, style={"minWidth": "330px"})]),
                 html.Div([html.Label("Score threshold", className="fs-label"),
-                          dcc.Slider(id="det-score", min=0.05, max=0.95, step=0.05, value=first_score,
+                          dcc.RadioItems(id="det-mode", value=OWN if first_score is None else ONE, inline=True,
+                                         className="fs-radio",
+                                         options=[{"label": "each run's operating score (as the study page)",
+                                                   "value": OWN},
+                                                  {"label": "one for both:", "value": ONE}]),
+                          dcc.Slider(id="det-score", min=0.05, max=0.95, step=0.05, value=first_score or 0.5,
+                                     disabled=first_score is None,
                                      marks={v: f"{v:g}" for v in (0.05, 0.25, 0.5, 0.75, 0.95)},
                                      tooltip={"placement": "bottom"}, className="fs-slider")],
-                         style={"width": "300px"}),
+                         style={"width": "360px"}),
             ]),
             html.Div(className="fs-controls", children=[
                 html.Div([html.Label("Images", className="fs-label"),
@@ -74,7 +84,10 @@ def layout(a: str | None = None, b: str | None = None, image: str | None = None,
             ]),
             legend(),
             card("Missed objects by occlusion (Table 3)", html.Div(id="det-table3", className="fs-table-wrap"),
-                 caption="Each run's own count on its whole test set, at the run's thresholds (IoU 0.5, score 0.5)."),
+                 caption="Each run's own count on its whole test set, at IoU 0.5 and the run's operating score: 0.5, "
+                         "or its N-th best box score when fewer than N of its boxes score 0.5 (N = the test set's "
+                         "objects), so a weakly trained detector is not judged where it finds nothing. The study "
+                         "page counts Table 3 and Fig. 8 at these scores (the first score setting above)."),
         ]),
     ])
 
@@ -131,6 +144,19 @@ def runs(svc: Services, query: dict | None):
     return options, a, options, b, None, {}
 
 
+@callback(Output("det-score", "disabled"), Input("det-mode", "value"), services=False)
+def slider_enabled(mode: str | None) -> bool:
+    """The slider sets the threshold only in the "one for both" mode."""
+    return mode != ONE
+
+
+def _scores(pair, mode: str | None, score: float | None) -> tuple[float, float]:
+    """Run A's and run B's score threshold: each one's operating score, or the slider's for both."""
+    if mode == ONE:
+        return float(score or 0.5), float(score or 0.5)
+    return pair.operating_scores()
+
+
 def _image_label(image: dict, missed: tuple[list[int], list[int]], only: str | None) -> str:
     occluded = sum(1 for g in image["gt"] if (g.get("occlusion") or 0) >= OCCLUDED)
     tail = f" · only {only} finds an occluded one" if only else ""
@@ -140,9 +166,10 @@ def _image_label(image: dict, missed: tuple[list[int], list[int]], only: str | N
 
 @callback(Output("det-image", "options"), Output("det-image", "value"), Output("det-show", "options"),
           Output("det-status", "children"), Input("det-run-a", "value"), Input("det-run-b", "value"),
-          Input("det-show", "value"), Input("det-score", "value"), Input("det-prev", "n_clicks"),
-          Input("det-next", "n_clicks"), State("det-image", "value"), State("det-query", "data"))
-def images(svc: Services, a, b, show, score, _prev, _next, current, query):
+          Input("det-show", "value"), Input("det-score", "value"), Input("det-mode", "value"),
+          Input("det-prev", "n_clicks"), Input("det-next", "n_clicks"), State("det-image", "value"),
+          State("det-query", "data"))
+def images(svc: Services, a, b, show, score, mode, _prev, _next, current, query):
     """The common test images (all, or Fig. 8's picks: where only one detector finds an occluded object) and the
     one to show; Previous / Next step through them."""
     from featscope.workspace.detection_errors import compare, detection_pair
@@ -153,7 +180,8 @@ def images(svc: Services, a, b, show, score, _prev, _next, current, query):
         pair = detection_pair(svc.ctx, a, b)
     except (NotFound, ValueError) as e:
         return [], None, [{"label": "all", "value": "all"}], error_box(str(e.args[0]) if e.args else str(e))
-    c = compare(*pair.docs, score=float(score or 0.5))
+    score_a, score_b = _scores(pair, mode, score)
+    c = compare(*pair.docs, score=score_a, score_b=score_b)
     chosen = {"all": c.relpaths, "only-a": c.only_a, "only-b": c.only_b}[show if show in SHOW else "all"]
     by_path = {im["relpath"]: im for im in pair.docs[0]["images"]}
     tag = {**{p: "A" for p in c.only_a}, **{p: "B" for p in c.only_b}}
@@ -163,17 +191,22 @@ def images(svc: Services, a, b, show, score, _prev, _next, current, query):
              {"label": f"only B finds an occluded object ({len(c.only_b)})", "value": "only-b"},
              {"label": f"only A finds an occluded object ({len(c.only_a)})", "value": "only-a"}]
     if not chosen:
-        why = ("The two runs share no test image: choose two runs tested on the same data set."
-               if not c.relpaths else "No image of this kind at this score threshold; show all images, or move "
-                                      "the threshold.")
+        if not c.relpaths:
+            why = "The two runs share no test image: choose two runs tested on the same data set."
+        elif mode == ONE:
+            why = "No image of this kind at this score threshold; show all images, or move the threshold."
+        else:
+            why = ("No image of this kind at the runs' operating scores; show all images, or choose one threshold "
+                   "for both and move it.")
         return [], None, shows, html.Div(why, className="fs-muted")
     current = current if current in chosen else ((query or {}).get("image") if (query or {}).get("image") in chosen
                                                  else chosen[0])
     step = {"det-prev": -1, "det-next": 1}.get(triggered_id(), 0)
     current = chosen[(chosen.index(current) + step) % len(chosen)]
+    at = (f"at score >= {c.score:g}" if mode == ONE else
+          f"at each run's operating score (A >= {c.score:g}, B >= {c.score_b:g})")
     status = (f"Image {chosen.index(current) + 1} of {len(chosen)} · {len(c.relpaths)} common test images; "
-              f"at score >= {c.score:g}, only B finds an occluded object in {len(c.only_b)}, only A in "
-              f"{len(c.only_a)}")
+              f"{at}, only B finds an occluded object in {len(c.only_b)}, only A in {len(c.only_a)}")
     return options, current, shows, status
 
 
@@ -247,8 +280,8 @@ def _summary(image: dict, matched: list[int], score: float) -> str:
           Output("det-fig-b", "figure"), Output({"type": "fs-figdata", "fig": "det-fig-b"}, "data"),
           Output("det-sum-a", "children"), Output("det-sum-b", "children"), Output("det-name-a", "children"),
           Output("det-name-b", "children"), Input("det-run-a", "value"), Input("det-run-b", "value"),
-          Input("det-image", "value"), Input("det-score", "value"))
-def draw(svc: Services, a, b, relpath, score):
+          Input("det-image", "value"), Input("det-score", "value"), Input("det-mode", "value"))
+def draw(svc: Services, a, b, relpath, score, mode):
     """Both detectors' boxes on the chosen image, with what each finds and misses at this threshold."""
     from featscope.frontend.components.maps import image_uri
     from featscope.workspace.detection_errors import detection_pair, matches
@@ -267,27 +300,27 @@ def draw(svc: Services, a, b, relpath, score):
     except (NotFound, ValueError, OSError) as e:
         msg = empty_figure(str(e.args[0]) if e.args else str(e))
         return msg, None, msg, None, None, None, None, None
-    score = float(score or 0.5)
     out: list[Any] = []
     sums, names = [], []
-    for run, doc, colour in zip(pair.runs, pair.docs, (COLOUR_A, COLOUR_B)):
+    thresholds = _scores(pair, mode, score)
+    for run, doc, colour, at in zip(pair.runs, pair.docs, (COLOUR_A, COLOUR_B), thresholds):
         image = next((im for im in doc["images"] if im["relpath"] == relpath), None)
         if image is None:
             out += [empty_figure(f"run {run.id} has no test image {relpath}"), None]
             sums.append(None)
         else:
-            found = matches(image, score=score)
-            out += [boxes_figure(uri, image.get("width") or w, image.get("height") or h, image, found, score, colour),
-                    figure_data(f"detections-run{run.id}", box_rows(image, found, score), run=run.id, image=relpath,
-                                score=score)]
-            sums.append(_summary(image, found, score))
+            found = matches(image, score=at)
+            out += [boxes_figure(uri, image.get("width") or w, image.get("height") or h, image, found, at, colour),
+                    figure_data(f"detections-run{run.id}", box_rows(image, found, at), run=run.id, image=relpath,
+                                score=at)]
+            sums.append(_summary(image, found, at))
         names.append(f" fine-tuned from {init_name(run)} (run {run.id})")
     return (*out, *sums, *names)
 
 
 @callback(Output("det-table3", "children"), Input("det-run-a", "value"), Input("det-run-b", "value"))
 def table3(svc: Services, a, b):
-    """Table 3 of the two runs, from their own evaluation (``missed_by_occlusion``)."""
+    """Table 3 of the two runs at their operating scores (from their ``detections.json``, else their evaluation)."""
     columns = []
     for role, ident in (("A", a), ("B", b)):
         if ident is None:
