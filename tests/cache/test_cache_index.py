@@ -210,8 +210,10 @@ def test_knn_graph_of_some_rows_searches_among_them_only(kind):
     if kind != "flat":
         faiss.extract_index_ivf(index).nprobe = faiss.extract_index_ivf(index).nlist
         rerank = 1500 // 6  # k + 1 = 6 candidates per unit: every indexed vector re-scored
-    graph = knn_graph(index, x, 5, chunk=300, rows=rows, rerank=rerank)
+    calls = []
+    graph = knn_graph(index, x, 5, chunk=300, rows=rows, rerank=rerank, progress=lambda d, t: calls.append((d, t)))
     assert graph.shape == (1100, 5) and graph.tolist() == _brute_among(x, rows, 5).tolist()
+    assert calls == [(300, 1100), (600, 1100), (900, 1100), (1100, 1100)]  # the graphed rows, not the index's
     assert exact_neighbours(x, rows[:50], 5, among=rows, chunk=256).tolist() == \
         rows[_brute_among(x, rows, 5)[:50]].tolist()  # exact search among the same rows, as positions of x
     assert measure_recall(index, x, rows=rows, k=5, queries=100, rerank=rerank) == 1.0

@@ -65,8 +65,8 @@ _SAY_ROWS = 100_000
 def _graph_progress(progress: Progress | None, on_message: Say | None, what: str, part: int = 0,
                     parts: int = 1) -> Progress | None:
     """A pair analysis's k-NN graph progress ``(rows done, rows in all)``, passed on to ``progress`` as part
-    ``part`` of ``parts`` equal parts (one per space searched) and, for a graph of ``_SAY_ROWS`` rows or more,
-    said at every tenth (``what``: which graph). A million-row graph takes minutes on a CPU, and a job (or the
+    ``part`` of ``parts`` equal parts (one per space searched) and, when that search covers ``_SAY_ROWS`` rows or
+    more (contrast and agreement: both graphs together), said at every tenth (``what``: which graph). A million-row graph takes minutes on a CPU, and a job (or the
     CLI) shows how far it is; a small one takes a moment and says nothing."""
     if progress is None and on_message is None:
         return None
