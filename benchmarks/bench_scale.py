@@ -363,6 +363,9 @@ def _run_child(args, step: str, n: int) -> dict:
         if done:
             status += (f" at K {done[0]}/{done[1]}, {done[2]:.0%} of the K-means work: about "
                        f"{_duration(args.timeout_min * 60 / max(done[2], 1e-9))} in all")
+        searched = _last_progress_line(e.stderr, "rows searched")
+        if step in ("closest", "contrast") and searched:
+            status += f" ({searched})"
         return {"step": step, "n": n, "status": status}
     line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
     if out.returncode or line is None:
@@ -383,6 +386,14 @@ def _kmeans_progress(stderr: bytes | str | None, n: int) -> tuple[int, int, floa
     done, total = (int(v) for v in marks[-1].split("/"))
     grid = clip_k_grid(k_grid(2, 1000, 20), n)
     return done, total, float(grid[:done].sum() / grid.sum())
+
+
+def _last_progress_line(stderr: bytes | str | None, marker: str) -> str | None:
+    """The last progress line holding ``marker`` (a pair step's "...: 400,000 of 1,000,000 rows searched"),
+    without the step's prefix: how far a step that was stopped had got."""
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else (stderr or "")
+    lines = [line.split(": ", 1)[-1] for line in text.splitlines() if marker in line]
+    return lines[-1] if lines else None
 
 
 def _gib(b: float | None) -> str:
