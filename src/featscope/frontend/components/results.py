@@ -51,7 +51,7 @@ def occlusion_table(columns: list[tuple[Any, dict[str, Any]]], table_id: str) ->
         label = [html.Strong(name) if name in STUDY_LEVELS else name,
                  html.Span(f" {100 * first['low']:g}-{100 * first['high']:g}% hidden", className="fs-muted")]
         body.append(html.Tr([html.Td(label), *cells], className="fs-row-study" if name in STUDY_LEVELS else None))
-    foot = html.Tfoot(html.Tr([html.Td("score threshold", className="fs-muted"),
+    foot = html.Tfoot(html.Tr([html.Td("judged at", className="fs-muted"),
                                *[html.Td(threshold_words(res), className="fs-num fs-muted") for _, res in columns]]))
     res0 = columns[0][1]
     fixed = any(threshold_rule(res) == FIXED for _, res in columns)
