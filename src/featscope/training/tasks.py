@@ -159,6 +159,7 @@ class DetectionTask:
         res = ev.detection_ap(gts, preds, len(self.classes))
         res["per_class"] = {self.classes[k - 1]: v for k, v in res["per_class"].items()}
         res["map_50"] = res["ap"]["0.5"]
+        # without any known occlusion there is nothing to count: skip building a document (periodic evaluations)
         known = any(np.isfinite(np.asarray(g.get("occlusion", []), dtype=np.float64)).any() for g in gts)
         missed = doc_occlusion_analysis(self.detections(gts, preds) if doc is None else doc) if known else None
         if missed is not None:

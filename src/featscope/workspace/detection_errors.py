@@ -33,7 +33,8 @@ from featscope.workspace.context import Context, NotFound
 
 log = logging.getLogger(__name__)
 __all__ = ["OCCLUDED", "Comparison", "DetectionPair", "matches", "compare", "detection_runs", "detection_pair",
-           "run_missed_by_occlusion", "recounted_run", "threshold_rule", "threshold_words", "FIXED", "CEILING", "NTH", "LOWEST"]
+           "run_missed_by_occlusion", "recounted_run", "threshold_rule", "threshold_words", "FIXED", "CEILING",
+           "NTH", "LOWEST"]
 
 # An object counts as occluded from the lower edge of the "low" occlusion bin up (1% of its area hidden).
 OCCLUDED: float = next(low for name, low, _ in OCCLUSION_BINS if name == "low")
