@@ -7,7 +7,9 @@ measured yet) and returns a :class:`Finding` with the study's own number, the de
 (ties included: a direction needs a difference), ``not measured`` when an input is missing. Nothing here
 is tuned to pass: the rule of each check is written in its ``rule`` text and shown beside the verdict.
 
-Pure functions on numbers (no catalog, no network), so the verdict logic is tested on hand-made inputs.
+Pure functions on numbers (no catalog, no network), so the verdict logic is tested on hand-made inputs. Table 3's
+score threshold and its rule names come from :mod:`featscope.training.detections` (numpy only), the one place the
+rule is defined, rather than a copy here that could drift.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from featscope.training.detections import FIXED, LOWEST, NTH, MISSED_SCORE
+from featscope.training.detections import FIXED, LOWEST, MISSED_SCORE, NTH
 
 REPRODUCED, NOT_REPRODUCED, NOT_MEASURED = "reproduced", "not reproduced", "not measured"
 HIGH_IOU = ("0.7", "0.8", "0.9")
