@@ -134,17 +134,37 @@ def test_table3_needs_fewer_misses_at_low_and_at_medium_occlusion():
     assert F.table3(None, det).verdict == F.NOT_MEASURED
     few = F.table3(cls, det, {"none": 90, "low": 12, "medium": 4})
     assert few.verdict == F.NOT_MEASURED and few.measured.startswith("too few test objects to compare: 4 at medium")
-    # the rule names the thresholds; the measurement the ones each detector was judged at
-    assert "IoU 0.5; score 0.5, or each detector's N-th best score when it has fewer than N boxes that high" in f.rule
-    weak = F.table3(cls, det, {"none": 9, "low": 10, "medium": 5, "high": 2}, {"cls": 0.1902, "det": 0.2429}, 186)
-    assert weak.measured.endswith("(of 10 / 5 objects); at score 0.19 (cls) / 0.24 (det), each one's N-th best, "
+    # the rule names the thresholds, and that a detector left at 0.5 may keep more than N boxes; the measurement
+    # the ones each detector was judged at (3 significant figures) and how each was chosen
+    assert ("IoU 0.5; score 0.5, or, for a detector with fewer than N boxes scoring 0.5 (N = the test set's "
+            "objects), its N-th best score (its lowest, when it has fewer than N boxes); a detector that stays at "
+            "0.5 may keep more than N boxes") in f.rule
+    weak = F.table3(cls, det, {"none": 9, "low": 10, "medium": 5, "high": 2}, {"cls": 0.1902, "det": 0.2429}, 186,
+                    {"cls": "nth", "det": "nth"})
+    assert weak.measured.endswith("(of 10 / 5 objects); at score 0.19 (cls) / 0.243 (det), each one's N-th best, "
                                   "N = 186 test objects")
     assert weak.values["score"] == {"cls": 0.1902, "det": 0.2429} and weak.verdict == F.REPRODUCED
-    one = F.table3(cls, det, None, {"cls": 0.5, "det": 0.31})
-    assert one.measured.endswith("from det; at score 0.50 (cls) / 0.31 (det), det's N-th best, N = the test "
+    assert weak.values["rule"] == {"cls": "nth", "det": "nth"}
+    one = F.table3(cls, det, None, {"cls": 0.5, "det": 0.31}, rules={"cls": "ceiling", "det": "nth"})
+    assert one.measured.endswith("from det; at score 0.5 (cls) / 0.31 (det), det's N-th best, N = the test "
                                  "set's objects")
-    assert F.table3(cls, det, None, {"cls": 0.5, "det": 0.5}).measured.endswith("from det; at score 0.50 (cls) / "
-                                                                                 "0.50 (det)")
+    assert F.table3(cls, det, None, {"cls": 0.5, "det": 0.5}).measured.endswith("from det; at score 0.5 (cls) / "
+                                                                                 "0.5 (det)")
+    # a detector with fewer than N boxes in all is judged at its lowest score: not called its N-th best
+    low = F.table3(cls, det, None, {"cls": 0.0612, "det": 0.2429}, 40, {"cls": "lowest", "det": "nth"})
+    assert low.measured.endswith("at score 0.0612 (cls) / 0.243 (det), cls's lowest, with fewer than N boxes in "
+                                 "all, det's N-th best, N = 40 test objects")
+    # rates a run stored before per-detector thresholds (no detections.json to recount): said so, no "N-th best"
+    old = F.table3(cls, det, None, {"cls": 0.5, "det": 0.2429}, 40, {"cls": "fixed", "det": "nth"})
+    assert old.measured.endswith("at score 0.5 (cls) / 0.243 (det), det's N-th best, N = 40 test objects; cls: "
+                                 "fixed score 0.5 (recorded before per-detector thresholds)")
+    both_old = F.table3(cls, det, None, {"cls": 0.5, "det": 0.5}, 40, {"cls": "fixed", "det": "fixed"})
+    assert "N-th" not in both_old.measured and both_old.measured.endswith(
+        "; cls: fixed score 0.5 (recorded before per-detector thresholds); det: fixed score 0.5 (recorded before "
+        "per-detector thresholds)")
+    # without the rules, a lowered threshold cannot be told N-th best from lowest, and the text says both
+    assert F.table3(cls, det, None, {"cls": 0.5, "det": 0.31}).measured.endswith(
+        "det's N-th best (or lowest, with fewer than N boxes), N = the test set's objects")
 
 
 def test_fig8_counts_images_only_one_detector_gets_right():
@@ -154,10 +174,11 @@ def test_fig8_counts_images_only_one_detector_gets_right():
     assert F.fig8(2, 2, 40).verdict == F.NOT_REPRODUCED
     assert F.fig8(1, 3, 40).verdict == F.NOT_REPRODUCED
     assert F.fig8(None, None).verdict == F.NOT_MEASURED and F.fig8(None, None).link == "/detections"
-    assert "each detector's N-th best score" in f.rule and "IoU 0.5" in f.rule
-    weak = F.fig8(5, 2, 40, scores={"cls": 0.1902, "det": 0.2429}, n_objects=186)
+    assert "its N-th best score (its lowest, when it has fewer than N boxes)" in f.rule and "IoU 0.5" in f.rule
+    assert "a detector that stays at 0.5 may keep more than N boxes" in f.rule
+    weak = F.fig8(5, 2, 40, scores={"cls": 0.1902, "det": 0.2429}, n_objects=186, rules={"cls": "nth", "det": "nth"})
     assert weak.measured == ("of 40 test images, 5 with an occluded object only the detector from det finds, 2 with "
-                             "one only the detector from cls finds; at score 0.19 (cls) / 0.24 (det), each one's "
+                             "one only the detector from cls finds; at score 0.19 (cls) / 0.243 (det), each one's "
                              "N-th best, N = 186 test objects")
 
 
@@ -182,17 +203,18 @@ def test_judge_reads_the_new_measurements():
     m = {"heldout": {"classes": ["star"], "cls": 0.3, "without": 0.4, "with": 0.5},
          "missed_by_occlusion": {"cls": {"low": 0.3, "medium": 0.4}, "det": {"low": 0.35, "medium": 0.3},
                                  "objects": {"low": 8, "medium": 6}, "score": {"cls": 0.2, "det": 0.5},
-                                 "n_objects": 30},
+                                 "n_objects": 30, "rule": {"cls": "lowest", "det": "ceiling"}},
          "fig8": {"only_det": 3, "only_cls": 1, "images": 8, "link": "/detections?a=5&b=6&show=only-b",
-                  "score": {"cls": 0.2, "det": 0.5}},
+                  "score": {"cls": 0.2, "det": 0.5}, "rule": {"cls": "nth", "det": "ceiling"}},
          "segmentation": {"cls": {"miou": 0.5, "trimap": {1: 0.5}, "anti_trimap": {1: 0.8, 4: 0.9}},
                           "det": {"miou": 0.4, "trimap": {1: 0.6}, "anti_trimap": {1: 0.85, 4: 0.95}}}}
     got = {f.key: f for f in F.judge(m)}
     assert got["table2"].verdict == got["fig8"].verdict == got["fig2"].verdict == F.REPRODUCED
     assert got["table3"].verdict == got["table4"].verdict == F.NOT_REPRODUCED
     assert got["fig8"].link == "/detections?a=5&b=6&show=only-b"
-    assert got["table3"].measured.endswith("at score 0.20 (cls) / 0.50 (det), cls's N-th best, N = 30 test objects")
-    assert got["fig8"].measured.endswith("at score 0.20 (cls) / 0.50 (det), cls's N-th best, N = 30 test objects")
+    assert got["table3"].measured.endswith("at score 0.2 (cls) / 0.5 (det), cls's lowest, with fewer than N boxes "
+                                           "in all, N = 30 test objects")
+    assert got["fig8"].measured.endswith("at score 0.2 (cls) / 0.5 (det), cls's N-th best, N = 30 test objects")
     assert [f.key for f in F.judge(m)] == list(F.ORDER) and len(F.ORDER) == 16
 
 

@@ -130,10 +130,11 @@ def test_every_finding_is_measured_and_printed_as_computed(tiny_demo):
 
 def test_table3_and_fig8_judge_each_detector_at_its_operating_score(tiny_demo):
     """The study page's Table 3 and Fig. 8 count each fine-tuned detector at its operating score, worked out here
-    from its kept boxes: 0.5 when N of them reach it (N = the test set's objects), else its N-th best."""
+    from its kept boxes: 0.5 when N of them reach it (N = the test set's objects), else its N-th best (its lowest
+    when it has fewer than N boxes)."""
     from featscope.config import Settings
     from featscope.demo.study import measure
-    from featscope.training.detections import doc_arrays
+    from featscope.training.detections import NTH, doc_arrays
     from featscope.training.errors import missed_by_occlusion
     from featscope.workspace import Workspace
     from featscope.workspace.detection_errors import compare
@@ -149,6 +150,11 @@ def test_table3_and_fig8_judge_each_detector_at_its_operating_score(tiny_demo):
         n = sum(len(im["gt"]) for im in docs[role]["images"])
         enough = not scores or sum(s >= 0.5 for s in scores) >= n
         expected[role] = 0.5 if enough else min(0.5, scores[min(n, len(scores)) - 1])
+        if (os.environ.get("FEATSCOPE_TEST_DEMO_PROFILE") or "tiny") == "tiny":
+            # the tiny profile's detectors (a few CPU iterations; 15 test objects, 160 boxes each, none at 0.5) take
+            # the lowered branch: each is judged at its N-th best score, not at 0.5 and not at its lowest
+            assert not enough and len(scores) >= n and expected[role] < 0.5, (role, n, scores[:n])
+            assert occ["rule"][role] == fig8["rule"][role] == NTH
         assert occ["score"][role] == expected[role] and fig8["score"][role] == expected[role]
         assert occ["n_objects"] == n
         by_hand = missed_by_occlusion(*doc_arrays(docs[role]), score=expected[role])

@@ -200,8 +200,12 @@ def test_table3_of_the_pair(scene):
     assert text[1] == "none 0-1% hidden 0.0% 0 of 2 50.0% 1 of 2"
     assert text[3] == "medium 25-50% hidden 0.0% 0 of 1 0.0% 0 of 1"
     assert text[2] == "low 1-25% hidden — 0 of 0 — 0 of 0"  # an empty bin has no rate
-    assert text[5] == "score threshold 0.20 0.50"
-    assert "or the run's N-th best box score when fewer than N of its boxes score 0.5" in text_of(table)
+    assert text[5] == "judged at score 0.2 (its N-th best) score 0.5"  # A: 4 boxes for 4 objects, its 4th best
+    note = text_of(table)
+    assert ("a run with fewer than N boxes scoring 0.5 (N = its test set's objects) is judged at its N-th best box "
+            "score (its lowest, when it has fewer than N boxes)") in note
+    assert "A run that stays at 0.5 may keep more than N boxes." in note
+    assert "recorded before per-detector thresholds" not in note  # both runs were recounted from their files
 
 
 def test_runs_page_table2_table3_and_fig2(scene):
@@ -216,7 +220,7 @@ def test_runs_page_table2_table3_and_fig2(scene):
     assert "never saw red" in text and "AP@0.7 on red AP@0.7 on the other classes AP@0.7, all" in text
     assert f"{a} · from cls-x 20.0% 60.0% 50.0% {b} · from det-x (without them) 90.0% 50.0% 70.0%" in text
     assert "medium 25-50% hidden 0.0% 0 of 1 0.0% 0 of 1" in text_of(table3)
-    # a run that kept no boxes shows its stored rates (and their score)
+    # a run that kept no boxes shows its stored rates, labelled as counted at the old fixed 0.5 (no "N-th best")
     old = _run(svc.ctx, root / "runs" / "old", name="ft-old", task="finetune-det", dataset_id=None,
                init="backbone cls-x (run:1)", classes=["blue", "red"],
                result={"eval": {"missed_by_occlusion": _missed({"none": (1, 4), "low": (2, 2), "medium": (1, 1),
@@ -224,7 +228,10 @@ def test_runs_page_table2_table3_and_fig2(scene):
     occlusion = text_of(runs.study_results(svc, None)[1])
     assert f"{old} · from cls-x" in occlusion
     assert "none 0-1% hidden 0.0% 0 of 2 50.0% 1 of 2 25.0% 1 of 4" in occlusion
-    assert "score threshold 0.20 0.50 0.50" in occlusion
+    assert ("judged at score 0.2 (its N-th best) score 0.5 fixed score 0.5 (recorded before per-detector "
+            "thresholds)") in occlusion
+    assert ("A run recorded before per-detector thresholds that kept no detections.json shows its stored rates at "
+            "the fixed score 0.5") in occlusion
     assert [t["name"] for t in fig2["data"]] == [f"{seg} · from cls-x · trimap", f"{seg} · from cls-x · anti-trimap"]
     assert fig2["data"][0]["x"] == [1, 2] and fig2["data"][0]["y"] == [0.5, 0.6]  # 4 px: no pixel, no point
     assert fig2["data"][0]["line"]["dash"] == "solid" and fig2["data"][1]["line"]["dash"] == "dash"

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from featscope.workspace.detection_errors import OCCLUDED, DetectionPair, compare, matches, run_missed_by_occlusion
+from featscope.workspace.detection_errors import (FIXED, LOWEST, OCCLUDED, DetectionPair, compare, matches,
+                                                  recounted_run, run_missed_by_occlusion, threshold_rule,
+                                                  threshold_words)
 
 
 def gt(label, box, occlusion=None):
@@ -110,3 +114,77 @@ def test_compare_checks_its_threshold():
     with pytest.raises(ValueError, match="score must lie in"):
         compare({"images": []}, {"images": []}, score=1.5)
     assert compare({"images": []}, {}, score=0.5).relpaths == []
+
+
+def _old_run(tmp_path, **fields):
+    """A ``RunInfo`` of a detection fine-tuning run recorded before per-detector thresholds: its stored rates are
+    the old rule's (score 0.5, no ``score_ceiling``: the occluded star missed), while its detections.json (3
+    objects, one box at 0.3 on the occluded star) recounts at its lowest score, 0.3, where the star is found."""
+    from featscope.training.detections import write_detections
+    from featscope.training.runs import RunInfo
+
+    stored = {"iou": 0.5, "score": 0.5, "n_objects": 3, "n_missed": 3,
+              "bins": [{"name": "none", "low": 0.0, "high": 0.01, "objects": 1, "missed": 1, "rate": 1.0},
+                       {"name": "low", "low": 0.01, "high": 0.25, "objects": 0, "missed": 0, "rate": None},
+                       {"name": "medium", "low": 0.25, "high": 0.5, "objects": 1, "missed": 1, "rate": 1.0},
+                       {"name": "high", "low": 0.5, "high": 1.0, "objects": 0, "missed": 0, "rate": None}]}
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    write_detections(tmp_path, {"classes": ["cross", "star"], "score_floor": 0.05,
+                                "images": [image("1.png", TRUTH, [pred("star", [50, 50, 60, 60], 0.3)])]})
+    base = dict(id=7, name="ft-old", task="finetune-det", preset="cpu-demo", state="done", iteration=4,
+                total_iterations=4, progress=1.0, message="done", error=None, config={}, classes=["cross", "star"],
+                result={"iterations": 4, "eval": {"ap": {"0.5": 0.25}, "missed_by_occlusion": stored}},
+                init="backbone cls-x (run:1)", dataset_id=None, test_dataset_id=None, backbone_id=None, job_id=None,
+                fingerprint=None, dir=str(tmp_path), created_at=None, finished_at=None)
+    return RunInfo(**{**base, **fields}), stored
+
+
+def test_recounted_run_overlays_the_recount_on_the_stored_result(tmp_path):
+    run, stored = _old_run(tmp_path)
+    new = recounted_run(run)
+    res = new.result["eval"]["missed_by_occlusion"]
+    assert res == run_missed_by_occlusion(run) and res != stored
+    assert res["score"] == 0.3 and res["score_ceiling"] == 0.5 and [b["rate"] for b in res["bins"]] == [
+        1.0, None, 0.0, None]
+    assert new.result["eval"]["ap"] == {"0.5": 0.25} and new.result["iterations"] == 4  # the rest kept
+    assert run.result["eval"]["missed_by_occlusion"] is stored  # the stored result is not modified
+    assert threshold_rule(stored) == FIXED and threshold_rule(res) == LOWEST  # 1 box for 3 objects
+    assert threshold_words(res) == "score 0.3 (its lowest)"
+    assert threshold_words(stored) == "fixed score 0.5 (recorded before per-detector thresholds)"
+    assert threshold_words({**res, "score": 0.123456, "n_boxes": 5}) == "score 0.123 (its N-th best)"
+    assert threshold_words({**res, "score": 0.5}) == "score 0.5"
+    # nothing to recount: the run itself
+    (tmp_path / "detections.json").unlink()
+    assert recounted_run(run) is run
+    seg, _ = _old_run(tmp_path / "seg", task="finetune-seg")
+    assert recounted_run(seg) is seg
+
+
+def test_the_pairs_operating_scores_are_memoised_by_the_files(tmp_path, monkeypatch):
+    """The /detections page asks on every callback: each document is scanned once per version of its file."""
+    from types import SimpleNamespace
+
+    from featscope.training import detections as D
+
+    docs = []
+    for name, score in (("a", 0.3), ("b", 0.9)):
+        d = {"classes": ["cross", "star"], "score_floor": 0.05,
+             "images": [image("1.png", TRUTH, [pred("star", [0, 0, 10, 10], score),
+                                               pred("star", [50, 50, 60, 60], score)])]}
+        (tmp_path / name).mkdir()
+        D.write_detections(tmp_path / name, d)
+        docs.append(D.read_detections(tmp_path / name))
+    calls = []
+    real = D.doc_operating_score
+    monkeypatch.setattr(D, "doc_operating_score", lambda doc: calls.append(1) or real(doc))
+    runs = (SimpleNamespace(id=1, dir=str(tmp_path / "a")), SimpleNamespace(id=2, dir=str(tmp_path / "b")))
+    pair = DetectionPair(runs, tuple(docs), ({}, {}))
+    assert pair.operating_scores() == (0.3, 0.5)  # 3 objects: A 2 boxes (its lowest), B 2 at 0.9 (< 3: 0.5)
+    assert pair.operating_scores() == (0.3, 0.5) and pair.compare().score == 0.3 and len(calls) == 2
+    # a rewritten file is counted again
+    boxes = [pred("star", [0, 0, 10, 10], 0.2), pred("star", [50, 50, 60, 60], 0.25),
+             pred("cross", [20, 20, 40, 40], 0.4)]  # 3 boxes for 3 objects: the 3rd best, 0.2
+    path = D.write_detections(tmp_path / "a", {**docs[0], "images": [image("1.png", TRUTH, boxes)]})
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert pair.operating_scores() == (0.2, 0.5) and len(calls) == 3

@@ -7,7 +7,9 @@ measured yet) and returns a :class:`Finding` with the study's own number, the de
 (ties included: a direction needs a difference), ``not measured`` when an input is missing. Nothing here
 is tuned to pass: the rule of each check is written in its ``rule`` text and shown beside the verdict.
 
-Pure functions on numbers (no catalog, no network), so the verdict logic is tested on hand-made inputs.
+Pure functions on numbers (no catalog, no network), so the verdict logic is tested on hand-made inputs. Table 3's
+score threshold and its rule names come from :mod:`featscope.training.detections` (numpy only), the one place the
+rule is defined, rather than a copy here that could drift.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from featscope.training.detections import FIXED, LOWEST, MISSED_SCORE, NTH
+
 REPRODUCED, NOT_REPRODUCED, NOT_MEASURED = "reproduced", "not reproduced", "not measured"
 HIGH_IOU = ("0.7", "0.8", "0.9")
 MIN_BIN_OBJECTS = 5  # Table 3: occluded test objects a bin needs before its missed-object rate is compared
 # Table 3 / Fig. 8: the usual score threshold; a detector with fewer than N boxes that high is judged at its N-th
-# best score instead (featscope.training.errors.operating_score)
-OPERATING_SCORE = 0.5
-SCORE_RULE = (f"IoU 0.5; score {OPERATING_SCORE:g}, or each detector's N-th best score when it has fewer than N "
-              f"boxes that high, N = the test set's objects")
+# best score (its lowest when it has fewer than N boxes) instead (featscope.training.errors.operating_score)
+SCORE_RULE = (f"IoU 0.5; score {MISSED_SCORE:g}, or, for a detector with fewer than N boxes scoring {MISSED_SCORE:g} "
+              f"(N = the test set's objects), its N-th best score (its lowest, when it has fewer than N boxes); a "
+              f"detector that stays at {MISSED_SCORE:g} may keep more than N boxes")
 LOW_IOU = ("0.1", "0.2", "0.3", "0.4", "0.5")
 
 
@@ -307,28 +311,41 @@ def table2(held_cls: float | None, held_without: float | None, held_with: float 
                     {"cls": held_cls, "without": held_without, "with": held_with, "classes": list(classes)})
 
 
-def _thresholds(scores: Mapping[str, float | None] | None, n_objects: int | None = None) -> str:
+def _thresholds(scores: Mapping[str, float | None] | None, n_objects: int | None = None,
+                rules: Mapping[str, str | None] | None = None) -> str:
     """The score thresholds actually used, in words: "score 0.19 (cls) / 0.24 (det), each one's N-th best,
-    N = 186 test objects"; "" when not known."""
+    N = 186 test objects"; "" when not known. ``rules``: per detector, how its threshold was chosen
+    (:func:`featscope.training.detections.threshold_rule`); without it a threshold below 0.5 is called "N-th
+    best (or lowest)", as the two cannot be told apart."""
     known = {r: s for r, s in (scores or {}).items() if r in ("cls", "det") and s is not None}
     if not known:
         return ""
-    text = "score " + " / ".join(f"{known[r]:.2f} ({r})" for r in ("cls", "det") if r in known)
-    lowered = [r for r in ("cls", "det") if r in known and known[r] < OPERATING_SCORE]
-    if lowered:
-        who = "each one's" if len(lowered) == len(known) else f"{lowered[0]}'s"
-        text += f", {who} N-th best, N = " + (f"{n_objects} test objects" if n_objects is not None
-                                              else "the test set's objects")
+    rules = rules or {}
+    text = "score " + " / ".join(f"{known[r]:.3g} ({r})" for r in ("cls", "det") if r in known)
+    fixed = [r for r in known if rules.get(r) == FIXED]
+    kinds: dict[str, list[str]] = {}
+    for r in ("cls", "det"):
+        if r in known and r not in fixed and known[r] < MISSED_SCORE:
+            kind = {NTH: "N-th best", LOWEST: "lowest, with fewer than N boxes in all"}.get(
+                rules.get(r) or "", "N-th best (or lowest, with fewer than N boxes)")
+            kinds.setdefault(kind, []).append(r)
+    for kind, who in kinds.items():
+        text += f", {'each one' if len(who) == len(known) else who[0]}'s {kind}"
+    if kinds:
+        text += ", N = " + (f"{n_objects} test objects" if n_objects is not None else "the test set's objects")
+    for r in fixed:
+        text += f"; {r}: fixed score {known[r]:.3g} (recorded before per-detector thresholds)"
     return text
 
 
 def table3(missed_cls: Mapping[str, float | None] | None, missed_det: Mapping[str, float | None] | None,
            objects: Mapping[str, int] | None = None, scores: Mapping[str, float | None] | None = None,
-           n_objects: int | None = None) -> Finding:
+           n_objects: int | None = None, rules: Mapping[str, str | None] | None = None) -> Finding:
     """Missed-object rate per occlusion bin (``none``, ``low``, ``medium``, ``high``) of the detectors fine-tuned
-    from each backbone, at IoU 0.5 and each detector's operating score (``scores``: ``{"cls", "det"}``; 0.5, or
-    its N-th best score when it has fewer than N boxes that high, N = ``n_objects``, the test set's objects);
-    ``objects``: how many test objects each bin holds."""
+    from each backbone, at IoU 0.5 and each detector's operating score (``scores``: ``{"cls", "det"}``; 0.5, or,
+    with fewer than N boxes that high, N = ``n_objects``, the test set's objects, its N-th best score or its
+    lowest; ``rules``: which, per detector, as :func:`featscope.training.detections.threshold_rule` says, "fixed"
+    for rates stored before per-detector thresholds); ``objects``: how many test objects each bin holds."""
     rule = f"missed-object rate ({SCORE_RULE}) from det below that from cls at low and at medium occlusion"
     levels = OCCLUSION_LEVELS
     if not missed_cls or not missed_det or any(missed_cls.get(b) is None or missed_det.get(b) is None
@@ -341,26 +358,27 @@ def table3(missed_cls: Mapping[str, float | None] | None, missed_det: Mapping[st
                         f"occlusion (at least {MIN_BIN_OBJECTS} each); a larger target set has more (the cuda profile)",
                         NOT_MEASURED, rule, {"objects": dict(objects or {})})
     counts = f" (of {' / '.join(str((objects or {}).get(b, '?')) for b in levels)} objects)" if objects else ""
-    at = _thresholds(scores, n_objects)
+    at = _thresholds(scores, n_objects, rules)
     measured = (f"missed at low / medium occlusion: {' / '.join(_pct(missed_cls[b]) + '%' for b in levels)} from cls "
                 f"vs {' / '.join(_pct(missed_det[b]) + '%' for b in levels)} from det{counts}"
                 f"{f'; at {at}' if at else ''}")
     ok = all(missed_det[b] < missed_cls[b] for b in levels)
     return _finding("table3", measured, _ok(ok), rule,
                     {"cls": {b: missed_cls[b] for b in levels}, "det": {b: missed_det[b] for b in levels},
-                     "score": dict(scores or {})})
+                     "score": dict(scores or {}), "rule": dict(rules or {})})
 
 
 def fig8(only_det: int | None, only_cls: int | None, n_images: int = 0, link: str | None = None,
-         scores: Mapping[str, float | None] | None = None, n_objects: int | None = None) -> Finding:
+         scores: Mapping[str, float | None] | None = None, n_objects: int | None = None,
+         rules: Mapping[str, str | None] | None = None) -> Finding:
     """Test images where only the detector fine-tuned from det finds an occluded object, and where only the one
     fine-tuned from cls does, out of ``n_images`` common test images; each detector at IoU 0.5 and its own
-    operating score (``scores``, as in :func:`table3`)."""
+    operating score (``scores`` and ``rules``, as in :func:`table3`)."""
     rule = (f"test images where only the detector from det finds an occluded object ({SCORE_RULE}) "
             "outnumber those where only the detector from cls does")
     if only_det is None or only_cls is None:
         return _missing("fig8", rule, "the test-set boxes of both detection fine-tuning runs")
-    at = _thresholds(scores, n_objects)
+    at = _thresholds(scores, n_objects, rules)
     measured = (f"of {n_images} test images, {only_det} with an occluded object only the detector from det finds, "
                 f"{only_cls} with one only the detector from cls finds{f'; at {at}' if at else ''}")
     return _finding("fig8", measured, _ok(only_det > only_cls), rule,
@@ -417,9 +435,10 @@ def judge(m: Mapping[str, Any]) -> list[Finding]:
         fig1(ft.get("cls"), ft.get("det")),
         table1(ft.get("cls"), ft.get("det")),
         table2(held.get("cls"), held.get("without"), held.get("with"), held.get("classes") or ()),
-        table3(occ.get("cls"), occ.get("det"), occ.get("objects"), occ.get("score"), occ.get("n_objects")),
+        table3(occ.get("cls"), occ.get("det"), occ.get("objects"), occ.get("score"), occ.get("n_objects"),
+               occ.get("rule")),
         fig8(f8.get("only_det"), f8.get("only_cls"), f8.get("images", 0), f8.get("link"), f8.get("score"),
-             occ.get("n_objects")),
+             occ.get("n_objects"), f8.get("rule")),
         table4(seg_cls.get("miou"), seg_det.get("miou")),
         fig2(seg_cls.get("trimap"), seg_det.get("trimap"), seg_cls.get("anti_trimap"), seg_det.get("anti_trimap")),
         fig3(*(m.get("same_class") or (None, None, 0))),

@@ -19,9 +19,12 @@ app.add_typer(runs_app, name="runs")
 def runs_list(task: Optional[str] = typer.Option(None, help="Only cls, det, finetune-cls, finetune-det or finetune-seg."),
               as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Training runs, newest first."""
-    rows = [{**_summary(r), "progress": f"{r.iteration}/{r.total_iterations}"} for r in run(ws().runs, task)]
+    infos = run(ws().runs, task)
+    rows = [{**_summary(r), "progress": f"{r.iteration}/{r.total_iterations}"} for r in infos]
     if as_json:
-        emit(run(ws().runs, task), [], True, "")
+        from featscope.workspace.detection_errors import recounted_run
+
+        emit([recounted_run(r) for r in infos], [], True, "")
         return
     emit(rows, ["id", "name", "task", "state", "progress", "preset", "arch", "result", "message"], False, "runs")
 
@@ -44,12 +47,15 @@ def _summary(r) -> dict:
 def runs_show(run_ref: str = typer.Argument(..., metavar="RUN", help="Run id or name."),
               as_json: bool = typer.Option(False, "--json", help="Print JSON (with the metrics log).")) -> None:
     """A run: configuration, state, result, and its last metrics."""
+    from featscope.workspace.detection_errors import recounted_run
+
     info = run(ws().run, run_ref)
     metrics = run(ws().run_metrics, run_ref)
-    if as_json:
+    if as_json:  # Table 3 recounted from detections.json, as the dashboard and the REST API give it
         import dataclasses
 
-        sys.stdout.write(json.dumps({**dataclasses.asdict(info), "metrics": metrics}, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps({**dataclasses.asdict(recounted_run(info)), "metrics": metrics}, indent=2,
+                                    default=str) + "\n")
         return
     out.print(f"run [bold]{info.id}[/bold] {info.name}: {info.task}, {info.state} ({info.iteration}/"
               f"{info.total_iterations} iterations); {info.message}", highlight=False)
@@ -87,10 +93,12 @@ def _missed_by_occlusion(info) -> dict | None:
 
 def _print_missed(m: dict) -> None:
     """The missed-object rates per occlusion bin (the study's Table 3)."""
+    from featscope.workspace.detection_errors import threshold_words
+
     rows = [{"occlusion": b["name"], "range": f"{b['low']:g}-{b['high']:g}", "objects": b["objects"],
              "missed": b["missed"], "rate": b["rate"]} for b in m["bins"]]
     emit(rows, ["occlusion", "range", "objects", "missed", "rate"], False,
-         f"missed objects by occlusion (IoU >= {m['iou']:g}, score >= {m['score']:.2f})")
+         f"missed objects by occlusion (IoU >= {m['iou']:g}; {threshold_words(m)})")
 
 
 def _print_segmentation(ev: dict) -> None:

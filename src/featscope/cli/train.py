@@ -101,6 +101,9 @@ def _start(kind: str, call, job_params: dict[str, Any], devices: int, background
 
 
 def _print_run(info, as_json: bool) -> None:
+    from featscope.workspace.detection_errors import recounted_run, threshold_words
+
+    info = recounted_run(info)  # Table 3 from detections.json, as `runs show` and the REST API give it
     if as_json:
         emit([info], [], True, "")
         return
@@ -117,7 +120,7 @@ def _print_run(info, as_json: bool) -> None:
         out.print("  AP by IoU: " + "  ".join(f"{t}: {v:.3f}" for t, v in ev["ap"].items()))
     missed = ev.get("missed_by_occlusion")
     if missed:
-        out.print(f"  missed objects by occlusion (score >= {missed.get('score', 0.5):.2f}): " + "  ".join(
+        out.print(f"  missed objects by occlusion ({threshold_words(missed)}): " + "  ".join(
             f"{b['name']}: {b['rate']:.3f} ({b['missed']}/{b['objects']})" for b in missed["bins"]
             if b["rate"] is not None))
     if "miou" in ev:

@@ -77,9 +77,11 @@ def _heldout(ws: Workspace, manifest: dict[str, Any]) -> dict[str, Any]:
 
 def _occlusion(ws: Workspace, manifest: dict[str, Any]) -> dict[str, Any]:
     """Table 3: each detection fine-tuning run's missed-object rate per occlusion bin, at IoU 0.5 and its
-    operating score (0.5, or its N-th best score when fewer than N of its boxes score 0.5, N = the test set's
-    objects), from its ``detections.json`` when it kept one, else its stored evaluation."""
-    from featscope.workspace.detection_errors import run_missed_by_occlusion
+    operating score (0.5; or, when fewer than N of its boxes score 0.5, N = the test set's objects, its N-th best
+    score, or its lowest when it has fewer than N boxes), from its ``detections.json`` when it kept one, else its
+    stored evaluation (at the fixed score 0.5 for a run recorded before per-detector thresholds); ``rule``: how
+    each threshold was chosen (:func:`featscope.training.detections.threshold_rule`)."""
+    from featscope.workspace.detection_errors import run_missed_by_occlusion, threshold_rule
 
     out: dict[str, Any] = {}
     for role in ROLES:
@@ -89,6 +91,7 @@ def _occlusion(ws: Workspace, manifest: dict[str, Any]) -> dict[str, Any]:
             out[role] = {b["name"]: b["rate"] for b in missed["bins"]}
             out["objects"] = {b["name"]: b["objects"] for b in missed["bins"]}
             out.setdefault("score", {})[role] = missed.get("score", 0.5)
+            out.setdefault("rule", {})[role] = threshold_rule(missed)
             out["n_objects"] = missed.get("n_objects")
     return out if all(r in out for r in ROLES) else {}
 
@@ -96,6 +99,7 @@ def _occlusion(ws: Workspace, manifest: dict[str, Any]) -> dict[str, Any]:
 def _fig8(ws: Workspace, manifest: dict[str, Any]) -> dict[str, Any]:
     """Fig. 8: test images where only one of the two fine-tuned detectors finds an occluded object, each detector
     at its own operating score (the one its Table 3 rates are counted at)."""
+    from featscope.training.detections import doc_threshold_rule
     from featscope.workspace.detection_errors import detection_pair
 
     ids = [(manifest.get("runs") or {}).get(f"finetune-det-{r}") for r in ROLES]
@@ -109,6 +113,7 @@ def _fig8(ws: Workspace, manifest: dict[str, Any]) -> dict[str, Any]:
     c = pair.compare()
     return {"only_cls": len(c.only_a), "only_det": len(c.only_b), "images": len(c.relpaths),
             "score": {"cls": c.score, "det": c.score_b},
+            "rule": {role: doc_threshold_rule(doc) for role, doc in zip(ROLES, pair.docs)},
             "link": f"/detections?{urlencode({'a': ids[0], 'b': ids[1], 'show': 'only-b'})}"}
 
 

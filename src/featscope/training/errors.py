@@ -71,18 +71,19 @@ def match_detections(gt_boxes: np.ndarray, gt_labels: np.ndarray, boxes: np.ndar
 
 def operating_score(scores: Sequence[float] | np.ndarray, n_objects: int, ceiling: float = 0.5) -> float:
     """The score threshold at which a detector's misses are counted: ``ceiling`` when at least ``n_objects``
-    of its detections score ``>= ceiling``, otherwise the score of its ``n_objects``-th best detection (its
-    lowest when it has fewer); never above ``ceiling``.
+    of its detections score ``>= ceiling``; otherwise the score of its ``n_objects``-th best detection, or of
+    its lowest when it has fewer than ``n_objects`` detections in all; never above ``ceiling``.
 
     ``scores``: every detection of the detector over the whole test set, all classes; ``n_objects``: the
     test set's number of ground-truth objects (N). Why: 0.5 is the usual operating point, but a weakly
     trained detector (a short CPU fine-tuning) scores everything below it and at 0.5 would miss every
-    object whatever backbone it started from, so the comparison would say nothing. At its N-th best score a
-    detector claims as many objects as there are, which puts two detectors of different confidence on an
-    equal footing (Hoiem et al.'s error analysis likewise looks at each detector's top-N detections). The
-    detections tied with the N-th best one all count (a threshold keeps every box scoring at least it), so
-    a few more than N may be kept. A detector without any detection gets ``ceiling``: it misses everything
-    at any threshold.
+    object whatever backbone it started from, so the comparison would say nothing. A detector with fewer
+    than N boxes scoring ``ceiling`` is therefore judged at its N-th best score, where it keeps N boxes (as
+    Hoiem et al.'s error analysis looks at each detector's top-N detections), or at its lowest score, where
+    it keeps all of its boxes, when it has fewer than N. A detector that stays at ``ceiling`` may keep more
+    than N boxes, so two detectors are on an equal footing only when both are lowered. The detections tied
+    with the N-th best one all count (a threshold keeps every box scoring at least it), so a few more than N
+    may be kept. A detector without any detection gets ``ceiling``: it misses everything at any threshold.
     """
     arr = np.asarray(scores, dtype=np.float64)
     if arr.ndim != 1:

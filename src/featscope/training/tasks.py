@@ -23,7 +23,7 @@ from featscope.extractors.types import Preprocess
 from featscope.training import evaluate as ev
 from featscope.training.data import (ClassificationData, DetectionData, Loader, MaskReader, Sample, SegmentationData,
                                      collate_classification, collate_detection, collate_segmentation)
-from featscope.training.detections import occlusion_analysis
+from featscope.training.detections import detections_doc, doc_occlusion_analysis
 from featscope.training.models import build_classifier, build_detector, build_segmenter, load_trunk, segmenter_stride
 from featscope.training.presets import TrainConfig
 from featscope.training.segmentation import (VOID, TrimapAccuracy, confusion_matrix, default_band_widths,
@@ -140,15 +140,28 @@ class DetectionTask:
             g["occlusion"] = data.occlusion(i)
         return gts, preds
 
-    def score(self, gts: list[dict[str, np.ndarray]], preds: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    def detections(self, gts: list[dict[str, np.ndarray]], preds: list[dict[str, np.ndarray]],
+                   images: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The detections document of these boxes (:func:`~featscope.training.detections.detections_doc`);
+        ``images``: per image ``{"relpath", "width", "height"}`` (placeholders when not given)."""
+        if images is None:
+            images = [{"relpath": f"#{i}", "width": 0, "height": 0} for i in range(len(gts))]
+        return detections_doc(self.classes, images, gts, preds)
+
+    def score(self, gts: list[dict[str, np.ndarray]], preds: list[dict[str, np.ndarray]],
+              doc: dict[str, Any] | None = None) -> dict[str, Any]:
         """AP at IoU 0.1..0.9 (pycocotools); ``map_50`` is AP at IoU 0.5; ``missed_by_occlusion`` (objects
-        missed at IoU 0.5 and the detector's operating score, per occlusion bin: see
-        :func:`~featscope.training.detections.occlusion_analysis`) when the ground truth says how occluded
-        objects are."""
+        missed at IoU 0.5 and the detector's operating score, per occlusion bin) when the ground truth says how
+        occluded objects are. The missed objects are counted from ``doc``, the detections document of these
+        boxes (:meth:`detections`; built here when not given), by
+        :func:`~featscope.training.detections.doc_occlusion_analysis`: the function a recount from the run's
+        ``detections.json`` calls, on the same rounded scores and boxes, so stored and recounted rates agree."""
         res = ev.detection_ap(gts, preds, len(self.classes))
         res["per_class"] = {self.classes[k - 1]: v for k, v in res["per_class"].items()}
         res["map_50"] = res["ap"]["0.5"]
-        missed = occlusion_analysis(gts, preds)
+        # without any known occlusion there is nothing to count: skip building a document (periodic evaluations)
+        known = any(np.isfinite(np.asarray(g.get("occlusion", []), dtype=np.float64)).any() for g in gts)
+        missed = doc_occlusion_analysis(self.detections(gts, preds) if doc is None else doc) if known else None
         if missed is not None:
             res["missed_by_occlusion"] = missed
         return res

@@ -1,7 +1,8 @@
 """Two detection fine-tuning runs' boxes on their common test images, and where one finds what the other misses.
 
 Public names: :data:`OCCLUDED`, :class:`Comparison`, :class:`DetectionPair`, :func:`matches`, :func:`compare`,
-:func:`detection_runs`, :func:`detection_pair`, :func:`run_missed_by_occlusion`.
+:func:`detection_runs`, :func:`detection_pair`, :func:`run_missed_by_occlusion`, :func:`recounted_run`,
+:func:`threshold_rule`, :func:`threshold_words`.
 
 The study's Fig. 8 shows the boxes of the detectors fine-tuned from a classification- and from a
 detection-pretrained backbone side by side on the same test images, chosen where the detection-pretrained one
@@ -12,24 +13,28 @@ prediction of its class scoring at least that much matches it at IoU >= 0.5, mat
 :func:`featscope.training.errors.match_detections` (greedy by score, as the run's missed-object rates are).
 The dashboard's ``/detections`` page and the study page's Fig. 8 count both read these functions. The study
 page compares each detector at its own operating score (:func:`featscope.training.detections.doc_operating_score`:
-0.5, or its N-th best score when fewer than N of its boxes score 0.5, N = the test set's objects), the score its
-missed-object rates (Table 3) are counted at.
+0.5; or, when fewer than N of its boxes score 0.5, N = the test set's objects, its N-th best score, or its lowest
+when it has fewer than N boxes), the score its missed-object rates (Table 3) are counted at.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from featscope.training.detections import CEILING, FIXED, LOWEST, NTH, threshold_rule
 from featscope.training.errors import OCCLUSION_BINS, match_detections
 from featscope.workspace.context import Context, NotFound
 
 log = logging.getLogger(__name__)
 __all__ = ["OCCLUDED", "Comparison", "DetectionPair", "matches", "compare", "detection_runs", "detection_pair",
-           "run_missed_by_occlusion"]
+           "run_missed_by_occlusion", "recounted_run", "threshold_rule", "threshold_words", "FIXED", "CEILING",
+           "NTH", "LOWEST"]
 
 # An object counts as occluded from the lower edge of the "low" occlusion bin up (1% of its area hidden).
 OCCLUDED: float = next(low for name, low, _ in OCCLUSION_BINS if name == "low")
@@ -116,10 +121,16 @@ class DetectionPair:
 
     def operating_scores(self) -> tuple[float, float]:
         """Each run's operating score (the threshold of its missed-object rates; see
-        :func:`featscope.training.detections.doc_operating_score`)."""
-        from featscope.training.detections import doc_operating_score
+        :func:`featscope.training.detections.doc_operating_score`), memoised by its ``detections.json``'s path,
+        size and modification time (:func:`~featscope.training.detections.run_operating_score`): the
+        ``/detections`` page asks on every callback, and each count is a pass over every box."""
+        from featscope.training.detections import doc_operating_score, run_operating_score
 
-        return doc_operating_score(self.docs[0]), doc_operating_score(self.docs[1])
+        def one(run, doc: dict[str, Any]) -> float:
+            score = run_operating_score(Path(run.dir)) if getattr(run, "dir", None) else None
+            return doc_operating_score(doc) if score is None else score
+
+        return one(self.runs[0], self.docs[0]), one(self.runs[1], self.docs[1])
 
     def compare(self, **kwargs: Any) -> Comparison:
         """:func:`compare` of the two runs, each at its own operating score (the study page's Fig. 8)."""
@@ -161,21 +172,50 @@ def detection_pair(ctx: Context, run_a: int | str, run_b: int | str) -> Detectio
 
 
 
+def _recount(run) -> dict[str, Any] | None:
+    """The run's Table 3 recounted from its ``detections.json`` (None without one, or when it is damaged)."""
+    from featscope.training.detections import run_occlusion_analysis
+
+    if getattr(run, "task", "finetune-det") != "finetune-det" or not getattr(run, "dir", None):
+        return None
+    try:
+        return run_occlusion_analysis(Path(run.dir))
+    except (OSError, ValueError, KeyError, TypeError) as e:  # a damaged file: the stored rates still stand
+        log.warning("run %s: cannot read its detections (%s); showing its stored missed-object rates", run.id, e)
+        return None
+
+
 def run_missed_by_occlusion(run) -> dict[str, Any] | None:
     """A detection fine-tuning run's missed-object rates per occlusion bin (Table 3; ``RunInfo`` ``run``):
     recomputed from its ``detections.json`` when it has one, so runs recorded before the operating-score rule
-    follow it too, else the rates stored in its evaluation (``result["eval"]["missed_by_occlusion"]``); None
-    when it has neither. Shared: do not modify the result."""
-    from pathlib import Path
-
-    from featscope.training.detections import run_occlusion_analysis
-
-    if getattr(run, "dir", None):
-        try:
-            res = run_occlusion_analysis(Path(run.dir))
-        except (OSError, ValueError, KeyError, TypeError) as e:  # a damaged file: the stored rates still stand
-            log.warning("run %s: cannot read its detections (%s); showing its stored missed-object rates", run.id, e)
-            res = None
-        if res is not None:
-            return res
+    follow it too, else the rates stored in its evaluation (``result["eval"]["missed_by_occlusion"]``; for a run
+    recorded before the rule, counted at the fixed score 0.5 and without ``score_ceiling``: see
+    :func:`threshold_rule`); None when it has neither. Shared: do not modify the result."""
+    res = _recount(run)
+    if res is not None:
+        return res
     return ((run.result or {}).get("eval") or {}).get("missed_by_occlusion") or None
+
+
+def recounted_run(run):
+    """``run`` (``RunInfo``) with ``result["eval"]["missed_by_occlusion"]`` replaced by the recount from its
+    ``detections.json`` (:func:`run_missed_by_occlusion`), so the REST API, ``runs show --json`` and the
+    dashboard give the same Table 3 for runs recorded before the operating-score rule; ``run`` itself when there
+    is nothing to recount. The stored result is not modified."""
+    res = _recount(run)
+    if res is None:
+        return run
+    result = dict(run.result or {})
+    result["eval"] = {**(result.get("eval") or {}), "missed_by_occlusion": res}
+    return dataclasses.replace(run, result=result)
+
+
+def threshold_words(res: dict[str, Any]) -> str:
+    """A missed-object analysis' score threshold in words, the same on every page and in the CLI: "score 0.5",
+    "score 0.123 (its N-th best)", "score 0.0612 (its lowest)", or "fixed score 0.5 (recorded before
+    per-detector thresholds)" for rates a run stored before the rule (:func:`threshold_rule`)."""
+    score = f"{res.get('score', 0.5):.3g}"
+    rule = threshold_rule(res)
+    if rule == FIXED:
+        return f"fixed score {score} (recorded before per-detector thresholds)"
+    return f"score {score}" + {NTH: " (its N-th best)", LOWEST: " (its lowest)"}.get(rule, "")

@@ -26,7 +26,7 @@ import torch
 from featscope.cache.store import content_key
 from featscope.catalog import Dataset
 from featscope.training.data import Sample, check_samples
-from featscope.training.detections import detections_doc, read_detections, write_detections
+from featscope.training.detections import read_detections, write_detections
 from featscope.training.loop import Distributed, TrainProgress, fit, read_metrics, resolve_device
 from featscope.training.models import can_dilate, initial_trunk, trunk_state
 from featscope.training.presets import TrainConfig, resolve_config
@@ -425,16 +425,20 @@ def _image_entry(row, path: Path, root: Path) -> dict[str, Any]:
 
 
 def _final_evaluation(ctx: Context, p: TrainPlan, task, model, device: torch.device, run_dir: Path) -> dict[str, Any]:
-    """The test-set evaluation; a detection fine-tuning run also keeps its boxes in ``detections.json``."""
+    """The test-set evaluation; a detection fine-tuning run also keeps its boxes in ``detections.json``, and its
+    missed-object rates are counted from that document (see ``DetectionTask.score``)."""
     if p.task != "finetune-det":
         return task.evaluate(model, p.test, device)
     gts, preds = task.predict(model, p.test, device)
-    evaluation = task.score(gts, preds)
     ds = p.test_dataset or p.dataset
     root = Path(ds.root)
     rows = {str(root / im.relpath): im for im in readable_images(ctx, ds.id)}
     images = [_image_entry(rows.get(str(s.path)), s.path, root) for s in p.test]
-    write_detections(run_dir, detections_doc(p.classes, images, gts, preds))
+    # the document first: the stored missed-object rates are counted from it (its rounded scores and boxes),
+    # as every later recount from detections.json is, so the two agree
+    doc = task.detections(gts, preds, images)
+    evaluation = task.score(gts, preds, doc)
+    write_detections(run_dir, doc)
     return evaluation
 
 

@@ -6,6 +6,8 @@ from typing import Any
 
 from dash import html
 
+from featscope.workspace.detection_errors import FIXED, threshold_rule, threshold_words
+
 STUDY_LEVELS = ("low", "medium")  # the occlusion bins the study's Table 3 reports
 
 
@@ -49,14 +51,18 @@ def occlusion_table(columns: list[tuple[Any, dict[str, Any]]], table_id: str) ->
         label = [html.Strong(name) if name in STUDY_LEVELS else name,
                  html.Span(f" {100 * first['low']:g}-{100 * first['high']:g}% hidden", className="fs-muted")]
         body.append(html.Tr([html.Td(label), *cells], className="fs-row-study" if name in STUDY_LEVELS else None))
-    foot = html.Tfoot(html.Tr([html.Td("score threshold", className="fs-muted"),
-                               *[html.Td(f"{res.get('score', 0.5):.2f}", className="fs-num fs-muted")
-                                 for _, res in columns]]))
+    foot = html.Tfoot(html.Tr([html.Td("judged at", className="fs-muted"),
+                               *[html.Td(threshold_words(res), className="fs-num fs-muted") for _, res in columns]]))
     res0 = columns[0][1]
+    fixed = any(threshold_rule(res) == FIXED for _, res in columns)
     note = html.Div(f"An object is missed when no box of its class scoring at least the run's score threshold "
-                    f"overlaps it at IoU {res0.get('iou', 0.5):g} or more. The threshold is 0.5, or the run's N-th "
-                    f"best box score when fewer than N of its boxes score 0.5 (N = its test set's objects): a weakly "
-                    f"trained detector scores everything lower and at 0.5 would miss every object. Bold rows: the "
-                    f"levels the study reports (VOC07: 14.7% / 15.7% from IMAGENET-CLS, 10.1% / 10.8% from "
-                    f"OPENIMAGES).", className="fs-muted fs-small")
+                    f"overlaps it at IoU {res0.get('iou', 0.5):g} or more. The threshold is 0.5; a run with fewer "
+                    f"than N boxes scoring 0.5 (N = its test set's objects) is judged at its N-th best box score "
+                    f"(its lowest, when it has fewer than N boxes): a weakly trained detector scores everything "
+                    f"lower and at 0.5 would miss every object. A run that stays at 0.5 may keep more than N boxes."
+                    + (" A run recorded before per-detector thresholds that kept no detections.json shows its "
+                       "stored rates at the fixed score 0.5; run it again to count it at its own score."
+                       if fixed else "")
+                    + " Bold rows: the levels the study reports (VOC07: 14.7% / 15.7% from IMAGENET-CLS, 10.1% / "
+                      "10.8% from OPENIMAGES).", className="fs-muted fs-small")
     return html.Div([html.Table([head, html.Tbody(body), foot], className="fs-table", id=table_id), note])

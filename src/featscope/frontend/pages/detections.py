@@ -3,8 +3,9 @@ test image, the objects each misses (with how occluded they are), and missed-obj
 
 The page reads what the runs kept (``detections.json``: every box scoring at least 0.05, the ground truth with
 its occlusion) through :mod:`featscope.workspace.detection_errors`; the score threshold only filters and
-re-matches those boxes, no network runs. By default each run is shown at its own operating score (0.5, or its
-N-th best box score when fewer than N of its boxes score 0.5, N = the test set's objects), as the study page
+re-matches those boxes, no network runs. By default each run is shown at its own operating score (0.5; or, when
+fewer than N of its boxes score 0.5, N = the test set's objects, its N-th best box score, or its lowest when it
+has fewer than N boxes), as the study page
 counts Fig. 8 and Table 3; the slider sets one threshold for both instead.
 ``?a=RUN&b=RUN&image=RELPATH&show=only-b&score=0.5`` opens a given view (a ``score`` sets the one threshold).
 """
@@ -84,9 +85,10 @@ def layout(a: str | None = None, b: str | None = None, image: str | None = None,
             ]),
             legend(),
             card("Missed objects by occlusion (Table 3)", html.Div(id="det-table3", className="fs-table-wrap"),
-                 caption="Each run's own count on its whole test set, at IoU 0.5 and the run's operating score: 0.5, "
-                         "or its N-th best box score when fewer than N of its boxes score 0.5 (N = the test set's "
-                         "objects), so a weakly trained detector is not judged where it finds nothing. The study "
+                 caption="Each run's own count on its whole test set, at IoU 0.5 and the run's operating score: 0.5; "
+                         "or, when fewer than N of its boxes score 0.5 (N = the test set's objects), its N-th best "
+                         "box score (its lowest, when it has fewer than N boxes), so a weakly trained detector is "
+                         "not judged where it finds nothing; a run that stays at 0.5 may keep more than N. The study "
                          "page counts Table 3 and Fig. 8 at these scores (the first score setting above)."),
         ]),
     ])
@@ -203,8 +205,8 @@ def images(svc: Services, a, b, show, score, mode, _prev, _next, current, query)
                                                  else chosen[0])
     step = {"det-prev": -1, "det-next": 1}.get(triggered_id(), 0)
     current = chosen[(chosen.index(current) + step) % len(chosen)]
-    at = (f"at score >= {c.score:g}" if mode == ONE else
-          f"at each run's operating score (A >= {c.score:g}, B >= {c.score_b:g})")
+    at = (f"at score >= {c.score:.3g}" if mode == ONE else
+          f"at each run's operating score (A >= {c.score:.3g}, B >= {c.score_b:.3g})")
     status = (f"Image {chosen.index(current) + 1} of {len(chosen)} · {len(c.relpaths)} common test images; "
               f"{at}, only B finds an occluded object in {len(c.only_b)}, only A in {len(c.only_a)}")
     return options, current, shows, status
@@ -272,7 +274,7 @@ def _summary(image: dict, matched: list[int], score: float) -> str:
     kept = sum(1 for p in image["pred"] if p["score"] >= score)
     missed = [g for g, m in zip(image["gt"], matched) if m < 0]
     occluded = sum(1 for g in missed if (g.get("occlusion") or 0) >= OCCLUDED)
-    return (f"{kept} boxes at score >= {score:g}; missed {len(missed)} of {len(image['gt'])} objects"
+    return (f"{kept} boxes at score >= {score:.3g}; missed {len(missed)} of {len(image['gt'])} objects"
             f"{f' ({occluded} of them occluded)' if missed else ''}")
 
 

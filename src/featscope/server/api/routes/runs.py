@@ -17,7 +17,11 @@ router = APIRouter(prefix="/runs", tags=["runs"])
 
 
 def run_out(info) -> RunOut:
-    return RunOut(**{k: v for k, v in dataclasses.asdict(info).items() if k in RunOut.model_fields})
+    """A run as the API gives it; a detection fine-tuning run's Table 3 (``result.eval.missed_by_occlusion``)
+    recounted from its ``detections.json``, so it matches the dashboard and ``runs show``."""
+    from featscope.workspace.detection_errors import recounted_run
+
+    return RunOut(**{k: v for k, v in dataclasses.asdict(recounted_run(info)).items() if k in RunOut.model_fields})
 
 
 @router.post("", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED)
