@@ -136,7 +136,7 @@ def main() -> None:
     print(f"N={args.n} D={args.dim} classes={len(classes)} train/val/test={len(splits.train)}/{len(splits.val)}/"
           f"{len(splits.test)} threads={args.threads} load average {os.getloadavg()[0]:.2f}", flush=True)
 
-    ps.WORKING_COPY_MAX = args.budget
+    arrays.WORKING_COPY_MAX = args.budget
     counter = _count_evaluations()
     t0 = time.perf_counter()
     new = linear_probe(x, labels, splits, c_grid=grid, blas_threads=args.threads)

@@ -361,7 +361,7 @@ def _run_child(args, step: str, n: int) -> dict:
         status = f"stopped after {args.timeout_min:g} min"
         done = _kmeans_progress(e.stderr, n) if step == "comembership" else None
         if done:
-            status += (f" at K {done[0]}/{done[1]}, {done[2]:.0%} of the K-means work: about "
+            status += (f" at K-means run {done[0]}/{done[1]}, {done[2]:.0%} of the K-means work: about "
                        f"{_duration(args.timeout_min * 60 / max(done[2], 1e-9))} in all")
         searched = _last_progress_line(e.stderr, "rows searched")
         if step in ("closest", "contrast") and searched:
@@ -375,8 +375,9 @@ def _run_child(args, step: str, n: int) -> dict:
 
 
 def _kmeans_progress(stderr: bytes | str | None, n: int) -> tuple[int, int, float] | None:
-    """(K values done, K values, share of the work done) from a co-membership step's progress lines; K-means
-    costs N * K * D per iteration, so the share is the done K values' sum over the grid's."""
+    """(K-means runs done, runs, share of the work done) from a co-membership step's progress lines (every K
+    of the grid in A, then in B; one seed); K-means costs N * K * D per iteration, so the share is the done
+    runs' sum of K over the two grids' sum."""
     from featscope.analysis.clustering import clip_k_grid, k_grid
 
     text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else (stderr or "")
@@ -385,7 +386,8 @@ def _kmeans_progress(stderr: bytes | str | None, n: int) -> tuple[int, int, floa
         return None
     done, total = (int(v) for v in marks[-1].split("/"))
     grid = clip_k_grid(k_grid(2, 1000, 20), n)
-    return done, total, float(grid[:done].sum() / grid.sum())
+    g = len(grid)
+    return done, total, float((grid[:min(done, g)].sum() + grid[:max(done - g, 0)].sum()) / (2 * grid.sum()))
 
 
 def _last_progress_line(stderr: bytes | str | None, marker: str) -> str | None:

@@ -6,6 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
+from featscope.analysis import clustering
 from featscope.analysis.clustering import KMeansResult, clip_k_grid, k_grid, kmeans_labels
 
 
@@ -180,6 +181,7 @@ def test_a_matrix_too_large_for_memory_is_clustered_in_chunks_like_plain_lloyd(m
     np.save(tmp_path / "x.npy", x)
     mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
     monkeypatch.setattr(arrays, "IN_MEMORY_MAX", 1000)  # 3000 x 8 float32 no longer "fits"
+    monkeypatch.setattr(arrays, "WORKING_COPY_MAX", 0)  # nor does a working copy: streamed
     monkeypatch.setattr(arrays, "CHUNK", 700)
     got = kmeans_labels(mapped, 6, seed=4, niter=10)
     want_labels, want_inertia = _lloyd(x.astype(np.float32).astype(np.float64), 6, 4, 10)
@@ -194,3 +196,53 @@ def test_a_matrix_too_large_for_memory_is_clustered_in_chunks_like_plain_lloyd(m
     bad[2500, 3] = np.nan
     with pytest.raises(ValueError, match="NaN or inf"):
         kmeans_labels(bad, 6)
+
+
+def test_a_memory_mapped_set_within_the_working_copy_budget_is_clustered_in_memory(monkeypatch, tmp_path):
+    """Above IN_MEMORY_MAX but within the working-copy budget: one float32 copy, then FAISS's own K-means on
+    it, so the labels are exactly those of the in-memory path on the same float32 values."""
+    import featscope.analysis.arrays as arrays
+
+    rng = np.random.default_rng(8)
+    centres = rng.normal(size=(5, 12)) * 3
+    x = (centres[rng.integers(0, 5, 2000)] + rng.normal(size=(2000, 12))).astype(np.float16)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    want = kmeans_labels(x.astype(np.float32), 5, seed=2, niter=8)  # 96 kB: in memory
+    monkeypatch.setattr(arrays, "IN_MEMORY_MAX", 1000)
+    monkeypatch.setattr(arrays, "WORKING_COPY_MAX", 2000 * 12 * 4)  # exactly the copy's size
+    streamed = []
+    monkeypatch.setattr(clustering, "_kmeans_streaming", lambda *a, **k: streamed.append(1))
+    got = kmeans_labels(mapped, 5, seed=2, niter=8)
+    assert not streamed
+    np.testing.assert_array_equal(got.labels, want.labels)
+    np.testing.assert_array_equal(got.centroids, want.centroids)
+    assert got.inertia == want.inertia
+    monkeypatch.setattr(arrays, "WORKING_COPY_MAX", 2000 * 12 * 4 - 1)  # one byte short: streamed
+    kmeans_labels(mapped, 5, seed=2, niter=8)
+    assert streamed == [1]
+
+
+def test_working_copy_copies_checks_or_leaves_the_rows_to_stream(monkeypatch, tmp_path):
+    import featscope.analysis.arrays as arrays
+
+    x = np.arange(600, dtype=np.float16).reshape(100, 6) / 7
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    monkeypatch.setattr(arrays, "IN_MEMORY_MAX", 100)
+    rows, in_memory = arrays.working_copy(mapped, budget=100 * 6 * 4)
+    assert in_memory and rows.dtype == np.float32 and not isinstance(rows, np.memmap)
+    np.testing.assert_array_equal(rows, x.astype(np.float32))
+    rows, in_memory = arrays.working_copy(mapped, budget=100 * 6 * 4 - 1)
+    assert not in_memory and rows is mapped
+    held = x.astype(np.float32)
+    rows, in_memory = arrays.working_copy(held, budget=0)  # already float32 in memory: used as it is
+    assert in_memory and rows is held
+    held[57, 2] = np.inf
+    with pytest.raises(ValueError, match=r"x contains NaN or inf \(rows 0\.\.99\)"):
+        arrays.working_copy(held, budget=0)
+    bad = x.copy()
+    bad[99, 0] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    with pytest.raises(ValueError, match=r"x_b contains NaN or inf"):
+        arrays.working_copy(np.load(tmp_path / "bad.npy", mmap_mode="r"), "x_b", budget=10**9)

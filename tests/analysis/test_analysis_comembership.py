@@ -157,7 +157,7 @@ def test_curve_refinement_gives_exact_one_in_refining_direction():
     calls = []
     curve = comembership_curve(x_a, x_b, ks=ks, seeds=(0, 1), niter=20, use_gpu=False,
                                progress=lambda d, t: calls.append((d, t)))
-    assert calls == [(i, 8) for i in range(1, 9)]
+    assert calls == [(i, 16) for i in range(1, 17)]  # every (K, seed) in A, then in B
     # precondition: every A cluster lies inside one B group (so the claim below is exact)
     for k in ks:
         for s in (0, 1):
@@ -217,3 +217,44 @@ def test_from_labels_accepts_one_seed_vectors_and_cached_stacks():
     stacked = comembership_from_labels([np.stack([l, l]) for l in la], [np.stack([l, l]) for l in lb], [2, 6])
     assert stacked.seeds == (0, 1)
     np.testing.assert_array_equal(stacked.mean["a_to_b"], curve.mean["a_to_b"])
+
+
+def test_memory_mapped_spaces_are_copied_once_each_one_at_a_time(monkeypatch, tmp_path):
+    """Spaces above IN_MEMORY_MAX: each is copied into memory once (within the working-copy budget) and the
+    copy dropped before the other space is read, so the curve equals the in-memory one at one copy's memory.
+    Above the budget they are streamed, and the curve equals one built from the streamed K-means labels."""
+    import weakref
+
+    import featscope.analysis.arrays as arrays
+    import featscope.analysis.comembership as cm
+
+    rng = np.random.default_rng(12)
+    x_a, x_b = rng.normal(size=(400, 6)).astype(np.float16), rng.normal(size=(400, 9)).astype(np.float16)
+    np.save(tmp_path / "a.npy", x_a)
+    np.save(tmp_path / "b.npy", x_b)
+    a, b = (np.load(tmp_path / f"{s}.npy", mmap_mode="r") for s in "ab")
+    want = comembership_curve(x_a.astype(np.float32), x_b.astype(np.float32), ks=[3, 7], seeds=(0, 1),
+                              use_gpu=False)
+    monkeypatch.setattr(arrays, "IN_MEMORY_MAX", 1000)
+    monkeypatch.setattr(arrays, "WORKING_COPY_MAX", 400 * 9 * 4)
+    copies, real = [], arrays.working_copy
+
+    def recording(x, name="x", budget=None):
+        assert all(ref() is None for ref in copies), "the previous space's copy is still held"
+        rows, in_memory = real(x, name, budget)
+        assert in_memory and rows.dtype == np.float32
+        copies.append(weakref.ref(rows))
+        return rows, in_memory
+
+    monkeypatch.setattr(cm, "working_copy", recording)
+    got = comembership_curve(a, b, ks=[3, 7], seeds=(0, 1), use_gpu=False)
+    assert len(copies) == 2
+    for m in METRICS:
+        np.testing.assert_array_equal(got.per_seed[m], want.per_seed[m])
+
+    monkeypatch.setattr(cm, "working_copy", real)
+    monkeypatch.setattr(arrays, "WORKING_COPY_MAX", 0)
+    streamed = comembership_curve(a, b, ks=[3, 7], seeds=(1,), use_gpu=False)
+    labels = [[kmeans_labels(x, k, seed=1).labels[None] for k in (3, 7)] for x in (a, b)]
+    np.testing.assert_array_equal(streamed.per_seed["a_to_b"],
+                                  comembership_from_labels(*labels, [3, 7], seeds=(1,)).per_seed["a_to_b"])

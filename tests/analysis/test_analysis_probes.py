@@ -277,11 +277,11 @@ def test_streamed_cross_entropy_matches_a_float64_reference():
 
 @pytest.mark.parametrize("limit, usage, want", [("max", "100", None), ("1000", "400", 600), ("1000", "1500", 0)])
 def test_the_working_copy_budget_respects_a_containers_memory_limit(tmp_path, monkeypatch, limit, usage, want):
-    from featscope.analysis import probes_stream as ps
+    from featscope.analysis import arrays
 
     (tmp_path / "memory.max").write_text(limit + "\n")
     (tmp_path / "memory.current").write_text(usage + "\n")
-    assert ps._cgroup_available(str(tmp_path)) == want
-    monkeypatch.setattr(ps, "_cgroup_available", lambda: want)
-    monkeypatch.setattr(ps, "_system_available", lambda: 10_000)
-    assert ps.working_copy_budget() == (10_000 if want is None else min(want, 10_000)) // 2
+    assert arrays._cgroup_available(str(tmp_path)) == want
+    monkeypatch.setattr(arrays, "_cgroup_available", lambda: want)
+    monkeypatch.setattr(arrays, "_system_available", lambda: 10_000)
+    assert arrays.working_copy_budget() == (10_000 if want is None else min(want, 10_000)) // 2

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 
@@ -46,11 +49,82 @@ def embeddings_or_stream(x: np.ndarray, name: str = "x") -> np.ndarray:
     return x
 
 
-def float_chunks(x: np.ndarray, chunk: int = CHUNK, name: str = "x"):
-    """``(start, float32 rows start..start+len)`` blocks of ``x``, each checked to be finite."""
+def float_chunks(x: np.ndarray, chunk: int = CHUNK, name: str = "x", check: bool = True):
+    """``(start, float32 rows start..start+len)`` blocks of ``x``, each checked to be finite (``check=False``:
+    not checked, for a caller's second and later passes over rows it has already checked)."""
     for start in range(0, len(x), chunk):
         block = np.ascontiguousarray(x[start:start + chunk], dtype=np.float32)
-        if not np.isfinite(block).all():
+        if check and not np.isfinite(block).all():
             raise ValueError(f"{name} contains NaN or inf (rows {start}..{start + len(block) - 1}); drop or repair "
                              "those rows (the same rows in every space)")
         yield start, block
+
+
+# Bytes an analysis of a set above IN_MEMORY_MAX may still spend on float32 working copies of its rows (the
+# probe's standardised training and validation rows, K-means' copy of one space); None: half the memory
+# available when the analysis starts, the system's or, in a container with a memory limit, the container's
+# (about 9 GiB on an idle 24 GiB machine: enough for the 650,000 training rows of a million 2048-d images,
+# or one million-image space for K-means). Several analyses running at once each see the same figure.
+WORKING_COPY_MAX: int | None = None
+
+
+def working_copy_budget() -> int:
+    """Bytes for working copies: :data:`WORKING_COPY_MAX` when set, else half the memory available now (the
+    lesser of the system's and the cgroup's limit less its use)."""
+    if WORKING_COPY_MAX is not None:
+        return int(WORKING_COPY_MAX)
+    available = [v for v in (_system_available(), _cgroup_available()) if v is not None]
+    return min(available) // 2 if available else 0
+
+
+def _system_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _cgroup_available(root: str = "/sys/fs/cgroup") -> int | None:
+    """The container's memory limit less its use (cgroup v2, else v1); None without a limit."""
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(root, limit_file).read_text().strip()
+            usage = int(Path(root, usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or not limit.isdigit() or int(limit) >= 1 << 60:  # v1 reports "no limit" as ~2^63
+            return None
+        return max(0, int(limit) - usage)
+    return None
+
+
+def working_copy(x: np.ndarray, name: str = "x", budget: int | None = None) -> tuple[np.ndarray, bool]:
+    """``(rows, in_memory)``: ``x`` as a checked in-memory float32 (N, D) matrix and True when that copy fits
+    :data:`IN_MEMORY_MAX` or, above it, the working-copy budget (``budget`` bytes, default
+    :func:`working_copy_budget`); else ``x`` itself, checked for shape and dtype as :func:`embeddings_or_stream`
+    does, and False: read it with :func:`float_chunks`.
+
+    For analyses that pass over the rows many times (K-means: a pass per iteration, for every K): a
+    memory-mapped float16 set is converted and checked once, chunk by chunk, instead of on every pass.
+    An in-memory float32 matrix is checked and used as it is, never copied."""
+    x = embeddings_or_stream(x, name)
+    if fits_in_memory(x):
+        return x, True  # as_embeddings' checked float32 copy
+    if type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous:
+        for _ in float_chunks(x, name=name):  # views, no copy: the finiteness check only
+            pass
+        return x, True
+    if x.shape[0] * x.shape[1] * 4 > (working_copy_budget() if budget is None else int(budget)):
+        return x, False
+    copy = np.empty(x.shape, dtype=np.float32)
+    for start, block in float_chunks(x, name=name):
+        copy[start:start + len(block)] = block
+    return copy, True

@@ -18,7 +18,7 @@ from typing import Literal
 import faiss
 import numpy as np
 
-from featscope.analysis.arrays import CHUNK, embeddings_or_stream, fits_in_memory, float_chunks
+from featscope.analysis.arrays import CHUNK, float_chunks, working_copy
 
 UseGpu = bool | Literal["auto"]
 
@@ -108,32 +108,40 @@ def kmeans_labels(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 20, sphe
     ``True`` requires them, ``False`` stays on CPU. ``sample``: train the centroids on a seeded random
     subset of this many rows (must be >= k), then assign all rows; ``None`` (default) trains on all.
 
-    A matrix too large to copy into memory (more than ``IN_MEMORY_MAX`` bytes as float32: a memory-mapped
-    set of a million images) is clustered by :func:`_kmeans_streaming` instead: the same Lloyd iterations,
-    reading the rows in chunks, so memory stays O(chunk + k d) for any N."""
-    x = embeddings_or_stream(x, "x")
-    n, d = x.shape
+    A memory-mapped set above ``arrays.IN_MEMORY_MAX`` (a million images, float16 on disk) is copied into
+    memory as float32 when the copy fits the working-copy budget (:func:`arrays.working_copy`: half the
+    memory available, 8 GB for a million 2048-d images); above that budget it is clustered by
+    :func:`_kmeans_streaming`: the same Lloyd iterations, reading the rows in chunks, so memory stays
+    O(chunk + k d) for any N."""
     k = _as_int(k, "k")
     if k < 2:
         raise ValueError(f"k must be >= 2, got {k}")
-    if k > n:
-        raise ValueError(f"k={k} exceeds the number of points N={n}; clip the K grid with clip_k_grid(ks, N)")
     niter = _as_int(niter, "niter")
     if niter < 1:
         raise ValueError(f"niter must be >= 1, got {niter}")
     seed = _as_int(seed, "seed")
-    gpu = _resolve_gpu(use_gpu)
-    if not fits_in_memory(x):
-        return _kmeans_streaming(x, k, seed=seed, niter=niter, spherical=spherical, gpu=gpu, sample=sample)
-
-    train = x
     if sample is not None:
         sample = _as_int(sample, "sample")
         if sample < k:
             raise ValueError(f"sample={sample} must be >= k={k} (each centroid needs a training point)")
-        if sample < n:
-            idx = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
-            train = np.ascontiguousarray(x[idx])
+    gpu = _resolve_gpu(use_gpu)
+    x, in_memory = working_copy(x, "x")
+    if k > x.shape[0]:
+        raise ValueError(f"k={k} exceeds the number of points N={x.shape[0]}; clip the K grid with "
+                         "clip_k_grid(ks, N)")
+    return _kmeans(x, in_memory, k, seed=seed, niter=niter, spherical=spherical, gpu=gpu, sample=sample)
+
+
+def _kmeans(x: np.ndarray, in_memory: bool, k: int, *, seed: int, niter: int, spherical: bool, gpu: int,
+            sample: int | None) -> KMeansResult:
+    """:func:`kmeans_labels` on checked arguments: ``(x, in_memory)`` from :func:`arrays.working_copy`."""
+    if not in_memory:
+        return _kmeans_streaming(x, k, seed=seed, niter=niter, spherical=spherical, gpu=gpu, sample=sample)
+    n, d = x.shape
+    train = x
+    if sample is not None and sample < n:
+        idx = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+        train = np.ascontiguousarray(x[idx])
 
     n_train = train.shape[0]
     # faiss subsamples when n_train > k * max_points_per_centroid: make that impossible.
@@ -176,15 +184,19 @@ def _kmeans_streaming(x: np.ndarray, k: int, *, seed: int, niter: int, spherical
     if spherical:
         centroids = _unit_rows(centroids)
 
+    checked = False  # x's rows are checked to be finite on the first pass over them only
+
     def assign(data: np.ndarray, cents: np.ndarray):
+        nonlocal checked
         index = faiss.IndexFlatIP(d) if spherical else faiss.IndexFlatL2(d)
         if gpu:
             index = faiss.index_cpu_to_all_gpus(index)
         index.add(cents)
-        blocks = float_chunks(data, chunk, "x") if data is x else [(0, data)]
+        blocks = float_chunks(data, chunk, "x", check=not checked) if data is x else [(0, data)]
         for start, block in blocks:
             score, a = index.search(block, 1)
             yield start, block, score[:, 0], a[:, 0]
+        checked = checked or data is x
 
     for _ in range(niter):
         sums, counts = np.zeros((k, d), dtype=np.float64), np.zeros(k, dtype=np.int64)

@@ -21,8 +21,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score, fowlkes_mallows_score, normalized_mutual_info_score
 
-from featscope.analysis.arrays import embeddings_or_stream
-from featscope.analysis.clustering import UseGpu, clip_k_grid, k_grid, kmeans_labels
+from featscope.analysis.arrays import embeddings_or_stream, working_copy
+from featscope.analysis.clustering import UseGpu, _as_int, _kmeans, _resolve_gpu, clip_k_grid, k_grid
 
 METRICS: tuple[str, ...] = ("a_to_b", "b_to_a", "ari", "nmi", "fowlkes_mallows")
 
@@ -169,7 +169,7 @@ def comembership_curve(x_a: np.ndarray, x_b: np.ndarray, ks: Sequence[int] | np.
 
     ``x_a`` (N, d_a) and ``x_b`` (N, d_b) embed the same N images (row i = image i). ``ks`` defaults to
     ``k_grid(2, 1000, 20)`` clipped to N; an explicit K > N is an error. Seed s clusters both spaces.
-    ``progress(done, total)`` is called after each (K, seed)."""
+    ``progress(done, total)`` is called after each K-means run: every (K, seed) in A, then in B."""
     x_a = embeddings_or_stream(x_a, "x_a")  # a memory-mapped set too large to copy is clustered in chunks
     x_b = embeddings_or_stream(x_b, "x_b")
     if x_a.shape[0] != x_b.shape[0]:
@@ -189,20 +189,31 @@ def comembership_curve(x_a: np.ndarray, x_b: np.ndarray, ks: Sequence[int] | np.
     if not seeds_t:
         raise ValueError("seeds is empty; pass at least one seed, e.g. seeds=(0,)")
 
-    labels_a, labels_b = [], []
-    total, done = len(ks_arr) * len(seeds_t), 0
-    for k in ks_arr:
-        rows_a, rows_b = [], []
-        for s in seeds_t:
-            opts = dict(seed=s, niter=niter, use_gpu=use_gpu, sample=sample)
-            rows_a.append(kmeans_labels(x_a, int(k), **opts).labels)
-            rows_b.append(kmeans_labels(x_b, int(k), **opts).labels)
-            done += 1
-            if progress is not None:
-                progress(done, total)
-        labels_a.append(np.stack(rows_a))
-        labels_b.append(np.stack(rows_b))
-    return comembership_from_labels(labels_a, labels_b, ks_arr, seeds_t, sample=sample)
+    if sample is not None and (_as_int(sample, "sample") < ks_arr.max()):
+        raise ValueError(f"sample={sample} must be >= the largest K ({int(ks_arr.max())}): each centroid needs a "
+                         "training point")
+
+    # One space at a time, all of its K values and seeds, so that at most one working copy is held: a
+    # memory-mapped space above IN_MEMORY_MAX is copied into memory once (when it fits the working-copy
+    # budget) rather than read and converted on every K-means pass (arrays.working_copy).
+    gpu = _resolve_gpu(use_gpu)
+    total, done = 2 * len(ks_arr) * len(seeds_t), 0
+    labels: list[list[np.ndarray]] = []
+    for x, name in ((x_a, "x_a"), (x_b, "x_b")):
+        rows, in_memory = working_copy(x, name)
+        per_k = []
+        for k in ks_arr:
+            per_seed = []
+            for s in seeds_t:
+                per_seed.append(_kmeans(rows, in_memory, int(k), seed=s, niter=niter, spherical=False, gpu=gpu,
+                                        sample=sample).labels)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            per_k.append(np.stack(per_seed))
+        labels.append(per_k)
+        del rows
+    return comembership_from_labels(labels[0], labels[1], ks_arr, seeds_t, sample=sample)
 
 
 def _all_metrics(a: np.ndarray, b: np.ndarray) -> dict[str, float]:

@@ -24,7 +24,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from featscope.analysis.arrays import fits_in_memory
+from featscope.analysis.arrays import fits_in_memory, working_copy_budget
 from featscope.cache.index import normalize
 
 if TYPE_CHECKING:
@@ -301,10 +301,10 @@ def _streamed_linear_probe(arr: np.ndarray, codes: np.ndarray, classes: np.ndarr
     """:func:`linear_probe` for features too large for memory (see :mod:`probes_stream`): same C search along
     the path with warm starts, cold refit on train+val (as the in-memory path), test top-1 with its Wilson
     interval. ``budget``: bytes for standardised working copies (default
-    :func:`probes_stream.working_copy_budget`)."""
+    :func:`arrays.working_copy_budget`)."""
     from featscope.analysis import probes_stream as ps
 
-    budget = ps.working_copy_budget() if budget is None else int(budget)
+    budget = working_copy_budget() if budget is None else int(budget)
     n_cls, train = len(classes), splits.train
     mean, scale = ps.scaler(arr, train)
     val_acc, init = np.full(grid.size, np.nan), None

@@ -8,7 +8,7 @@ on the same objective (multinomial cross-entropy on standardised features, mean 
 steps), its loss and gradient written here as sums over row blocks:
 
 - the training rows are standardised once into a float32 working copy when it fits
-  :func:`working_copy_budget` (5.3 GB for 650,000 x 2048), instead of being read from the memory-mapped
+  :func:`arrays.working_copy_budget` (5.3 GB for 650,000 x 2048), instead of being read from the memory-mapped
   float16 set and converted on every evaluation (half of each evaluation's time in the torch/float64
   version this replaced); above the budget the blocks are re-read and converted on every pass;
 - the two matrix products of an evaluation (logits, gradient) run in float32 (twice float64's speed) with
@@ -27,57 +27,11 @@ the caller passes it, :mod:`featscope.analysis.knn`).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
 from featscope.analysis import arrays
 
-# Bytes the probe may spend on standardised float32 copies of its rows (the training rows, then the
-# validation rows); None: half the memory available when the probe starts, the system's or, in a container
-# with a memory limit, the container's (about 9 GiB on an idle 24 GiB machine: enough for the 650,000
-# training rows of a million 2048-d images). Several probes running at once each see the same figure.
-WORKING_COPY_MAX: int | None = None
 TOL = 1e-4  # scikit-learn LogisticRegression's default tol (gtol of its L-BFGS-B)
-
-
-def working_copy_budget() -> int:
-    """Bytes for working copies: :data:`WORKING_COPY_MAX` when set, else half the memory available now (the
-    lesser of the system's and the cgroup's limit less its use)."""
-    if WORKING_COPY_MAX is not None:
-        return int(WORKING_COPY_MAX)
-    available = [v for v in (_system_available(), _cgroup_available()) if v is not None]
-    return min(available) // 2 if available else 0
-
-
-def _system_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _cgroup_available(root: str = "/sys/fs/cgroup") -> int | None:
-    """The container's memory limit less its use (cgroup v2, else v1); None without a limit."""
-    for limit_file, usage_file in (("memory.max", "memory.current"),
-                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
-        try:
-            limit = Path(root, limit_file).read_text().strip()
-            usage = int(Path(root, usage_file).read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if limit == "max" or not limit.isdigit() or int(limit) >= 1 << 60:  # v1 reports "no limit" as ~2^63
-            return None
-        return max(0, int(limit) - usage)
-    return None
 
 
 def scaler(x: np.ndarray, rows: np.ndarray, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +57,7 @@ class Standardised:
     """The rows ``(x[rows] - mean) / scale`` as float32 blocks of ``chunk`` rows (see the module docstring).
 
     Held as one in-memory working copy when its ``len(rows) * D * 4`` bytes fit ``budget`` (default
-    :func:`working_copy_budget`), else read from ``x`` and standardised block by block on every pass.
+    :func:`arrays.working_copy_budget`), else read from ``x`` and standardised block by block on every pass.
     Both give the same blocks, bit for bit, so the probe's result does not depend on the budget."""
 
     def __init__(self, x: np.ndarray, rows: np.ndarray, mean: np.ndarray, scale: np.ndarray,
@@ -111,7 +65,7 @@ class Standardised:
         self.x, self.rows, self.chunk, self.dim = x, rows, int(chunk or arrays.CHUNK), x.shape[1]
         self.mean, self.scale = mean.astype(np.float32), scale.astype(np.float32)
         self.copy: np.ndarray | None = None
-        if self.nbytes <= (working_copy_budget() if budget is None else budget):
+        if self.nbytes <= (arrays.working_copy_budget() if budget is None else budget):
             copy = np.empty((len(rows), self.dim), dtype=np.float32)
             for s, block in self._read():
                 copy[s:s + len(block)] = block
