@@ -9,8 +9,10 @@
 - ``raster``: datashader rasters of 2-D maps with too many points for a browser scatter.
 
 Embedding matrices whose float32 copy would exceed ``arrays.IN_MEMORY_MAX`` (a memory-mapped set of a
-million images) are read in chunks: streaming K-means, IVF neighbours with measured recall, streamed PCA,
-chunked L-BFGS probes (``probes_stream``), chunked CKA. ``knn``: their approximate k-NN graphs, through an
+million images) are read in chunks or through a bounded working copy (``arrays.working_copy``, within
+``arrays.working_copy_budget``): K-means on a float32 copy of one space (streamed above the budget), IVF
+neighbours with measured recall, streamed PCA, L-BFGS probes on a standardised copy or in chunks
+(``probes_stream``), chunked CKA. ``knn``: their approximate k-NN graphs, through an
 index built and tuned beforehand (an embedding set's stored index: ``PrebuiltIndex``) or one built on the spot.
 
 Submodules are imported on demand (``from featscope.analysis.pairs import closest_pairs``), so
