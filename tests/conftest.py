@@ -228,3 +228,41 @@ def no_building(monkeypatch):
 
     monkeypatch.setattr(knn, "build_index", refuse)
     monkeypatch.setattr(knn, "tune_nprobe", refuse)
+
+
+# A detection fine-tuning run's Table 3 as stored before per-detector operating scores (no score_ceiling):
+# at score 0.5 the occluded star is missed (rate 1.0 at medium occlusion).
+OLD_RULE_TABLE3 = {"iou": 0.5, "score": 0.5, "n_objects": 3, "n_missed": 3,
+                   "bins": [{"name": "none", "low": 0.0, "high": 0.01, "objects": 1, "missed": 1, "rate": 1.0},
+                            {"name": "low", "low": 0.01, "high": 0.25, "objects": 0, "missed": 0, "rate": None},
+                            {"name": "medium", "low": 0.25, "high": 0.5, "objects": 1, "missed": 1, "rate": 1.0},
+                            {"name": "high", "low": 0.5, "high": 1.0, "objects": 0, "missed": 0, "rate": None}]}
+
+
+@pytest.fixture
+def old_rule_run():
+    """``add(ws, run_dir, init) -> run id``: a finished detection fine-tuning run whose stored Table 3 is
+    :data:`OLD_RULE_TABLE3` (``add.stored``) and whose detections.json (3 objects, one box at 0.3 on the occluded star) recounts
+    at its lowest score, 0.3, where the star is found (rate 0.0 at medium)."""
+    from featscope.catalog import Run
+    from featscope.training.detections import write_detections
+
+    def add(ws, run_dir: Path, init: str) -> int:
+        truth = [{"label": "star", "box": [0, 0, 10, 10], "occlusion": 0.0},
+                 {"label": "star", "box": [50, 50, 60, 60], "occlusion": 0.3},
+                 {"label": "cross", "box": [20, 20, 40, 40], "occlusion": None}]
+        run_dir.mkdir(parents=True)
+        write_detections(run_dir, {"classes": ["cross", "star"], "score_floor": 0.05, "images": [
+            {"relpath": "1.png", "width": 100, "height": 100, "gt": truth,
+             "pred": [{"label": "star", "box": [50, 50, 60, 60], "score": 0.3}]}]})
+        with ws.ctx.session() as s:
+            row = Run(name="ft-old", task="finetune-det", key="test-ft-old", state="done", config={},
+                      classes=["cross", "star"], init=init, dir=str(run_dir),
+                      result={"iterations": 4,
+                              "eval": {"ap": {"0.5": 0.25}, "missed_by_occlusion": OLD_RULE_TABLE3}})
+            s.add(row)
+            s.flush()
+            return row.id
+
+    add.stored = OLD_RULE_TABLE3
+    return add

@@ -110,48 +110,15 @@ def test_held_out_classes_are_shown(run, tmp_path, make_images):
     assert json.loads(run("runs", "show", "1", "--json").output)["config"]["holdout_classes"] == ["blue"]
 
 
-OLD_RULE = {"iou": 0.5, "score": 0.5, "n_objects": 3, "n_missed": 3,  # no score_ceiling: stored before the rule
-            "bins": [{"name": "none", "low": 0.0, "high": 0.01, "objects": 1, "missed": 1, "rate": 1.0},
-                     {"name": "low", "low": 0.01, "high": 0.25, "objects": 0, "missed": 0, "rate": None},
-                     {"name": "medium", "low": 0.25, "high": 0.5, "objects": 1, "missed": 1, "rate": 1.0},
-                     {"name": "high", "low": 0.5, "high": 1.0, "objects": 0, "missed": 0, "rate": None}]}
-
-
-def _old_detection_run(data_dir, run_dir) -> int:
-    """A finished detection fine-tuning run whose stored Table 3 is the old rule's (score 0.5: the occluded star
-    missed, rate 1.0 at medium) and whose detections.json (3 objects, one box at 0.3 on the star) recounts at its
-    lowest score, 0.3, where the star is found (rate 0.0 at medium)."""
-    from featscope.catalog import Run
-    from featscope.config import Settings
-    from featscope.training.detections import write_detections
-    from featscope.workspace import Workspace
-
-    truth = [{"label": "star", "box": [0, 0, 10, 10], "occlusion": 0.0},
-             {"label": "star", "box": [50, 50, 60, 60], "occlusion": 0.3},
-             {"label": "cross", "box": [20, 20, 40, 40], "occlusion": None}]
-    run_dir.mkdir(parents=True)
-    write_detections(run_dir, {"classes": ["cross", "star"], "score_floor": 0.05, "images": [
-        {"relpath": "1.png", "width": 100, "height": 100, "gt": truth,
-         "pred": [{"label": "star", "box": [50, 50, 60, 60], "score": 0.3}]}]})
-    ws = Workspace(Settings(data_dir=data_dir, num_workers=0))
-    with ws.ctx.session() as s:
-        row = Run(name="ft-old", task="finetune-det", key="test-ft-old", state="done", config={},
-                  classes=["cross", "star"],
-                  init="backbone cls-x (run:1)", dir=str(run_dir),
-                  result={"iterations": 4, "eval": {"ap": {"0.5": 0.25}, "missed_by_occlusion": OLD_RULE}})
-        s.add(row)
-        s.flush()
-        return row.id
-
-
-def test_runs_json_and_train_output_give_the_recounted_table3(run, tmp_path, capsys):
+def test_runs_json_and_train_output_give_the_recounted_table3(run, tmp_path, capsys, old_rule_run):
     """`runs show --json`, `runs list --json`, `runs show` and the train verbs' summary all give Table 3 recounted
     from detections.json, as the dashboard and the REST API do, not a run's old-rule stored rates."""
     from featscope.cli.train import _print_run
     from featscope.config import Settings
     from featscope.workspace import Workspace
 
-    run_id = _old_detection_run(tmp_path / "data", tmp_path / "runs" / "ft-old")
+    run_id = old_rule_run(Workspace(Settings(data_dir=tmp_path / "data", num_workers=0)),
+                          tmp_path / "runs" / "ft-old", "backbone cls-x (run:1)")
     r = run("runs", "show", str(run_id), "--json")
     assert r.exit_code == 0, r.output
     missed = json.loads(r.output)["result"]["eval"]["missed_by_occlusion"]
@@ -165,7 +132,7 @@ def test_runs_json_and_train_output_give_the_recounted_table3(run, tmp_path, cap
     assert r.exit_code == 0 and "(IoU >= 0.5; score 0.3 (its lowest))" in text, r.output
     assert "medium 0.25-0.5 1 0 0.0000" in text and "medium 0.25-0.5 1 1 1.0000" not in text
     info = Workspace(Settings(data_dir=tmp_path / "data", num_workers=0)).run(run_id)
-    assert info.result["eval"]["missed_by_occlusion"] == OLD_RULE  # stored unchanged
+    assert info.result["eval"]["missed_by_occlusion"] == old_rule_run.stored  # stored unchanged
     capsys.readouterr()
     _print_run(info, False)
     printed = " ".join(capsys.readouterr().out.split())

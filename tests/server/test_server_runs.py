@@ -61,41 +61,10 @@ def test_start_list_show_and_cancel(client, world):
     assert r.status_code == 202 and r.json()["kind"] == "finetune"
 
 
-OLD_RULE = {"iou": 0.5, "score": 0.5, "n_objects": 3, "n_missed": 3,  # no score_ceiling: stored before the rule
-            "bins": [{"name": "none", "low": 0.0, "high": 0.01, "objects": 1, "missed": 1, "rate": 1.0},
-                     {"name": "low", "low": 0.01, "high": 0.25, "objects": 0, "missed": 0, "rate": None},
-                     {"name": "medium", "low": 0.25, "high": 0.5, "objects": 1, "missed": 1, "rate": 1.0},
-                     {"name": "high", "low": 0.5, "high": 1.0, "objects": 0, "missed": 0, "rate": None}]}
-
-
-def _old_detection_run(ws, run_dir) -> int:
-    """A finished detection fine-tuning run whose stored Table 3 is the old rule's (score 0.5: the occluded star
-    missed) and whose detections.json (3 objects, one box at 0.3 on the star) recounts at its lowest score, 0.3,
-    where the star is found."""
-    from featscope.catalog import Run
-    from featscope.training.detections import write_detections
-
-    truth = [{"label": "star", "box": [0, 0, 10, 10], "occlusion": 0.0},
-             {"label": "star", "box": [50, 50, 60, 60], "occlusion": 0.3},
-             {"label": "cross", "box": [20, 20, 40, 40], "occlusion": None}]
-    run_dir.mkdir(parents=True)
-    write_detections(run_dir, {"classes": ["cross", "star"], "score_floor": 0.05, "images": [
-        {"relpath": "1.png", "width": 100, "height": 100, "gt": truth,
-         "pred": [{"label": "star", "box": [50, 50, 60, 60], "score": 0.3}]}]})
-    with ws.ctx.session() as s:
-        row = Run(name="ft-old", task="finetune-det", key="test-ft-old", state="done", config={},
-                  classes=["cross", "star"],
-                  init="backbone r18a", dir=str(run_dir),
-                  result={"iterations": 4, "eval": {"ap": {"0.5": 0.25}, "missed_by_occlusion": OLD_RULE}})
-        s.add(row)
-        s.flush()
-        return row.id
-
-
-def test_a_runs_table3_is_recounted_from_its_boxes(client, world):
+def test_a_runs_table3_is_recounted_from_its_boxes(client, world, old_rule_run):
     """Show and list give Table 3 recounted from detections.json (as the dashboard and `runs show` do), not the
     old rule's stored rates."""
-    run_id = _old_detection_run(world.ws, world.root / "runs" / "ft-old")
+    run_id = old_rule_run(world.ws, world.root / "runs" / "ft-old", "backbone r18a")
     show = client.get(f"{API}/runs/{run_id}").json()
     missed = show["result"]["eval"]["missed_by_occlusion"]
     assert missed["score"] == 0.3 and missed["score_ceiling"] == 0.5 and missed["n_missed"] == 2
@@ -104,4 +73,4 @@ def test_a_runs_table3_is_recounted_from_its_boxes(client, world):
     listed = {r["id"]: r for r in client.get(f"{API}/runs", params={"task": "finetune-det"}).json()["items"]}
     assert listed[run_id]["result"]["eval"]["missed_by_occlusion"] == missed
     # the stored row is unchanged
-    assert world.ws.run(run_id).result["eval"]["missed_by_occlusion"] == OLD_RULE
+    assert world.ws.run(run_id).result["eval"]["missed_by_occlusion"] == old_rule_run.stored
