@@ -215,7 +215,7 @@ def step_analysis(data: Path, step: str) -> dict:
     say = lambda line: print(f"  {step}: {line}", file=sys.stderr, flush=True)  # noqa: E731
     if step == "comembership":
         res = ws.comembership(a, b, seeds=(0,), force=True, on_message=say,
-                              progress=lambda d, t: say(f"K {d}/{t}"))
+                              progress=lambda d, t: say(f"K-means run {d}/{t}"))
         i = res.data["ks"].index(max(res.data["ks"]))
         return {"ks": len(res.data["ks"]), "a_to_b_at_kmax": res.data["mean"]["a_to_b"][i],
                 "b_to_a_at_kmax": res.data["mean"]["b_to_a"][i]}
@@ -381,7 +381,7 @@ def _kmeans_progress(stderr: bytes | str | None, n: int) -> tuple[int, int, floa
     from featscope.analysis.clustering import clip_k_grid, k_grid
 
     text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else (stderr or "")
-    marks = [line.rsplit("K ", 1)[-1] for line in text.splitlines() if "comembership: K " in line]
+    marks = [line.rsplit("run ", 1)[-1] for line in text.splitlines() if "comembership: K-means run " in line]
     if not marks:
         return None
     done, total = (int(v) for v in marks[-1].split("/"))

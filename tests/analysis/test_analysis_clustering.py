@@ -198,9 +198,10 @@ def test_a_matrix_too_large_for_memory_is_clustered_in_chunks_like_plain_lloyd(m
         kmeans_labels(bad, 6)
 
 
-def test_a_memory_mapped_set_within_the_working_copy_budget_is_clustered_in_memory(monkeypatch, tmp_path):
-    """Above IN_MEMORY_MAX but within the working-copy budget: one float32 copy, then FAISS's own K-means on
-    it, so the labels are exactly those of the in-memory path on the same float32 values."""
+def test_a_memory_mapped_set_within_the_working_copy_budget_is_clustered_on_a_copy_with_the_same_result(
+        monkeypatch, tmp_path):
+    """Above IN_MEMORY_MAX: Lloyd's iterations on a float32 working copy when it fits the budget, on the memory
+    map itself when it does not; the same labels, centroids and inertia, bit for bit, and plain Lloyd's."""
     import featscope.analysis.arrays as arrays
 
     rng = np.random.default_rng(8)
@@ -208,19 +209,34 @@ def test_a_memory_mapped_set_within_the_working_copy_budget_is_clustered_in_memo
     x = (centres[rng.integers(0, 5, 2000)] + rng.normal(size=(2000, 12))).astype(np.float16)
     np.save(tmp_path / "x.npy", x)
     mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
-    want = kmeans_labels(x.astype(np.float32), 5, seed=2, niter=8)  # 96 kB: in memory
     monkeypatch.setattr(arrays, "IN_MEMORY_MAX", 1000)
-    monkeypatch.setattr(arrays, "WORKING_COPY_MAX", 2000 * 12 * 4)  # exactly the copy's size
-    streamed = []
-    monkeypatch.setattr(clustering, "_kmeans_streaming", lambda *a, **k: streamed.append(1))
-    got = kmeans_labels(mapped, 5, seed=2, niter=8)
-    assert not streamed
-    np.testing.assert_array_equal(got.labels, want.labels)
-    np.testing.assert_array_equal(got.centroids, want.centroids)
-    assert got.inertia == want.inertia
-    monkeypatch.setattr(arrays, "WORKING_COPY_MAX", 2000 * 12 * 4 - 1)  # one byte short: streamed
-    kmeans_labels(mapped, 5, seed=2, niter=8)
-    assert streamed == [1]
+    seen, real = [], clustering._kmeans_streaming
+
+    def spy(rows, *a, **kw):
+        seen.append((isinstance(rows, np.memmap), rows.dtype, kw["checked"]))
+        return real(rows, *a, chunk=300, **kw)
+
+    monkeypatch.setattr(clustering, "_kmeans_streaming", spy)
+    results = []
+    for budget in (2000 * 12 * 4, 2000 * 12 * 4 - 1):  # exactly the copy's size, then one byte short
+        monkeypatch.setattr(arrays, "WORKING_COPY_MAX", budget)
+        results.append(kmeans_labels(mapped, 5, seed=2, niter=8))
+    assert seen == [(False, np.float32, True), (True, np.float16, False)]
+    copy, streamed = results
+    np.testing.assert_array_equal(copy.labels, streamed.labels)
+    np.testing.assert_array_equal(copy.centroids, streamed.centroids)
+    assert copy.inertia == streamed.inertia
+    want_labels, want_inertia = _lloyd(x.astype(np.float32).astype(np.float64), 5, 2, 8)
+    np.testing.assert_array_equal(copy.labels, want_labels)
+    assert copy.inertia == pytest.approx(want_inertia, rel=1e-4)
+    monkeypatch.setattr(arrays, "WORKING_COPY_MAX", 10**9)
+    kmeans_labels(mapped, 5, seed=2, niter=8, sample=400)  # a sample: no copy of every row for one pass
+    assert seen[-1] == (True, np.float16, False)
+    bad = x.copy()
+    bad[np.random.default_rng(2).choice(2000, size=400, replace=False)[7], 1] = np.inf  # a sampled row
+    np.save(tmp_path / "bad.npy", bad)
+    with pytest.raises(ValueError, match="NaN or inf .among the rows sampled"):
+        kmeans_labels(np.load(tmp_path / "bad.npy", mmap_mode="r"), 5, seed=2, niter=8, sample=400)
 
 
 def test_working_copy_copies_checks_or_leaves_the_rows_to_stream(monkeypatch, tmp_path):

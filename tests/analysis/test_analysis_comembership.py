@@ -221,8 +221,8 @@ def test_from_labels_accepts_one_seed_vectors_and_cached_stacks():
 
 def test_memory_mapped_spaces_are_copied_once_each_one_at_a_time(monkeypatch, tmp_path):
     """Spaces above IN_MEMORY_MAX: each is copied into memory once (within the working-copy budget) and the
-    copy dropped before the other space is read, so the curve equals the in-memory one at one copy's memory.
-    Above the budget they are streamed, and the curve equals one built from the streamed K-means labels."""
+    copy dropped before the other space is read; the curve is the one streamed from the memory maps (no
+    budget), bit for bit, which is the one built from each space's own K-means labels."""
     import weakref
 
     import featscope.analysis.arrays as arrays
@@ -233,16 +233,19 @@ def test_memory_mapped_spaces_are_copied_once_each_one_at_a_time(monkeypatch, tm
     np.save(tmp_path / "a.npy", x_a)
     np.save(tmp_path / "b.npy", x_b)
     a, b = (np.load(tmp_path / f"{s}.npy", mmap_mode="r") for s in "ab")
-    want = comembership_curve(x_a.astype(np.float32), x_b.astype(np.float32), ks=[3, 7], seeds=(0, 1),
-                              use_gpu=False)
     monkeypatch.setattr(arrays, "IN_MEMORY_MAX", 1000)
+    monkeypatch.setattr(arrays, "WORKING_COPY_MAX", 0)
+    streamed = comembership_curve(a, b, ks=[3, 7], seeds=(0, 1), use_gpu=False)
+    labels = [[np.stack([kmeans_labels(x, k, seed=s).labels for s in (0, 1)]) for k in (3, 7)] for x in (a, b)]
+    want = comembership_from_labels(*labels, [3, 7], seeds=(0, 1))
+
     monkeypatch.setattr(arrays, "WORKING_COPY_MAX", 400 * 9 * 4)
     copies, real = [], arrays.working_copy
 
     def recording(x, name="x", budget=None):
         assert all(ref() is None for ref in copies), "the previous space's copy is still held"
         rows, in_memory = real(x, name, budget)
-        assert in_memory and rows.dtype == np.float32
+        assert in_memory and rows.dtype == np.float32 and not isinstance(rows, np.memmap)
         copies.append(weakref.ref(rows))
         return rows, in_memory
 
@@ -250,11 +253,28 @@ def test_memory_mapped_spaces_are_copied_once_each_one_at_a_time(monkeypatch, tm
     got = comembership_curve(a, b, ks=[3, 7], seeds=(0, 1), use_gpu=False)
     assert len(copies) == 2
     for m in METRICS:
+        np.testing.assert_array_equal(got.per_seed[m], streamed.per_seed[m])
         np.testing.assert_array_equal(got.per_seed[m], want.per_seed[m])
 
-    monkeypatch.setattr(cm, "working_copy", real)
-    monkeypatch.setattr(arrays, "WORKING_COPY_MAX", 0)
-    streamed = comembership_curve(a, b, ks=[3, 7], seeds=(1,), use_gpu=False)
-    labels = [[kmeans_labels(x, k, seed=1).labels[None] for k in (3, 7)] for x in (a, b)]
-    np.testing.assert_array_equal(streamed.per_seed["a_to_b"],
-                                  comembership_from_labels(*labels, [3, 7], seeds=(1,)).per_seed["a_to_b"])
+
+def test_a_bad_second_space_or_niter_is_refused_before_any_clustering(monkeypatch, tmp_path):
+    import featscope.analysis.arrays as arrays
+
+    rng = np.random.default_rng(13)
+    x_a, x_b = rng.normal(size=(300, 4)).astype(np.float16), rng.normal(size=(300, 5)).astype(np.float16)
+    x_b[299, 4] = np.nan
+    np.save(tmp_path / "a.npy", x_a)
+    np.save(tmp_path / "b.npy", x_b)
+    a, b = (np.load(tmp_path / f"{s}.npy", mmap_mode="r") for s in "ab")
+    monkeypatch.setattr(arrays, "IN_MEMORY_MAX", 1000)
+    calls = []
+    for budget in (0, 10**9):  # streamed, then on working copies
+        monkeypatch.setattr(arrays, "WORKING_COPY_MAX", budget)
+        with pytest.raises(ValueError, match="x_b contains NaN or inf"):
+            comembership_curve(a, b, ks=[2, 3], seeds=(0,), use_gpu=False, progress=lambda d, t: calls.append(d))
+    assert calls == []  # refused before A was clustered
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="niter"):
+            comembership_curve(x_a[:, :2], x_a[:, 2:], ks=[2], seeds=(0,), niter=bad, use_gpu=False)
+    curve = comembership_curve(x_a[:, :2], x_a[:, 2:], ks=[2], seeds=(0,), niter=np.int64(3), use_gpu=False)
+    assert curve.ks.tolist() == [2]

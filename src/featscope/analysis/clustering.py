@@ -18,7 +18,7 @@ from typing import Literal
 import faiss
 import numpy as np
 
-from featscope.analysis.arrays import CHUNK, float_chunks, working_copy
+from featscope.analysis.arrays import CHUNK, embeddings_or_stream, fits_in_memory, float_chunks, working_copy
 
 UseGpu = bool | Literal["auto"]
 
@@ -108,14 +108,19 @@ def kmeans_labels(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 20, sphe
     ``True`` requires them, ``False`` stays on CPU. ``sample``: train the centroids on a seeded random
     subset of this many rows (must be >= k), then assign all rows; ``None`` (default) trains on all.
 
-    A memory-mapped set above ``arrays.IN_MEMORY_MAX`` (a million images, float16 on disk) is copied into
-    memory as float32 when the copy fits the working-copy budget (:func:`arrays.working_copy`: half the
-    memory available, 8 GB for a million 2048-d images); above that budget it is clustered by
-    :func:`_kmeans_streaming`: the same Lloyd iterations, reading the rows in chunks, so memory stays
-    O(chunk + k d) for any N."""
+    A matrix too large to copy into memory under ``arrays.IN_MEMORY_MAX`` (1 GB as float32: a memory-mapped
+    set of a million images, float16 on disk) is clustered by :func:`_kmeans_streaming`, Lloyd's iterations
+    over row chunks: on a float32 working copy when it fits the working-copy budget
+    (:func:`arrays.working_copy`, half the memory available), else reading and converting the memory map on
+    every pass (memory O(chunk + k d) for any N). Both give the same result, bit for bit, so a seed's labels
+    do not depend on the memory free when the job ran."""
+    x = embeddings_or_stream(x, "x")
+    n = x.shape[0]
     k = _as_int(k, "k")
     if k < 2:
         raise ValueError(f"k must be >= 2, got {k}")
+    if k > n:
+        raise ValueError(f"k={k} exceeds the number of points N={n}; clip the K grid with clip_k_grid(ks, N)")
     niter = _as_int(niter, "niter")
     if niter < 1:
         raise ValueError(f"niter must be >= 1, got {niter}")
@@ -125,18 +130,20 @@ def kmeans_labels(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 20, sphe
         if sample < k:
             raise ValueError(f"sample={sample} must be >= k={k} (each centroid needs a training point)")
     gpu = _resolve_gpu(use_gpu)
-    x, in_memory = working_copy(x, "x")
-    if k > x.shape[0]:
-        raise ValueError(f"k={k} exceeds the number of points N={x.shape[0]}; clip the K grid with "
-                         "clip_k_grid(ks, N)")
-    return _kmeans(x, in_memory, k, seed=seed, niter=niter, spherical=spherical, gpu=gpu, sample=sample)
+    if fits_in_memory(x):
+        return _kmeans(x, True, k, seed=seed, niter=niter, spherical=spherical, gpu=gpu, sample=sample)
+    # a sample is read once and every row once more: a working copy of all rows would not pay for itself
+    rows, checked = (x, False) if sample is not None and sample < n else working_copy(x, "x")
+    return _kmeans(rows, checked, k, seed=seed, niter=niter, spherical=spherical, gpu=gpu, sample=sample)
 
 
-def _kmeans(x: np.ndarray, in_memory: bool, k: int, *, seed: int, niter: int, spherical: bool, gpu: int,
+def _kmeans(x: np.ndarray, checked: bool, k: int, *, seed: int, niter: int, spherical: bool, gpu: int,
             sample: int | None) -> KMeansResult:
-    """:func:`kmeans_labels` on checked arguments: ``(x, in_memory)`` from :func:`arrays.working_copy`."""
-    if not in_memory:
-        return _kmeans_streaming(x, k, seed=seed, niter=niter, spherical=spherical, gpu=gpu, sample=sample)
+    """:func:`kmeans_labels` on checked arguments: FAISS's K-means for a float32 matrix under
+    ``IN_MEMORY_MAX``, else :func:`_kmeans_streaming` (``checked``: ``x``'s rows are known to be finite)."""
+    if not fits_in_memory(x):
+        return _kmeans_streaming(x, k, seed=seed, niter=niter, spherical=spherical, gpu=gpu, sample=sample,
+                                 checked=checked)
     n, d = x.shape
     train = x
     if sample is not None and sample < n:
@@ -163,28 +170,36 @@ def _kmeans(x: np.ndarray, in_memory: bool, k: int, *, seed: int, niter: int, sp
 
 
 def _kmeans_streaming(x: np.ndarray, k: int, *, seed: int, niter: int, spherical: bool, gpu: int,
-                      sample: int | None, chunk: int = CHUNK) -> KMeansResult:
-    """Lloyd's K-means over row chunks of ``x`` (any (N, d) array, memory-mapped float16 included).
+                      sample: int | None, checked: bool = False, chunk: int = CHUNK) -> KMeansResult:
+    """Lloyd's K-means over row chunks of ``x`` (any (N, d) array: a memory-mapped float16 set, or its float32
+    working copy). ``checked``: ``x``'s rows are known to be finite; else the first pass over them checks.
 
     Written here because ``faiss.Kmeans`` needs every training point in memory as float32 (8 GB for a
-    million 2048-d images). Same algorithm as FAISS: ``k`` distinct seeded rows as initial centroids, then
-    ``niter`` passes of assign (a FAISS flat index of the centroids, on the GPUs when there are some) and
-    update (per-cluster sums in float64, one sparse one-hot product per chunk); an emptied cluster takes
-    half of the largest one (its centroid nudged apart, as FAISS does). ``sample`` trains on that many
-    seeded rows (read once, in memory) and assigns every row. Deterministic for a seed, data and thread count.
+    million 2048-d images), and it starts and splits clusters differently: used on a working copy when one
+    fits, and streamed otherwise, it would make a seed's labels depend on the memory free. Same algorithm
+    as FAISS: ``k`` distinct seeded rows as initial centroids, then ``niter`` passes of assign (a FAISS flat
+    index of the centroids, on the GPUs when there are some) and update (per-cluster sums in float64, one
+    sparse one-hot product per chunk); an emptied cluster takes half of the largest one (its centroid nudged
+    apart, as FAISS does). A float32 copy gives the same chunks, so the same result as the memory map, with
+    no conversion per pass (which, with the finiteness check, took most of the time at small K).
+    ``sample`` trains on that many seeded rows (read once, in memory) and assigns every row. Deterministic
+    for a seed, data and thread count.
     """
     import scipy.sparse as sp
 
     n, d = x.shape
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, size=sample, replace=False)) if sample is not None and sample < n else None
-    train = np.ascontiguousarray(x[rows], dtype=np.float32) if rows is not None else x
+    train = x
+    if rows is not None:
+        train = np.ascontiguousarray(x[rows], dtype=np.float32)
+        if not checked and not np.isfinite(train).all():
+            raise ValueError("x contains NaN or inf (among the rows sampled to train the centroids); drop or "
+                             "repair those rows (the same rows in every space)")
     init = np.sort(rng.choice(len(train), size=k, replace=False))
     centroids = np.ascontiguousarray(train[init], dtype=np.float32)
     if spherical:
         centroids = _unit_rows(centroids)
-
-    checked = False  # x's rows are checked to be finite on the first pass over them only
 
     def assign(data: np.ndarray, cents: np.ndarray):
         nonlocal checked
@@ -196,7 +211,7 @@ def _kmeans_streaming(x: np.ndarray, k: int, *, seed: int, niter: int, spherical
         for start, block in blocks:
             score, a = index.search(block, 1)
             yield start, block, score[:, 0], a[:, 0]
-        checked = checked or data is x
+        checked = checked or data is x  # x's rows are checked on the first pass over them only
 
     for _ in range(niter):
         sums, counts = np.zeros((k, d), dtype=np.float64), np.zeros(k, dtype=np.int64)

@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score, fowlkes_mallows_score, normalized_mutual_info_score
 
-from featscope.analysis.arrays import embeddings_or_stream, working_copy
+from featscope.analysis.arrays import embeddings_or_stream, fits_in_memory, float_chunks, working_copy
 from featscope.analysis.clustering import UseGpu, _as_int, _kmeans, _resolve_gpu, clip_k_grid, k_grid
 
 METRICS: tuple[str, ...] = ("a_to_b", "b_to_a", "ari", "nmi", "fowlkes_mallows")
@@ -170,7 +170,7 @@ def comembership_curve(x_a: np.ndarray, x_b: np.ndarray, ks: Sequence[int] | np.
     ``x_a`` (N, d_a) and ``x_b`` (N, d_b) embed the same N images (row i = image i). ``ks`` defaults to
     ``k_grid(2, 1000, 20)`` clipped to N; an explicit K > N is an error. Seed s clusters both spaces.
     ``progress(done, total)`` is called after each K-means run: every (K, seed) in A, then in B."""
-    x_a = embeddings_or_stream(x_a, "x_a")  # a memory-mapped set too large to copy is clustered in chunks
+    x_a = embeddings_or_stream(x_a, "x_a")  # above IN_MEMORY_MAX: checked for shape and dtype only (see below)
     x_b = embeddings_or_stream(x_b, "x_b")
     if x_a.shape[0] != x_b.shape[0]:
         raise ValueError(f"x_a has {x_a.shape[0]} rows but x_b has {x_b.shape[0]}; both must embed the same images")
@@ -189,24 +189,39 @@ def comembership_curve(x_a: np.ndarray, x_b: np.ndarray, ks: Sequence[int] | np.
     if not seeds_t:
         raise ValueError("seeds is empty; pass at least one seed, e.g. seeds=(0,)")
 
-    if sample is not None and (_as_int(sample, "sample") < ks_arr.max()):
+    niter = _as_int(niter, "niter")
+    if niter < 1:
+        raise ValueError(f"niter must be >= 1, got {niter}")
+    if sample is not None and _as_int(sample, "sample") < ks_arr.max():
         raise ValueError(f"sample={sample} must be >= the largest K ({int(ks_arr.max())}): each centroid needs a "
                          "training point")
-
-    # One space at a time, all of its K values and seeds, so that at most one working copy is held: a
-    # memory-mapped space above IN_MEMORY_MAX is copied into memory once (when it fits the working-copy
-    # budget) rather than read and converted on every K-means pass (arrays.working_copy).
     gpu = _resolve_gpu(use_gpu)
+    b_checked = fits_in_memory(x_b)  # checked by embeddings_or_stream; else checked now, before A's hours
+    if not b_checked:
+        for _ in float_chunks(x_b, name="x_b"):
+            pass
+        b_checked = True
+
+    # One space at a time, all of its K values and seeds, so that at most one working copy is held: a space
+    # above IN_MEMORY_MAX is copied into memory once when the copy fits the working-copy budget, instead of
+    # being read and converted on every K-means pass (arrays.working_copy); same labels either way.
     total, done = 2 * len(ks_arr) * len(seeds_t), 0
     labels: list[list[np.ndarray]] = []
-    for x, name in ((x_a, "x_a"), (x_b, "x_b")):
-        rows, in_memory = working_copy(x, name)
+    for x, name, checked in ((x_a, "x_a", False), (x_b, "x_b", b_checked)):
+        rows = x
+        if not fits_in_memory(x) and (sample is None or sample >= n):
+            rows, copied = working_copy(x, name)
+            checked = checked or copied
         per_k = []
         for k in ks_arr:
             per_seed = []
             for s in seeds_t:
-                per_seed.append(_kmeans(rows, in_memory, int(k), seed=s, niter=niter, spherical=False, gpu=gpu,
-                                        sample=sample).labels)
+                try:
+                    per_seed.append(_kmeans(rows, checked, int(k), seed=s, niter=niter, spherical=False, gpu=gpu,
+                                            sample=sample).labels)
+                except ValueError as e:  # the streamed path checks rows as it reads them: name the space
+                    raise ValueError(str(e).replace("x contains", f"{name} contains", 1)) from None
+                checked = True  # a finished run has read (and checked) every row
                 done += 1
                 if progress is not None:
                     progress(done, total)
