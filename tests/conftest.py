@@ -3,6 +3,7 @@ PostgreSQL server for the tests that run on both catalog databases."""
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import socket
@@ -242,8 +243,8 @@ OLD_RULE_TABLE3 = {"iou": 0.5, "score": 0.5, "n_objects": 3, "n_missed": 3,
 @pytest.fixture
 def old_rule_run():
     """``add(ws, run_dir, init) -> run id``: a finished detection fine-tuning run whose stored Table 3 is
-    :data:`OLD_RULE_TABLE3` (``add.stored``) and whose detections.json (3 objects, one box at 0.3 on the occluded star) recounts
-    at its lowest score, 0.3, where the star is found (rate 0.0 at medium)."""
+    :data:`OLD_RULE_TABLE3` (a copy of it: ``add.stored``) and whose detections.json (3 objects, one box at
+    0.3 on the occluded star) recounts at its lowest score, 0.3, where the star is found (rate 0.0 at medium)."""
     from featscope.catalog import Run
     from featscope.training.detections import write_detections
 
@@ -259,10 +260,10 @@ def old_rule_run():
             row = Run(name="ft-old", task="finetune-det", key="test-ft-old", state="done", config={},
                       classes=["cross", "star"], init=init, dir=str(run_dir),
                       result={"iterations": 4,
-                              "eval": {"ap": {"0.5": 0.25}, "missed_by_occlusion": OLD_RULE_TABLE3}})
+                              "eval": {"ap": {"0.5": 0.25}, "missed_by_occlusion": copy.deepcopy(OLD_RULE_TABLE3)}})
             s.add(row)
             s.flush()
             return row.id
 
-    add.stored = OLD_RULE_TABLE3
+    add.stored = copy.deepcopy(OLD_RULE_TABLE3)
     return add

@@ -64,7 +64,8 @@ def float_chunks(x: np.ndarray, chunk: int = CHUNK, name: str = "x", check: bool
 # probe's standardised training and validation rows, K-means' copy of one space); None: half the memory
 # available when the analysis starts, the system's or, in a container with a memory limit, the container's
 # (about 9 GiB on an idle 24 GiB machine: enough for the 650,000 training rows of a million 2048-d images,
-# or one million-image space for K-means). Several analyses running at once each see the same figure.
+# or one million-image space for K-means). An analysis that starts while another holds its copy sees
+# half of what is left, so copies taken one after another never claim more than is free.
 WORKING_COPY_MAX: int | None = None
 
 
