@@ -66,6 +66,31 @@ def _timed(fn):
     return out, time.perf_counter() - t0, (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
 
 
+def register_pair(work: Path, n: int, dim: int, memory_max: int):
+    """``(workspace, set A, set B)``: bench_scale's pair of ``n`` synthetic images registered under ``work``, each
+    set with its stored index (IVF-PQ when its vectors exceed ``memory_max`` bytes); prints each index."""
+    from featscope.config import Settings
+    from featscope.workspace import Workspace
+
+    ws = Workspace(Settings(data_dir=work / "data", num_workers=0, flat_index_max=min(100_000, n - 1),
+                            index_memory_max=memory_max))
+    scale._register_backbones(ws)
+    scale._register_images(ws, n, work, images=False)
+    ids = []
+    for space in "ab":
+        vectors = scale._vectors(work / f"{space}.npy", n, dim, space)
+        es, seconds, _ = _timed(functools.partial(ws.import_embeddings, f"synthetic-{space}", "scale", vectors,
+                                                  tap="conv5", dtype="float16"))
+        meta = ws.ctx.store.get("index", es.artifact_key, verify=False).meta
+        print(f"stored index of space {space}: {meta['kind']}, nlist {meta['nlist']}, nprobe {meta['nprobe']}, "
+              f"rerank {meta['rerank']}, recall@10 {meta['recall_at_10']:.3f}; import {seconds:.1f} s (index "
+              f"build {meta['build_seconds']:.1f} s + tune {meta['tune_seconds']:.1f} s, paid once)", flush=True)
+        ids.append(es.id)
+        del vectors
+        (work / f"{space}.npy").unlink()
+    return ws, ids[0], ids[1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000)
@@ -84,8 +109,7 @@ def main() -> None:
     import featscope.analysis.arrays as arrays
     import featscope.analysis.knn as knn
     from featscope.cache.index import build_index
-    from featscope.config import Settings
-    from featscope.workspace import Workspace, indexes
+    from featscope.workspace import indexes
 
     size = args.n * args.dim * 4
     arrays.IN_MEMORY_MAX = args.in_memory_max if args.in_memory_max is not None else size - 1
@@ -96,23 +120,7 @@ def main() -> None:
     print(f"load average at start: {os.getloadavg()}; N={args.n:,} x {args.dim}; in-memory limit "
           f"{arrays.IN_MEMORY_MAX:,} B; index memory limit {memory_max:,} B", flush=True)
     try:
-        ws = Workspace(Settings(data_dir=work / "data", num_workers=0, flat_index_max=min(100_000, args.n - 1),
-                                index_memory_max=memory_max))
-        scale._register_backbones(ws)
-        scale._register_images(ws, args.n, work, images=False)
-        ids = []
-        for space in "ab":
-            vectors = scale._vectors(work / f"{space}.npy", args.n, args.dim, space)
-            es, seconds, _ = _timed(functools.partial(ws.import_embeddings, f"synthetic-{space}", "scale", vectors,
-                                                      tap="conv5", dtype="float16"))
-            meta = ws.ctx.store.get("index", es.artifact_key, verify=False).meta
-            print(f"stored index of space {space}: {meta['kind']}, nlist {meta['nlist']}, nprobe {meta['nprobe']}, "
-                  f"rerank {meta['rerank']}, recall@10 {meta['recall_at_10']:.3f}; import {seconds:.1f} s (index "
-                  f"build {meta['build_seconds']:.1f} s + tune {meta['tune_seconds']:.1f} s, paid once)", flush=True)
-            ids.append(es.id)
-            del vectors
-            (work / f"{space}.npy").unlink()
-        a, b = ids
+        ws, a, b = register_pair(work, args.n, args.dim, memory_max)
         rows = []
         for name in [s for s in args.analyses.split(",") if s]:
             with_baseline = ws, name, a, b

@@ -71,7 +71,9 @@ def test_a_prebuilt_copy_of_the_index_gives_the_results_of_building_it(big, monk
         _same_pairs(reused[name], built[name])
         assert built[name].info["index_source"] == "built" and reused[name].info["index_source"] == "stored"
         assert _without_source(reused[name].info) == _without_source(built[name].info)
-    assert reused["ranks"].info["b"]["index_source"] == "stored" and len(reused["ranks"]) == 30
+    assert reused["ranks"].info["b"]["exact"] is True and len(reused["ranks"]) == 30  # ranks in B: exact
+    same = close_in_a_distant_in_b_ranks(xa, xa, 30, k=5, index_a=ia, index_b=ia)  # too few at the cap: B's graph
+    assert same.info["b"]["index_source"] == "stored" and same.info["b"]["exact"] is False
     np.testing.assert_array_equal(reused["agreement"].per_image, built["agreement"].per_image)
     assert reused["agreement"].info["a"]["index_source"] == reused["agreement"].info["b"]["index_source"] == "stored"
     assert _without_source(reused["agreement"].info) == _without_source(built["agreement"].info)

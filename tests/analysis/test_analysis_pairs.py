@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from featscope.analysis.pairs import (
+    _knn_pairs,
+    _Space,
     close_in_a_distant_in_b_clusters,
     close_in_a_distant_in_b_ranks,
     closest_pairs,
@@ -295,12 +297,36 @@ def test_agreement_and_capped_ranks_of_spaces_too_large_for_memory(big):
     assert ag.info["exact"] is False and abs(ag.mean - exact.mean()) < 0.03
     pl = close_in_a_distant_in_b_ranks(xa, xb, 30, k=5, rank_cap=25)
     assert pl.info["rank_cap"] == 25 and len(pl) == 30
-    sb = _cos(np.asarray(xb, dtype=np.float32))
-    true = np.array([min(_brute_rank(sb, i, j), _brute_rank(sb, j, i)) for i, j in zip(pl.i, pl.j)])
-    agree = np.mean(pl.extra["rank_b"] == np.minimum(true, 25))
-    assert agree >= 0.95 and (pl.extra["rank_b"] == 25).all()  # B has 3 clusters: plenty of distant pairs
+    assert pl.info["b"]["exact"] is True and pl.info["recall_b"] == 1.0 and pl.info["b"]["pairs_ranked"] >= 30
+    # the exact answer among the same candidates (A's 5-NN pairs through the same index): brute-force ranks
+    ci, cj, _ = _knn_pairs(_Space(xa, "x_a"), 5, 4096)
+    sa, sb = _cos(np.asarray(xa, dtype=np.float32)), _cos(np.asarray(xb, dtype=np.float32))
+    rank = np.minimum([min(_brute_rank(sb, i, j), _brute_rank(sb, j, i)) for i, j in zip(ci, cj)], 25)
+    want = np.lexsort((cj, ci, -sa[ci, cj], sb[ci, cj], -rank))[:30]
+    assert list(zip(pl.i.tolist(), pl.j.tolist())) == list(zip(ci[want].tolist(), cj[want].tolist()))
+    np.testing.assert_array_equal(pl.extra["rank_b"], rank[want])
+    assert (pl.extra["rank_b"] == 25).all()  # B has 3 clusters: plenty of distant pairs
     # pairs tied at the cap come lowest B cosine first
     assert np.all(np.diff(pl.extra["score_b"]) >= -1e-12)
+
+
+def test_capped_ranks_of_a_large_space_are_exact_and_fall_back_to_its_graph_when_few_pairs_reach_the_cap(big):
+    """The one-pass ranks equal brute force (self and partner never counted, the cap applied); when fewer
+    than n_pairs candidates reach the cap in the passes allowed, B's rank_cap-NN graph gives the ranks."""
+    import featscope.analysis.pairs as pairs
+
+    xa, xb = big
+    sb = _cos(np.asarray(xb, dtype=np.float32))
+    rng = np.random.default_rng(0)
+    q = rng.integers(0, 3000, 400)
+    partner = (q + rng.integers(1, 2999, 400)) % 3000
+    for cap in (10, 2999):
+        got = pairs._capped_exact_ranks(_Space(xb, "x_b"), q, partner, cap)
+        want = np.minimum([_brute_rank(sb, a, b) for a, b in zip(q, partner)], cap)
+        assert np.abs(got - want).max() <= 1 and np.mean(got == want) >= 0.99  # float32 vs float64 ties only
+    same = close_in_a_distant_in_b_ranks(xa, xa, 30, k=5, rank_cap=25)  # B = A: A's neighbours stay close
+    assert "pairs_ranked" not in same.info["b"] and same.info["b"]["exact"] is False
+    assert (same.extra["rank_b"] < 25).all()
 
 
 def test_progress_reports_every_row_of_each_graph_in_order(big):
