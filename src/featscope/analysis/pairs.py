@@ -9,7 +9,8 @@ A space too large to copy into memory (``arrays.IN_MEMORY_MAX``; a memory-mapped
 read in chunks, and its neighbours come from a FAISS IVF index whose ``nprobe`` is tuned to recall@10 >= 0.95
 against exact search (exact search costs O(N^2 D), about a day for a million 2048-d vectors on a CPU). The
 measured recall is reported (``PairList.info``, ``Agreement.info``); neighbour *ranks* in B, which need an
-O(N^2 D) scan, are then counted up to ``rank_cap`` (see :func:`close_in_a_distant_in_b_ranks`). Building and
+O(N^2 D) scan for every pair, are then counted up to ``rank_cap``, exactly for the few pairs that lead the
+list (see :func:`close_in_a_distant_in_b_ranks`). Building and
 tuning that index costs minutes per space at a million vectors: a caller holding one already (an embedding
 set's stored index) passes it (``index=``, ``index_a=``, ``index_b=``: a :class:`~featscope.analysis.knn.PrebuiltIndex`)
 and it is searched instead (``info["index_source"]`` says which; :mod:`featscope.analysis.knn`). A space that
