@@ -310,23 +310,57 @@ def test_agreement_and_capped_ranks_of_spaces_too_large_for_memory(big):
     assert np.all(np.diff(pl.extra["score_b"]) >= -1e-12)
 
 
-def test_capped_ranks_of_a_large_space_are_exact_and_fall_back_to_its_graph_when_few_pairs_reach_the_cap(big):
-    """The one-pass ranks equal brute force (self and partner never counted, the cap applied); when fewer
-    than n_pairs candidates reach the cap in the passes allowed, B's rank_cap-NN graph gives the ranks."""
+def test_capped_ranks_of_a_large_space_are_exact_and_fall_back_to_its_graph_when_few_pairs_reach_the_cap(
+        big, monkeypatch):
+    """Ranks counted in passes over B (small passes and blocks here, so the walk takes several and blocks start
+    inside B) give brute force's list: when n_pairs reach the cap, when every candidate is ranked (too few at the
+    cap), and the counts themselves (self and partner never counted; a duplicated partner ties, not counted).
+    When the passes allowed rank neither, B's rank_cap-NN graph gives the ranks; it is loaded only then."""
     import featscope.analysis.pairs as pairs
 
     xa, xb = big
+    monkeypatch.setattr(pairs, "_RANKED_PER_PASS", 7)
+    monkeypatch.setattr(pairs, "_RANK_CHUNK", 700)
+    ci, cj, _ = _knn_pairs(_Space(xa, "x_a"), 5, 4096)
+    sa = _cos(np.asarray(xa, dtype=np.float32))
+
+    def brute(x, cap, n_pairs):
+        s = _cos(np.asarray(x, dtype=np.float32))
+        rank = np.minimum([min(_brute_rank(s, i, j), _brute_rank(s, j, i)) for i, j in zip(ci, cj)], cap)
+        want = np.lexsort((cj, ci, -sa[ci, cj], s[ci, cj], -rank))[:n_pairs]
+        return list(zip(ci[want].tolist(), cj[want].tolist())), rank[want]
+
+    monkeypatch.setattr(pairs, "_RANK_PASSES", 10_000)
+    for x, cap, walked_more in ((xb, 2900, True), (xa, 25, True)):  # some lowest-in-B below the cap; B = A: all
+        got = close_in_a_distant_in_b_ranks(xa, x, 30, k=5, rank_cap=cap)
+        pairs_want, rank_want = brute(x, cap, 30)
+        assert got.info["b"]["exact"] is True and (got.info["b"]["pairs_ranked"] > 30) == walked_more
+        assert list(zip(got.i.tolist(), got.j.tolist())) == pairs_want
+        np.testing.assert_array_equal(got.extra["rank_b"], rank_want)
+    assert got.info["b"]["pairs_ranked"] == len(ci)  # B = A: every candidate ranked, few at the cap
+
     sb = _cos(np.asarray(xb, dtype=np.float32))
     rng = np.random.default_rng(0)
     q = rng.integers(0, 3000, 400)
     partner = (q + rng.integers(1, 2999, 400)) % 3000
     for cap in (10, 2999):
         got = pairs._capped_exact_ranks(_Space(xb, "x_b"), q, partner, cap)
-        want = np.minimum([_brute_rank(sb, a, b) for a, b in zip(q, partner)], cap)
-        assert np.abs(got - want).max() <= 1 and np.mean(got == want) >= 0.99  # float32 vs float64 ties only
-    same = close_in_a_distant_in_b_ranks(xa, xa, 30, k=5, rank_cap=25)  # B = A: A's neighbours stay close
-    assert "pairs_ranked" not in same.info["b"] and same.info["b"]["exact"] is False
+        np.testing.assert_array_equal(got, np.minimum([_brute_rank(sb, a, b) for a, b in zip(q, partner)], cap))
+    dup = np.array(xb)
+    dup[1500] = dup[7]  # row 1500 duplicates row 7: as a partner of 7's neighbours it ties, never counts above
+    sd = _cos(dup.astype(np.float32))
+    q, partner = np.array([3, 7, 7]), np.array([7, 1500, 8])
+    got = pairs._capped_exact_ranks(_Space(dup, "x_b"), q, partner, 2999)
+    assert got[1] == 0 and got[0] == int(np.sum(np.delete(sd[3], [3, 7]) > sd[3, 7]))
+    assert got[2] == int(np.sum(np.delete(sd[7], [7, 8]) > sd[7, 8]))
+
+    monkeypatch.setattr(pairs, "_RANK_PASSES", 4)  # 28 candidates: too few for 30 pairs: the graph at once
+    loaded = []
+    same = close_in_a_distant_in_b_ranks(xa, xa, 30, k=5, rank_cap=25, index_b=lambda: loaded.append(1))
+    assert loaded == [1] and "pairs_ranked" not in same.info["b"] and same.info["b"]["exact"] is False
     assert (same.extra["rank_b"] < 25).all()
+    monkeypatch.setattr(pairs, "_capped_exact_ranks", lambda *a, **k: pytest.fail("a pass that cannot succeed"))
+    close_in_a_distant_in_b_ranks(xa, xb, 30, k=5, rank_cap=25)
 
 
 def test_progress_reports_every_row_of_each_graph_in_order(big):

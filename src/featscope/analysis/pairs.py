@@ -8,9 +8,9 @@ memory stays O(chunk * N) however large N is.
 A space too large to copy into memory (``arrays.IN_MEMORY_MAX``; a memory-mapped million-image set) is
 read in chunks, and its neighbours come from a FAISS IVF index whose ``nprobe`` is tuned to recall@10 >= 0.95
 against exact search (exact search costs O(N^2 D), about a day for a million 2048-d vectors on a CPU). The
-measured recall is reported (``PairList.info``, ``Agreement.info``); neighbour *ranks* in B, which need an
-O(N^2 D) scan for every pair, are then counted up to ``rank_cap``, exactly for the few pairs that lead the
-list (see :func:`close_in_a_distant_in_b_ranks`). Building and
+measured recall is reported (``PairList.info``, ``Agreement.info``); neighbour *ranks* in B, which take an
+O(N^2 D) scan to count for every pair, are then counted up to ``rank_cap``, exactly for the candidates that
+lead the list, an O(N D) pass over B per 256 of them (see :func:`close_in_a_distant_in_b_ranks`). Building and
 tuning that index costs minutes per space at a million vectors: a caller holding one already (an embedding
 set's stored index) passes it (``index=``, ``index_a=``, ``index_b=``: a :class:`~featscope.analysis.knn.PrebuiltIndex`)
 and it is searched instead (``info["index_source"]`` says which; :mod:`featscope.analysis.knn`). A space that
@@ -130,7 +130,8 @@ def close_in_a_distant_in_b_clusters(labels_a_large: np.ndarray, labels_b_small:
 def close_in_a_distant_in_b_ranks(x_a: np.ndarray, x_b: np.ndarray, n_pairs: int = 50, *, k: int = 10,
                                   chunk: int = _DEFAULT_CHUNK, rank_cap: int = 100,
                                   index_a: PrebuiltIndex | None = None,
-                                  index_b: PrebuiltIndex | None = None, progress: Progress | None = None) -> PairList:
+                                  index_b: PrebuiltIndex | Callable[[], PrebuiltIndex | None] | None = None,
+                                  progress: Progress | None = None) -> PairList:
     """Pairs close in space A but distant in space B by neighbour rank (Fig. 3, middle panel).
 
     Candidates are A's k-NN pairs. For each, the exact rank of j in i's neighbour list in B is
@@ -144,12 +145,13 @@ def close_in_a_distant_in_b_ranks(x_a: np.ndarray, x_b: np.ndarray, n_pairs: int
     A space B too large for memory is not scanned for every pair: ranks are capped at ``rank_cap`` (a partner
     at or beyond it gets rank ``rank_cap``; pairs tied there are ordered by their B cosine, lowest first;
     ``info["rank_cap"]`` says so). The list starts with pairs at the cap whenever there are ``n_pairs`` of
-    them, so the candidates are ranked exactly, lowest B cosine first, a few hundred per pass over B, until
-    ``n_pairs`` are found at the cap (:func:`_capped_lowest_in_b`; ``info["b"]["pairs_ranked"]``): the
-    result is exact. Only when too few candidates reach the cap do ranks come from B's ``rank_cap`` nearest
-    neighbours (IVF, tuned recall; ``info["b"]`` says how they were found). ``index_a``, ``index_b``: the
-    spaces' prebuilt indexes (module docstring). ``progress(done, total)``: rows of the k-NN graphs done so far
-    (A's, then B's when B is too large for memory).
+    them, so the candidates are ranked exactly, lowest B cosine first, 256 per pass over B, until ``n_pairs``
+    are found at the cap or every candidate is ranked (:func:`_capped_lowest_in_b`;
+    ``info["b"]["pairs_ranked"]``: the candidates walked): the result is exact, up to float32 rounding of
+    cosines that tie. Only when four passes do not find them do ranks come from B's ``rank_cap`` nearest
+    neighbours (IVF, tuned recall; ``info["b"]`` says how they were found; ``index_b`` may be a function
+    returning B's prebuilt index, called only then). ``index_a``: A's prebuilt index (module docstring).
+    ``progress(done, total)``: rows of A's k-NN graph, then of B's (all N at once when B's ranks took passes).
     """
     xa, xb = _Space(x_a, "x_a"), _Space(x_b, "x_b")
     _check_same_n(xa, xb)
@@ -163,13 +165,14 @@ def close_in_a_distant_in_b_ranks(x_a: np.ndarray, x_b: np.ndarray, n_pairs: int
         cap = min(int(rank_cap), len(xb) - 1)
         found = _capped_lowest_in_b(xb, i, j, score, score_b, cap, n_pairs)
         if found is not None:  # exact ranks of the pairs that can lead the list: no graph of B needed
-            sel, rank_ij, rank_ji, checked = found
+            sel, rank_ij, rank_ji, walked = found
             i, j, score, score_b = i[sel], j[sel], score[sel], score_b[sel]
-            info_b = {"exact": True, "recall": 1.0, "pairs_ranked": checked}
+            info_b = {"exact": True, "recall": 1.0, "pairs_ranked": walked}
             if second is not None:
                 second(len(xb), len(xb))
         else:
-            nb, info_b = _knn(xb, cap, chunk=chunk, prebuilt=index_b, progress=second)
+            nb, info_b = _knn(xb, cap, chunk=chunk, prebuilt=index_b() if callable(index_b) else index_b,
+                              progress=second)
             rank_ij, rank_ji = _capped_rank(nb, i, j, cap), _capped_rank(nb, j, i, cap)
         info = {**info, "rank_cap": cap, "recall_b": info_b["recall"], "b": info_b}
     else:
@@ -189,43 +192,49 @@ _RANK_CHUNK = 16384  # rows of B scored per block of a pass
 
 def _capped_lowest_in_b(xb: _Space, i: np.ndarray, j: np.ndarray, score: np.ndarray, score_b: np.ndarray,
                         cap: int, n_pairs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
-    """The first ``n_pairs`` candidates, in the order (B cosine, -A cosine, i, j), whose pair is at the rank cap
-    in B both ways, with their exact capped ranks: ``(positions in i/j, rank_ij, rank_ji, pairs ranked)``; None
-    when ``_RANK_PASSES`` passes over B do not find ``n_pairs`` (or the candidates run out first).
+    """Candidates with exact capped ranks both ways that make up the list: ``(positions in i/j, rank_ij,
+    rank_ji, candidates walked)``. Walking the candidates in the order (B cosine, -A cosine, i, j), the first
+    ``n_pairs`` at the cap both ways; or every candidate, when at most ``_RANK_PASSES`` passes rank them all.
+    None when ``_RANK_PASSES`` passes find neither (or ``n_pairs`` exceeds what they can rank).
 
-    Why this is the answer: the ranks order pairs at the cap first, then by B cosine (lowest first), A cosine
+    Why this is the answer: the list orders pairs at the cap first, then by B cosine (lowest first), A cosine
     and index, so when ``n_pairs`` pairs reach the cap they are the list, and walking the candidates in that
     order finds them first. Written here because the alternative, B's ``cap``-NN graph from its IVF-PQ index,
     costs a search of every one of N rows with ``cap * rerank`` exact re-scores each (38.6 min at N = 300k,
-    hours at a million, and approximate), while this costs a pass over B per few hundred candidates: the
-    lowest B cosines among close-in-A pairs are nearly always at the cap, so one pass usually does."""
+    hours at a million, and approximate), while this costs a pass over B per 256 candidates: the lowest B
+    cosines among close-in-A pairs are nearly always at the cap, so one pass usually does."""
+    limit = _RANK_PASSES * _RANKED_PER_PASS
+    if n_pairs > min(len(i), limit) or not len(i):
+        return None
     order = np.lexsort((j, i, -score, score_b))
-    keep: list[np.ndarray] = []
+    seen: list[np.ndarray] = []
     r_ij: list[np.ndarray] = []
     r_ji: list[np.ndarray] = []
-    found, checked = 0, 0
-    for start in range(0, min(len(order), _RANK_PASSES * _RANKED_PER_PASS), _RANKED_PER_PASS):
+    found = 0
+    for start in range(0, min(len(order), limit), _RANKED_PER_PASS):
         batch = order[start:start + _RANKED_PER_PASS]
         ranks = _capped_exact_ranks(xb, np.concatenate([i[batch], j[batch]]), np.concatenate([j[batch], i[batch]]),
                                     cap)
-        a, b = ranks[:len(batch)], ranks[len(batch):]
-        at_cap = np.flatnonzero((a == cap) & (b == cap))[:n_pairs - found]
-        keep.append(batch[at_cap])
-        r_ij.append(a[at_cap])
-        r_ji.append(b[at_cap])
-        found += len(at_cap)
-        checked += int(at_cap[-1]) + 1 if found == n_pairs else len(batch)
-        if found == n_pairs:
-            return np.concatenate(keep), np.concatenate(r_ij), np.concatenate(r_ji), checked
+        seen.append(batch)
+        r_ij.append(ranks[:len(batch)])
+        r_ji.append(ranks[len(batch):])
+        found += int(np.sum((r_ij[-1] == cap) & (r_ji[-1] == cap)))
+        if found >= n_pairs:
+            walked, a, b = np.concatenate(seen), np.concatenate(r_ij), np.concatenate(r_ji)
+            at_cap = np.flatnonzero((a == cap) & (b == cap))[:n_pairs]
+            return walked[at_cap], a[at_cap], b[at_cap], int(at_cap[-1]) + 1
+    if len(order) <= limit:  # every candidate ranked exactly: the list is among them, whatever their ranks
+        return np.concatenate(seen), np.concatenate(r_ij), np.concatenate(r_ji), len(order)
     return None
 
 
 def _capped_exact_ranks(xb: _Space, q: np.ndarray, partner: np.ndarray, cap: int) -> np.ndarray:
-    """``min(cap, #{j' not in (q, partner) : cos(q, j') > cos(q, partner)})`` for each pair, exactly, in one
-    pass over the rows of ``xb`` (memory-mapped), ``_RANK_CHUNK`` rows at a time.
+    """``min(cap, #{j' not in (q, partner) : cos(q, j') > cos(q, partner)})`` for each pair, in one pass over the
+    rows of ``xb`` (memory-mapped), ``_RANK_CHUNK`` rows at a time.
 
     The threshold ``cos(q, partner)`` is computed once, in float32; the self and partner columns of the scan are
-    left out by position, so rounding differences between the two computations cannot count either."""
+    left out by position, so rounding differences between the two computations cannot count either (another
+    row whose cosine ties the threshold to the last bit may)."""
     rows, where = np.unique(q, return_inverse=True)
     queries = xb.rows(rows)
     thresh = np.einsum("pd,pd->p", queries[where], xb.rows(partner))

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 # Bump when a change in this layer or in featscope.analysis changes the numbers a kind produces.
 # 2: t-SNE on exact FAISS neighbours with a coarser FFT grid; probe C search with warm starts.
 ANALYSIS_VERSION = 2
+# A kind's own version, where a change touched only that kind (the others keep their cached results).
+# contrast 3: ranks in B of a set above the in-memory limit counted exactly for the candidates that lead the list.
+KIND_VERSION = {"contrast": 3}
 KINDS = ("comembership", "closest", "contrast", "agreement", "projection", "probe", "similarity", "cka-matrix")
 
 Progress = Callable[[int, int], None]
@@ -101,7 +104,7 @@ def run(ctx: Context, kind: str, set_ids: Sequence[int], params: dict[str, Any],
     rows = [_embedding_row(ctx, i) for i in set_ids]
     _check_same_dataset(rows)
     key = content_key({"kind": "analysis", "analysis": kind, "inputs": [r.artifact_key for r in rows],
-                       "params": params, "version": ANALYSIS_VERSION})
+                       "params": params, "version": KIND_VERSION.get(kind, ANALYSIS_VERSION)})
     cached = not force and _usable(ctx, key, say)
     if cached_only and not cached:
         raise NotCached(f"{kind} on embedding sets {list(set_ids)} with these parameters is not computed yet")

@@ -210,7 +210,7 @@ def contrast(ctx: Context, a: int, b: int, *, definition: str = "ranks", n_pairs
         xa, xb = d.vectors
         if definition == "ranks":
             pl = close_in_a_distant_in_b_ranks(xa, xb, n_pairs, k=k, index_a=_stored_index(ctx, d, 0, on_message),
-                                               index_b=_stored_index(ctx, d, 1, on_message),
+                                               index_b=lambda: _stored_index(ctx, d, 1, on_message),  # if needed
                                                progress=_graph_progress(progress, on_message, "neighbours in A, then B"))
             return {"pairs": _pairs_dict(pl, ("score_b", "rank_b", "rank_b_ij", "rank_b_ji")), "knn": pl.info}, {}
         la = kmeans_labels(xa, k_large, seed=seed).labels
