@@ -43,7 +43,7 @@ import numpy as np
 STEPS = ("register", "query", "comembership", "closest", "contrast", "tsne", "umap", "probe", "cka", "raster")
 # Largest N each step is run at by default on a 2-core CPU (None: any): above these the run takes hours
 # (K-means over the whole K grid, k-NN graphs, t-SNE/UMAP, probe fitting grow with N or faster).
-DEFAULT_MAX_N = {"comembership": 100_000, "closest": 300_000, "contrast": 300_000, "tsne": 300_000,
+DEFAULT_MAX_N = {"comembership": 300_000, "closest": 300_000, "contrast": 300_000, "tsne": 300_000,
                  "umap": 300_000, "probe": 300_000}
 CLASSES, CLUSTERS_A = 100, 1000
 
