@@ -183,7 +183,10 @@ def test_knn_graph_of_an_ivf_index_gives_each_row_its_neighbours_list(memory_max
         rows = np.arange(start, start + 500)
         for r, hits in zip(rows, neighbours(index, x, rows, 80, rerank=3)):
             want[r, :len(hits)] = [p for p, _ in hits]
-    assert (graph == want).all()
+    xn = normalize(x)
+    for r, c in np.argwhere(graph != want):  # only neighbours whose cosines tie to the last bit may swap places
+        assert graph[r, c] >= 0 and want[r, c] >= 0 and xn[r] @ xn[graph[r, c]] == xn[r] @ xn[want[r, c]]
+    assert (np.sort(graph, axis=1) == np.sort(want, axis=1)).all() and (graph == want).mean() > 0.999
     assert (graph == -1).any() and graph[11, 0] == 2900 and graph[2900, 0] == 11
     assert not (graph == np.arange(3000)[:, None]).any()
 

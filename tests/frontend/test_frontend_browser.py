@@ -186,7 +186,9 @@ def test_the_dashboard_end_to_end(server, browser_page):
     pts = page.evaluate(POINTS_JS, "proj-a")
     assert len(pts) == 40
     xs, ys = sorted(p[0] for p in pts), sorted(p[1] for p in pts)
-    x0, x1, y0, y1 = xs[0] - 6, xs[len(xs) // 2] + 1, ys[0] - 6, ys[-1] + 6
+    # the right edge in the middle of the widest gap between points near the median: no point on the lasso's edge
+    gap, at = max((xs[m + 1] - xs[m], m) for m in range(len(xs) // 2 - 6, len(xs) // 2 + 6))
+    x0, x1, y0, y1 = xs[0] - 6, xs[at] + gap / 2, ys[0] - 6, ys[-1] + 6
     inside = sum(1 for x, y in pts if x0 < x < x1 and y0 < y < y1)
     page.mouse.move(x0, y0)
     page.mouse.down()
