@@ -226,6 +226,7 @@ def test_memory_mapped_spaces_are_copied_once_each_one_at_a_time(monkeypatch, tm
     import weakref
 
     import featscope.analysis.arrays as arrays
+    import featscope.analysis.clustering as clustering
     import featscope.analysis.comembership as cm
 
     rng = np.random.default_rng(12)
@@ -242,16 +243,26 @@ def test_memory_mapped_spaces_are_copied_once_each_one_at_a_time(monkeypatch, tm
     monkeypatch.setattr(arrays, "WORKING_COPY_MAX", 400 * 9 * 4)
     copies, real = [], arrays.working_copy
 
-    def recording(x, name="x", budget=None):
+    def recording(x, name="x", budget=None, *, checked=False):
         assert all(ref() is None for ref in copies), "the previous space's copy is still held"
-        rows, in_memory = real(x, name, budget)
+        rows, in_memory = real(x, name, budget, checked=checked)
         assert in_memory and rows.dtype == np.float32 and not isinstance(rows, np.memmap)
         copies.append(weakref.ref(rows))
         return rows, in_memory
 
+    checks, chunks = [], arrays.float_chunks
+
+    def counting(x, chunk=arrays.CHUNK, name="x", check=True):
+        if check:
+            checks.append(name)
+        return chunks(x, chunk, name, check)
+
+    for module in (arrays, cm, clustering):
+        monkeypatch.setattr(module, "float_chunks", counting)
     monkeypatch.setattr(cm, "working_copy", recording)
     got = comembership_curve(a, b, ks=[3, 7], seeds=(0, 1), use_gpu=False)
     assert len(copies) == 2
+    assert sorted(checks) == ["x_a", "x_b"]  # each space's rows checked for NaN once, not once per copy or run
     for m in METRICS:
         np.testing.assert_array_equal(got.per_seed[m], streamed.per_seed[m])
         np.testing.assert_array_equal(got.per_seed[m], want.per_seed[m])
@@ -273,6 +284,10 @@ def test_a_bad_second_space_or_niter_is_refused_before_any_clustering(monkeypatc
         with pytest.raises(ValueError, match="x_b contains NaN or inf"):
             comembership_curve(a, b, ks=[2, 3], seeds=(0,), use_gpu=False, progress=lambda d, t: calls.append(d))
     assert calls == []  # refused before A was clustered
+    monkeypatch.setattr(arrays, "WORKING_COPY_MAX", 0)  # A streamed: its rows are checked as K-means reads them
+    for sample in (None, 200):  # every row, or the rows sampled to train the centroids
+        with pytest.raises(ValueError, match="x_a contains NaN or inf"):
+            comembership_curve(b, a, ks=[2, 3], seeds=(0,), sample=sample, use_gpu=False)
     for bad in (0, -1, 2.5):
         with pytest.raises(ValueError, match="niter"):
             comembership_curve(x_a[:, :2], x_a[:, 2:], ks=[2], seeds=(0,), niter=bad, use_gpu=False)

@@ -107,7 +107,8 @@ def _cgroup_available(root: str = "/sys/fs/cgroup") -> int | None:
     return None
 
 
-def working_copy(x: np.ndarray, name: str = "x", budget: int | None = None) -> tuple[np.ndarray, bool]:
+def working_copy(x: np.ndarray, name: str = "x", budget: int | None = None, *,
+                 checked: bool = False) -> tuple[np.ndarray, bool]:
     """``(rows, in_memory)``: ``x`` as a checked in-memory float32 (N, D) matrix and True when that copy fits
     :data:`IN_MEMORY_MAX` or, above it, the working-copy budget (``budget`` bytes, default
     :func:`working_copy_budget`); else ``x`` itself, checked for shape and dtype as :func:`embeddings_or_stream`
@@ -115,17 +116,18 @@ def working_copy(x: np.ndarray, name: str = "x", budget: int | None = None) -> t
 
     For analyses that pass over the rows many times (K-means: a pass per iteration, for every K): a
     memory-mapped float16 set is converted and checked once, chunk by chunk, instead of on every pass.
-    An in-memory float32 matrix is checked and used as it is, never copied."""
+    An in-memory float32 matrix is checked and used as it is, never copied. ``checked``: the caller has already
+    read every row and found them finite, so the copy does not check them again."""
     x = embeddings_or_stream(x, name)
     if fits_in_memory(x):
         return x, True  # as_embeddings' checked float32 copy
     if type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous:
-        for _ in float_chunks(x, name=name):  # views, no copy: the finiteness check only
+        for _ in () if checked else float_chunks(x, name=name):  # views, no copy: the finiteness check only
             pass
         return x, True
     if x.shape[0] * x.shape[1] * 4 > (working_copy_budget() if budget is None else int(budget)):
         return x, False
     copy = np.empty(x.shape, dtype=np.float32)
-    for start, block in float_chunks(x, name=name):
+    for start, block in float_chunks(x, name=name, check=not checked):
         copy[start:start + len(block)] = block
     return copy, True

@@ -138,12 +138,13 @@ def kmeans_labels(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 20, sphe
 
 
 def _kmeans(x: np.ndarray, checked: bool, k: int, *, seed: int, niter: int, spherical: bool, gpu: int,
-            sample: int | None) -> KMeansResult:
+            sample: int | None, name: str = "x") -> KMeansResult:
     """:func:`kmeans_labels` on checked arguments: FAISS's K-means for a float32 matrix under
-    ``IN_MEMORY_MAX``, else :func:`_kmeans_streaming` (``checked``: ``x``'s rows are known to be finite)."""
+    ``IN_MEMORY_MAX``, else :func:`_kmeans_streaming` (``checked``: ``x``'s rows are known to be finite;
+    ``name``: what an error calls ``x``)."""
     if not fits_in_memory(x):
         return _kmeans_streaming(x, k, seed=seed, niter=niter, spherical=spherical, gpu=gpu, sample=sample,
-                                 checked=checked)
+                                 checked=checked, name=name)
     n, d = x.shape
     train = x
     if sample is not None and sample < n:
@@ -170,9 +171,11 @@ def _kmeans(x: np.ndarray, checked: bool, k: int, *, seed: int, niter: int, sphe
 
 
 def _kmeans_streaming(x: np.ndarray, k: int, *, seed: int, niter: int, spherical: bool, gpu: int,
-                      sample: int | None, checked: bool = False, chunk: int = CHUNK) -> KMeansResult:
+                      sample: int | None, checked: bool = False, chunk: int = CHUNK,
+                      name: str = "x") -> KMeansResult:
     """Lloyd's K-means over row chunks of ``x`` (any (N, d) array: a memory-mapped float16 set, or its float32
-    working copy). ``checked``: ``x``'s rows are known to be finite; else the first pass over them checks.
+    working copy). ``checked``: ``x``'s rows are known to be finite; else the first pass over them checks
+    (an error names the matrix ``name``).
 
     Written here because ``faiss.Kmeans`` needs every training point in memory as float32 (8 GB for a
     million 2048-d images), and it starts and splits clusters differently: used on a working copy when one
@@ -194,8 +197,8 @@ def _kmeans_streaming(x: np.ndarray, k: int, *, seed: int, niter: int, spherical
     if rows is not None:
         train = np.ascontiguousarray(x[rows], dtype=np.float32)
         if not checked and not np.isfinite(train).all():
-            raise ValueError("x contains NaN or inf (among the rows sampled to train the centroids); drop or "
-                             "repair those rows (the same rows in every space)")
+            raise ValueError(f"{name} contains NaN or inf (among the rows sampled to train the centroids); drop "
+                             "or repair those rows (the same rows in every space)")
     init = np.sort(rng.choice(len(train), size=k, replace=False))
     centroids = np.ascontiguousarray(train[init], dtype=np.float32)
     if spherical:
@@ -207,7 +210,7 @@ def _kmeans_streaming(x: np.ndarray, k: int, *, seed: int, niter: int, spherical
         if gpu:
             index = faiss.index_cpu_to_all_gpus(index)
         index.add(cents)
-        blocks = float_chunks(data, chunk, "x", check=not checked) if data is x else [(0, data)]
+        blocks = float_chunks(data, chunk, name, check=not checked) if data is x else [(0, data)]
         for start, block in blocks:
             score, a = index.search(block, 1)
             yield start, block, score[:, 0], a[:, 0]

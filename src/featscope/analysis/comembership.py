@@ -210,17 +210,14 @@ def comembership_curve(x_a: np.ndarray, x_b: np.ndarray, ks: Sequence[int] | np.
     for x, name, checked in ((x_a, "x_a", False), (x_b, "x_b", b_checked)):
         rows = x
         if not fits_in_memory(x) and (sample is None or sample >= n):
-            rows, copied = working_copy(x, name)
+            rows, copied = working_copy(x, name, checked=checked)  # B was checked above: not read twice
             checked = checked or copied
         per_k = []
         for k in ks_arr:
             per_seed = []
             for s in seeds_t:
-                try:
-                    per_seed.append(_kmeans(rows, checked, int(k), seed=s, niter=niter, spherical=False, gpu=gpu,
-                                            sample=sample).labels)
-                except ValueError as e:  # the streamed path checks rows as it reads them: name the space
-                    raise ValueError(str(e).replace("x contains", f"{name} contains", 1)) from None
+                per_seed.append(_kmeans(rows, checked, int(k), seed=s, niter=niter, spherical=False, gpu=gpu,
+                                        sample=sample, name=name).labels)
                 checked = True  # a finished run has read (and checked) every row
                 done += 1
                 if progress is not None:
