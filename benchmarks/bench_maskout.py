@@ -85,11 +85,11 @@ def damp_residuals(model: torch.nn.Module, scale: float) -> None:
 
 
 def naive(model: torch.nn.Module, x: torch.Tensor, target: int, tops: list[tuple[int, int]], size: int,
-          noise: float = 0.0) -> np.ndarray:
+          noise: float = 0.0, std: tuple[float, ...] = PRE.std) -> np.ndarray:
     """One full forward pass per position; ``noise``: add uniform input noise of +-noise grey levels."""
     out = []
     g = torch.Generator().manual_seed(1)
-    std = torch.tensor(PRE.std, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
     with torch.no_grad():
         for y, z in tops:
             m = x.clone()
@@ -124,6 +124,54 @@ def timed(fn):
     return out, time.perf_counter() - t, time.process_time() - c
 
 
+def scenes_accuracy(model: torch.nn.Module, weights: Path, px: int, per_class: int, size: int, stride: int,
+                    batch_size: int, dev: torch.device) -> None:
+    """bf16 against fp32 exact on every probe scene (single, several, small) of ``per_class`` per class: one row
+    per scene with the target's unmasked p, the map's range, max |dp| over every position and the sensitivity
+    of p to +-0.5 grey level of input noise (8 positions), then the worst of each column."""
+    from featscope.datasets.study import study_datasets
+
+    pre = Preprocess(resize=px, crop=px)
+    model = model.to(dev)
+    load0 = os.getloadavg()
+    print(f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, device {dev}; "
+          f"load average at start {load0[0]:.2f}; weights {weights}; mask {size} px, stride {stride}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="featscope-bench-") as tmp:
+        sets = study_datasets(Path(tmp) / "study", n_pretrain=1, n_pretrain_val=1, n_target_train=1,
+                              n_target_test=1, n_probe=per_class, size=px)
+        for part in ("single", "several", "small"):
+            for path in sorted(sets.folders[part].rglob("*.png")):
+                image = pre.to_uint8(Image.open(path).convert("RGB"))
+                x = pre.normalize(image[None])
+                with torch.no_grad():
+                    target = int(model(x.to(dev)).argmax())
+                exact = maskout_map(model, image, target, preprocess=pre, size=size, stride=stride,
+                                    precision="fp32", device=dev, batch_size=batch_size)
+                bf16 = maskout_map(model, image, target, preprocess=pre, size=size, stride=stride,
+                                   precision="bf16", device=dev, batch_size=batch_size)
+                rng = np.random.default_rng(0)
+                tops = [(int(exact.tops_y[i]), int(exact.tops_x[j]))
+                        for i, j in zip(rng.integers(0, len(exact.tops_y), 8), rng.integers(0, len(exact.tops_x), 8))]
+                ref = naive(model.cpu(), x, target, tops, size)
+                noisy = naive(model, x, target, tops, size, noise=0.5, std=pre.std)
+                model = model.to(dev)
+                row = (f"{part}/{path.parent.name}/{path.name}", exact.unmasked, float(exact.probs.min()),
+                       float(exact.probs.max()), float(np.abs(bf16.probs - exact.probs).max()),
+                       float(np.abs(noisy - ref).max()))
+                rows.append(row)
+                print(f"  {row[0]:40s} p {row[1]:.3f}  map {row[2]:.3f}..{row[3]:.3f}  bf16 max |dp| {row[4]:.4f}  "
+                      f"noise {row[5]:.4f}", flush=True)
+    worst = max(rows, key=lambda r: r[4])
+    for part in ("single", "several", "small"):
+        sub = [r for r in rows if r[0].startswith(part + "/")]
+        print(f"{part}: {len(sub)} scenes, bf16 max |dp| worst {max(r[4] for r in sub):.4f}, "
+              f"median {float(np.median([r[4] for r in sub])):.4f}; noise worst {max(r[5] for r in sub):.4f}")
+    print(f"all {len(rows)} scenes: bf16 vs fp32 exact max |dp| = {worst[4]:.4f} ({worst[0]}); target <= 0.02 "
+          f"{'met' if worst[4] <= 0.02 else 'missed'}")
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", help="cpu or cuda (both sides run there)")
@@ -148,6 +196,10 @@ def main() -> None:
                          "scenes the one whose top-class probability is nearest 0.7, so masking can move it. Default: "
                          "a generated 300-500 px image at 224 px, where a net trained on 64-px scenes may sit at p = 1 "
                          "everywhere and |dp| would say nothing")
+    ap.add_argument("--scenes-accuracy", type=int, default=None, metavar="N",
+                    help="with --study-scene: skip the timings and compare bf16 with fp32 exact on N probe scenes per "
+                         "class of each of the single-object, several-instance and small-object sets (every "
+                         "position of each), with the input-noise sensitivity of each scene; prints one row per scene")
     args = ap.parse_args()
     if args.weights is None and TRAINED.exists():  # made by benchmarks/train_resnet50.py
         args.weights = TRAINED
@@ -162,6 +214,12 @@ def main() -> None:
         model = torchvision.models.resnet50(weights=None, num_classes=state["fc.weight"].shape[0])
         model.load_state_dict(state)
         model.eval()
+    if args.scenes_accuracy is not None:
+        if args.study_scene is None:
+            ap.error("--scenes-accuracy needs --study-scene PX")
+        scenes_accuracy(model, args.weights, args.study_scene, args.scenes_accuracy, args.size, args.stride,
+                        args.batch_size, dev)
+        return
     with tempfile.TemporaryDirectory(prefix="featscope-bench-") as tmp:
         if args.study_scene is not None:
             from featscope.datasets.study import study_datasets

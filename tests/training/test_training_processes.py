@@ -54,7 +54,7 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def test_sigkilled_training_resumes_to_the_uninterrupted_weights(study_sets, tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     ws = _setup(killed, study_sets.coco["pretrain"])
-    args = [*TRAIN, "--batch-size", "4", "--epochs", "4", "--lr", "0.005", "--checkpoint-every", "2"]
+    args = [*TRAIN, "--batch-size", "4", "--epochs", "6", "--lr", "0.005", "--checkpoint-every", "2"]
     proc = subprocess.Popen([sys.executable, "-m", "featscope", *args], env=_env(killed),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = killed / "runs" / "00001"
@@ -68,14 +68,14 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_weights(study_sets, tmp
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the training finished before it could be killed"
     kept = torch.load(run_dir / "checkpoint.pt", weights_only=True)["iteration"]
-    assert 2 <= kept < 16
+    assert 2 <= kept < 24
 
     assert ws.run(1).state == "running"  # as the killed process left it
     resumed = _cli(killed, *args)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resumed from the checkpoint at iteration {kept} of 16" in resumed.stderr
+    assert f"resumed from the checkpoint at iteration {kept} of 24" in resumed.stderr
     assert ws.run(1).state == "done" and ws.run(1).result["resumed_from"] == kept
-    _train_here(_setup(clean, study_sets.coco["pretrain"]), batch_size=4, epochs=4, lr=0.005, checkpoint_every=2)
+    _train_here(_setup(clean, study_sets.coco["pretrain"]), batch_size=4, epochs=6, lr=0.005, checkpoint_every=2)
     assert _max_diff(_weights(killed), _weights(clean)) <= 1e-6
 
 

@@ -40,7 +40,7 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
 class WorkerProcess:
     """``featscope worker`` in a child process (the real Huey consumer), logging to a file."""
 
-    def __init__(self, settings, log_path: Path, *, heartbeat_timeout: float = 3.0, step_delay: float = 0.0,
+    def __init__(self, settings, log_path: Path, *, heartbeat_timeout: float = 10.0, step_delay: float = 0.0,
                  workers: int = 1) -> None:
         env = {**os.environ, "FEATSCOPE_DATA_DIR": str(settings.data_dir), "FEATSCOPE_NUM_WORKERS": "0",
                "FEATSCOPE_BATCH_SIZE": str(settings.batch_size), "FEATSCOPE_SHARD_SIZE": str(settings.shard_size),

@@ -43,7 +43,7 @@ def test_a_worker_killed_mid_extraction_is_replaced_and_the_job_resumes_to_the_s
     ws, folder = many
     st = ws.settings
     queue = make_queue(st)
-    first = start_worker(st, heartbeat_timeout=3.0, step_delay=0.4)  # 12 batches: about 5 s of work
+    first = start_worker(st, step_delay=0.4)  # 12 batches: about 5 s of work
     job = jobs.submit(ws.ctx, "extract", {"backbone": "r18", "dataset": "many", "taps": ["conv5", "conv3"]},
                       queue=queue)
     waiter(lambda: len(_shards(st)) >= 2, 90, "two extraction shards on disk")
@@ -53,7 +53,7 @@ def test_a_worker_killed_mid_extraction_is_replaced_and_the_job_resumes_to_the_s
     assert jobs.get_job(ws.ctx, job.id).state == "running"
     kept = len(_shards(st))
 
-    second = start_worker(st, heartbeat_timeout=3.0)
+    second = start_worker(st)
     done = waiter(lambda: (j := jobs.get_job(ws.ctx, job.id)).state in ("done", "failed") and j, 90,
                   "the job to finish on the second worker")
     assert done.state == "done", done.error

@@ -143,7 +143,7 @@ def test_a_worker_killed_mid_shard_costs_that_shard_only(many, redis_url, start_
     st = ws.settings.model_copy(update={"redis_url": redis_url, "extract_job_images": 12})
     ws = Workspace(st)
     queue = make_queue(st)
-    workers = {w.pid: w for w in (start_worker(st, heartbeat_timeout=3.0, step_delay=0.5) for _ in range(2))}
+    workers = {w.pid: w for w in (start_worker(st, step_delay=0.5) for _ in range(2))}
     for w in workers.values():
         w.wait_ready()
     job = jobs.submit(ws.ctx, "extract", {"backbone": "r18", "dataset": "many", "taps": TAPS}, queue=queue)

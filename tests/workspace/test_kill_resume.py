@@ -17,7 +17,8 @@ from featscope.workspace import Workspace
 
 def _env(data_dir: Path) -> dict[str, str]:
     return {**os.environ, "FEATSCOPE_DATA_DIR": str(data_dir), "FEATSCOPE_NUM_WORKERS": "0",
-            "FEATSCOPE_BATCH_SIZE": "4", "FEATSCOPE_SHARD_SIZE": "4", "PYTHONUNBUFFERED": "1"}
+            "FEATSCOPE_BATCH_SIZE": "4", "FEATSCOPE_SHARD_SIZE": "4", "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1"}
 
 
 def _cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -33,7 +34,7 @@ def _setup(data_dir: Path, images: Path) -> None:
 
 
 def test_killed_extraction_resumes_to_the_uninterrupted_result(tmp_path, make_images):
-    images = make_images(tmp_path / "imgs", {"a": 24, "b": 24}, size=64)
+    images = make_images(tmp_path / "imgs", {"a": 64, "b": 64}, size=64)  # 32 shards
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     _setup(killed, images)
     _setup(clean, images)
@@ -51,7 +52,7 @@ def test_killed_extraction_resumes_to_the_uninterrupted_result(tmp_path, make_im
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the extraction finished before it could be killed"
     done_before = len(list(work.glob("*/shard-*.npz")))
-    assert 2 <= done_before < 12
+    assert 2 <= done_before < 32
 
     resumed = _cli(killed, *args)
     assert resumed.returncode == 0, resumed.stderr
@@ -63,6 +64,6 @@ def test_killed_extraction_resumes_to_the_uninterrupted_result(tmp_path, make_im
     for sa, sb in zip(a.embedding_sets(), b.embedding_sets(), strict=True):
         assert (sa.tap, sa.pooling, sa.artifact_key) == (sb.tap, sb.pooling, sb.artifact_key)
         ea, eb = a.load_embeddings(sa.id), b.load_embeddings(sb.id)
-        assert ea.relpaths == eb.relpaths and len(ea.relpaths) == 48
+        assert ea.relpaths == eb.relpaths and len(ea.relpaths) == 128
         np.testing.assert_array_equal(ea.vectors, eb.vectors)
     assert not list(work.glob("*/shard-*.npz")), "shards are cleared once the artifacts are stored"
