@@ -26,7 +26,7 @@ about 100x more than a stable net's. ``--residual-scale 0.5`` damps its residual
 a trained net's stability, not a trained net); ``--weights`` takes trained weights where a file exists.
 
     .venv/bin/python benchmarks/bench_maskout.py [--device cpu|cuda] [--repeat 2] [--naive-positions 8|all]
-        [--residual-scale 0.5] [--weights resnet50.pth]
+        [--residual-scale 0.5] [--weights resnet50.pth] [--study-scene 64 [--scenes-accuracy 2]]
 """
 
 from __future__ import annotations
@@ -89,13 +89,13 @@ def naive(model: torch.nn.Module, x: torch.Tensor, target: int, tops: list[tuple
     """One full forward pass per position; ``noise``: add uniform input noise of +-noise grey levels."""
     out = []
     g = torch.Generator().manual_seed(1)
-    std = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     with torch.no_grad():
         for y, z in tops:
             m = x.clone()
             m[:, :, y:y + size, z:z + size] = 0.0
             if noise:
-                m += (torch.rand(m.shape, generator=g) * 2 - 1) * noise / 255 / std
+                m += (torch.rand(m.shape, generator=g) * 2 - 1).to(m.device) * noise / 255 / std
             out.append(float(torch.softmax(model(m), 1)[0, target]))
     return np.array(out)
 
@@ -151,11 +151,11 @@ def scenes_accuracy(model: torch.nn.Module, weights: Path, px: int, per_class: i
                 bf16 = maskout_map(model, image, target, preprocess=pre, size=size, stride=stride,
                                    precision="bf16", device=dev, batch_size=batch_size)
                 rng = np.random.default_rng(0)
-                tops = [(int(exact.tops_y[i]), int(exact.tops_x[j]))
-                        for i, j in zip(rng.integers(0, len(exact.tops_y), 8), rng.integers(0, len(exact.tops_x), 8))]
-                ref = naive(model.cpu(), x, target, tops, size)
-                noisy = naive(model, x, target, tops, size, noise=0.5, std=pre.std)
-                model = model.to(dev)
+                cells = rng.choice(exact.probs.size, min(8, exact.probs.size), replace=False)
+                tops = [(int(exact.tops_y[c // len(exact.tops_x)]), int(exact.tops_x[c % len(exact.tops_x)]))
+                        for c in cells]
+                ref = naive(model, x.to(dev), target, tops, size)
+                noisy = naive(model, x.to(dev), target, tops, size, noise=0.5, std=pre.std)
                 row = (f"{part}/{path.parent.name}/{path.name}", exact.unmasked, float(exact.probs.min()),
                        float(exact.probs.max()), float(np.abs(bf16.probs - exact.probs).max()),
                        float(np.abs(noisy - ref).max()))
@@ -217,6 +217,8 @@ def main() -> None:
     if args.scenes_accuracy is not None:
         if args.study_scene is None:
             ap.error("--scenes-accuracy needs --study-scene PX")
+        if args.scenes_accuracy < 1:
+            ap.error(f"--scenes-accuracy takes a number of scenes per class >= 1, got {args.scenes_accuracy}")
         scenes_accuracy(model, args.weights, args.study_scene, args.scenes_accuracy, args.size, args.stride,
                         args.batch_size, dev)
         return
