@@ -16,6 +16,9 @@ reference for bf16. Captum's output is an attribution (p0 minus the mean over th
 pixel), so it is compared with the attribution the reference map implies, on the pixels (rows and
 columns < 168) that only the 21x21 positions both grids share cover.
 
+"mixed": ``precision="mixed"``, the first layers (to stride 8: stem, layer1, layer2) and the head in fp32, the
+rest in bf16; compared with the exact map on every position, as bf16 is (both run their head in fp32).
+
 "bf16 approx": bf16 with ``approx_margin`` (``--approx-margin``, default 2): the mask's effect beyond that
 many cells of its footprint is dropped at every layer (Krypton's truncated projective fields), compared
 with the exact map on every position.
@@ -59,6 +62,7 @@ VARIANTS = (("featscope fp32 exact", "fp32", "auto", None, False),
             ("featscope fp32 no reuse", "fp32", False, None, False),
             ("featscope fp32 channels_last", "fp32", "auto", True, False),
             ("featscope bf16", "bf16", "auto", None, False),
+            ("featscope mixed", "mixed", "auto", None, False),
             ("featscope bf16 approx", "bf16", "auto", None, True))
 
 
@@ -150,6 +154,8 @@ def scenes_accuracy(model: torch.nn.Module, weights: Path, px: int, per_class: i
                                     precision="fp32", device=dev, batch_size=batch_size)
                 bf16 = maskout_map(model, image, target, preprocess=pre, size=size, stride=stride,
                                    precision="bf16", device=dev, batch_size=batch_size)
+                mixed = maskout_map(model, image, target, preprocess=pre, size=size, stride=stride,
+                                    precision="mixed", device=dev, batch_size=batch_size)
                 rng = np.random.default_rng(0)
                 cells = rng.choice(exact.probs.size, min(8, exact.probs.size), replace=False)
                 tops = [(int(exact.tops_y[c // len(exact.tops_x)]), int(exact.tops_x[c % len(exact.tops_x)]))
@@ -158,17 +164,25 @@ def scenes_accuracy(model: torch.nn.Module, weights: Path, px: int, per_class: i
                 noisy = naive(model, x.to(dev), target, tops, size, noise=0.5, std=pre.std)
                 row = (f"{part}/{path.parent.name}/{path.name}", exact.unmasked, float(exact.probs.min()),
                        float(exact.probs.max()), float(np.abs(bf16.probs - exact.probs).max()),
-                       float(np.abs(noisy - ref).max()))
+                       float(np.abs(noisy - ref).max()), float(np.abs(mixed.probs - exact.probs).max()),
+                       exact.seconds, bf16.seconds, mixed.seconds)
                 rows.append(row)
-                print(f"  {row[0]:40s} p {row[1]:.3f}  map {row[2]:.3f}..{row[3]:.3f}  bf16 max |dp| {row[4]:.4f}  "
-                      f"noise {row[5]:.4f}", flush=True)
-    worst = max(rows, key=lambda r: r[4])
+                print(f"  {row[0]:40s} p {row[1]:.3f}  map {row[2]:.3f}..{row[3]:.3f}  max |dp| bf16 {row[4]:.4f} "
+                      f"mixed {row[6]:.4f}  noise {row[5]:.4f}  s fp32/bf16/mixed {row[7]:.1f}/{row[8]:.1f}/{row[9]:.1f}",
+                      flush=True)
+    print(f"engine (mixed): {mixed.engine}")
     for part in ("single", "several", "small"):
         sub = [r for r in rows if r[0].startswith(part + "/")]
-        print(f"{part}: {len(sub)} scenes, bf16 max |dp| worst {max(r[4] for r in sub):.4f}, "
-              f"median {float(np.median([r[4] for r in sub])):.4f}; noise worst {max(r[5] for r in sub):.4f}")
-    print(f"all {len(rows)} scenes: bf16 vs fp32 exact max |dp| = {worst[4]:.4f} ({worst[0]}); target <= 0.02 "
-          f"{'met' if worst[4] <= 0.02 else 'missed'}")
+        print(f"{part}: {len(sub)} scenes, max |dp| to fp32 exact: bf16 worst {max(r[4] for r in sub):.4f} median "
+              f"{float(np.median([r[4] for r in sub])):.4f}, mixed worst {max(r[6] for r in sub):.4f} median "
+              f"{float(np.median([r[6] for r in sub])):.4f}; noise worst {max(r[5] for r in sub):.4f}")
+    for name, col in (("bf16", 4), ("mixed", 6)):
+        worst = max(rows, key=lambda r: r[col])
+        print(f"all {len(rows)} scenes: {name} vs fp32 exact max |dp| = {worst[col]:.4f} ({worst[0]}), "
+              f"{sum(r[col] <= 0.02 for r in rows)}/{len(rows)} scenes <= 0.02; target <= 0.02 "
+              f"{'met' if worst[col] <= 0.02 else 'missed'}")
+    print("seconds per map, summed over the scenes: " + ", ".join(
+        f"{name} {sum(r[col] for r in rows):.1f}" for name, col in (("fp32", 7), ("bf16", 8), ("mixed", 9))))
     print(f"load average at end {os.getloadavg()[0]:.2f}")
 
 
@@ -197,7 +211,7 @@ def main() -> None:
                          "a generated 300-500 px image at 224 px, where a net trained on 64-px scenes may sit at p = 1 "
                          "everywhere and |dp| would say nothing")
     ap.add_argument("--scenes-accuracy", type=int, default=None, metavar="N",
-                    help="with --study-scene: skip the timings and compare bf16 with fp32 exact on N probe scenes per "
+                    help="with --study-scene: skip the timings and compare bf16 and mixed with fp32 exact on N probe scenes per "
                          "class of each of the single-object, several-instance and small-object sets (every "
                          "position of each), with the input-noise sensitivity of each scene; prints one row per scene")
     args = ap.parse_args()
@@ -287,13 +301,14 @@ def main() -> None:
             ppes = [min(ppes, key=lambda p: times[f"captum ppe={p}"][0])]
             best = {k: v for k, v in best.items() if not k.startswith("captum") or k == f"captum ppe={ppes[0]}"}
 
-    exact, bf16 = results["featscope fp32 exact"], results["featscope bf16"]
+    exact, bf16, mixed = results["featscope fp32 exact"], results["featscope bf16"], results["featscope mixed"]
     cap_name = f"captum ppe={ppes[0]}"
     cap_s = best[cap_name][0]
     captum_side = -(-(n - size) // stride) + 1
     print(f"positions: featscope {exact.probs.size} ({len(exact.tops_y)}x{len(exact.tops_x)}, last at {n - size}), "
           f"Captum {captum_side ** 2} (last at {(captum_side - 1) * stride}, clipped)")
     print(f"engine: {exact.engine}")
+    print(f"engine (mixed): {mixed.engine}")
     print(f"engine (bf16 approx): {results['featscope bf16 approx'].engine}")
     print(f"{cap_name:26s} {cap_s:7.2f} s")
     for name, *_ in VARIANTS:
@@ -320,6 +335,7 @@ def main() -> None:
           f"{np.abs(cl.probs[tuple(np.array(picks).T)] - ref).max():.2e}")
     print(f"bf16 vs fp32 exact (= naive, all {exact.probs.size} positions): max |dp| = "
           f"{np.abs(bf16.probs - exact.probs).max():.4f}")
+    print(f"mixed vs fp32 exact (all positions): max |dp| = {np.abs(mixed.probs - exact.probs).max():.4f}")
     print(f"bf16 approx (margin {args.approx_margin}) vs fp32 exact (all positions): max |dp| = "
           f"{np.abs(results['featscope bf16 approx'].probs - exact.probs).max():.4f}")
     k = len(range(0, n - size + 1, stride))

@@ -84,7 +84,7 @@ def test_bad_input_errors_name_the_fix(net, image) -> None:
         run(fill="grey")
     with pytest.raises(ValueError, match="fill='mean' needs mean_pixel"):
         run(fill="mean")
-    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16, got 'int8'"):
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16, mixed, got .int8."):
         run(precision="int8")
     with pytest.raises(ValueError, match="uint8 tensor .*to_uint8"):
         run(image=image.float())
@@ -263,7 +263,107 @@ def test_bf16_is_close_to_fp32(net, image, target) -> None:
     a = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=STRIDE)
     b = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=STRIDE, precision="bf16")
     assert b.engine.startswith("reuse") and b.engine.endswith(", channels_last") and b.precision == "bf16"
+    assert "; bf16, fp32 head after node 'avgpool'" in b.engine and "fp32 to node" not in b.engine
     assert np.abs(a.probs - b.probs).max() < 0.05
+
+
+def _piece_dtypes(engine) -> tuple[list[torch.dtype], list[list[torch.dtype]]]:
+    """Output dtypes of every piece of the whole network and of each windowed segment, recorded by hooks."""
+    seen: dict[int, torch.dtype] = {}
+    staged = [engine.module] + [seg.module for seg in engine.segments or []]
+    handles = [p.register_forward_hook(lambda m, i, o: seen.__setitem__(id(m), o.dtype))
+               for st in staged for p in st.pieces]
+    return seen, staged, handles
+
+
+def test_mixed_precision_runs_front_and_head_in_fp32_the_rest_in_bf16(net, image, target) -> None:
+    """The switch points are where the study's precision argument puts them: fp32 to the end of layer1
+    (stride 8, the last clean cut there) and for the head after avgpool; bf16 autocast between. Checked on
+    the pieces' output dtypes during a real masked batch, for the whole network and for the windowed
+    segments; and the map is close to fp32's."""
+    from featscope.extractors.maskout import _Engine, _grid, _Precision
+
+    x = PRE.normalize(image[None])
+    ys = xs = _grid(64, SIZE, STRIDE, True)
+    with torch.inference_mode():
+        engine = _Engine.build(net, x, SIZE, ys, xs, "auto", _Precision("cpu", torch.bfloat16, mixed=True),
+                               torch.channels_last)
+        assert "; mixed: fp32 to node 'layer2_1_relu_1', bf16 from there" in engine.description
+        assert "fp32 head after node 'avgpool'" in engine.description and engine.segments is not None
+        seen, staged, handles = _piece_dtypes(engine)
+        fill = torch.zeros(1, 3, 1, 1)
+        out = engine.masked(x, fill, [(0, 0), (16, 24)], SIZE)
+        full = engine.full(x)
+        for h in handles:
+            h.remove()
+    assert out.dtype == torch.float32 and full.dtype == torch.float32
+    assert [seen[id(p)] for p in staged[0].pieces] == [torch.float32, torch.bfloat16, torch.float32]
+    windowed = [[seen[id(p)] for p in st.pieces] for st in staged[1:-1]]
+    # every windowed segment ends at or before layer2's end here: all fp32; the last one switches as the whole
+    assert windowed and all(d == [torch.float32] for d in windowed), windowed
+    assert [seen[id(p)] for p in staged[-1].pieces][-2:] == [torch.bfloat16, torch.float32]
+    a = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=STRIDE)
+    m = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=STRIDE, precision="mixed")
+    assert m.precision == "mixed" and m.engine.startswith("reuse")
+    assert np.abs(a.probs - m.probs).max() < 0.05 and abs(a.unmasked - m.unmasked) < 0.05
+
+
+def test_mixed_precision_windowed_segments_switch_at_the_cut(net) -> None:
+    """With reuse forced deep into the network, the chain of windowed segments is cut where the
+    precision switches: segments up to layer2's end run in fp32, the ones after in bf16; still exact
+    geometry (the fp32 self-check passes, so reuse is kept)."""
+    from featscope.extractors.maskout import _Engine, _grid, _Precision
+
+    x = torch.randn(1, 3, 160, 160, generator=torch.Generator().manual_seed(3))  # layer3 at 10x10: worth windows
+    ys = xs = _grid(160, 8, 8, True)
+    with torch.inference_mode():
+        engine = _Engine.build(net, x, 8, ys, xs, True, _Precision("cpu", torch.bfloat16, mixed=True),
+                               torch.channels_last, margin=0)
+        assert engine.segments is not None and "layer2_1_relu_1" in engine.cuts, engine.cuts
+        assert engine.cuts.index("layer2_1_relu_1") < len(engine.cuts) - 1  # the chain goes on past it
+        seen, staged, handles = _piece_dtypes(engine)
+        engine.masked(x, torch.zeros(1, 3, 1, 1), [(8, 8), (80, 72)], 8)
+        for h in handles:
+            h.remove()
+    dtypes = [seen[id(p)] for st in staged[1:] for p in st.pieces]
+    assert dtypes[0] == torch.float32 and dtypes[-1] == torch.float32 and torch.bfloat16 in dtypes
+    switch = dtypes.index(torch.bfloat16)
+    assert switch == engine.cuts.index("layer2_1_relu_1") + 1 and all(d == torch.float32 for d in dtypes[:switch])
+
+
+def test_low_precision_on_a_cpu_without_native_kernels_says_it_is_slower(net, image, target, monkeypatch,
+                                                                          caplog) -> None:
+    from featscope.extractors import extract, maskout
+
+    monkeypatch.setattr(maskout, "_WARNED", set())
+    warned = []
+    for native in (True, False, False):  # the log says it once, the map's engine note every time
+        monkeypatch.setattr(extract, "_native_cpu_kernels", lambda dtype, native=native: native)
+        caplog.clear()
+        r = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=32, precision="mixed", reuse=False)
+        slow = "(this CPU has no native bf16 kernels, so bf16 is emulated and slower than fp32 here"
+        assert (slow in r.engine) is not native
+        warned.append(slow[1:] in caplog.text)
+        exact = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=32, reuse=False)
+        assert "native" not in exact.engine
+    assert warned == [False, True, False]
+    assert extract.slow_low_precision(torch.device("cuda"), torch.bfloat16) is None
+
+
+def test_untraceable_network_in_mixed_precision_runs_fp32(net, image, target) -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x) if bool(x.sum() != 12345.0) else self.inner(x) * 2
+
+    want, _ = naive(net, image, target, SIZE, STRIDE)
+    r = maskout_map(Branchy(), image, target, preprocess=PRE, size=SIZE, stride=STRIDE, precision="mixed",
+                    channels_last=False)
+    assert r.engine == "batched (network not traceable: mixed precision ran in fp32)"
+    np.testing.assert_allclose(r.probs, want, rtol=0, atol=1e-5)
 
 
 def test_probe_head_classifier(net, image) -> None:
@@ -279,6 +379,10 @@ def test_probe_head_classifier(net, image) -> None:
     want, p0 = naive(clf.net, image, 2, SIZE, STRIDE)
     np.testing.assert_allclose(r.probs, want, rtol=0, atol=1e-5)
     assert r.unmasked == pytest.approx(p0, abs=1e-5)
+    # low precision folds conv-BN, which needs eval mode: a deep copy of the feature extractor is in train mode
+    low = maskout_map(clf, image, "c", preprocess=PRE, size=SIZE, stride=STRIDE, precision="mixed")
+    assert low.engine.startswith("reuse") and "; mixed: fp32 to node" in low.engine, low.engine
+    assert np.abs(low.probs - want).max() < 0.05
 
 
 def test_untraceable_network_falls_back_to_batched(net, image, target) -> None:

@@ -4,6 +4,7 @@ and an image's nearest neighbours in A and B."""
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -105,6 +106,7 @@ def test_maskout_is_queued_only_by_the_button_and_shown_when_done(world, image_i
     shown = maps.maskout_view(*args, {}, submit=False)  # a fresh page: the finished maps at once
     fig_a, fig_b, fig_d = shown[:3]
     assert fig_a["data"][0]["type"] == "heatmap" and "p =" in shown[6] and "red" in shown[6]
+    assert re.search(r" · \d+\.\d s in fp32", shown[6]), shown[6]  # the exact mode's time and precision
 
 
 def test_neighbours_in_a_and_b_are_the_index_answers(world, image_id):

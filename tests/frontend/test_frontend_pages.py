@@ -430,3 +430,20 @@ def test_need_names_are_unique_per_compare(world):
     needs = standard.compare_needs(world.a, world.b, 24, "r18a", "r18b", "shapes", "avg", labelled=True)
     assert len({n.name for n in needs}) == len(needs)
     assert all(dataclasses.is_dataclass(n) for n in needs)
+
+
+# ---------------------------------------------------------------- mask-out controls (Fig. 5)
+def test_maskout_modes_map_to_precisions_the_api_accepts():
+    """The dashboard's three modes: exact fp32, fast = mixed precision, approximate = fp32 with margin 2;
+    each request passes the REST schema the job goes through."""
+    from featscope.frontend.components.maps import maskout_params
+    from featscope.server.api.schemas import MaskoutIn
+
+    got = {mode: maskout_params("det", {"image_id": 3}, 16, "4", "zero", mode, "own", "camel", "voc")
+           for mode in ("exact", "fast", "approx", "unknown")}
+    assert got["fast"]["precision"] == "mixed" and "approx_margin" not in got["fast"]
+    assert got["exact"]["precision"] == "fp32" and "approx_margin" not in got["exact"]
+    assert (got["approx"]["precision"], got["approx"]["approx_margin"]) == ("fp32", 2)
+    assert got["unknown"] == got["exact"] and got["fast"]["stride"] == 4 and "probe_dataset" not in got["fast"]
+    for params in got.values():
+        assert MaskoutIn(**params).job_params()["precision"] == params["precision"]

@@ -293,10 +293,18 @@ def test_heatmap_of_catalog_image_and_upload(client, world):
     r = client.post(f"{API}/maps/maskout", json={"backbone": "r18a", "upload_id": up["id"], "target": "0",
                                                  "size": 16, "stride": 8})
     assert r.status_code == 202, r.text
+    mixed = client.post(f"{API}/maps/maskout", json={"backbone": "r18a", "upload_id": up["id"], "target": "0",
+                                                     "size": 16, "stride": 8, "precision": "mixed"})
+    assert mixed.status_code == 202, mixed.text
     run_queued(client)
     done = client.get(f"{API}/jobs/{r.json()['id']}").json()
     assert done["state"] == "done", done
     assert client.get(f"{API}/maps/{done['id']}/overlay.png").status_code == 200
+    done = client.get(f"{API}/jobs/{mixed.json()['id']}").json()
+    assert done["state"] == "done" and "; mixed: fp32 to node" in done["result"]["data"]["engine"], done
+    bad = client.post(f"{API}/maps/maskout", json={"backbone": "r18a", "upload_id": up["id"], "target": "0",
+                                                   "size": 16, "precision": "int8"})
+    assert bad.status_code == 422 and "mixed" in bad.text
 
 
 def test_map_errors(client):

@@ -92,7 +92,9 @@ def maskout(image: str = typer.Argument(..., help="Image file, or a catalog imag
             fill: str = typer.Option("zero", help="zero (the normalisation mean colour), mean (--mean-pixel), or blur."),
             mean_pixel: Optional[str] = typer.Option(None, "--mean-pixel", help="R,G,B (0..255): the data set's "
                                                      "mean pixel, for --fill mean."),
-            precision: str = typer.Option("fp32", help="fp32 (exact) or bf16 / fp16 (faster)."),
+            precision: str = typer.Option(
+                "fp32", help="fp32 (exact); mixed (first layers and head fp32, the rest bf16: close to exact); "
+                             "bf16 / fp16 (fastest)."),
             approx_margin: Optional[int] = typer.Option(None, "--approx-margin", help="Faster, approximate: drop the "
                                                         "mask's effect beyond N cells of its footprint at every layer "
                                                         "(default: exact). Check it against an exact map first."),

@@ -198,7 +198,28 @@ def _make_plan(backbone: Backbone, paths: Sequence[Path], taps: list[str], pooli
                  precision=precision, batch_size=batch_size, num_workers=num_workers,
                  channels_last=channels_last, loader=loader or _default_loader, threads=threads)
     plan.work_dir.mkdir(parents=True, exist_ok=True)
+    note = slow_low_precision(plan.device, PRECISIONS[precision])
+    if note:
+        log.warning("extraction in %s: %s", precision, note)
     return plan
+
+
+def _native_cpu_kernels(dtype: torch.dtype) -> bool | None:
+    """Whether oneDNN has native ``dtype`` (bf16/fp16) kernels on this CPU; ``None`` when torch cannot say."""
+    try:  # private, but the only place torch says so
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported() if dtype == torch.bfloat16
+                    else torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def slow_low_precision(device: torch.device, dtype: torch.dtype) -> str | None:
+    """A note when ``dtype`` (bf16/fp16) has no native support on this CPU (no AVX512-BF16/AMX-class
+    instructions: oneDNN then converts around fp32 kernels), where it runs slower than fp32; else ``None``."""
+    if device.type != "cpu" or dtype == torch.float32 or _native_cpu_kernels(dtype) is not False:
+        return None
+    kind = "bf16" if dtype == torch.bfloat16 else "fp16"
+    return f"this CPU has no native {kind} kernels, so {kind} is emulated and slower than fp32 here: use fp32, or a GPU"
 
 
 def _check_shards(shards: Sequence[int], n_shards: int) -> list[int]:

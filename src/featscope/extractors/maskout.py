@@ -41,6 +41,22 @@ without reuse 23.7 s; fp32 channels_last 14.2 s (2.1e-5 from the naive loop); bf
 with ``approx_margin=2`` (15 segments to layer3.5) 5.8 s = 4.10x. At the measured matmul peaks
 (183 GFLOP/s fp32, 430 bf16) the exact plan's work takes 14.4 s fp32 and 6.1 s bf16. The random net is
 chaotic (half a grey level of input noise moves p by 0.17), so bf16 differs by 0.159 and approx by 0.29.
+
+Precision: ``"fp32"`` is exact. ``"bf16"``/``"fp16"`` run the network under autocast (conv-BN folded,
+channels_last) but its head, after the last spatial layer, in fp32, for next to no work: a logit rounded
+to bf16 (steps of 0.06 at 10) moves p by p(1 - p) times that, up to 0.015 (on 3 scenes of the ResNet-50
+below, bf16 from layer2 on: 0.0095-0.0108 with a bf16 head, 0.0067-0.0074 with an fp32 one). ``"mixed"`` also keeps the layers up
+to stride 8 (a ResNet's stem, layer1 and layer2) in fp32: there a mask's edge is still sharp, and the
+rounding of the masked input and of these activations travels through every later layer. On a
+featscope-trained ResNet-50 (``benchmarks/train_resnet50.py``: 5,000 64-px study scenes, held-out top-1
+0.55), 16 px mask, stride 3, every position of 36 probe scenes (``bench_maskout.py --study-scene 64
+--size 16 --stride 3 --scenes-accuracy 2``): bf16 max |dp| 0.050 (median per scene 0.023, 14 of 36
+scenes within 0.02), mixed 0.0105 (median 0.005, all 36 within 0.02); half a grey level of input noise
+moves p by up to 0.036. Switching at stride 4 instead (layer2 in bf16) reached 0.0207 on one scene.
+Low precision is faster only where the hardware has it (GPUs; CPUs with AVX512-BF16 or AMX). The 224-px
+figures above came from an earlier runner; on a 2-core AMD EPYC (AVX2, no native bf16, 2.3x slower:
+Captum 54.3 s) bf16 is emulated: fp32 exact 33.7 s = 1.61x Captum, bf16 185 s = 0.29x, mixed 146 s =
+0.37x, and the 36 maps above took 152 s fp32, 575 s bf16, 355 s mixed. The engine note and the log say so.
 """
 
 from __future__ import annotations
@@ -59,13 +75,15 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.modules.utils import _pair
 
-from featscope.extractors.extract import PRECISIONS, _exact_fp32, _keep_freed_memory, _resolve_device
+from featscope.extractors.extract import (PRECISIONS, _exact_fp32, _keep_freed_memory, _resolve_device,
+                                          slow_low_precision)
 from featscope.extractors.heads import Classifier, ClassifierNet
 from featscope.extractors.types import Preprocess
 
 log = logging.getLogger(__name__)
 
 FILLS = ("zero", "mean", "blur")
+MASKOUT_PRECISIONS = {**PRECISIONS, "mixed": torch.bfloat16}
 _EMPTY = 1 << 30  # an empty interval is (+_EMPTY, -_EMPTY): hulls and clips keep it empty
 
 
@@ -128,23 +146,21 @@ def maskout_map(classifier: Classifier | nn.Module, image: torch.Tensor, target:
     dev = _resolve_device("auto" if device is None else device)
     h, w = image.shape[1:]
     ys, xs = _grid(h, size, stride, cover_border), _grid(w, size, stride, cover_border)
-    dtype = PRECISIONS[precision]
-    autocast = torch.autocast(dev.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    dtype = MASKOUT_PRECISIONS[precision]
     use_cl = dtype != torch.float32 if channels_last is None else bool(channels_last)
     fmt = torch.channels_last if use_cl else torch.contiguous_format
     with _keep_freed_memory(), _exact_fp32(dev.type == "cuda"), torch.inference_mode():
         base = preprocess.normalize(image[None].to(dev))
         fill_img = _fill_image(base, preprocess, fill, mean_pixel, blur_sigma or size / 4)
-        engine = _Engine.build(net, base, size, ys, xs, reuse, autocast, fmt, approx_margin)
-        with autocast:
-            logits = engine.full(base)
+        engine = _Engine.build(net, base, size, ys, xs, reuse, _Precision(dev.type, dtype, precision == "mixed"),
+                               fmt, approx_margin)
+        logits = engine.full(base)
         _check_target(t, logits)
         unmasked = float(torch.softmax(logits.float(), 1)[0, t])
         positions = [(y, x) for y in ys for x in xs]
         probs = []
         for lo in range(0, len(positions), batch_size):
-            with autocast:
-                logits = engine.masked(base, fill_img, positions[lo:lo + batch_size], size)
+            logits = engine.masked(base, fill_img, positions[lo:lo + batch_size], size)
             probs.append(torch.softmax(logits.float(), 1)[:, t].cpu())
             if progress is not None:
                 progress(min(lo + batch_size, len(positions)), len(positions))
@@ -178,8 +194,8 @@ def _check_args(image: torch.Tensor, size: int, stride: int, fill: str, mean_pix
                          "(for the normalisation mean colour use fill='zero')")
     if blur_sigma is not None and not blur_sigma > 0:
         raise ValueError(f"blur_sigma must be positive, got {blur_sigma!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision not in MASKOUT_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(MASKOUT_PRECISIONS)}, got {precision!r}")
     if reuse not in (True, False, "auto"):
         raise ValueError(f"reuse must be True, False or 'auto', got {reuse!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -250,7 +266,8 @@ def _prepare(net: nn.Module, base: torch.Tensor, fold: bool, fmt: torch.memory_f
     try:
         from torch.fx.experimental.optimization import fuse
 
-        traced = fx.symbolic_trace(_Flat(copy.deepcopy(module)) if isinstance(module, ClassifierNet) else copy.deepcopy(module))
+        src = copy.deepcopy(module).eval()  # again: a deep copy of torchvision's feature extractor is in train mode
+        traced = fx.symbolic_trace(_Flat(src).eval() if isinstance(module, ClassifierNet) else src)
         traced = (fuse(traced, inplace=True, no_trace=True) if fold else traced).eval().to(memory_format=fmt)
         got = traced(base.contiguous(memory_format=fmt))
         if isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(
@@ -262,6 +279,45 @@ def _prepare(net: nn.Module, base: torch.Tensor, fold: bool, fmt: torch.memory_f
     return plain, False
 
 
+# Mixed precision runs the layers at strides up to this one in fp32 (see "Precision" in the module
+# docstring: 8 kept a trained ResNet-50 within 0.0105 of fp32 over 36 scenes, 4 reached 0.0207).
+_MIXED_FP32_STRIDE = 8
+
+
+@dataclass(frozen=True)
+class _Precision:
+    """How the network runs: ``dtype`` under autocast (fp32: no autocast), or ``mixed``: fp32 at the
+    high-resolution front and at the head, ``dtype`` (bf16) autocast between."""
+
+    device_type: str
+    dtype: torch.dtype
+    mixed: bool = False
+
+    def autocast(self):
+        return nullcontext() if self.dtype == torch.float32 else torch.autocast(self.device_type, dtype=self.dtype)
+
+
+class _Staged(nn.Module):
+    """Pieces of a network run one after the other, each under its own precision.
+
+    ``casts[i]``: ``None`` runs piece ``i`` in fp32 on an fp32 input (a bf16 tensor from the piece before is
+    widened), else a :class:`_Precision` whose autocast it runs under. ``exact=True`` runs every piece in fp32
+    (the self-checks)."""
+
+    def __init__(self, pieces: list[nn.Module], casts: list[_Precision | None]) -> None:
+        super().__init__()
+        self.pieces, self.casts = nn.ModuleList(pieces), casts
+
+    def forward(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        for piece, cast in zip(self.pieces, self.casts):
+            if cast is None or exact:
+                x = piece(x.float() if x.is_floating_point() else x)
+            else:
+                with cast.autocast():
+                    x = piece(x)
+        return x
+
+
 @dataclass
 class _Segment:
     """The nodes after one cut up to and including the next, run on windows of the first cut's tensor.
@@ -270,10 +326,10 @@ class _Segment:
     the window's first row/column there; ``changed``: per axis, mask top -> the rows/columns of the
     segment's output that the mask changes (``None`` for the last segment, which runs on whole tensors);
     ``step``: input-to-output stride; ``cached``: the unmasked input tensor (``None`` for the first
-    segment, whose input is the masked image).
+    segment, whose input is the masked image). ``module`` is a :class:`_Staged` once the plan is built.
     """
 
-    module: fx.GraphModule
+    module: fx.GraphModule | _Staged
     crop: tuple[int, int]
     starts: tuple[dict[int, int], dict[int, int]]
     changed: tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]] | None
@@ -282,27 +338,69 @@ class _Segment:
 
 
 class _Engine:
-    """Runs batches of masked images, through the windowed segments when they are set up, else plainly."""
+    """Runs batches of masked images, through the windowed segments when they are set up, else plainly.
 
-    def __init__(self, module: nn.Module, segments: list[_Segment] | None, description: str,
+    ``module`` (a :class:`_Staged`) is the whole network in the run's precision; ``segments`` the windowed
+    plan, whose modules are :class:`_Staged` too."""
+
+    def __init__(self, module: _Staged, segments: list[_Segment] | None, description: str,
                  fmt: torch.memory_format) -> None:
         self.module, self.segments, self.fmt = module, segments, fmt
+        self.cuts: list[str] = []  # the windowed segments' last nodes
         self.description = description + (", channels_last" if fmt == torch.channels_last else "")
 
     @classmethod
     def build(cls, net: nn.Module, base: torch.Tensor, size: int, ys: np.ndarray, xs: np.ndarray,
-              reuse: bool | str, autocast, fmt: torch.memory_format, margin: int | None = None) -> "_Engine":
-        module, traced = _prepare(net, base, not isinstance(autocast, nullcontext), fmt)
-        if not reuse or not traced:
-            return cls(module, None, "batched" if not reuse else "batched (network not traceable)", fmt)
-        plan = _plan_reuse(module, base, size, ys, xs, force=reuse is True or margin is not None, margin=margin)
+              reuse: bool | str, precision: _Precision, fmt: torch.memory_format, margin: int | None = None
+              ) -> "_Engine":
+        lowered = precision.dtype != torch.float32
+        module, traced = _prepare(net, base, lowered, fmt)
+        if not traced:
+            if precision.mixed:  # the zones are found on the traced graph; without it, exactness wins
+                log.warning("mask-out: the network is not traceable, so mixed precision runs it in fp32")
+            cast = None if precision.mixed or not lowered else precision
+            how = ("batched (network not traceable: mixed precision ran in fp32)" if precision.mixed else
+                   ("batched (network not traceable)" if reuse else "batched")
+                   + (_slow_note(base.device, precision.dtype) if lowered else ""))
+            return cls(_Staged([module], [cast]), None, how, fmt)
+        from torch.fx.passes.shape_prop import ShapeProp
+
+        ShapeProp(module).propagate(base.contiguous(memory_format=fmt))
+        nodes = list(module.graph.nodes)
+        zones = _zones(nodes, base, precision.mixed) if lowered else (0, len(nodes) - 1)
+        zone_cuts = [c for c in zones if 0 < c < len(nodes) - 1]
+        low = _DTYPE_NAMES[precision.dtype]
+        how = "" if not lowered else (
+            (f"; mixed: fp32 to node {nodes[zones[0]].name!r}, {low} from there" if zones[0] > 0 else f"; {low}")
+            + (f", fp32 head after node {nodes[zones[1]].name!r}" if zones[1] < len(nodes) - 1 else ""))
+        how += _slow_note(base.device, precision.dtype)
+
+        def staged(lo: int, hi: int, cuts: list[int], pieces: list[nn.Module]) -> _Staged:
+            """Pieces of the nodes ``lo + 1 .. hi`` (split at ``cuts``), each cast by its zone."""
+            bounds = [lo, *cuts, hi]
+            casts = [precision if lowered and zones[0] <= a and b <= zones[1] else None
+                     for a, b in zip(bounds, bounds[1:])]
+            return _Staged(pieces, casts)
+
+        whole = staged(0, len(nodes) - 1, zone_cuts, _split(module, nodes, zone_cuts))
+        if not reuse:
+            return cls(whole, None, "batched" + how, fmt)
+        plan = _plan_reuse(module, nodes, size, ys, xs, force=reuse is True or margin is not None,
+                           margin=margin, musts=zone_cuts)
         if plan is None:
-            return cls(module, None, "batched (no first layers worth reusing)", fmt)
-        cuts, segments = plan
+            return cls(whole, None, "batched (no first layers worth reusing)" + how, fmt)
+        chain, segments = plan
+        cuts, end = [nodes[c].name for c in chain], chain[-1]
+        rest = [c for c in zone_cuts if c > end]  # zone switches inside the last (whole-tensor) segment
+        pieces = _split(module, nodes, [*chain, *rest])
+        for seg, lo, hi, piece in zip(segments[:-1], [0, *chain], chain, pieces):
+            seg.module = staged(lo, hi, [], [piece])
+        segments[-1].module = staged(end, len(nodes) - 1, rest, pieces[len(chain):])
         windows = ", ".join(f"{s.crop[0]}x{s.crop[1]}" for s in segments[:-1])
-        how = "windows only" if margin is None else f"windows, approximate: changes beyond {margin} cells of the mask dropped"
-        engine = cls(module, segments, f"reuse: first layers recomputed on {how}, in {len(cuts)} segments "
-                                       f"to node {cuts[-1]!r} (windows {windows})", fmt)
+        kind = "windows only" if margin is None else f"windows, approximate: changes beyond {margin} cells of the mask dropped"
+        engine = cls(whole, segments, f"reuse: first layers recomputed on {kind}, in {len(cuts)} segments "
+                                      f"to node {cuts[-1]!r} (windows {windows}){how}", fmt)
+        engine.cuts = cuts
         inputs = _verify(segments, base, ys, xs, fmt)
         if inputs is not None:  # fp32 caches, then two masked positions end to end against the whole network
             for seg, x in zip(segments[1:], inputs):
@@ -312,29 +410,28 @@ class _Engine:
                 inputs = None
         if inputs is None:
             log.warning("reuse self-check failed (cuts at %s); running the plain batched path", ", ".join(cuts))
-            return cls(module, None, "batched (reuse self-check failed)", fmt)
-        if not isinstance(autocast, nullcontext):  # the fp32 caches of the self-check serve fp32 only
-            with autocast:
-                for seg, x in zip(segments[1:], _chain_inputs(segments, base, fmt)):
-                    seg.cached = x
+            return cls(whole, None, "batched (reuse self-check failed)" + how, fmt)
+        if lowered:  # the fp32 caches of the self-check serve fp32 segments only
+            for seg, x in zip(segments[1:], _chain_inputs(segments, base, fmt)):
+                seg.cached = x
         return engine
 
     def agrees(self, base: torch.Tensor, size: int, positions: list[tuple[int, int]]) -> bool:
         """fp32 self-check: the windowed segments give the whole network's logits for masked images."""
         fill = torch.zeros(1, 3, 1, 1, dtype=base.dtype, device=base.device)
-        got = self.masked(base, fill, positions, size).float()
+        got = self.masked(base, fill, positions, size, exact=True).float()
         want = self.full(_masked_batch(base, fill, positions, size, [(0, 0)] * len(positions), base.shape[2:],
-                                       self.fmt)).float()
+                                       self.fmt), exact=True).float()
         return got.shape == want.shape and float((got - want).abs().max()) <= 1e-4 * float(want.abs().max()) + 1e-5
 
-    def full(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x.clone(memory_format=self.fmt))  # a copy: the network may write into its input
+    def full(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        return self.module(x.clone(memory_format=self.fmt), exact)  # a copy: the network may write into its input
 
-    def masked(self, base: torch.Tensor, fill: torch.Tensor, positions: list[tuple[int, int]], size: int
-               ) -> torch.Tensor:
+    def masked(self, base: torch.Tensor, fill: torch.Tensor, positions: list[tuple[int, int]], size: int,
+               exact: bool = False) -> torch.Tensor:
         if self.segments is None:
             return self.module(_masked_batch(base, fill, positions, size, [(0, 0)] * len(positions), base.shape[2:],
-                                             self.fmt))
+                                             self.fmt), exact)
         z, before, prev = None, [], None
         for seg in self.segments:
             origins = [(seg.starts[0][y], seg.starts[1][x]) for y, x in positions]
@@ -343,8 +440,51 @@ class _Engine:
             else:
                 win = _windows(seg.cached, origins, seg.crop, self.fmt)
                 _paste(win, origins, z, before, prev, positions)
-            z, before, prev = seg.module(win), origins, seg
+            z, before, prev = seg.module(win, exact), origins, seg
         return z
+
+
+_DTYPE_NAMES = {v: k for k, v in PRECISIONS.items()}
+
+
+def _slow_note(device: torch.device, dtype: torch.dtype) -> str:
+    """The engine description's note on why this precision is slow here (logged once per process), or ""."""
+    slow = slow_low_precision(device, dtype)
+    if slow and slow not in _WARNED:
+        _WARNED.add(slow)
+        log.warning("mask-out: %s", slow)
+    return f" ({slow})" if slow else ""
+
+
+_WARNED: set[str] = set()
+
+
+def _zones(nodes: list[fx.Node], base: torch.Tensor, mixed: bool) -> tuple[int, int]:
+    """(front, tail) node indices for low precision: fp32 through ``front``, low precision to ``tail``,
+    fp32 after it. ``front`` (``mixed`` only, else the input): the last clean cut (the only live value)
+    while every tensor is still at stride <= ``_MIXED_FP32_STRIDE``; ``tail``: the last clean cut on a
+    spatial (4-D) tensor before the first flat one (the pooled features going into the head). Each falls
+    back to the graph's ends."""
+    index = {n: i for i, n in enumerate(nodes)}
+    h, w = base.shape[2:]
+    front, tail, last_spatial_cut, in_front = 0, len(nodes) - 1, None, True
+    for i, node in enumerate(nodes[:-1]):
+        shape = _shape(node)
+        if shape is None:
+            continue
+        spatial = len(shape) == 4
+        clean = i > 0 and _only_live(nodes, index, i)
+        if in_front and spatial and shape[2] * _MIXED_FP32_STRIDE >= h and shape[3] * _MIXED_FP32_STRIDE >= w:
+            front = i if clean and mixed else front
+            continue
+        in_front = False
+        if spatial and clean:
+            last_spatial_cut = i
+        elif not spatial:
+            if last_spatial_cut is not None:
+                tail = last_spatial_cut
+            break
+    return front, max(front, tail)
 
 
 def _windows(src: torch.Tensor, origins: list[tuple[int, int]], crop: tuple[int, int], fmt: torch.memory_format
@@ -375,11 +515,12 @@ def _paste(win: torch.Tensor, origins: list[tuple[int, int]], z: torch.Tensor, z
             win[b, :, a0 - oy:a1 - oy, b0 - ox:b1 - ox] = z[b, :, a0 - zy:a1 - zy, b0 - zx:b1 - zx]
 
 
-def _chain_inputs(segments: list[_Segment], base: torch.Tensor, fmt: torch.memory_format) -> list[torch.Tensor]:
+def _chain_inputs(segments: list[_Segment], base: torch.Tensor, fmt: torch.memory_format, exact: bool = False
+                  ) -> list[torch.Tensor]:
     """The unmasked image through the segments: the input tensor of every segment after the first."""
     out, x = [], base
     for seg in segments[:-1]:
-        x = seg.module(x.clone(memory_format=fmt))  # a copy: a segment may write into its input (ReLU(inplace))
+        x = seg.module(x.clone(memory_format=fmt), exact)  # a copy: a segment may write into its input (ReLU(inplace))
         out.append(x)
     return out
 
@@ -455,17 +596,16 @@ def _hull(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) ->
 _COPY_MACS = 16.0
 
 
-def _plan_reuse(gm: fx.GraphModule, base: torch.Tensor, size: int, ys: np.ndarray, xs: np.ndarray,
-                force: bool, margin: int | None = None) -> tuple[list[str], list[_Segment]] | None:
+def _plan_reuse(gm: fx.GraphModule, nodes: list[fx.Node], size: int, ys: np.ndarray, xs: np.ndarray,
+                force: bool, margin: int | None = None, musts: Sequence[int] = ()
+                ) -> tuple[list[int], list[_Segment]] | None:
     """Cut the graph's first layers into segments, each run on windows only, where the estimated
     multiply-adds per position are lowest (a shortest path over the clean cut points); the rest of the
     graph is the last segment. ``None`` when no cut saves at least 3% (any saving with ``force``).
     ``margin``: approximate mode, each windowed op's changed region cut to the mask's footprint on its
-    grid plus ``margin`` cells."""
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    ShapeProp(gm).propagate(base)
-    nodes = list(gm.graph.nodes)
+    grid plus ``margin`` cells. ``nodes``: the graph's nodes, shapes propagated. ``musts``: node indices every
+    chain of windowed segments that reaches past them cuts at (where the precision switches). Returns the
+    cut node indices and the segments (their modules still to be set: the pieces of the graph between the cuts)."""
     index = {n: i for i, n in enumerate(nodes)}
     tops = (ys, xs)
     # Per node and axis: rows/cols the mask changes (one interval per mask top), and cumulative stride.
@@ -510,7 +650,7 @@ def _plan_reuse(gm: fx.GraphModule, base: torch.Tensor, size: int, ys: np.ndarra
     for b in cuts:
         need = _need(gm, nodes, b, changed)
         for a in [0] + [c for c in cuts if c < b]:
-            if a not in best:
+            if a not in best or any(a < m < b for m in musts):
                 continue
             seg = _window(nodes[a], need[nodes[a]], changed[nodes[b]], strides[nodes[b]] // strides[nodes[a]], tops)
             if seg is None:
@@ -537,9 +677,7 @@ def _plan_reuse(gm: fx.GraphModule, base: torch.Tensor, size: int, ys: np.ndarra
     last_hw = _shape(nodes[end])[2:]
     segments.append(_Segment(module=None, crop=(last_hw[0], last_hw[1]),
                              starts=tuple({int(t): 0 for t in tops[ax]} for ax in range(2)), changed=None, step=1))
-    for seg, module in zip(segments, _split(gm, nodes, chain)):
-        seg.module = module
-    return [nodes[c].name for c in chain], segments
+    return chain, segments
 
 
 def _only_live(nodes: list[fx.Node], index: dict[fx.Node, int], i: int) -> bool:
@@ -616,7 +754,7 @@ def _verify(segments: list[_Segment], base: torch.Tensor, ys: np.ndarray, xs: np
     """Self-check in fp32: for every windowed segment, the unmasked windows at the first, middle and last
     positions reproduce the changed rectangles of the segment's output on the whole image (guards the
     geometry against ops that break its assumptions). Returns the segments' unmasked inputs, or ``None``."""
-    inputs = _chain_inputs(segments, base, fmt)
+    inputs = _chain_inputs(segments, base, fmt, exact=True)
     full = [base.contiguous(memory_format=fmt), *inputs]
     for j, seg in enumerate(segments[:-1]):
         want = full[j + 1].float()
@@ -624,7 +762,7 @@ def _verify(segments: list[_Segment], base: torch.Tensor, ys: np.ndarray, xs: np
         for y, x in {(ys[0], xs[0]), (ys[len(ys) // 2], xs[len(xs) // 2]), (ys[-1], xs[-1])}:
             y, x = int(y), int(x)
             oy, ox = seg.starts[0][y], seg.starts[1][x]
-            z = seg.module(_windows(full[j], [(oy, ox)], seg.crop, fmt)).float()
+            z = seg.module(_windows(full[j], [(oy, ox)], seg.crop, fmt), True).float()
             (a0, a1), (b0, b1) = seg.changed[0][y], seg.changed[1][x]
             sy, sx = oy // seg.step, ox // seg.step
             if a1 - sy > z.shape[2] or b1 - sx > z.shape[3] or a0 < sy or b0 < sx:

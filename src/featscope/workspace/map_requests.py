@@ -21,7 +21,7 @@ from featscope.workspace.datasets import get_dataset
 
 METHODS = ("mean", "gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam")
 FILLS = ("zero", "mean", "blur")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "mixed")
 SCALES = ("relative", "absolute", "drop")
 
 

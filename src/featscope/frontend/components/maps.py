@@ -25,7 +25,7 @@ from featscope.worker.jobs import ACTIVE, JobInfo
 
 MAX_HEAT_CELLS = 96   # longest side of the heat grid sent to the browser
 MAX_IMAGE_SIDE = 512  # longest side of the image under it
-MASKOUT_MODES = {"exact": {"precision": "fp32"}, "bf16": {"precision": "bf16"},
+MASKOUT_MODES = {"exact": {"precision": "fp32"}, "fast": {"precision": "mixed"},
                  "approx": {"precision": "fp32", "approx_margin": 2}}
 
 
@@ -64,7 +64,7 @@ def controls(prefix: str, *, head: str = "probe", target: str | None = None, siz
                                             {"label": "blurred", "value": "blur"}])]),
             html.Div([html.Label("mode", className="fs-label"),
                       dcc.RadioItems(id=f"{prefix}-mo-mode", value="exact", inline=True, className="fs-radio", options=[
-                          {"label": "exact (fp32)", "value": "exact"}, {"label": "fast (bf16)", "value": "bf16"},
+                          {"label": "exact (fp32)", "value": "exact"}, {"label": "mixed bf16 (faster on GPUs)", "value": "fast"},
                           {"label": "approximate (margin 2)", "value": "approx"}])]),
             html.Button("Compute mask-out maps", id=f"{prefix}-mo-go", className="fs-button fs-button-primary"),
         ]),
@@ -253,6 +253,8 @@ def _title(job: JobInfo) -> str:
         text += f" · {d['class_name']}"
     if d.get("unmasked_probability") is not None:
         text += f" · p = {d['unmasked_probability']:.3f} unmasked, {d.get('min_probability', 0):.3f} at worst"
+        if d.get("seconds") is not None:  # a cache hit keeps the seconds of the run that made it
+            text += f" · {d['seconds']:.1f} s in {(r.get('params') or {}).get('precision', 'fp32')}"
     elif d.get("probability") is not None:
         text += f" · p = {d['probability']:.3f}"
     return text

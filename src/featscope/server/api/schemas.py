@@ -371,7 +371,9 @@ class MaskoutIn(_MapImage):
     mean_pixel: tuple[Annotated[float, Field(ge=0, le=255)], Annotated[float, Field(ge=0, le=255)],
                       Annotated[float, Field(ge=0, le=255)]] | None = Field(
         default=None, description="RGB 0..255 mean pixel of the data set, for fill='mean'.")
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16", "mixed"] = Field(default="fp32", description=(
+        "fp32: exact. mixed: the first layers (to stride 8) and the head in fp32, the rest in bf16 (close to "
+        "exact, faster on hardware with fast bf16). bf16 / fp16: everything but the head in that precision."))
     approx_margin: int | None = Field(default=None, ge=0, le=64, description=(
         "Faster, approximate: drop the mask's effect beyond this many cells of its footprint at every layer. "
         "Omit for the exact map."))
