@@ -170,6 +170,8 @@ def scenes_accuracy(model: torch.nn.Module, weights: Path, px: int, per_class: i
                 print(f"  {row[0]:40s} p {row[1]:.3f}  map {row[2]:.3f}..{row[3]:.3f}  max |dp| bf16 {row[4]:.4f} "
                       f"mixed {row[6]:.4f}  noise {row[5]:.4f}  s fp32/bf16/mixed {row[7]:.1f}/{row[8]:.1f}/{row[9]:.1f}",
                       flush=True)
+    if not rows:
+        raise SystemExit("no probe scenes were generated; pass --scenes-accuracy N with N >= 1")
     print(f"engine (mixed): {mixed.engine}")
     for part in ("single", "several", "small"):
         sub = [r for r in rows if r[0].startswith(part + "/")]

@@ -263,12 +263,13 @@ def test_bf16_is_close_to_fp32(net, image, target) -> None:
     a = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=STRIDE)
     b = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=STRIDE, precision="bf16")
     assert b.engine.startswith("reuse") and b.engine.endswith(", channels_last") and b.precision == "bf16"
-    assert "; bf16, fp32 head after node 'avgpool'" in b.engine and "fp32 to node" not in b.engine
+    assert "; bf16, fp32 head after node 'layer4_1_relu_1'" in b.engine and "fp32 to node" not in b.engine
     assert np.abs(a.probs - b.probs).max() < 0.05
 
 
-def _piece_dtypes(engine) -> tuple[list[torch.dtype], list[list[torch.dtype]]]:
-    """Output dtypes of every piece of the whole network and of each windowed segment, recorded by hooks."""
+def _piece_dtypes(engine) -> tuple[dict[int, torch.dtype], list, list]:
+    """Hooks recording the output dtype of every piece (by id) of the whole network and of each segment:
+    (the record, the staged modules [whole, *segments], the hook handles)."""
     seen: dict[int, torch.dtype] = {}
     staged = [engine.module] + [seg.module for seg in engine.segments or []]
     handles = [p.register_forward_hook(lambda m, i, o: seen.__setitem__(id(m), o.dtype))
@@ -277,8 +278,8 @@ def _piece_dtypes(engine) -> tuple[list[torch.dtype], list[list[torch.dtype]]]:
 
 
 def test_mixed_precision_runs_front_and_head_in_fp32_the_rest_in_bf16(net, image, target) -> None:
-    """The switch points are where the study's precision argument puts them: fp32 to the end of layer1
-    (stride 8, the last clean cut there) and for the head after avgpool; bf16 autocast between. Checked on
+    """The switch points: fp32 to the end of layer2 (stride 8, the last clean cut there) and for the head
+    from the global pool on (its input, layer4's output, is the last bf16 value); bf16 autocast between. Checked on
     the pieces' output dtypes during a real masked batch, for the whole network and for the windowed
     segments; and the map is close to fp32's."""
     from featscope.extractors.maskout import _Engine, _grid, _Precision
@@ -289,7 +290,7 @@ def test_mixed_precision_runs_front_and_head_in_fp32_the_rest_in_bf16(net, image
         engine = _Engine.build(net, x, SIZE, ys, xs, "auto", _Precision("cpu", torch.bfloat16, mixed=True),
                                torch.channels_last)
         assert "; mixed: fp32 to node 'layer2_1_relu_1', bf16 from there" in engine.description
-        assert "fp32 head after node 'avgpool'" in engine.description and engine.segments is not None
+        assert "fp32 head after node 'layer4_1_relu_1'" in engine.description and engine.segments is not None
         seen, staged, handles = _piece_dtypes(engine)
         fill = torch.zeros(1, 3, 1, 1)
         out = engine.masked(x, fill, [(0, 0), (16, 24)], SIZE)
@@ -331,6 +332,49 @@ def test_mixed_precision_windowed_segments_switch_at_the_cut(net) -> None:
     assert switch == engine.cuts.index("layer2_1_relu_1") + 1 and all(d == torch.float32 for d in dtypes[:switch])
 
 
+class _Toy(nn.Module):
+    """Four stride-2 convs (strides 2..16), a parameter read mid-way (a get_attr node, as ConvNeXt's layer
+    scales), a mean over H, W (no pooling module) and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(3 if i == 0 else 8, 8, 3, 2, 1) for i in range(4))
+        self.scale = nn.Parameter(torch.full((8, 1, 1), 0.5))
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, conv in enumerate(self.convs):
+            x = torch.relu(conv(x)) * (self.scale if i == 0 else 1.0)
+        return self.fc(x.mean((2, 3)))
+
+
+def _zone_casts(model: nn.Module, px: int, mixed: bool) -> tuple[list[bool], str]:
+    from featscope.extractors.maskout import _Engine, _grid, _Precision
+
+    g = _grid(px, 16, 16, True)
+    with torch.inference_mode():
+        e = _Engine.build(model.eval(), torch.randn(1, 3, px, px), 16, g, g, False,
+                          _Precision("cpu", torch.bfloat16, mixed), torch.channels_last)
+    return [c is not None for c in e.module.casts], e.description
+
+
+def test_zones_read_the_trunk_only_parameters_and_a_mean_head() -> None:
+    casts, how = _zone_casts(_Toy(), 64, mixed=True)
+    # fp32 through the stride-8 conv (convs_2, relu_2, the * 1.0: mul_2), bf16 for the stride-16 one, fp32 mean and fc
+    assert casts == [False, True, False] and "mixed: fp32 to node 'mul_2'" in how and "head after node 'mul_3'" in how
+    assert _zone_casts(_Toy(), 64, mixed=False)[0] == [True, False]
+
+
+@pytest.mark.parametrize("arch,px", [("mobilenet_v3_small", 96), ("convnext_tiny", 64)])
+def test_zones_of_other_families_have_an_fp32_front_bf16_middle_and_fp32_head(arch, px) -> None:
+    """Squeeze-excitation side branches (MobileNetV3) and NHWC permutes and layer-scale parameters
+    (ConvNeXt) do not stop the search: three zones, the bf16 one in the middle."""
+    import torchvision
+
+    casts, how = _zone_casts(torchvision.models.get_model(arch, weights=None), px, mixed=True)
+    assert casts == [False, True, False] and "no clean cut" not in how and "head ran" not in how, how
+
+
 def test_low_precision_on_a_cpu_without_native_kernels_says_it_is_slower(net, image, target, monkeypatch,
                                                                           caplog) -> None:
     from featscope.extractors import extract, maskout
@@ -342,7 +386,7 @@ def test_low_precision_on_a_cpu_without_native_kernels_says_it_is_slower(net, im
         caplog.clear()
         r = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=32, precision="mixed", reuse=False)
         slow = "(this CPU has no native bf16 kernels, so bf16 is emulated and slower than fp32 here"
-        assert (slow in r.engine) is not native
+        assert (slow in r.engine) is not native, r.engine
         warned.append(slow[1:] in caplog.text)
         exact = maskout_map(net, image, target, preprocess=PRE, size=SIZE, stride=32, reuse=False)
         assert "native" not in exact.engine
@@ -350,17 +394,20 @@ def test_low_precision_on_a_cpu_without_native_kernels_says_it_is_slower(net, im
     assert extract.slow_low_precision(torch.device("cuda"), torch.bfloat16) is None
 
 
+class _Branchy(nn.Module):
+    """``inner`` behind a data-dependent branch, which FX cannot trace."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) if bool(x.sum() != 12345.0) else self.inner(x) * 2
+
+
 def test_untraceable_network_in_mixed_precision_runs_fp32(net, image, target) -> None:
-    class Branchy(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = net
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.inner(x) if bool(x.sum() != 12345.0) else self.inner(x) * 2
-
     want, _ = naive(net, image, target, SIZE, STRIDE)
-    r = maskout_map(Branchy(), image, target, preprocess=PRE, size=SIZE, stride=STRIDE, precision="mixed",
+    r = maskout_map(_Branchy(net), image, target, preprocess=PRE, size=SIZE, stride=STRIDE, precision="mixed",
                     channels_last=False)
     assert r.engine == "batched (network not traceable: mixed precision ran in fp32)"
     np.testing.assert_allclose(r.probs, want, rtol=0, atol=1e-5)
@@ -386,15 +433,9 @@ def test_probe_head_classifier(net, image) -> None:
 
 
 def test_untraceable_network_falls_back_to_batched(net, image, target) -> None:
-    class Branchy(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = net
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.inner(x) if bool(x.sum() != 12345.0) else self.inner(x) * 2  # data-dependent: FX fails
-
     want, _ = naive(net, image, target, SIZE, STRIDE)
-    r = maskout_map(Branchy(), image, target, preprocess=PRE, size=SIZE, stride=STRIDE)
+    r = maskout_map(_Branchy(net), image, target, preprocess=PRE, size=SIZE, stride=STRIDE)
     assert r.engine == "batched (network not traceable)"
     np.testing.assert_allclose(r.probs, want, rtol=0, atol=1e-5)
+    low = maskout_map(_Branchy(net), image, target, preprocess=PRE, size=SIZE, stride=32, precision="bf16")
+    assert low.engine.startswith("batched (network not traceable, so its head ran in bf16 too)"), low.engine

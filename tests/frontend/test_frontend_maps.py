@@ -107,6 +107,11 @@ def test_maskout_is_queued_only_by_the_button_and_shown_when_done(world, image_i
     fig_a, fig_b, fig_d = shown[:3]
     assert fig_a["data"][0]["type"] == "heatmap" and "p =" in shown[6] and "red" in shown[6]
     assert re.search(r" · \d+\.\d s in fp32", shown[6]), shown[6]  # the exact mode's time and precision
+    fast = (*args[:9], "fast", *args[10:])
+    assert len(maps.maskout_view(*fast, {}, submit=True)[-2]) == 2
+    run_queued(world.svc)
+    shown = maps.maskout_view(*fast, {}, submit=False)
+    assert re.search(r" · \d+\.\d s in mixed", shown[6]), shown[6]
 
 
 def test_neighbours_in_a_and_b_are_the_index_answers(world, image_id):

@@ -94,7 +94,7 @@ def maskout(image: str = typer.Argument(..., help="Image file, or a catalog imag
                                                      "mean pixel, for --fill mean."),
             precision: str = typer.Option(
                 "fp32", help="fp32 (exact); mixed (first layers and head fp32, the rest bf16: close to exact); "
-                             "bf16 / fp16 (fastest)."),
+                             "bf16 / fp16 (fastest on GPUs; slower than fp32 on CPUs without native bf16)."),
             approx_margin: Optional[int] = typer.Option(None, "--approx-margin", help="Faster, approximate: drop the "
                                                         "mask's effect beyond N cells of its footprint at every layer "
                                                         "(default: exact). Check it against an exact map first."),

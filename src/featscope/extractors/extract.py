@@ -55,6 +55,7 @@ from featscope.extractors.taps import POOLINGS, pool, tap_model
 from featscope.extractors.types import Backbone, Preprocess
 
 log = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # notes logged once per process
 
 ENGINE_VERSION = 2  # bump when a change alters the numbers shards hold, so old shards are discarded
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -198,17 +199,17 @@ def _make_plan(backbone: Backbone, paths: Sequence[Path], taps: list[str], pooli
                  precision=precision, batch_size=batch_size, num_workers=num_workers,
                  channels_last=channels_last, loader=loader or _default_loader, threads=threads)
     plan.work_dir.mkdir(parents=True, exist_ok=True)
-    note = slow_low_precision(plan.device, PRECISIONS[precision])
-    if note:
-        log.warning("extraction in %s: %s", precision, note)
     return plan
 
 
 def _native_cpu_kernels(dtype: torch.dtype) -> bool | None:
-    """Whether oneDNN has native ``dtype`` (bf16/fp16) kernels on this CPU; ``None`` when torch cannot say."""
+    """Whether this CPU computes ``dtype`` (bf16/fp16) natively: AVX512-BF16 or AMX for bf16, AMX-FP16 for
+    fp16 (oneDNN's own ``_is_mkldnn_bf16_supported`` is true on any AVX512 CPU, where bf16 is still
+    emulated); ``None`` when torch cannot say."""
     try:  # private, but the only place torch says so
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported() if dtype == torch.bfloat16
-                    else torch.ops.mkldnn._is_mkldnn_fp16_supported())
+        if dtype == torch.bfloat16:
+            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        return bool(torch.cpu._is_amx_fp16_supported())
     except (AttributeError, RuntimeError):
         return None
 
@@ -499,6 +500,10 @@ def _run(backbone: Backbone, plan: _Plan, wanted: list[int], shards: dict[int, _
     module = _inference_copy(backbone, plan)
     dtype = PRECISIONS[plan.precision]
     autocast = torch.autocast(plan.device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    note = slow_low_precision(plan.device, dtype)
+    if note and note not in _WARNED:  # once per process: a sharded run calls this per shard
+        _WARNED.add(note)
+        log.warning("extraction in %s: %s", plan.precision, note)
     memory_format = torch.channels_last if plan.channels_last else torch.contiguous_format
     start, done, parts = time.perf_counter(), 0, _Parts(len(plan.keys))
     batches = iter(data)

@@ -43,7 +43,7 @@ with ``approx_margin=2`` (15 segments to layer3.5) 5.8 s = 4.10x. At the measure
 chaotic (half a grey level of input noise moves p by 0.17), so bf16 differs by 0.159 and approx by 0.29.
 
 Precision: ``"fp32"`` is exact. ``"bf16"``/``"fp16"`` run the network under autocast (conv-BN folded,
-channels_last) but its head, after the last spatial layer, in fp32, for next to no work: a logit rounded
+channels_last) but its head, from the global pool on, in fp32, for next to no work: a logit rounded
 to bf16 (steps of 0.06 at 10) moves p by p(1 - p) times that, up to 0.015 (on 3 scenes of the ResNet-50
 below, bf16 from layer2 on: 0.0095-0.0108 with a bf16 head, 0.0067-0.0074 with an fp32 one). ``"mixed"`` also keeps the layers up
 to stride 8 (a ResNet's stem, layer1 and layer2) in fp32: there a mask's edge is still sharp, and the
@@ -51,12 +51,12 @@ rounding of the masked input and of these activations travels through every late
 featscope-trained ResNet-50 (``benchmarks/train_resnet50.py``: 5,000 64-px study scenes, held-out top-1
 0.55), 16 px mask, stride 3, every position of 36 probe scenes (``bench_maskout.py --study-scene 64
 --size 16 --stride 3 --scenes-accuracy 2``): bf16 max |dp| 0.050 (median per scene 0.023, 14 of 36
-scenes within 0.02), mixed 0.0105 (median 0.005, all 36 within 0.02); half a grey level of input noise
+scenes within 0.02), mixed 0.0107 (median 0.005, all 36 within 0.02); half a grey level of input noise
 moves p by up to 0.036. Switching at stride 4 instead (layer2 in bf16) reached 0.0207 on one scene.
 Low precision is faster only where the hardware has it (GPUs; CPUs with AVX512-BF16 or AMX). The 224-px
 figures above came from an earlier runner; on a 2-core AMD EPYC (AVX2, no native bf16, 2.3x slower:
 Captum 54.3 s) bf16 is emulated: fp32 exact 33.7 s = 1.61x Captum, bf16 185 s = 0.29x, mixed 146 s =
-0.37x, and the 36 maps above took 152 s fp32, 575 s bf16, 355 s mixed. The engine note and the log say so.
+0.37x, and the 36 maps above took 155 s fp32, 558 s bf16, 355 s mixed. The engine note and the log say so.
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ log = logging.getLogger(__name__)
 
 FILLS = ("zero", "mean", "blur")
 MASKOUT_PRECISIONS = {**PRECISIONS, "mixed": torch.bfloat16}
+_DTYPE_NAMES = {v: k for k, v in PRECISIONS.items()}
+_WARNED: set[str] = set()  # notes logged once per process
 _EMPTY = 1 << 30  # an empty interval is (+_EMPTY, -_EMPTY): hulls and clips keep it empty
 
 
@@ -125,7 +127,10 @@ def maskout_map(classifier: Classifier | nn.Module, image: torch.Tensor, target:
     resolution (``preprocess.to_uint8``). ``mean_pixel``: RGB 0..255, needed by ``fill="mean"``.
     ``blur_sigma``: Gaussian sigma of ``fill="blur"`` in pixels (default ``size / 4``). ``reuse``:
     ``"auto"`` recomputes only the changed part of the first layers when that saves work, ``True``
-    whenever the graph allows it, ``False`` never. ``channels_last``: ``None`` uses it with bf16/fp16 only,
+    whenever the graph allows it, ``False`` never. ``precision``: ``"fp32"`` exact; ``"bf16"``/``"fp16"``
+    autocast (conv-BN folded) with the head after the last spatial layer in fp32; ``"mixed"`` also runs the
+    layers up to stride 8 in fp32 (conv-BN folded there too) and bf16 between (see "Precision" above;
+    low precision is faster only on hardware with native bf16/fp16). ``channels_last``: ``None`` uses it with bf16/fp16 only,
     so that fp32 sums in the order of the plain network's NCHW pass. The network is not modified (a copy runs).
     ``approx_margin``: ``None`` (default) is exact. An int N makes reuse approximate, as Krypton's
     truncated projective fields: at every layer the recomputed region is cut to the mask's footprint plus N
@@ -267,7 +272,7 @@ def _prepare(net: nn.Module, base: torch.Tensor, fold: bool, fmt: torch.memory_f
         from torch.fx.experimental.optimization import fuse
 
         src = copy.deepcopy(module).eval()  # again: a deep copy of torchvision's feature extractor is in train mode
-        traced = fx.symbolic_trace(_Flat(src).eval() if isinstance(module, ClassifierNet) else src)
+        traced = fx.symbolic_trace(_Flat(src) if isinstance(module, ClassifierNet) else src)
         traced = (fuse(traced, inplace=True, no_trace=True) if fold else traced).eval().to(memory_format=fmt)
         got = traced(base.contiguous(memory_format=fmt))
         if isinstance(got, torch.Tensor) and got.shape == want.shape and torch.allclose(
@@ -280,7 +285,7 @@ def _prepare(net: nn.Module, base: torch.Tensor, fold: bool, fmt: torch.memory_f
 
 
 # Mixed precision runs the layers at strides up to this one in fp32 (see "Precision" in the module
-# docstring: 8 kept a trained ResNet-50 within 0.0105 of fp32 over 36 scenes, 4 reached 0.0207).
+# docstring: 8 kept a trained ResNet-50 within 0.0107 of fp32 over 36 scenes, 4 reached 0.0207).
 _MIXED_FP32_STRIDE = 8
 
 
@@ -329,7 +334,7 @@ class _Segment:
     segment, whose input is the masked image). ``module`` is a :class:`_Staged` once the plan is built.
     """
 
-    module: fx.GraphModule | _Staged
+    module: _Staged | None
     crop: tuple[int, int]
     starts: tuple[dict[int, int], dict[int, int]]
     changed: tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]] | None
@@ -344,9 +349,9 @@ class _Engine:
     plan, whose modules are :class:`_Staged` too."""
 
     def __init__(self, module: _Staged, segments: list[_Segment] | None, description: str,
-                 fmt: torch.memory_format) -> None:
+                 fmt: torch.memory_format, cuts: Sequence[str] = ()) -> None:
         self.module, self.segments, self.fmt = module, segments, fmt
-        self.cuts: list[str] = []  # the windowed segments' last nodes
+        self.cuts = list(cuts)  # the windowed segments' last nodes
         self.description = description + (", channels_last" if fmt == torch.channels_last else "")
 
     @classmethod
@@ -359,21 +364,25 @@ class _Engine:
             if precision.mixed:  # the zones are found on the traced graph; without it, exactness wins
                 log.warning("mask-out: the network is not traceable, so mixed precision runs it in fp32")
             cast = None if precision.mixed or not lowered else precision
+            low = _DTYPE_NAMES[precision.dtype]
             how = ("batched (network not traceable: mixed precision ran in fp32)" if precision.mixed else
-                   ("batched (network not traceable)" if reuse else "batched")
-                   + (_slow_note(base.device, precision.dtype) if lowered else ""))
+                   f"batched (network not traceable, so its head ran in {low} too){_slow_note(base.device, precision.dtype)}"
+                   if lowered else "batched (network not traceable)" if reuse else "batched")
             return cls(_Staged([module], [cast]), None, how, fmt)
         from torch.fx.passes.shape_prop import ShapeProp
 
         ShapeProp(module).propagate(base.contiguous(memory_format=fmt))
         nodes = list(module.graph.nodes)
-        zones = _zones(nodes, base, precision.mixed) if lowered else (0, len(nodes) - 1)
+        *zones, notes = _zones(nodes, base, precision.mixed) if lowered else (0, len(nodes) - 1, [])
         zone_cuts = [c for c in zones if 0 < c < len(nodes) - 1]
         low = _DTYPE_NAMES[precision.dtype]
         how = "" if not lowered else (
-            (f"; mixed: fp32 to node {nodes[zones[0]].name!r}, {low} from there" if zones[0] > 0 else f"; {low}")
+            (f"; mixed: fp32 to node {nodes[zones[0]].name!r}, {low} from there" if zones[0] > 0
+             else f"; {'mixed: ' if precision.mixed else ''}{low}")
             + (f", fp32 head after node {nodes[zones[1]].name!r}" if zones[1] < len(nodes) - 1 else ""))
-        how += _slow_note(base.device, precision.dtype)
+        for note in notes:
+            log.warning("mask-out in %s: %s", "mixed precision" if precision.mixed else low, note)
+        how += "".join(f" ({note})" for note in notes) + _slow_note(base.device, precision.dtype)
 
         def staged(lo: int, hi: int, cuts: list[int], pieces: list[nn.Module]) -> _Staged:
             """Pieces of the nodes ``lo + 1 .. hi`` (split at ``cuts``), each cast by its zone."""
@@ -399,8 +408,7 @@ class _Engine:
         windows = ", ".join(f"{s.crop[0]}x{s.crop[1]}" for s in segments[:-1])
         kind = "windows only" if margin is None else f"windows, approximate: changes beyond {margin} cells of the mask dropped"
         engine = cls(whole, segments, f"reuse: first layers recomputed on {kind}, in {len(cuts)} segments "
-                                      f"to node {cuts[-1]!r} (windows {windows}){how}", fmt)
-        engine.cuts = cuts
+                                      f"to node {cuts[-1]!r} (windows {windows}){how}", fmt, cuts)
         inputs = _verify(segments, base, ys, xs, fmt)
         if inputs is not None:  # fp32 caches, then two masked positions end to end against the whole network
             for seg, x in zip(segments[1:], inputs):
@@ -444,9 +452,6 @@ class _Engine:
         return z
 
 
-_DTYPE_NAMES = {v: k for k, v in PRECISIONS.items()}
-
-
 def _slow_note(device: torch.device, dtype: torch.dtype) -> str:
     """The engine description's note on why this precision is slow here (logged once per process), or ""."""
     slow = slow_low_precision(device, dtype)
@@ -456,35 +461,49 @@ def _slow_note(device: torch.device, dtype: torch.dtype) -> str:
     return f" ({slow})" if slow else ""
 
 
-_WARNED: set[str] = set()
 
+def _zones(nodes: list[fx.Node], base: torch.Tensor, mixed: bool) -> tuple[int, int, list[str]]:
+    """(front, tail, notes) for low precision: fp32 through node ``front``, low precision to node ``tail``,
+    fp32 after it; ``notes`` say where a zone could not be placed.
 
-def _zones(nodes: list[fx.Node], base: torch.Tensor, mixed: bool) -> tuple[int, int]:
-    """(front, tail) node indices for low precision: fp32 through ``front``, low precision to ``tail``,
-    fp32 after it. ``front`` (``mixed`` only, else the input): the last clean cut (the only live value)
-    while every tensor is still at stride <= ``_MIXED_FP32_STRIDE``; ``tail``: the last clean cut on a
-    spatial (4-D) tensor before the first flat one (the pooled features going into the head). Each falls
-    back to the graph's ends."""
+    Only the trunk is read: the clean cuts (a node that is the only value later nodes read), so parameters
+    (``get_attr``) and side branches (a squeeze-excitation's pooled vector) do not count. ``tail``: the last
+    spatial (4-D) cut before the first flat one, stepping back over a global pool so that its input, not the
+    pooled features, is what bf16 rounds; the graph's end when nothing flat follows. ``front`` (``mixed``
+    only, else the input): the last cut before ``tail`` still at stride <= ``_MIXED_FP32_STRIDE``."""
     index = {n: i for i, n in enumerate(nodes)}
     h, w = base.shape[2:]
-    front, tail, last_spatial_cut, in_front = 0, len(nodes) - 1, None, True
-    for i, node in enumerate(nodes[:-1]):
-        shape = _shape(node)
-        if shape is None:
-            continue
-        spatial = len(shape) == 4
-        clean = i > 0 and _only_live(nodes, index, i)
-        if in_front and spatial and shape[2] * _MIXED_FP32_STRIDE >= h and shape[3] * _MIXED_FP32_STRIDE >= w:
-            front = i if clean and mixed else front
-            continue
-        in_front = False
-        if spatial and clean:
-            last_spatial_cut = i
-        elif not spatial:
-            if last_spatial_cut is not None:
-                tail = last_spatial_cut
-            break
-    return front, max(front, tail)
+    cuts = [i for i, n in enumerate(nodes[:-1]) if i > 0 and n.op not in ("get_attr", "placeholder")
+            and _shape(n) is not None and _only_live(nodes, index, i)]
+    flat = next((i for i in cuts if len(_shape(nodes[i])) != 4), None)
+    spatial = [i for i in cuts if len(_shape(nodes[i])) == 4 and (flat is None or i < flat)]
+    tail, notes = len(nodes) - 1, []
+    if flat is not None and spatial:
+        tail = spatial[-1]
+        if len(spatial) > 1 and _global_pool(nodes[tail]):
+            tail = spatial[-2]
+    else:
+        notes.append("no flat tensor after the last spatial layer, so the head ran in low precision too")
+    front = 0
+    if mixed:
+        for i in spatial:
+            shape = _shape(nodes[i])
+            if i >= tail or shape[2] * _MIXED_FP32_STRIDE < h or shape[3] * _MIXED_FP32_STRIDE < w:
+                break
+            front = i
+        if front == 0:
+            notes.append(f"no clean cut at stride <= {_MIXED_FP32_STRIDE}, so the first layers ran in low precision too")
+    return front, tail, notes
+
+
+def _global_pool(node: fx.Node) -> bool:
+    """An adaptive pool to 1x1 (a classifier's global average or max pool)."""
+    if node.op == "call_module":
+        m = node.graph.owning_module.get_submodule(node.target)
+        return isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and _pair(m.output_size) == (1, 1)
+    if node.op == "call_function" and node.target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
+        return _pair(node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")) == (1, 1)
+    return False
 
 
 def _windows(src: torch.Tensor, origins: list[tuple[int, int]], crop: tuple[int, int], fmt: torch.memory_format

@@ -28,7 +28,7 @@ from featscope.workspace.map_requests import (FILLS, METHODS, SCALES, MapRequest
 
 log = logging.getLogger(__name__)
 
-MAP_VERSION = 2  # 2: fp32 mask-out runs NCHW (closer to the plain network than channels_last)
+MAP_VERSION = 3  # 2: fp32 mask-out runs NCHW (closer to the plain network than channels_last); 3: bf16/fp16 heads in fp32
 _DRAWING = ("cmap", "scale")  # how a map is drawn, not what it is: never part of its key
 
 

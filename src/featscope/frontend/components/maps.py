@@ -64,7 +64,7 @@ def controls(prefix: str, *, head: str = "probe", target: str | None = None, siz
                                             {"label": "blurred", "value": "blur"}])]),
             html.Div([html.Label("mode", className="fs-label"),
                       dcc.RadioItems(id=f"{prefix}-mo-mode", value="exact", inline=True, className="fs-radio", options=[
-                          {"label": "exact (fp32)", "value": "exact"}, {"label": "mixed bf16 (faster on GPUs)", "value": "fast"},
+                          {"label": "exact (fp32)", "value": "exact"}, {"label": "mixed bf16 (for GPUs)", "value": "fast"},
                           {"label": "approximate (margin 2)", "value": "approx"}])]),
             html.Button("Compute mask-out maps", id=f"{prefix}-mo-go", className="fs-button fs-button-primary"),
         ]),
