@@ -439,3 +439,18 @@ def test_untraceable_network_falls_back_to_batched(net, image, target) -> None:
     np.testing.assert_allclose(r.probs, want, rtol=0, atol=1e-5)
     low = maskout_map(_Branchy(net), image, target, preprocess=PRE, size=SIZE, stride=32, precision="bf16")
     assert low.engine.startswith("batched (network not traceable, so its head ran in bf16 too)"), low.engine
+
+
+def test_native_kernel_check_reads_x86_bf16_instructions_only(monkeypatch) -> None:
+    from featscope.extractors import extract
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(extract.platform, "machine", lambda: "aarch64")  # ARM bf16 is not told apart: no note
+    assert extract._native_cpu_kernels(torch.bfloat16) is None and extract.slow_low_precision(cpu, torch.bfloat16) is None
+    monkeypatch.setattr(extract.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert extract._native_cpu_kernels(torch.bfloat16) is True and extract.slow_low_precision(cpu, torch.bfloat16) is None
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert "bf16 is emulated" in extract.slow_low_precision(cpu, torch.bfloat16)
+    assert extract.slow_low_precision(cpu, torch.float32) is None

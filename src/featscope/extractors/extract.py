@@ -203,13 +203,16 @@ def _make_plan(backbone: Backbone, paths: Sequence[Path], taps: list[str], pooli
 
 
 def _native_cpu_kernels(dtype: torch.dtype) -> bool | None:
-    """Whether this CPU computes ``dtype`` (bf16/fp16) natively: AVX512-BF16 or AMX for bf16, AMX-FP16 for
-    fp16 (oneDNN's own ``_is_mkldnn_bf16_supported`` is true on any AVX512 CPU, where bf16 is still
-    emulated); ``None`` when torch cannot say."""
+    """Whether this x86 CPU computes ``dtype`` natively: AVX512-BF16 or AMX for bf16 (oneDNN's own
+    ``_is_mkldnn_bf16_supported`` is true on any AVX512 CPU, where bf16 is still emulated), oneDNN's check
+    (AVX512-FP16 or AMX-FP16) for fp16; ``None`` on other CPUs (ARM's bf16 is not told apart) or when torch
+    cannot say."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return None
     try:  # private, but the only place torch says so
         if dtype == torch.bfloat16:
             return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-        return bool(torch.cpu._is_amx_fp16_supported())
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
     except (AttributeError, RuntimeError):
         return None
 

@@ -483,7 +483,8 @@ def _zones(nodes: list[fx.Node], base: torch.Tensor, mixed: bool) -> tuple[int, 
         if len(spatial) > 1 and _global_pool(nodes[tail]):
             tail = spatial[-2]
     else:
-        notes.append("no flat tensor after the last spatial layer, so the head ran in low precision too")
+        notes.append(("no flat tensor after the last spatial layer" if flat is None else
+                      "no spatial cut before the first flat tensor") + ", so the head ran in low precision too")
     front = 0
     if mixed:
         for i in spatial:
