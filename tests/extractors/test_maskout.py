@@ -377,9 +377,9 @@ def test_zones_of_other_families_have_an_fp32_front_bf16_middle_and_fp32_head(ar
 
 def test_low_precision_on_a_cpu_without_native_kernels_says_it_is_slower(net, image, target, monkeypatch,
                                                                           caplog) -> None:
-    from featscope.extractors import extract, maskout
+    from featscope.extractors import extract
 
-    monkeypatch.setattr(maskout, "_WARNED", set())
+    monkeypatch.setattr(extract, "_WARNED", set())
     warned = []
     for native in (True, False, False):  # the log says it once, the map's engine note every time
         monkeypatch.setattr(extract, "_native_cpu_kernels", lambda dtype, native=native: native)

@@ -55,7 +55,7 @@ from featscope.extractors.taps import POOLINGS, pool, tap_model
 from featscope.extractors.types import Backbone, Preprocess
 
 log = logging.getLogger(__name__)
-_WARNED: set[str] = set()  # notes logged once per process
+_WARNED: set[tuple[str, str]] = set()  # (what, note) logged once per process
 
 ENGINE_VERSION = 2  # bump when a change alters the numbers shards hold, so old shards are discarded
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -217,13 +217,18 @@ def _native_cpu_kernels(dtype: torch.dtype) -> bool | None:
         return None
 
 
-def slow_low_precision(device: torch.device, dtype: torch.dtype) -> str | None:
+def slow_low_precision(device: torch.device, dtype: torch.dtype, what: str | None = None) -> str | None:
     """A note when ``dtype`` (bf16/fp16) has no native support on this CPU (no AVX512-BF16/AMX-class
-    instructions: oneDNN then converts around fp32 kernels), where it runs slower than fp32; else ``None``."""
+    instructions: oneDNN then converts around fp32 kernels), where it runs slower than fp32; else ``None``.
+    With ``what`` (e.g. "mask-out") the note is also logged, once per process."""
     if device.type != "cpu" or dtype == torch.float32 or _native_cpu_kernels(dtype) is not False:
         return None
     kind = "bf16" if dtype == torch.bfloat16 else "fp16"
-    return f"this CPU has no native {kind} kernels, so {kind} is emulated and slower than fp32 here: use fp32, or a GPU"
+    note = f"this CPU has no native {kind} kernels, so {kind} is emulated and slower than fp32 here: use fp32, or a GPU"
+    if what is not None and (what, note) not in _WARNED:
+        _WARNED.add((what, note))
+        log.warning("%s: %s", what, note)
+    return note
 
 
 def _check_shards(shards: Sequence[int], n_shards: int) -> list[int]:
@@ -503,10 +508,7 @@ def _run(backbone: Backbone, plan: _Plan, wanted: list[int], shards: dict[int, _
     module = _inference_copy(backbone, plan)
     dtype = PRECISIONS[plan.precision]
     autocast = torch.autocast(plan.device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    note = slow_low_precision(plan.device, dtype)
-    if note and note not in _WARNED:  # once per process: a sharded run calls this per shard
-        _WARNED.add(note)
-        log.warning("extraction in %s: %s", plan.precision, note)
+    slow_low_precision(plan.device, dtype, "extraction")  # logged once per process, not per shard
     memory_format = torch.channels_last if plan.channels_last else torch.contiguous_format
     start, done, parts = time.perf_counter(), 0, _Parts(len(plan.keys))
     batches = iter(data)

@@ -85,7 +85,6 @@ log = logging.getLogger(__name__)
 FILLS = ("zero", "mean", "blur")
 MASKOUT_PRECISIONS = {**PRECISIONS, "mixed": torch.bfloat16}
 _DTYPE_NAMES = {v: k for k, v in PRECISIONS.items()}
-_WARNED: set[str] = set()  # notes logged once per process
 _EMPTY = 1 << 30  # an empty interval is (+_EMPTY, -_EMPTY): hulls and clips keep it empty
 
 
@@ -454,10 +453,7 @@ class _Engine:
 
 def _slow_note(device: torch.device, dtype: torch.dtype) -> str:
     """The engine description's note on why this precision is slow here (logged once per process), or ""."""
-    slow = slow_low_precision(device, dtype)
-    if slow and slow not in _WARNED:
-        _WARNED.add(slow)
-        log.warning("mask-out: %s", slow)
+    slow = slow_low_precision(device, dtype, "mask-out")
     return f" ({slow})" if slow else ""
 
 
